@@ -1,0 +1,247 @@
+"""The documented Python API: async entry points behind the CLI.
+
+>>> report = await diff("postgresql://app@db1/shop", "postgresql://app@db2/shop",
+...                     DiffOptions(tables=("public.orders",)))
+>>> report.status
+'consistent'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import asyncpg
+
+from . import catalog
+from .align import TablePlan, plan_table
+from .bisect import TableComparison
+from .catalog import ServerInfo, TableInfo
+from .connect import Endpoint, open_pool
+from .errors import ConnectError, ReplverifyError, ServerError, UsageError
+from .pipeline import Sides, compare_multiset, run
+from .sources import DigestMode, PostgresSource, RowHasher
+from .sql import TableSQL, parse_where, quote_table
+from .types import DiffReport, TableRef, TableResult
+
+DigestChoice = Literal["auto", "server", "client"]
+#: Oldest server with ``hashtextextended`` (in-database row hashes).
+MIN_SERVER_DIGEST_VERSION = 110000
+DIGEST_DESCRIPTIONS: dict[DigestMode, str] = {
+    "server": "server: hashtextextended of the row text with pinned settings, 64-bit sums",
+    "client": "client: xxh3-128 of canonical values, 128-bit sums",
+}
+
+
+@dataclass(frozen=True)
+class DiffOptions:
+    """What ``diff`` compares and how; :meth:`validate` reports every problem at once."""
+
+    tables: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    where: str | None = None
+    key: tuple[str, ...] = ()
+    chunk_rows: int = 10_000
+    leaf_rows: int = 1_000
+    jobs: int = 2
+    max_diffs: int | None = 1_000
+    digest: DigestChoice = "auto"
+
+    def validate(self) -> None:
+        problems = []
+        if self.chunk_rows < 1:
+            problems.append("--chunk-rows must be at least 1")
+        if self.leaf_rows < 1:
+            problems.append("leaf_rows must be at least 1")
+        if self.jobs < 1:
+            problems.append("--jobs must be at least 1")
+        if self.max_diffs is not None and self.max_diffs < 0:
+            problems.append("--max-diffs must not be negative")
+        if self.digest not in ("auto", "server", "client"):
+            problems.append("--digest must be auto, server or client")
+        if len(set(self.key)) != len(self.key):
+            problems.append("--key names a column twice")
+        if problems:
+            raise UsageError("; ".join(problems))
+
+
+def choose_digest(choice: DigestChoice, source: ServerInfo,
+                  target: ServerInfo) -> tuple[DigestMode, str | None]:
+    """In-database hashing when both servers print values identically, else client-side.
+
+    Returns the mode and, when ``auto`` had to fall back, why.
+    """
+    if choice != "auto":
+        return choice, None
+    if min(source.version_num, target.version_num) < MIN_SERVER_DIGEST_VERSION:
+        return "client", "a server older than PostgreSQL 11 has no hashtextextended"
+    if source.version_num // 10000 != target.version_num // 10000:
+        return "client", (f"servers differ in major version ({source.version_num // 10000} vs "
+                          f"{target.version_num // 10000}): value text may differ, rows are "
+                          "hashed client-side")
+    if source.encoding != target.encoding:
+        return "client", (f"server encodings differ ({source.encoding} vs {target.encoding}): "
+                          "rows are hashed client-side")
+    return "server", None
+
+
+async def _check(pool: asyncpg.Pool, sql: TableSQL, side: str) -> None:
+    text, params = sql.check()
+    async with pool.acquire() as conn:
+        try:
+            await conn.fetch(text, *params)
+        except asyncpg.PostgresError as e:
+            raise UsageError(f"cannot read {sql.plan.ref} on the {side}: {e}") from e
+
+
+def _plans(
+    src_tables: dict[TableRef, TableInfo],
+    tgt_tables: dict[TableRef, TableInfo],
+    chosen: Sequence[TableRef],
+    options: DiffOptions,
+    src_server: ServerInfo,
+    tgt_server: ServerInfo,
+) -> tuple[list[TablePlan], list[TableResult]]:
+    plans: list[TablePlan] = []
+    absent: list[TableResult] = []
+    key_used = False
+    for ref in chosen:
+        s, t = src_tables.get(ref), tgt_tables.get(ref)
+        if s is None or t is None:
+            where = "target" if t is None else "source"
+            absent.append(TableResult(ref, (), "none",
+                                      schema_differences=(f"table missing on the {where}",)))
+            continue
+        key = options.key if options.key and all(s.column(k) for k in options.key) else ()
+        key_used = key_used or bool(key)
+        plans.append(plan_table(s, t, key=key, source_server=src_server,
+                                target_server=tgt_server))
+    if options.key and not key_used:
+        raise UsageError(f"--key {','.join(options.key)}: no selected table has those columns")
+    return plans, absent
+
+
+async def diff(
+    source: str,
+    target: str,
+    options: DiffOptions | None = None,
+    *,
+    progress: Callable[[TableRef, int, int], None] | None = None,
+) -> DiffReport:
+    """Compare tables of ``source`` and ``target``; differences are in the report.
+
+    Raises :class:`~replverify.errors.ReplverifyError` for trouble (bad options,
+    unreachable servers, unknown tables); never for a difference.
+    ``progress(table, rows_done, rows_estimated)`` is called as chunks complete.
+    """
+    options = options or DiffOptions()
+    options.validate()
+    started = time.perf_counter()
+    src_ep, tgt_ep = Endpoint.parse(source), Endpoint.parse(target)
+    where = parse_where(options.where) if options.where else None
+    pools = await asyncio.gather(open_pool(src_ep, options.jobs), open_pool(tgt_ep, options.jobs),
+                                 return_exceptions=True)
+    src_pool, tgt_pool = pools
+    try:
+        for p in pools:
+            if isinstance(p, BaseException):
+                raise p
+        assert isinstance(src_pool, asyncpg.Pool) and isinstance(tgt_pool, asyncpg.Pool)
+        return await _diff(src_ep, tgt_ep, src_pool, tgt_pool, options, where, started, progress)
+    except asyncpg.PostgresError as e:
+        raise ServerError(src_ep.scrub(tgt_ep.scrub(str(e))), sqlstate=e.sqlstate) from e
+    except (OSError, asyncpg.InterfaceError) as e:
+        raise ConnectError(f"connection lost: {src_ep.scrub(tgt_ep.scrub(str(e)))}") from e
+    finally:
+        await asyncio.gather(*(p.close() for p in pools if isinstance(p, asyncpg.Pool)))
+
+
+async def _diff(src_ep: Endpoint, tgt_ep: Endpoint, src_pool: asyncpg.Pool,
+                tgt_pool: asyncpg.Pool, options: DiffOptions, where: object,
+                started: float, progress: Callable[[TableRef, int, int], None] | None,
+                ) -> DiffReport:
+    async with src_pool.acquire() as sc, tgt_pool.acquire() as tc:
+        src_server, tgt_server = await catalog.server_info(sc), await catalog.server_info(tc)
+        src_tables, tgt_tables = await catalog.load_tables(sc), await catalog.load_tables(tc)
+    chosen = catalog.select_tables(list(src_tables), options.tables, options.exclude)
+    if not options.tables:
+        chosen += sorted(r for r in tgt_tables if r not in src_tables
+                         and r in catalog.select_tables(list(tgt_tables), (), options.exclude))
+    plans, results = _plans(src_tables, tgt_tables, chosen, options, src_server, tgt_server)
+    mode, why = choose_digest(options.digest, src_server, tgt_server)
+    report = DiffReport(str(src_ep), str(tgt_ep), results)
+    if why:
+        report.notes.append(why)
+    sqls = [TableSQL(p, where) for p in plans]  # type: ignore[arg-type]
+    for s in sqls:
+        await asyncio.gather(_check(src_pool, s, "source"), _check(tgt_pool, s, "target"))
+
+    sem = asyncio.Semaphore(options.jobs)
+
+    async def one(sql: TableSQL) -> TableResult:
+        async with sem:
+            return await compare_table(sql, src_pool, tgt_pool, mode, options, progress)
+
+    report.tables.extend(await asyncio.gather(*(one(s) for s in sqls)))
+    report.tables.sort(key=lambda t: t.table)
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+async def compare_table(
+    sql: TableSQL,
+    source: asyncpg.Pool,
+    target: asyncpg.Pool,
+    mode: DigestMode,
+    options: DiffOptions,
+    progress: Callable[[TableRef, int, int], None] | None = None,
+) -> TableResult:
+    """Compare one planned table; server errors end up in ``TableResult.error``."""
+    plan = sql.plan
+    started = time.perf_counter()
+    hasher = RowHasher(plan)
+    names = [c.name for c in plan.columns]
+    machine = TableComparison(
+        hasher.differing_columns(names),
+        chunk_rows=options.chunk_rows,
+        leaf_rows=options.leaf_rows,
+        max_diffs=options.max_diffs,
+    )
+    result = TableResult(plan.ref, plan.key_names, plan.key_mode,
+                         schema_differences=plan.schema_differences,
+                         columns=tuple(names),
+                         digest=DIGEST_DESCRIPTIONS[mode])
+    try:
+        if plan.multiset:
+            await compare_multiset(sql, source, target, machine)
+        else:
+            sides = Sides(PostgresSource(source, sql, mode), PostgresSource(target, sql, mode))
+            estimate = plan.estimated_rows
+
+            def tick(done: int) -> None:
+                if progress:
+                    progress(plan.ref, done, max(estimate, done))
+
+            await run(machine, sides, jobs=options.jobs, progress=tick)
+    except asyncpg.PostgresError as e:
+        result.error = f"{quote_table(plan.ref)}: {type(e).__name__}: {e}"
+    except ReplverifyError as e:
+        result.error = str(e)
+    stats = machine.stats
+    result.rows_source, result.rows_target = stats.rows_source, stats.rows_target
+    result.chunks, result.chunks_mismatched = stats.chunks, stats.chunks_mismatched
+    result.differences = _sorted(machine.differences)
+    result.differences_total = machine.differences_total
+    result.truncated = machine.truncated
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+def _sorted(diffs: list) -> list:  # type: ignore[type-arg]
+    try:
+        return sorted(diffs, key=lambda d: d.key)
+    except TypeError:
+        return diffs

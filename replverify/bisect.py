@@ -1,0 +1,230 @@
+"""The comparison of one table as an I/O-free state machine.
+
+The machine never touches a database. It hands out *requests* ("the digest of this key
+range on both sides", "split this range", "the row hashes of this range", "the rows with
+these keys") and is fed the answers; :mod:`replverify.pipeline` runs the requests against
+PostgreSQL, tests run them against in-memory sources or scripted answers.
+
+Narrowing: a chunk whose digests (row count + sum of row hashes) match is done. A
+mismatching range larger than ``leaf_rows`` is split into ``split_factor`` parts at keys
+taken from the side that holds more rows, and each part is digested again; a small one is
+resolved with its (key, row hash) pairs, and only the rows whose hashes differ are read in
+full and compared column by column. Transfer grows with the number of differences, not
+with the table size.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Union
+
+from .plan import KeyRange, split_step
+from .types import Changed, Difference, Extra, Key, Missing
+
+Side = Literal["source", "target"]
+Row = Sequence[object]
+
+
+class Digest(Protocol):
+    @property
+    def count(self) -> int: ...
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class NeedDigest:
+    """Answer: ``(source_digest, target_digest)`` of the rows in ``range``."""
+
+    range: KeyRange
+    top: bool = False
+    id: int = field(default_factory=lambda: next(_ids), compare=False)
+
+
+@dataclass(frozen=True)
+class NeedSplit:
+    """Answer: keys of ``side`` inside ``range`` at every ``every``-th row, ascending."""
+
+    range: KeyRange
+    side: Side
+    every: int
+    top: bool = False
+    id: int = field(default_factory=lambda: next(_ids), compare=False)
+
+
+@dataclass(frozen=True)
+class NeedRowHashes:
+    """Answer: ``(source, target)`` mappings key → row hash for the rows in ``range``."""
+
+    range: KeyRange
+    id: int = field(default_factory=lambda: next(_ids), compare=False)
+
+
+@dataclass(frozen=True)
+class NeedRows:
+    """Answer: ``(source, target)`` mappings key → compared column values, for ``keys``."""
+
+    range: KeyRange
+    keys: tuple[Key, ...]
+    id: int = field(default_factory=lambda: next(_ids), compare=False)
+
+
+Request = Union[NeedDigest, NeedSplit, NeedRowHashes, NeedRows]
+RowComparer = Callable[[Row, Row], tuple[str, ...]]
+
+
+@dataclass
+class Stats:
+    rows_source: int = 0
+    rows_target: int = 0
+    chunks: int = 0
+    chunks_mismatched: int = 0
+    ranges_digested: int = 0
+    rows_hashed: int = 0
+    rows_fetched: int = 0
+
+
+class TableComparison:
+    """Compare one table by key ranges; feed it answers until :attr:`done`."""
+
+    def __init__(
+        self,
+        compare_rows: RowComparer,
+        *,
+        chunk_rows: int = 10_000,
+        leaf_rows: int = 1_000,
+        split_factor: int = 16,
+        max_diffs: int | None = None,
+        whole: KeyRange | None = None,
+    ) -> None:
+        if chunk_rows < 1 or leaf_rows < 1 or split_factor < 2:
+            raise ValueError("chunk_rows and leaf_rows must be >= 1, split_factor >= 2")
+        self.compare_rows = compare_rows
+        self.chunk_rows = chunk_rows
+        self.leaf_rows = leaf_rows
+        self.split_factor = split_factor
+        self.max_diffs = max_diffs
+        self.whole = whole or KeyRange()
+        self.stats = Stats()
+        self.differences: list[Difference] = []
+        self.differences_total = 0
+        self._pending: set[int] = set()
+        self._started = False
+
+    # -- driving -------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self._started and not self._pending
+
+    @property
+    def truncated(self) -> bool:
+        return self.max_diffs is not None and self.differences_total > len(self.differences)
+
+    def start(self) -> list[Request]:
+        """The first request: chunk boundaries, every ``chunk_rows`` keys of the source.
+
+        Always asked (even for a table whose statistics say it is small) because
+        statistics may be stale; for a small table it is one cheap index-only query.
+        """
+        self._started = True
+        return self._issue([NeedSplit(self.whole, "source", self.chunk_rows, top=True)])
+
+    def feed(self, request: Request, answer: object) -> list[Request]:
+        """Give the answer to ``request``; returns the follow-up requests."""
+        if request.id not in self._pending:
+            raise ValueError(f"unexpected answer for request {request.id}")
+        self._pending.discard(request.id)
+        if isinstance(request, NeedDigest):
+            src, tgt = answer  # type: ignore[misc]
+            return self._issue(self._on_digest(request, src, tgt))
+        if isinstance(request, NeedSplit):
+            return self._issue(self._on_split(request, list(answer)))  # type: ignore[call-overload]
+        if isinstance(request, NeedRowHashes):
+            src_h, tgt_h = answer  # type: ignore[misc]
+            return self._issue(self._on_row_hashes(request, src_h, tgt_h))
+        src_r, tgt_r = answer  # type: ignore[misc]
+        self._on_rows(request, src_r, tgt_r)
+        return []
+
+    # -- transitions ---------------------------------------------------------------------
+    def _issue(self, requests: Iterable[Request]) -> list[Request]:
+        out = list(requests)
+        self._pending.update(r.id for r in out)
+        return out
+
+    def _on_split(self, req: NeedSplit, boundaries: list[Key]) -> list[Request]:
+        ranges = req.range.split(boundaries)
+        if req.top:
+            return [NeedDigest(r, top=True) for r in ranges]
+        if len(ranges) == 1:
+            # The side could not be cut further (e.g. all its rows share a range edge):
+            # resolve the range row by row rather than loop.
+            return [NeedRowHashes(req.range)]
+        return [NeedDigest(r) for r in ranges]
+
+    def _on_digest(self, req: NeedDigest, src: Digest, tgt: Digest) -> list[Request]:
+        self.stats.ranges_digested += 1
+        if req.top:
+            self.stats.chunks += 1
+            self.stats.rows_source += src.count
+            self.stats.rows_target += tgt.count
+        if src == tgt:
+            return []
+        if req.top:
+            self.stats.chunks_mismatched += 1
+        rows = max(src.count, tgt.count)
+        if rows <= self.leaf_rows:
+            return [NeedRowHashes(req.range)]
+        side: Side = "source" if src.count >= tgt.count else "target"
+        return [NeedSplit(req.range, side, split_step(rows, self.split_factor))]
+
+    def _on_row_hashes(
+        self, req: NeedRowHashes, src: Mapping[Key, object], tgt: Mapping[Key, object]
+    ) -> list[Request]:
+        self.stats.rows_hashed += len(src) + len(tgt)
+        differing: list[Key] = []
+        for key, h in src.items():
+            if key not in tgt:
+                self.record(Missing(key))
+            elif tgt[key] != h:
+                differing.append(key)
+        for key in tgt:
+            if key not in src:
+                self.record(Extra(key))
+        return [NeedRows(req.range, tuple(differing))] if differing else []
+
+    def _on_rows(self, req: NeedRows, src: Mapping[Key, Row], tgt: Mapping[Key, Row]) -> None:
+        self.stats.rows_fetched += len(src) + len(tgt)
+        for key in req.keys:
+            s, t = src.get(key), tgt.get(key)
+            if s is None and t is None:
+                continue
+            if t is None:
+                self.record(Missing(key))
+            elif s is None:
+                self.record(Extra(key))
+            else:
+                columns = self.compare_rows(s, t)
+                if columns:
+                    self.record(Changed(key, columns))
+
+    def record(self, diff: Difference) -> None:
+        """Count a difference; keep it unless ``max_diffs`` are kept already."""
+        self.differences_total += 1
+        if self.max_diffs is None or len(self.differences) < self.max_diffs:
+            self.differences.append(diff)
+
+
+def run_in_memory(
+    machine: TableComparison,
+    answer: Callable[[Request], object],
+) -> TableComparison:
+    """Drive ``machine`` to completion with a synchronous ``answer`` function (tests, tools)."""
+    queue: list[Request] = machine.start()
+    while queue:
+        req = queue.pop()
+        queue.extend(machine.feed(req, answer(req)))
+    return machine

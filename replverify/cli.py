@@ -1,0 +1,175 @@
+"""The ``replverify`` command: parse options, call the API, render, exit.
+
+Exit codes (as diff(1)): 0 verified, 1 differences, 2 trouble. They are decided here and
+nowhere else, from the report or from the :class:`~replverify.errors.ReplverifyError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__, api
+from .errors import EXIT_DIFFERENT, EXIT_OK, EXIT_TROUBLE, ReplverifyError
+from .report import DIFF_RENDERERS
+from .types import DiffReport, TableRef
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+FORMATS = click.Choice(["text", "json", "markdown"])
+
+
+def output_options(f: F) -> F:
+    f = click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+                     help="Write the report to FILE instead of standard output.")(f)
+    f = click.option("--format", "fmt", type=FORMATS, default="text", show_default=True,
+                     help="Report format.")(f)
+    return f
+
+
+def emit(text: str, output: str | None) -> None:
+    if output:
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise click.FileError(output, hint=e.strerror) from None
+    else:
+        click.echo(text, nl=False)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; turn our errors into a message and exit code 2 (never a traceback)."""
+    try:
+        return asyncio.run(coro)
+    except ReplverifyError as e:
+        click.echo(f"replverify: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("replverify: interrupted", err=True)
+        sys.exit(130)
+
+
+class ProgressLine:
+    """``rows done, rate, ETA`` on stderr, redrawn in place; silent when not a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.done: dict[TableRef, tuple[int, int]] = {}
+        self.last = 0.0
+
+    def __call__(self, table: TableRef, done: int, estimate: int) -> None:
+        if not self.enabled:
+            return
+        self.done[table] = (done, estimate)
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        rows = sum(d for d, _ in self.done.values())
+        total = sum(e for _, e in self.done.values())
+        rate = rows / max(now - self.started, 1e-6)
+        eta = f", ETA {max(total - rows, 0) / rate:.0f} s" if rate > 0 and total > rows else ""
+        click.echo(f"\r\033[K{table}  {rows:,} rows  {rate:,.0f} rows/s{eta}", err=True, nl=False)
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            click.echo("\r\033[K", err=True, nl=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="replverify")
+def main() -> None:
+    """Verify PostgreSQL replication and find exactly the data a failover lost.
+
+    DSNs are libpq URLs (postgresql://user@host:port/db) or key=value strings; the
+    standard PG* environment variables apply. Passwords never appear in output.
+
+    Exit codes: 0 verified, 1 differences found, 2 trouble (bad arguments, unreachable
+    server, something that could not be checked).
+    """
+
+
+def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    cols = tuple(c.strip() for c in value.split(","))
+    if any(not c for c in cols):
+        raise click.BadParameter("give column names separated by commas, e.g. --key a,b")
+    return cols
+
+
+@main.command()
+@click.argument("source")
+@click.argument("target")
+@click.option("-t", "--table", "tables", multiple=True, metavar="TABLE",
+              help="schema.table or table (schema public); globs allowed; repeatable. "
+                   "Default: every ordinary user table.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching tables; repeatable.")
+@click.option("--where", metavar="SQL",
+              help="Compare only rows matching this boolean condition (on both sides).")
+@click.option("--key", callback=_split_cols, metavar="COLS",
+              help="Key columns (comma-separated) for tables without a primary key; "
+                   "otherwise such tables are compared as row multisets.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Rows per chunk (key range) hashed and compared at once.")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Chunks read at once per side (connections per side).")
+@click.option("--max-diffs", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Differences kept per table (all are counted).")
+@click.option("--digest", type=click.Choice(["auto", "server", "client"]), default="auto",
+              show_default=True,
+              help="Where equal chunks are hashed: in the database (server, little transfer) "
+                   "or here from decoded values (client, exact across versions).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: when stderr is a terminal).")
+@output_options
+def diff(source: str, target: str, tables: tuple[str, ...], exclude: tuple[str, ...],
+         where: str | None, key: tuple[str, ...], chunk_rows: int, jobs: int, max_diffs: int,
+         digest: api.DigestChoice, progress: bool | None, fmt: str, output: str | None) -> None:
+    """Compare tables of SOURCE (primary) and TARGET (secondary) row by row.
+
+    Rows are hashed in key-ordered chunks; mismatching chunks are narrowed to the exact
+    rows: missing (in source only), extra (in target only) and changed (with the columns
+    that differ). Exit 0 when identical, 1 when different, 2 when something could not be
+    checked.
+    """
+    options = api.DiffOptions(tables=tables, exclude=exclude, where=where, key=key,
+                              chunk_rows=chunk_rows, jobs=jobs, max_diffs=max_diffs,
+                              digest=digest)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = ProgressLine(show)
+    try:
+        report = run_async(api.diff(source, target, options, progress=bar))
+    finally:
+        bar.close()
+    emit(DIFF_RENDERERS[fmt](report), output)
+    sys.exit(diff_exit_code(report))
+
+
+def diff_exit_code(report: DiffReport) -> int:
+    if not report.complete:
+        return EXIT_TROUBLE
+    return EXIT_OK if report.status == "consistent" else EXIT_DIFFERENT
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Leave the clusters running and print their DSNs.")
+@click.option("--rows", type=click.IntRange(min=100), default=20_000, show_default=True,
+              help="Rows of sample data.")
+def demo(keep: bool, rows: int) -> None:
+    """Start a local primary + standby, fail over with real loss, and show the reports.
+
+    Needs the PostgreSQL 15 server binaries (pg_config --bindir). Everything runs in a
+    temporary directory on loopback ports and is removed afterwards (unless --keep).
+    """
+    from .demo import run_demo
+
+    sys.exit(run_async(run_demo(rows=rows, keep=keep, echo=click.echo)))

@@ -1,0 +1,227 @@
+"""DSNs, password redaction, and asyncpg pools with pinned session settings.
+
+Every connection replverify opens is read-only and runs each statement in a
+``repeatable read`` snapshot, and pins the settings that change how values print
+(TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output), so both sides
+of a comparison encode the same value the same way whatever their server defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from .errors import ConnectError, UsageError
+
+#: Session settings that make text output identical on both sides, and reads safe.
+PINNED_SETTINGS: Mapping[str, str] = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+    "lc_monetary": "C",
+    "default_transaction_read_only": "on",
+    "default_transaction_isolation": "repeatable read",
+    "application_name": "replverify",
+}
+
+_KV_KEYS = {
+    "host",
+    "hostaddr",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "connect_timeout",
+    "application_name",
+    "passfile",
+    "service",
+    "target_session_attrs",
+    "options",
+}
+_KV_RE = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A parsed DSN. ``str()``/``repr()`` never show the password."""
+
+    raw: str = field(repr=False)
+    kwargs: tuple[tuple[str, Any], ...] = field(repr=False, default=())
+    display: str = ""
+    secret: str | None = field(repr=False, default=None)
+
+    @classmethod
+    def parse(cls, dsn: str) -> Endpoint:
+        """Parse a libpq URL (``postgresql://…``) or ``key=value`` string; ``""`` uses PG*."""
+        dsn = dsn.strip()
+        if dsn.startswith(("postgresql://", "postgres://")):
+            return cls._from_url(dsn)
+        if dsn == "" or "=" in dsn:
+            return cls._from_keywords(dsn)
+        raise UsageError(
+            f"not a connection string: {redact_text(dsn)!r}",
+            hint="use postgresql://user@host:port/db or 'host=... dbname=...'",
+        )
+
+    @classmethod
+    def _from_url(cls, dsn: str) -> Endpoint:
+        try:
+            url = urllib.parse.urlsplit(dsn)
+            _ = url.port
+        except ValueError as e:
+            raise UsageError(f"bad connection URL {redact_text(dsn)!r}: {e}") from None
+        query = urllib.parse.parse_qs(url.query)
+        secret = url.password or (query.get("password") or [None])[0]
+        netloc = url.hostname or ""
+        if url.hostname and ":" in url.hostname:
+            netloc = f"[{url.hostname}]"
+        if url.port:
+            netloc += f":{url.port}"
+        if url.username:
+            netloc = f"{urllib.parse.unquote(url.username)}@{netloc}"
+        kept = [(k, v) for k, v in urllib.parse.parse_qsl(url.query) if k != "password"]
+        display = urllib.parse.urlunsplit(
+            ("postgresql", netloc, url.path, urllib.parse.urlencode(kept), "")
+        )
+        return cls(raw=dsn, kwargs=(("dsn", dsn),), display=display, secret=secret)
+
+    @classmethod
+    def _from_keywords(cls, dsn: str) -> Endpoint:
+        params: dict[str, str] = {}
+        pos = 0
+        while pos < len(dsn):
+            m = _KV_RE.match(dsn, pos)
+            if not m or not m.group(0).strip():
+                raise UsageError(f"cannot parse connection string near {dsn[pos:pos + 20]!r}")
+            key, value = m.group(1), m.group(2)
+            if value.startswith("'"):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            if key not in _KV_KEYS:
+                raise UsageError(f"unknown connection parameter {key!r}")
+            params[key] = value
+            pos = m.end()
+        kwargs: dict[str, Any] = {}
+        if "hostaddr" in params and "host" not in params:
+            params["host"] = params["hostaddr"]
+        for src, dst in (("host", "host"), ("user", "user"), ("password", "password"),
+                         ("dbname", "database"), ("passfile", "passfile"),
+                         ("service", "service"), ("target_session_attrs", "target_session_attrs")):
+            if src in params:
+                kwargs[dst] = params[src]
+        if "port" in params:
+            try:
+                kwargs["port"] = int(params["port"])
+            except ValueError:
+                raise UsageError(f"port must be a number, not {params['port']!r}") from None
+        if "sslmode" in params:
+            kwargs["ssl"] = params["sslmode"]
+        if "connect_timeout" in params:
+            kwargs["timeout"] = float(params["connect_timeout"])
+        host = params.get("host") or os.environ.get("PGHOST", "")
+        port = params.get("port") or os.environ.get("PGPORT", "")
+        user = params.get("user") or os.environ.get("PGUSER", "")
+        db = params.get("dbname") or os.environ.get("PGDATABASE", "")
+        netloc = (f"{user}@" if user else "") + host + (f":{port}" if port else "")
+        display = f"postgresql://{netloc}/{db}"
+        return cls(raw=dsn, kwargs=tuple(kwargs.items()), display=display,
+                   secret=params.get("password"))
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as the connection will try it (for error messages)."""
+        kw = dict(self.kwargs)
+        if "dsn" in kw:
+            url = urllib.parse.urlsplit(kw["dsn"])
+            host, port = url.hostname, url.port
+        else:
+            host, port = kw.get("host"), kw.get("port")
+        host = host or os.environ.get("PGHOST") or "localhost"
+        port = port or os.environ.get("PGPORT") or 5432
+        return f"{host}:{port}"
+
+    def scrub(self, text: str) -> str:
+        """Remove this endpoint's password from ``text``."""
+        text = redact_text(text)
+        if self.secret:
+            text = text.replace(self.secret, "***")
+        return text
+
+    def __str__(self) -> str:
+        return self.display
+
+
+def redact_text(text: str) -> str:
+    """Hide passwords in anything that looks like a DSN inside ``text``."""
+    text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*):[^@\s]*@", r"\1:***@", text)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # asyncpg's default interval codec folds a year into 365 days, which PostgreSQL's
+    # interval equality does not; keep the raw (months, days, microseconds) triple.
+    await conn.set_type_codec(
+        "interval",
+        schema="pg_catalog",
+        encoder=lambda v: v,
+        decoder=lambda v: v,
+        format="tuple",
+    )
+
+
+def _connect_kwargs(endpoint: Endpoint) -> dict[str, Any]:
+    kw = dict(endpoint.kwargs)
+    kw.setdefault("timeout", 15.0)
+    kw["server_settings"] = dict(PINNED_SETTINGS)
+    return kw
+
+
+def _explain(endpoint: Endpoint, exc: BaseException) -> ConnectError:
+    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        reason = f"login refused: {exc}"
+    elif isinstance(exc, socket.gaierror):
+        reason = f"unknown host ({exc.strerror})"
+    elif isinstance(exc, ConnectionRefusedError):
+        reason = "connection refused (is the server running and listening there?)"
+    elif isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        reason = "timed out"
+    elif isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+    else:
+        reason = str(exc) or type(exc).__name__
+    return ConnectError(endpoint.scrub(f"cannot connect to {endpoint.address} ({endpoint}): {reason}"))
+
+
+async def connect(endpoint: Endpoint) -> asyncpg.Connection:
+    """One read-only connection with pinned settings."""
+    try:
+        conn = await asyncpg.connect(**_connect_kwargs(endpoint))
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        raise _explain(endpoint, e) from None
+    await _init_connection(conn)
+    return conn
+
+
+async def open_pool(endpoint: Endpoint, size: int) -> asyncpg.Pool:
+    """A pool of ``size`` read-only connections with pinned settings."""
+    try:
+        pool = await asyncpg.create_pool(
+            min_size=1, max_size=max(1, size), init=_init_connection, **_connect_kwargs(endpoint)
+        )
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        raise _explain(endpoint, e) from None
+    assert pool is not None
+    return pool

@@ -1,0 +1,163 @@
+"""Row sources: what the comparison asks of one side of one table.
+
+A :class:`RowSource` answers four questions about a key range: its digest, split keys,
+(key → row hash) pairs, and full rows for some keys. :class:`PostgresSource` answers them
+with SQL (hashing in the database, or hashing decoded rows here), :class:`MemorySource`
+from a dict (tests and tools). The comparison logic never knows which it talks to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, Protocol
+
+import asyncpg
+
+from .align import TablePlan
+from .canonical import Encoder, encode_row, encoder_for
+from .hashing import ChunkDigest, row_digest, to_unsigned64
+from .plan import KeyRange
+from .sql import TableSQL
+from .types import Key
+
+DigestMode = Literal["server", "client"]
+Row = tuple[object, ...]
+
+
+class RowSource(Protocol):
+    async def digest(self, rng: KeyRange) -> ChunkDigest: ...
+    async def split(self, rng: KeyRange, every: int) -> list[Key]: ...
+    async def row_hashes(self, rng: KeyRange) -> dict[Key, int]: ...
+    async def rows(self, rng: KeyRange, keys: Sequence[Key]) -> dict[Key, Row]: ...
+
+
+def hashable(value: object) -> object:
+    """Keys must be dict keys: arrays (lists) become tuples."""
+    if isinstance(value, list):
+        return tuple(hashable(v) for v in value)
+    return value
+
+
+class RowHasher:
+    """Canonical encoding + xxh3 of decoded rows, encoders chosen once per column."""
+
+    def __init__(self, plan: TablePlan) -> None:
+        self.encoders: list[Encoder] = [encoder_for(c.type) for c in plan.columns]
+
+    def __call__(self, values: Sequence[object]) -> int:
+        return row_digest(encode_row(self.encoders, values))
+
+    def differing_columns(self, names: Sequence[str]) -> Callable[[Sequence[object],
+                                                                    Sequence[object]],
+                                                                   tuple[str, ...]]:
+        encoders = self.encoders
+
+        def compare(a: Sequence[object], b: Sequence[object]) -> tuple[str, ...]:
+            return tuple(
+                name for name, enc, x, y in zip(names, encoders, a, b, strict=True)
+                if enc(x) != enc(y)
+            )
+
+        return compare
+
+
+class PostgresSource:
+    """One side of one table on a PostgreSQL server."""
+
+    def __init__(self, pool: asyncpg.Pool, sql: TableSQL, mode: DigestMode) -> None:
+        self.pool = pool
+        self.sql = sql
+        self.mode = mode
+        self.nkey = len(sql.plan.key)
+        self.hasher = RowHasher(sql.plan)
+
+    def _key(self, record: Sequence[object]) -> Key:
+        return tuple(hashable(v) for v in record[: self.nkey])
+
+    async def digest(self, rng: KeyRange) -> ChunkDigest:
+        if self.mode == "client":
+            return await self._client_digest(rng)
+        text, params = self.sql.digest(rng)
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(text, *params)
+        assert row is not None
+        return ChunkDigest(row[0], to_unsigned64(int(row[1])))
+
+    async def _client_digest(self, rng: KeyRange) -> ChunkDigest:
+        text, params = self.sql.rows(rng)
+        count = total = 0
+        nkey, hasher = self.nkey, self.hasher
+        async with self.pool.acquire() as conn, conn.transaction():
+            async for rec in conn.cursor(text, *params, prefetch=2000):
+                count += 1
+                total += hasher(tuple(rec)[nkey:])
+        return ChunkDigest(count, total % (1 << 128))
+
+    async def split(self, rng: KeyRange, every: int) -> list[Key]:
+        text, params = self.sql.split(rng, every)
+        async with self.pool.acquire() as conn:
+            records = await conn.fetch(text, *params)
+        return [tuple(hashable(v) for v in r) for r in records]
+
+    async def row_hashes(self, rng: KeyRange) -> dict[Key, int]:
+        if self.mode == "client":
+            text, params = self.sql.rows(rng)
+            async with self.pool.acquire() as conn:
+                records = await conn.fetch(text, *params)
+            return {self._key(r): self.hasher(tuple(r)[self.nkey:]) for r in records}
+        text, params = self.sql.row_hashes(rng)
+        async with self.pool.acquire() as conn:
+            records = await conn.fetch(text, *params)
+        return {self._key(r): r[self.nkey] for r in records}
+
+    async def rows(self, rng: KeyRange, keys: Sequence[Key]) -> dict[Key, Row]:
+        text, params = self.sql.rows(rng, keys)
+        async with self.pool.acquire() as conn:
+            records = await conn.fetch(text, *params)
+        wanted = set(keys)
+        out: dict[Key, Row] = {}
+        for r in records:
+            key = self._key(r)
+            if key in wanted:
+                out[key] = tuple(r)[self.nkey:]
+        return out
+
+
+class MemorySource:
+    """An in-memory side: ``rows`` maps key → compared column values.
+
+    Keys are ordered with Python's ordering, which must match the server's for the data
+    used (ints, byte-ordered text, ...). Digests use the same canonical hashing as
+    ``PostgresSource`` in client mode.
+    """
+
+    def __init__(self, rows: Mapping[Key, Row], hasher: Callable[[Sequence[object]], int]) -> None:
+        self.data = dict(rows)
+        self.keys: list[Key] = sorted(self.data)  # type: ignore[type-var]
+        self.hasher = hasher
+        self.calls = 0
+
+    def _in(self, rng: KeyRange) -> list[Key]:
+        return [k for k in self.keys
+                if (rng.lo is None or k > rng.lo)  # type: ignore[operator]
+                and (rng.hi is None or k <= rng.hi)]  # type: ignore[operator]
+
+    async def digest(self, rng: KeyRange) -> ChunkDigest:
+        self.calls += 1
+        d = ChunkDigest(0, 0)
+        for k in self._in(rng):
+            d = d.add(self.hasher(self.data[k]))
+        return d
+
+    async def split(self, rng: KeyRange, every: int) -> list[Key]:
+        self.calls += 1
+        keys = self._in(rng)
+        return [keys[i] for i in range(every - 1, len(keys), every)]
+
+    async def row_hashes(self, rng: KeyRange) -> dict[Key, int]:
+        self.calls += 1
+        return {k: self.hasher(self.data[k]) for k in self._in(rng)}
+
+    async def rows(self, rng: KeyRange, keys: Sequence[Key]) -> dict[Key, Row]:
+        self.calls += 1
+        return {k: self.data[k] for k in keys if k in self.data}

@@ -1,0 +1,247 @@
+"""SQL built with sqlglot: identifiers quoted by the generator, values as ``$n`` parameters.
+
+:class:`TableSQL` holds the statements for one table plan; each method returns the SQL text
+and the parameter list that goes with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+from .align import TEXT_CASTS, TablePlan
+from .errors import UsageError
+from .plan import KeyRange
+from .types import Key, TableRef
+
+DIALECT = "postgres"
+ALIAS = "_rv_t"
+#: Seed of ``hashtextextended`` for in-database row hashes (any constant; both sides agree).
+HASH_SEED = 0x5EED
+
+Statement = tuple[str, list[object]]
+
+
+def ident(name: str) -> exp.Identifier:
+    return exp.to_identifier(name, quoted=True)
+
+
+def column(name: str) -> exp.Column:
+    return exp.Column(this=ident(name), table=ident(ALIAS))
+
+
+def table(ref: TableRef) -> exp.Table:
+    return exp.Table(this=ident(ref.name), db=ident(ref.schema), alias=exp.TableAlias(this=ident(ALIAS)))
+
+
+def quote_table(ref: TableRef) -> str:
+    """``"schema"."table"`` for messages and scripts."""
+    return exp.Table(this=ident(ref.name), db=ident(ref.schema)).sql(DIALECT)
+
+
+class Params:
+    """Collects parameter values and hands out ``$n`` placeholders."""
+
+    def __init__(self) -> None:
+        self.values: list[object] = []
+
+    def add(self, value: object) -> exp.Parameter:
+        self.values.append(value)
+        return exp.Parameter(this=exp.Literal.number(len(self.values)))
+
+
+# -- --where ------------------------------------------------------------------------------
+_PREDICATE_ROOTS = (exp.Predicate, exp.Connector, exp.Not, exp.Boolean, exp.Column, exp.Paren)
+_FORBIDDEN = (exp.Query, exp.Subquery, exp.Command, exp.DDL, exp.DML, exp.Anonymous,
+              exp.Placeholder, exp.Parameter, exp.Into)
+#: Built-in functions a --where may call: pure and read-only.
+_ALLOWED_FUNCS = (exp.Lower, exp.Upper, exp.Coalesce, exp.Abs, exp.Length, exp.Substring,
+                  exp.Trim, exp.DateTrunc, exp.TimestampTrunc, exp.CurrentTimestamp,
+                  exp.CurrentDate, exp.Cast, exp.TryCast, exp.Round, exp.Floor, exp.Ceil,
+                  exp.Extract, exp.Nullif, exp.Greatest, exp.Least, exp.Concat, exp.Mod)
+
+
+def parse_where(text: str) -> exp.Expression:
+    """Parse ``--where``: exactly one boolean expression, no statements, comments,
+    subqueries or unknown function calls."""
+    if "--" in text or "/*" in text:
+        raise UsageError("--where must not contain comments")
+    try:
+        trees = sqlglot.parse(text, read=DIALECT)
+    except ParseError as e:
+        raise UsageError(f"--where is not valid SQL: {_first_line(e)}") from None
+    trees = [t for t in trees if t is not None]
+    if len(trees) != 1:
+        raise UsageError("--where must be a single expression, not several statements")
+    tree = trees[0]
+    if not isinstance(tree, _PREDICATE_ROOTS) or isinstance(tree, exp.Query):
+        raise UsageError(
+            f"--where must be a boolean condition, not {type(tree).__name__.lower()}",
+            hint="for example --where \"created_at >= '2026-01-01'\"",
+        )
+    for node in tree.walk():
+        if isinstance(node, _FORBIDDEN):
+            raise UsageError(f"--where may not contain {node.sql(DIALECT)!r}",
+                             hint="subqueries, parameters and unknown functions are refused")
+        if isinstance(node, exp.Func) and not isinstance(node, (*_ALLOWED_FUNCS, exp.Predicate,
+                                                                exp.Connector)):
+            raise UsageError(f"--where may not call {node.sql(DIALECT)!r}")
+        if isinstance(node, exp.Column) and node.table:
+            raise UsageError("--where columns must not be qualified with a table name")
+    return tree
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _qualify(where: exp.Expression) -> exp.Expression:
+    def fix(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Column) and not node.table:
+            return exp.Column(this=node.this, table=ident(ALIAS))
+        return node
+
+    return where.copy().transform(fix)
+
+
+# -- statements -----------------------------------------------------------------------------
+@dataclass
+class TableSQL:
+    """The statements that read one table, for one plan and optional ``--where``."""
+
+    plan: TablePlan
+    where: exp.Expression | None = None
+
+    # the pieces
+    def _key_expr(self, i: int) -> exp.Expression:
+        k = self.plan.key[i]
+        col: exp.Expression = column(k.name)
+        if k.collate_c:
+            col = exp.Collate(this=col, expression=ident("C"))
+        return col
+
+    def _key_tuple(self) -> exp.Expression:
+        cols = [self._key_expr(i) for i in range(len(self.plan.key))]
+        return cols[0] if len(cols) == 1 else exp.Tuple(expressions=cols)
+
+    def _bound(self, key: Key, params: Params) -> exp.Expression:
+        ps = [params.add(v) for v in key]
+        return ps[0] if len(ps) == 1 else exp.Tuple(expressions=ps)
+
+    def _conditions(self, rng: KeyRange | None, params: Params) -> list[exp.Expression]:
+        conds: list[exp.Expression] = []
+        if rng is not None and rng.lo is not None:
+            conds.append(exp.GT(this=self._key_tuple(), expression=self._bound(rng.lo, params)))
+        if rng is not None and rng.hi is not None:
+            conds.append(exp.LTE(this=self._key_tuple(), expression=self._bound(rng.hi, params)))
+        if self.where is not None:
+            conds.append(exp.Paren(this=_qualify(self.where)))
+        return conds
+
+    def _select(self, projections: Sequence[exp.Expression], rng: KeyRange | None,
+                params: Params) -> exp.Select:
+        q = exp.select(*projections).from_(table(self.plan.ref))
+        conds = self._conditions(rng, params)
+        if conds:
+            q = q.where(exp.and_(*conds))
+        return q
+
+    def value_expr(self, name: str, base: str) -> exp.Expression:
+        """The column as it is read for comparison (a few types through a stable cast)."""
+        col: exp.Expression = column(name)
+        if base in TEXT_CASTS:
+            col = exp.cast(col, TEXT_CASTS[base])
+        return col
+
+    def row_text(self) -> exp.Expression:
+        """The row's canonical text: the whole-row value when both sides have the same
+        columns, else a ROW() of the compared columns (in source order)."""
+        if self.plan.whole_row_text:
+            return exp.cast(exp.Column(this=ident(ALIAS)), "text")
+        row = exp.Anonymous(this="ROW", expressions=[
+            self.value_expr(c.name, c.type.base) for c in self.plan.columns
+        ])
+        return exp.cast(row, "text")
+
+    def row_hash(self) -> exp.Expression:
+        return exp.func("hashtextextended", self.row_text(), exp.Literal.number(HASH_SEED))
+
+    # the statements
+    def split(self, rng: KeyRange, every: int) -> Statement:
+        """Keys at every ``every``-th row of ``rng`` in key order."""
+        params = Params()
+        order = exp.Order(expressions=[exp.Ordered(this=self._key_expr(i))
+                                       for i in range(len(self.plan.key))])
+        rn = exp.alias_(exp.Window(this=exp.RowNumber(), order=order), "_rv_n", quoted=True)
+        keys = [exp.alias_(column(k.name), k.name, quoted=True) for k in self.plan.key]
+        inner = self._select([*keys, rn], rng, params)
+        step = params.add(every)
+        outer = (
+            exp.select(*[exp.column(k.name, quoted=True) for k in self.plan.key])
+            .from_(inner.subquery("_rv_s"))
+            .where(exp.EQ(this=exp.Mod(this=exp.column("_rv_n", quoted=True), expression=step),
+                          expression=exp.Literal.number(0)))
+            .order_by(exp.column("_rv_n", quoted=True))
+        )
+        return outer.sql(DIALECT), params.values
+
+    def digest(self, rng: KeyRange | None) -> Statement:
+        """Row count and sum of in-database row hashes over ``rng``."""
+        params = Params()
+        total = exp.Coalesce(this=exp.Sum(this=self.row_hash()),
+                             expressions=[exp.Literal.number(0)])
+        q = self._select([exp.Count(this=exp.Star()), total], rng, params)
+        return q.sql(DIALECT), params.values
+
+    def row_hashes(self, rng: KeyRange | None) -> Statement:
+        """``key..., hash`` per row of ``rng``."""
+        params = Params()
+        q = self._select([*(column(k.name) for k in self.plan.key), self.row_hash()], rng, params)
+        return q.sql(DIALECT), params.values
+
+    def rows(self, rng: KeyRange | None, keys: Sequence[Key] = ()) -> Statement:
+        """``key..., compared columns...`` for rows of ``rng`` (only ``keys`` when given).
+
+        Composite keys are matched per column (``a = ANY($1) AND b = ANY($2)``), which can
+        return a few rows beyond ``keys``; the caller keeps the exact ones.
+        """
+        params = Params()
+        projections = [column(k.name) for k in self.plan.key]
+        projections += [self.value_expr(c.name, c.type.base) for c in self.plan.columns]
+        q = self._select(projections, rng, params)
+        if keys:
+            for i, k in enumerate(self.plan.key):
+                values = sorted({key[i] for key in keys}, key=repr)
+                q = q.where(exp.EQ(this=column(k.name),
+                                   expression=exp.Any(this=exp.Paren(this=params.add(values)))))
+        return q.sql(DIALECT), params.values
+
+    def check(self) -> Statement:
+        """Reads nothing; fails if the table, its columns or ``--where`` are wrong."""
+        params = Params()
+        q = self._select([exp.Literal.number(1)], None, params).limit(0)
+        return q.sql(DIALECT), params.values
+
+    # multiset (keyless) tables
+    def hash_counts(self) -> Statement:
+        """``hash, count`` per distinct row hash, ordered by hash."""
+        params = Params()
+        h = exp.alias_(self.row_hash(), "_rv_h", quoted=True)
+        q = self._select([h, exp.alias_(exp.Count(this=exp.Star()), "_rv_c", quoted=True)],
+                         None, params)
+        q = q.group_by(exp.column("_rv_h", quoted=True)).order_by(exp.column("_rv_h", quoted=True))
+        return q.sql(DIALECT), params.values
+
+    def rows_with_hashes(self, hashes: Sequence[int]) -> Statement:
+        """``hash, compared columns...`` of the rows whose hash is in ``hashes``."""
+        params = Params()
+        projections = [self.row_hash(), *(self.value_expr(c.name, c.type.base)
+                                          for c in self.plan.columns)]
+        q = self._select(projections, None, params)
+        q = q.where(exp.EQ(this=self.row_hash(),
+                           expression=exp.Any(this=exp.Paren(this=params.add(list(hashes))))))
+        return q.sql(DIALECT), params.values

@@ -1,0 +1,122 @@
+"""Frozen records shared across the stages (catalog → plan → hash → compare → report)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+#: A row key: the values of the key columns, in key-column order, as asyncpg decodes them.
+Key = tuple[object, ...]
+
+TypeKind = Literal["base", "array", "composite", "enum", "range"]
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    """What the comparison needs to know about a column's type.
+
+    ``name`` is PostgreSQL's ``format_type`` text (``numeric(12,2)``, ``my_domain``);
+    ``base`` is the ``typname`` after resolving domains (``numeric``, ``_int4`` for arrays,
+    the type's own name for enums and composites). ``element`` is set for arrays,
+    ``fields`` for composites.
+    """
+
+    name: str
+    base: str
+    kind: TypeKind = "base"
+    element: ColumnType | None = None
+    fields: tuple[tuple[str, ColumnType], ...] = ()
+    collation: str | None = None
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: ColumnType
+    not_null: bool = False
+
+
+@dataclass(frozen=True, order=True)
+class TableRef:
+    schema: str
+    name: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def __str__(self) -> str:
+        return self.qualified
+
+
+@dataclass(frozen=True)
+class Missing:
+    """In the source, not in the target."""
+
+    key: Key
+    kind: Literal["missing"] = field(default="missing", init=False)
+
+
+@dataclass(frozen=True)
+class Extra:
+    """In the target, not in the source."""
+
+    key: Key
+    kind: Literal["extra"] = field(default="extra", init=False)
+
+
+@dataclass(frozen=True)
+class Changed:
+    """On both sides with different values in ``columns``."""
+
+    key: Key
+    columns: tuple[str, ...]
+    kind: Literal["changed"] = field(default="changed", init=False)
+
+
+Difference = Union[Missing, Extra, Changed]
+
+
+@dataclass
+class TableResult:
+    """The outcome of comparing one table (``replverify.diff/1`` ``tables[]``)."""
+
+    table: TableRef
+    key: tuple[str, ...]
+    key_mode: str  # "primary key", "--key" or "none" (row multiset)
+    rows_source: int = 0
+    rows_target: int = 0
+    chunks: int = 0
+    chunks_mismatched: int = 0
+    differences_total: int = 0
+    differences: list[Difference] = field(default_factory=list)
+    truncated: bool = False
+    schema_differences: tuple[str, ...] = ()
+    digest: str = ""  # how equal chunks were recognised (see pipeline)
+    columns: tuple[str, ...] = ()  # compared columns (row images of multiset differences)
+    error: str | None = None  # set when the table could not be (fully) verified
+    elapsed_s: float = 0.0
+
+    @property
+    def consistent(self) -> bool:
+        return (self.error is None and self.differences_total == 0
+                and not self.schema_differences)
+
+
+@dataclass
+class DiffReport:
+    """The outcome of ``replverify diff`` (``replverify.diff/1``)."""
+
+    source: str
+    target: str
+    tables: list[TableResult]
+    elapsed_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> Literal["consistent", "different"]:
+        return "consistent" if all(t.consistent for t in self.tables) else "different"
+
+    @property
+    def complete(self) -> bool:
+        return all(t.error is None for t in self.tables)
