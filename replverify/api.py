@@ -24,7 +24,7 @@ from .connect import Endpoint, open_pool
 from .errors import ConnectError, ReplverifyError, ServerError, UsageError
 from .pipeline import Sides, compare_multiset, run
 from .sources import DigestMode, PostgresSource, RowHasher
-from .sql import TableSQL, parse_where, quote_table
+from .sql import ALIAS, TableSQL, parse_where, quote_table
 from .types import DiffReport, TableRef, TableResult
 
 DigestChoice = Literal["auto", "server", "client"]
@@ -94,7 +94,8 @@ async def _check(pool: asyncpg.Pool, sql: TableSQL, side: str) -> None:
         try:
             await conn.fetch(text, *params)
         except asyncpg.PostgresError as e:
-            raise UsageError(f"cannot read {sql.plan.ref} on the {side}: {e}") from e
+            reason = str(e).replace(f"{ALIAS}.", "")
+            raise UsageError(f"cannot read {sql.plan.ref} on the {side}: {reason}") from e
 
 
 def _plans(

@@ -91,7 +91,7 @@ FROM generate_series(1, $1::int) i
 _ORDER_LINES = r"""
 INSERT INTO order_lines
 SELECT o, l, 'SKU-' || ((o * l) % 97), 1 + (o + l) % 9, round(((o * 31 + l) % 10000) / 100.0, 2)
-FROM generate_series(1, $1::int) o, generate_series(1, 1 + $1::int % 3) l
+FROM generate_series(1, $1::int) o, generate_series(1, 3) l
 WHERE l <= 1 + o % 3
 """
 

@@ -8,13 +8,14 @@ from a dict (tests and tools). The comparison logic never knows which it talks t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal, Protocol
 
 import asyncpg
 
 from .align import TablePlan
 from .canonical import Encoder, encode_row, encoder_for
+from .errors import SchemaError
 from .hashing import ChunkDigest, row_digest, to_unsigned64
 from .plan import KeyRange
 from .sql import TableSQL
@@ -74,6 +75,20 @@ class PostgresSource:
     def _key(self, record: Sequence[object]) -> Key:
         return tuple(hashable(v) for v in record[: self.nkey])
 
+    def _unique(self, pairs: Iterable[tuple[Key, int]]) -> dict[Key, int]:
+        out: dict[Key, int] = {}
+        for key, h in pairs:
+            if key in out:
+                plan = self.sql.plan
+                raise SchemaError(
+                    f"key ({', '.join(plan.key_names)}) is not unique in {plan.ref}: "
+                    f"{key!r} appears more than once",
+                    hint="give --key columns that identify a row, or omit --key to compare "
+                         "the table as a row multiset",
+                )
+            out[key] = h
+        return out
+
     async def digest(self, rng: KeyRange) -> ChunkDigest:
         if self.mode == "client":
             return await self._client_digest(rng)
@@ -104,11 +119,11 @@ class PostgresSource:
             text, params = self.sql.rows(rng)
             async with self.pool.acquire() as conn:
                 records = await conn.fetch(text, *params)
-            return {self._key(r): self.hasher(tuple(r)[self.nkey:]) for r in records}
+            return self._unique((self._key(r), self.hasher(tuple(r)[self.nkey:])) for r in records)
         text, params = self.sql.row_hashes(rng)
         async with self.pool.acquire() as conn:
             records = await conn.fetch(text, *params)
-        return {self._key(r): r[self.nkey] for r in records}
+        return self._unique((self._key(r), r[self.nkey]) for r in records)
 
     async def rows(self, rng: KeyRange, keys: Sequence[Key]) -> dict[Key, Row]:
         text, params = self.sql.rows(rng, keys)

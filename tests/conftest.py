@@ -46,3 +46,56 @@ def standby_dsn(clusters: LocalClusters) -> str:
 @pytest.fixture(scope="session")
 def other_dsn(clusters: LocalClusters) -> str:
     return clusters.other_dsn
+
+
+def _with_db(dsn: str, db: str) -> str:
+    return dsn.rsplit("/", 1)[0] + "/" + db
+
+
+async def _create_db(dsn: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+class DbFactory:
+    """Fresh databases filled with the sample schema, on any clusters of the session."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    async def __call__(self, *dsns: str, rows: int = 3000, matrix_rows: int = 120) -> list[str]:
+        from replverify import sample
+
+        self.n += 1
+        name = f"db{self.n}"
+        out = []
+        for dsn in dsns:
+            await _create_db(dsn, name)
+            target = _with_db(dsn, name)
+            await sample.setup(target, rows, matrix_rows=matrix_rows)
+            out.append(target)
+        return out
+
+
+@pytest.fixture(scope="session")
+def make_db(clusters: LocalClusters) -> DbFactory:
+    """``await make_db(dsn_a, dsn_b)``: a new database with sample data on each server."""
+    return DbFactory()
+
+
+@pytest.fixture(scope="session")
+async def shop(clusters: LocalClusters, make_db: DbFactory) -> tuple[str, str, str]:
+    """Read-only sample database: (primary, standby, other) DSNs with identical data.
+
+    Tests must not write to it; make your own with ``make_db`` to plant differences.
+    """
+    from replverify.testing import wait_for_replay
+
+    primary, other = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=5000)
+    await wait_for_replay(clusters.primary_dsn, clusters.standby_dsn)
+    return primary, _with_db(clusters.standby_dsn, primary.rsplit("/", 1)[1]), other
