@@ -911,6 +911,22 @@ class LocalClusters:
         self.timings["total"] = time.monotonic() - t0
         return self
 
+    def start_empty(self) -> LocalClusters:
+        """Only make the temporary directory; clusters come from :meth:`fresh_pair`.
+
+        For the demo and tools that need a pair but not the shared three.
+        """
+        if self.started:
+            return self
+        self._bindir = self._bindir or find_bindir()
+        base = Path(tempfile.mkdtemp(prefix="replverify-", dir=cluster_tmp_root()))
+        self.base_dir = base
+        _register(directory=base)
+        base.chmod(0o755)
+        _check_traversable(base)
+        self.started = True
+        return self
+
     def _track(self, cluster: Cluster) -> Cluster:
         with self._lock:
             self._clusters.append(cluster)
