@@ -114,10 +114,14 @@ def plan_table(
         native = not collatable or (
             same
             and (
-                (_byte_ordered(s.type.collation, source_server)
-                 and _byte_ordered(t.type.collation, target_server))
-                or (s.type.collation != "default"
-                    or source_server.datcollate == target_server.datcollate)
+                (
+                    _byte_ordered(s.type.collation, source_server)
+                    and _byte_ordered(t.type.collation, target_server)
+                )
+                or (
+                    s.type.collation != "default"
+                    or source_server.datcollate == target_server.datcollate
+                )
             )
         )
         keys.append(KeyColumn(name, collate_c=not native))

@@ -68,8 +68,9 @@ class DiffOptions:
             raise UsageError("; ".join(problems))
 
 
-def choose_digest(choice: DigestChoice, source: ServerInfo,
-                  target: ServerInfo) -> tuple[DigestMode, str | None]:
+def choose_digest(
+    choice: DigestChoice, source: ServerInfo, target: ServerInfo
+) -> tuple[DigestMode, str | None]:
     """In-database hashing when both servers print values identically, else client-side.
 
     Returns the mode and, when ``auto`` had to fall back, why.
@@ -79,12 +80,16 @@ def choose_digest(choice: DigestChoice, source: ServerInfo,
     if min(source.version_num, target.version_num) < MIN_SERVER_DIGEST_VERSION:
         return "client", "a server older than PostgreSQL 11 has no hashtextextended"
     if source.version_num // 10000 != target.version_num // 10000:
-        return "client", (f"servers differ in major version ({source.version_num // 10000} vs "
-                          f"{target.version_num // 10000}): value text may differ, rows are "
-                          "hashed client-side")
+        return "client", (
+            f"servers differ in major version ({source.version_num // 10000} vs "
+            f"{target.version_num // 10000}): value text may differ, rows are "
+            "hashed client-side"
+        )
     if source.encoding != target.encoding:
-        return "client", (f"server encodings differ ({source.encoding} vs {target.encoding}): "
-                          "rows are hashed client-side")
+        return "client", (
+            f"server encodings differ ({source.encoding} vs {target.encoding}): "
+            "rows are hashed client-side"
+        )
     return "server", None
 
 
@@ -113,13 +118,13 @@ def _plans(
         s, t = src_tables.get(ref), tgt_tables.get(ref)
         if s is None or t is None:
             where = "target" if t is None else "source"
-            absent.append(TableResult(ref, (), "none",
-                                      schema_differences=(f"table missing on the {where}",)))
+            absent.append(
+                TableResult(ref, (), "none", schema_differences=(f"table missing on the {where}",))
+            )
             continue
         key = options.key if options.key and all(s.column(k) for k in options.key) else ()
         key_used = key_used or bool(key)
-        plans.append(plan_table(s, t, key=key, source_server=src_server,
-                                target_server=tgt_server))
+        plans.append(plan_table(s, t, key=key, source_server=src_server, target_server=tgt_server))
     if options.key and not key_used:
         raise UsageError(f"--key {','.join(options.key)}: no selected table has those columns")
     return plans, absent
@@ -143,8 +148,9 @@ async def diff(
     started = time.perf_counter()
     src_ep, tgt_ep = Endpoint.parse(source), Endpoint.parse(target)
     where = parse_where(options.where) if options.where else None
-    pools = await asyncio.gather(open_pool(src_ep, options.jobs), open_pool(tgt_ep, options.jobs),
-                                 return_exceptions=True)
+    pools = await asyncio.gather(
+        open_pool(src_ep, options.jobs), open_pool(tgt_ep, options.jobs), return_exceptions=True
+    )
     src_pool, tgt_pool = pools
     try:
         for p in pools:
@@ -160,17 +166,27 @@ async def diff(
         await asyncio.gather(*(p.close() for p in pools if isinstance(p, asyncpg.Pool)))
 
 
-async def _diff(src_ep: Endpoint, tgt_ep: Endpoint, src_pool: asyncpg.Pool,
-                tgt_pool: asyncpg.Pool, options: DiffOptions, where: object,
-                started: float, progress: Callable[[TableRef, int, int], None] | None,
-                ) -> DiffReport:
+async def _diff(
+    src_ep: Endpoint,
+    tgt_ep: Endpoint,
+    src_pool: asyncpg.Pool,
+    tgt_pool: asyncpg.Pool,
+    options: DiffOptions,
+    where: object,
+    started: float,
+    progress: Callable[[TableRef, int, int], None] | None,
+) -> DiffReport:
     async with src_pool.acquire() as sc, tgt_pool.acquire() as tc:
         src_server, tgt_server = await catalog.server_info(sc), await catalog.server_info(tc)
         src_tables, tgt_tables = await catalog.load_tables(sc), await catalog.load_tables(tc)
     chosen = catalog.select_tables(list(src_tables), options.tables, options.exclude)
     if not options.tables:
-        chosen += sorted(r for r in tgt_tables if r not in src_tables
-                         and r in catalog.select_tables(list(tgt_tables), (), options.exclude))
+        chosen += sorted(
+            r
+            for r in tgt_tables
+            if r not in src_tables
+            and r in catalog.select_tables(list(tgt_tables), (), options.exclude)
+        )
     plans, results = _plans(src_tables, tgt_tables, chosen, options, src_server, tgt_server)
     mode, why = choose_digest(options.digest, src_server, tgt_server)
     report = DiffReport(str(src_ep), str(tgt_ep), results)
@@ -211,10 +227,14 @@ async def compare_table(
         leaf_rows=options.leaf_rows,
         max_diffs=options.max_diffs,
     )
-    result = TableResult(plan.ref, plan.key_names, plan.key_mode,
-                         schema_differences=plan.schema_differences,
-                         columns=tuple(names),
-                         digest=DIGEST_DESCRIPTIONS[mode])
+    result = TableResult(
+        plan.ref,
+        plan.key_names,
+        plan.key_mode,
+        schema_differences=plan.schema_differences,
+        columns=tuple(names),
+        digest=DIGEST_DESCRIPTIONS[mode],
+    )
     try:
         if plan.multiset:
             await compare_multiset(sql, source, target, machine)

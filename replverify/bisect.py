@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Union
+from typing import Literal, Protocol, cast
 
 from .plan import KeyRange, split_step
 from .types import Changed, Difference, Extra, Key, Missing
@@ -72,7 +72,7 @@ class NeedRows:
     id: int = field(default_factory=lambda: next(_ids), compare=False)
 
 
-Request = Union[NeedDigest, NeedSplit, NeedRowHashes, NeedRows]
+Request = NeedDigest | NeedSplit | NeedRowHashes | NeedRows
 RowComparer = Callable[[Row, Row], tuple[str, ...]]
 
 
@@ -138,15 +138,15 @@ class TableComparison:
             raise ValueError(f"unexpected answer for request {request.id}")
         self._pending.discard(request.id)
         if isinstance(request, NeedDigest):
-            src, tgt = answer  # type: ignore[misc]
-            return self._issue(self._on_digest(request, src, tgt))
+            digests = cast("tuple[Digest, Digest]", answer)
+            return self._issue(self._on_digest(request, *digests))
         if isinstance(request, NeedSplit):
-            return self._issue(self._on_split(request, list(answer)))  # type: ignore[call-overload]
+            return self._issue(self._on_split(request, list(cast("list[Key]", answer))))
         if isinstance(request, NeedRowHashes):
-            src_h, tgt_h = answer  # type: ignore[misc]
-            return self._issue(self._on_row_hashes(request, src_h, tgt_h))
-        src_r, tgt_r = answer  # type: ignore[misc]
-        self._on_rows(request, src_r, tgt_r)
+            hashes = cast("tuple[Mapping[Key, object], Mapping[Key, object]]", answer)
+            return self._issue(self._on_row_hashes(request, *hashes))
+        rows = cast("tuple[Mapping[Key, Row], Mapping[Key, Row]]", answer)
+        self._on_rows(request, *rows)
         return []
 
     # -- transitions ---------------------------------------------------------------------

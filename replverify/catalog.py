@@ -121,7 +121,9 @@ async def _resolve_types(conn: asyncpg.Connection, oids: set[int]) -> dict[int, 
             base = build(r["typbasetype"], depth=depth + 1)
             ct = ColumnType(fmt, base.base, base.kind, base.element, base.fields)
         elif r["typcategory"] == "A" and r["typelem"] and r["typlen"] == -1:
-            ct = ColumnType(fmt, r["typname"], "array", element=build(r["typelem"], depth=depth + 1))
+            ct = ColumnType(
+                fmt, r["typname"], "array", element=build(r["typelem"], depth=depth + 1)
+            )
         elif r["typtype"] == "c":
             flds = tuple(
                 (fname, build(ftype, depth=depth + 1))
@@ -151,14 +153,16 @@ async def load_tables(conn: asyncpg.Connection) -> dict[TableRef, TableInfo]:
     by_rel: dict[int, list[Column]] = {}
     for c in cols:
         base = types[c["atttypid"]]
-        ctype = ColumnType(c["fmt"], base.base, base.kind, base.element, base.fields,
-                           c["collname"] or None)
+        ctype = ColumnType(
+            c["fmt"], base.base, base.kind, base.element, base.fields, c["collname"] or None
+        )
         by_rel.setdefault(c["attrelid"], []).append(Column(c["attname"], ctype, c["attnotnull"]))
     out: dict[TableRef, TableInfo] = {}
     for t in tables:
         ref = TableRef(t["nspname"], t["relname"])
-        out[ref] = TableInfo(ref, t["oid"], tuple(by_rel.get(t["oid"], [])),
-                             pkeys.get(t["oid"], ()), t["estimate"])
+        out[ref] = TableInfo(
+            ref, t["oid"], tuple(by_rel.get(t["oid"], [])), pkeys.get(t["oid"], ()), t["estimate"]
+        )
     return out
 
 
@@ -202,17 +206,24 @@ def select_tables(
     if include:
         for pat in include:
             schema, name = parse_table_pattern(pat)
-            hits = [t for t in available
-                    if fnmatch.fnmatchcase(t.schema, schema) and fnmatch.fnmatchcase(t.name, name)]
+            hits = [
+                t
+                for t in available
+                if fnmatch.fnmatchcase(t.schema, schema) and fnmatch.fnmatchcase(t.name, name)
+            ]
             if not hits:
-                raise UsageError(f"no table matches {pat!r} on the source",
-                                 hint="names are case-sensitive; list tables with \\dt in psql")
+                raise UsageError(
+                    f"no table matches {pat!r} on the source",
+                    hint="names are case-sensitive; list tables with \\dt in psql",
+                )
             chosen.extend(h for h in hits if h not in chosen)
     else:
         chosen = list(available)
     excl = [parse_table_pattern(p) for p in exclude]
     return sorted(
-        t for t in chosen
-        if not any(fnmatch.fnmatchcase(t.schema, s) and fnmatch.fnmatchcase(t.name, n)
-                   for s, n in excl)
+        t
+        for t in chosen
+        if not any(
+            fnmatch.fnmatchcase(t.schema, s) and fnmatch.fnmatchcase(t.name, n) for s, n in excl
+        )
     )

@@ -27,10 +27,15 @@ FORMATS = click.Choice(["text", "json", "markdown"])
 
 
 def output_options(f: F) -> F:
-    f = click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-                     help="Write the report to FILE instead of standard output.")(f)
-    f = click.option("--format", "fmt", type=FORMATS, default="text", show_default=True,
-                     help="Report format.")(f)
+    f = click.option(
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False, writable=True),
+        help="Write the report to FILE instead of standard output.",
+    )(f)
+    f = click.option(
+        "--format", "fmt", type=FORMATS, default="text", show_default=True, help="Report format."
+    )(f)
     return f
 
 
@@ -109,31 +114,78 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
 @main.command()
 @click.argument("source")
 @click.argument("target")
-@click.option("-t", "--table", "tables", multiple=True, metavar="TABLE",
-              help="schema.table or table (schema public); globs allowed; repeatable. "
-                   "Default: every ordinary user table.")
+@click.option(
+    "-t",
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="TABLE",
+    help="schema.table or table (schema public); globs allowed; repeatable. "
+    "Default: every ordinary user table.",
+)
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching tables; repeatable.")
-@click.option("--where", metavar="SQL",
-              help="Compare only rows matching this boolean condition (on both sides).")
-@click.option("--key", callback=_split_cols, metavar="COLS",
-              help="Key columns (comma-separated) for tables without a primary key; "
-                   "otherwise such tables are compared as row multisets.")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Rows per chunk (key range) hashed and compared at once.")
-@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Chunks read at once per side (connections per side).")
-@click.option("--max-diffs", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Differences kept per table (all are counted).")
-@click.option("--digest", type=click.Choice(["auto", "server", "client"]), default="auto",
-              show_default=True,
-              help="Where equal chunks are hashed: in the database (server, little transfer) "
-                   "or here from decoded values (client, exact across versions).")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress on stderr (default: when stderr is a terminal).")
+@click.option(
+    "--where",
+    metavar="SQL",
+    help="Compare only rows matching this boolean condition (on both sides).",
+)
+@click.option(
+    "--key",
+    callback=_split_cols,
+    metavar="COLS",
+    help="Key columns (comma-separated) for tables without a primary key; "
+    "otherwise such tables are compared as row multisets.",
+)
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Rows per chunk (key range) hashed and compared at once.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Chunks read at once per side (connections per side).",
+)
+@click.option(
+    "--max-diffs",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Differences kept per table (all are counted).",
+)
+@click.option(
+    "--digest",
+    type=click.Choice(["auto", "server", "client"]),
+    default="auto",
+    show_default=True,
+    help="Where equal chunks are hashed: in the database (server, little transfer) "
+    "or here from decoded values (client, exact across versions).",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress on stderr (default: when stderr is a terminal).",
+)
 @output_options
-def diff(source: str, target: str, tables: tuple[str, ...], exclude: tuple[str, ...],
-         where: str | None, key: tuple[str, ...], chunk_rows: int, jobs: int, max_diffs: int,
-         digest: api.DigestChoice, progress: bool | None, fmt: str, output: str | None) -> None:
+def diff(
+    source: str,
+    target: str,
+    tables: tuple[str, ...],
+    exclude: tuple[str, ...],
+    where: str | None,
+    key: tuple[str, ...],
+    chunk_rows: int,
+    jobs: int,
+    max_diffs: int,
+    digest: api.DigestChoice,
+    progress: bool | None,
+    fmt: str,
+    output: str | None,
+) -> None:
     """Compare tables of SOURCE (primary) and TARGET (secondary) row by row.
 
     Rows are hashed in key-ordered chunks; mismatching chunks are narrowed to the exact
@@ -141,9 +193,16 @@ def diff(source: str, target: str, tables: tuple[str, ...], exclude: tuple[str, 
     that differ). Exit 0 when identical, 1 when different, 2 when something could not be
     checked.
     """
-    options = api.DiffOptions(tables=tables, exclude=exclude, where=where, key=key,
-                              chunk_rows=chunk_rows, jobs=jobs, max_diffs=max_diffs,
-                              digest=digest)
+    options = api.DiffOptions(
+        tables=tables,
+        exclude=exclude,
+        where=where,
+        key=key,
+        chunk_rows=chunk_rows,
+        jobs=jobs,
+        max_diffs=max_diffs,
+        digest=digest,
+    )
     show = sys.stderr.isatty() if progress is None else progress
     bar = ProgressLine(show)
     try:
@@ -162,8 +221,13 @@ def diff_exit_code(report: DiffReport) -> int:
 
 @main.command()
 @click.option("--keep", is_flag=True, help="Leave the clusters running and print their DSNs.")
-@click.option("--rows", type=click.IntRange(min=100), default=20_000, show_default=True,
-              help="Rows of sample data.")
+@click.option(
+    "--rows",
+    type=click.IntRange(min=100),
+    default=20_000,
+    show_default=True,
+    help="Rows of sample data.",
+)
 def demo(keep: bool, rows: int) -> None:
     """Start a local primary + standby, fail over with real loss, and show the reports.
 

@@ -85,7 +85,7 @@ class Endpoint:
         except ValueError as e:
             raise UsageError(f"bad connection URL {redact_text(dsn)!r}: {e}") from None
         query = urllib.parse.parse_qs(url.query)
-        secret = url.password or (query.get("password") or [None])[0]
+        secret = url.password or next(iter(query.get("password", [])), None)
         netloc = url.hostname or ""
         if url.hostname and ":" in url.hostname:
             netloc = f"[{url.hostname}]"
@@ -106,7 +106,7 @@ class Endpoint:
         while pos < len(dsn):
             m = _KV_RE.match(dsn, pos)
             if not m or not m.group(0).strip():
-                raise UsageError(f"cannot parse connection string near {dsn[pos:pos + 20]!r}")
+                raise UsageError(f"cannot parse connection string near {dsn[pos : pos + 20]!r}")
             key, value = m.group(1), m.group(2)
             if value.startswith("'"):
                 value = re.sub(r"\\(.)", r"\1", value[1:-1])
@@ -117,9 +117,15 @@ class Endpoint:
         kwargs: dict[str, Any] = {}
         if "hostaddr" in params and "host" not in params:
             params["host"] = params["hostaddr"]
-        for src, dst in (("host", "host"), ("user", "user"), ("password", "password"),
-                         ("dbname", "database"), ("passfile", "passfile"),
-                         ("service", "service"), ("target_session_attrs", "target_session_attrs")):
+        for src, dst in (
+            ("host", "host"),
+            ("user", "user"),
+            ("password", "password"),
+            ("dbname", "database"),
+            ("passfile", "passfile"),
+            ("service", "service"),
+            ("target_session_attrs", "target_session_attrs"),
+        ):
             if src in params:
                 kwargs[dst] = params[src]
         if "port" in params:
@@ -137,8 +143,9 @@ class Endpoint:
         db = params.get("dbname") or os.environ.get("PGDATABASE", "")
         netloc = (f"{user}@" if user else "") + host + (f":{port}" if port else "")
         display = f"postgresql://{netloc}/{db}"
-        return cls(raw=dsn, kwargs=tuple(kwargs.items()), display=display,
-                   secret=params.get("password"))
+        return cls(
+            raw=dsn, kwargs=tuple(kwargs.items()), display=display, secret=params.get("password")
+        )
 
     @property
     def address(self) -> str:
@@ -190,7 +197,9 @@ def _connect_kwargs(endpoint: Endpoint) -> dict[str, Any]:
 
 
 def _explain(endpoint: Endpoint, exc: BaseException) -> ConnectError:
-    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+    if isinstance(
+        exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    ):
         reason = f"login refused: {exc}"
     elif isinstance(exc, socket.gaierror):
         reason = f"unknown host ({exc.strerror})"
@@ -202,7 +211,9 @@ def _explain(endpoint: Endpoint, exc: BaseException) -> ConnectError:
         reason = exc.strerror or str(exc)
     else:
         reason = str(exc) or type(exc).__name__
-    return ConnectError(endpoint.scrub(f"cannot connect to {endpoint.address} ({endpoint}): {reason}"))
+    return ConnectError(
+        endpoint.scrub(f"cannot connect to {endpoint.address} ({endpoint}): {reason}")
+    )
 
 
 async def connect(endpoint: Endpoint) -> asyncpg.Connection:

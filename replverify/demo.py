@@ -85,8 +85,10 @@ async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo
     echo("== 7. reconcile the application's journal, replay, failback")
     echo("   (not yet: journal reconciliation, replay scripts and failback arrive later)")
     if keep:
-        echo(f"\nclusters kept running under {clusters.base_dir}:\n"
-             f"   old primary {primary}\n   new primary {standby}")
+        echo(
+            f"\nclusters kept running under {clusters.base_dir}:\n"
+            f"   old primary {primary}\n   new primary {standby}"
+        )
     echo(f"\ndemo finished in {time.monotonic() - t0:.1f} s")
     return 0
 

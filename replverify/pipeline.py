@@ -43,8 +43,9 @@ async def answer(req: Request, sides: Sides) -> object:
     return await asyncio.gather(src.rows(req.range, req.keys), tgt.rows(req.range, req.keys))
 
 
-async def run(machine: TableComparison, sides: Sides, *, jobs: int = 2,
-              progress: Progress | None = None) -> TableComparison:
+async def run(
+    machine: TableComparison, sides: Sides, *, jobs: int = 2, progress: Progress | None = None
+) -> TableComparison:
     """Drive ``machine`` to completion, ``jobs`` requests at a time.
 
     Narrowing requests go ahead of unstarted chunks so differences surface early and the

@@ -39,8 +39,9 @@ def _fmt(key: Key) -> str:
     return repr(key[0]) if len(key) == 1 else repr(key)
 
 
-def ranges_between(boundaries: Sequence[Key], lo: Key | None = None,
-                   hi: Key | None = None) -> list[KeyRange]:
+def ranges_between(
+    boundaries: Sequence[Key], lo: Key | None = None, hi: Key | None = None
+) -> list[KeyRange]:
     """Consecutive ranges ``(lo, b1], (b1, b2], …, (bn, hi]`` covering ``(lo, hi]`` exactly.
 
     Boundaries equal to their neighbour or to ``lo``/``hi`` are dropped, so the result has
@@ -49,7 +50,7 @@ def ranges_between(boundaries: Sequence[Key], lo: Key | None = None,
     """
     cuts: list[Key] = []
     for b in boundaries:
-        if (cuts and b == cuts[-1]) or b == lo or b == hi:
+        if (cuts and b == cuts[-1]) or b in (lo, hi):
             continue
         cuts.append(b)
     out: list[KeyRange] = []

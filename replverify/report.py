@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .canonical import jsonable
-from .types import Changed, DiffReport, Difference, TableResult
+from .types import Changed, Difference, DiffReport, TableResult
 
 DIFF_SCHEMA = "replverify.diff/1"
 #: Differences shown per table in text and Markdown (JSON has all that were kept).
@@ -41,8 +41,11 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
             "differences_total": t.differences_total,
             "truncated": t.truncated,
             "differences": [
-                {"kind": d.kind, "key": key_dict(t, d),
-                 "columns": list(d.columns) if isinstance(d, Changed) else []}
+                {
+                    "kind": d.kind,
+                    "key": key_dict(t, d),
+                    "columns": list(d.columns) if isinstance(d, Changed) else [],
+                }
                 for d in t.differences
             ],
             "schema_differences": list(t.schema_differences),
@@ -76,10 +79,10 @@ def to_json(doc: dict[str, Any]) -> str:
 
 # -- text ---------------------------------------------------------------------------------
 def _fmt_key(t: TableResult, d: Difference) -> str:
-    parts = []
-    for name, value in key_dict(t, d).items():
-        parts.append(f"{name}={json.dumps(value, ensure_ascii=False) if not isinstance(value, int) else value}")
-    return " ".join(parts)
+    def show(value: Any) -> str:
+        return str(value) if isinstance(value, int) else json.dumps(value, ensure_ascii=False)
+
+    return " ".join(f"{name}={show(value)}" for name, value in key_dict(t, d).items())
 
 
 def _describe(t: TableResult, d: Difference) -> str:
@@ -145,8 +148,11 @@ def _md_cell(text: str) -> str:
 
 
 def diff_to_markdown(report: DiffReport) -> str:
-    status = "✅ consistent" if report.status == "consistent" and report.complete else (
-        "⚠️ incomplete" if not report.complete else "❌ different")
+    status = (
+        "✅ consistent"
+        if report.status == "consistent" and report.complete
+        else ("⚠️ incomplete" if not report.complete else "❌ different")
+    )
     out = [
         f"### replverify diff: {status}",
         "",

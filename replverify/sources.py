@@ -48,14 +48,15 @@ class RowHasher:
     def __call__(self, values: Sequence[object]) -> int:
         return row_digest(encode_row(self.encoders, values))
 
-    def differing_columns(self, names: Sequence[str]) -> Callable[[Sequence[object],
-                                                                    Sequence[object]],
-                                                                   tuple[str, ...]]:
+    def differing_columns(
+        self, names: Sequence[str]
+    ) -> Callable[[Sequence[object], Sequence[object]], tuple[str, ...]]:
         encoders = self.encoders
 
         def compare(a: Sequence[object], b: Sequence[object]) -> tuple[str, ...]:
             return tuple(
-                name for name, enc, x, y in zip(names, encoders, a, b, strict=True)
+                name
+                for name, enc, x, y in zip(names, encoders, a, b, strict=True)
                 if enc(x) != enc(y)
             )
 
@@ -84,7 +85,7 @@ class PostgresSource:
                     f"key ({', '.join(plan.key_names)}) is not unique in {plan.ref}: "
                     f"{key!r} appears more than once",
                     hint="give --key columns that identify a row, or omit --key to compare "
-                         "the table as a row multiset",
+                    "the table as a row multiset",
                 )
             out[key] = h
         return out
@@ -119,7 +120,7 @@ class PostgresSource:
             text, params = self.sql.rows(rng)
             async with self.pool.acquire() as conn:
                 records = await conn.fetch(text, *params)
-            return self._unique((self._key(r), self.hasher(tuple(r)[self.nkey:])) for r in records)
+            return self._unique((self._key(r), self.hasher(tuple(r)[self.nkey :])) for r in records)
         text, params = self.sql.row_hashes(rng)
         async with self.pool.acquire() as conn:
             records = await conn.fetch(text, *params)
@@ -134,7 +135,7 @@ class PostgresSource:
         for r in records:
             key = self._key(r)
             if key in wanted:
-                out[key] = tuple(r)[self.nkey:]
+                out[key] = tuple(r)[self.nkey :]
         return out
 
 
@@ -148,14 +149,16 @@ class MemorySource:
 
     def __init__(self, rows: Mapping[Key, Row], hasher: Callable[[Sequence[object]], int]) -> None:
         self.data = dict(rows)
-        self.keys: list[Key] = sorted(self.data)  # type: ignore[type-var]
+        self.keys: list[Key] = sorted(self.data)
         self.hasher = hasher
         self.calls = 0
 
     def _in(self, rng: KeyRange) -> list[Key]:
-        return [k for k in self.keys
-                if (rng.lo is None or k > rng.lo)  # type: ignore[operator]
-                and (rng.hi is None or k <= rng.hi)]  # type: ignore[operator]
+        return [
+            k
+            for k in self.keys
+            if (rng.lo is None or k > rng.lo) and (rng.hi is None or k <= rng.hi)
+        ]
 
     async def digest(self, rng: KeyRange) -> ChunkDigest:
         self.calls += 1

@@ -35,7 +35,9 @@ def column(name: str) -> exp.Column:
 
 
 def table(ref: TableRef) -> exp.Table:
-    return exp.Table(this=ident(ref.name), db=ident(ref.schema), alias=exp.TableAlias(this=ident(ALIAS)))
+    return exp.Table(
+        this=ident(ref.name), db=ident(ref.schema), alias=exp.TableAlias(this=ident(ALIAS))
+    )
 
 
 def quote_table(ref: TableRef) -> str:
@@ -56,16 +58,45 @@ class Params:
 
 # -- --where ------------------------------------------------------------------------------
 _PREDICATE_ROOTS = (exp.Predicate, exp.Connector, exp.Not, exp.Boolean, exp.Column, exp.Paren)
-_FORBIDDEN = (exp.Query, exp.Subquery, exp.Command, exp.DDL, exp.DML, exp.Anonymous,
-              exp.Placeholder, exp.Parameter, exp.Into)
+_FORBIDDEN = (
+    exp.Query,
+    exp.Subquery,
+    exp.Command,
+    exp.DDL,
+    exp.DML,
+    exp.Anonymous,
+    exp.Placeholder,
+    exp.Parameter,
+    exp.Into,
+)
 #: Built-in functions a --where may call: pure and read-only.
-_ALLOWED_FUNCS = (exp.Lower, exp.Upper, exp.Coalesce, exp.Abs, exp.Length, exp.Substring,
-                  exp.Trim, exp.DateTrunc, exp.TimestampTrunc, exp.CurrentTimestamp,
-                  exp.CurrentDate, exp.Cast, exp.TryCast, exp.Round, exp.Floor, exp.Ceil,
-                  exp.Extract, exp.Nullif, exp.Greatest, exp.Least, exp.Concat, exp.Mod)
+_ALLOWED_FUNCS = (
+    exp.Lower,
+    exp.Upper,
+    exp.Coalesce,
+    exp.Abs,
+    exp.Length,
+    exp.Substring,
+    exp.Trim,
+    exp.DateTrunc,
+    exp.TimestampTrunc,
+    exp.CurrentTimestamp,
+    exp.CurrentDate,
+    exp.Cast,
+    exp.TryCast,
+    exp.Round,
+    exp.Floor,
+    exp.Ceil,
+    exp.Extract,
+    exp.Nullif,
+    exp.Greatest,
+    exp.Least,
+    exp.Concat,
+    exp.Mod,
+)
 
 
-def parse_where(text: str) -> exp.Expression:
+def parse_where(text: str) -> exp.Expr:
     """Parse ``--where``: exactly one boolean expression, no statements, comments,
     subqueries or unknown function calls."""
     if "--" in text or "/*" in text:
@@ -85,10 +116,13 @@ def parse_where(text: str) -> exp.Expression:
         )
     for node in tree.walk():
         if isinstance(node, _FORBIDDEN):
-            raise UsageError(f"--where may not contain {node.sql(DIALECT)!r}",
-                             hint="subqueries, parameters and unknown functions are refused")
-        if isinstance(node, exp.Func) and not isinstance(node, (*_ALLOWED_FUNCS, exp.Predicate,
-                                                                exp.Connector)):
+            raise UsageError(
+                f"--where may not contain {node.sql(DIALECT)!r}",
+                hint="subqueries, parameters and unknown functions are refused",
+            )
+        if isinstance(node, exp.Func) and not isinstance(
+            node, (*_ALLOWED_FUNCS, exp.Predicate, exp.Connector)
+        ):
             raise UsageError(f"--where may not call {node.sql(DIALECT)!r}")
         if isinstance(node, exp.Column) and node.table:
             raise UsageError("--where columns must not be qualified with a table name")
@@ -99,8 +133,8 @@ def _first_line(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def _qualify(where: exp.Expression) -> exp.Expression:
-    def fix(node: exp.Expression) -> exp.Expression:
+def _qualify(where: exp.Expr) -> exp.Expr:
+    def fix(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.Column) and not node.table:
             return exp.Column(this=node.this, table=ident(ALIAS))
         return node
@@ -114,26 +148,26 @@ class TableSQL:
     """The statements that read one table, for one plan and optional ``--where``."""
 
     plan: TablePlan
-    where: exp.Expression | None = None
+    where: exp.Expr | None = None
 
     # the pieces
-    def _key_expr(self, i: int) -> exp.Expression:
+    def _key_expr(self, i: int) -> exp.Expr:
         k = self.plan.key[i]
-        col: exp.Expression = column(k.name)
+        col: exp.Expr = column(k.name)
         if k.collate_c:
             col = exp.Collate(this=col, expression=ident("C"))
         return col
 
-    def _key_tuple(self) -> exp.Expression:
+    def _key_tuple(self) -> exp.Expr:
         cols = [self._key_expr(i) for i in range(len(self.plan.key))]
         return cols[0] if len(cols) == 1 else exp.Tuple(expressions=cols)
 
-    def _bound(self, key: Key, params: Params) -> exp.Expression:
+    def _bound(self, key: Key, params: Params) -> exp.Expr:
         ps = [params.add(v) for v in key]
         return ps[0] if len(ps) == 1 else exp.Tuple(expressions=ps)
 
-    def _conditions(self, rng: KeyRange | None, params: Params) -> list[exp.Expression]:
-        conds: list[exp.Expression] = []
+    def _conditions(self, rng: KeyRange | None, params: Params) -> list[exp.Expr]:
+        conds: list[exp.Expr] = []
         if rng is not None and rng.lo is not None:
             conds.append(exp.GT(this=self._key_tuple(), expression=self._bound(rng.lo, params)))
         if rng is not None and rng.hi is not None:
@@ -142,40 +176,43 @@ class TableSQL:
             conds.append(exp.Paren(this=_qualify(self.where)))
         return conds
 
-    def _select(self, projections: Sequence[exp.Expression], rng: KeyRange | None,
-                params: Params) -> exp.Select:
+    def _select(
+        self, projections: Sequence[exp.Expr], rng: KeyRange | None, params: Params
+    ) -> exp.Select:
         q = exp.select(*projections).from_(table(self.plan.ref))
         conds = self._conditions(rng, params)
         if conds:
             q = q.where(exp.and_(*conds))
         return q
 
-    def value_expr(self, name: str, base: str) -> exp.Expression:
+    def value_expr(self, name: str, base: str) -> exp.Expr:
         """The column as it is read for comparison (a few types through a stable cast)."""
-        col: exp.Expression = column(name)
+        col: exp.Expr = column(name)
         if base in TEXT_CASTS:
             col = exp.cast(col, TEXT_CASTS[base])
         return col
 
-    def row_text(self) -> exp.Expression:
+    def row_text(self) -> exp.Expr:
         """The row's canonical text: the whole-row value when both sides have the same
         columns, else a ROW() of the compared columns (in source order)."""
         if self.plan.whole_row_text:
             return exp.cast(exp.Column(this=ident(ALIAS)), "text")
-        row = exp.Anonymous(this="ROW", expressions=[
-            self.value_expr(c.name, c.type.base) for c in self.plan.columns
-        ])
+        row = exp.Anonymous(
+            this="ROW",
+            expressions=[self.value_expr(c.name, c.type.base) for c in self.plan.columns],
+        )
         return exp.cast(row, "text")
 
-    def row_hash(self) -> exp.Expression:
+    def row_hash(self) -> exp.Expr:
         return exp.func("hashtextextended", self.row_text(), exp.Literal.number(HASH_SEED))
 
     # the statements
     def split(self, rng: KeyRange, every: int) -> Statement:
         """Keys at every ``every``-th row of ``rng`` in key order."""
         params = Params()
-        order = exp.Order(expressions=[exp.Ordered(this=self._key_expr(i))
-                                       for i in range(len(self.plan.key))])
+        order = exp.Order(
+            expressions=[exp.Ordered(this=self._key_expr(i)) for i in range(len(self.plan.key))]
+        )
         rn = exp.alias_(exp.Window(this=exp.RowNumber(), order=order), "_rv_n", quoted=True)
         keys = [exp.alias_(column(k.name), k.name, quoted=True) for k in self.plan.key]
         inner = self._select([*keys, rn], rng, params)
@@ -183,8 +220,12 @@ class TableSQL:
         outer = (
             exp.select(*[exp.column(k.name, quoted=True) for k in self.plan.key])
             .from_(inner.subquery("_rv_s"))
-            .where(exp.EQ(this=exp.Mod(this=exp.column("_rv_n", quoted=True), expression=step),
-                          expression=exp.Literal.number(0)))
+            .where(
+                exp.EQ(
+                    this=exp.Mod(this=exp.column("_rv_n", quoted=True), expression=step),
+                    expression=exp.Literal.number(0),
+                )
+            )
             .order_by(exp.column("_rv_n", quoted=True))
         )
         return outer.sql(DIALECT), params.values
@@ -192,8 +233,9 @@ class TableSQL:
     def digest(self, rng: KeyRange | None) -> Statement:
         """Row count and sum of in-database row hashes over ``rng``."""
         params = Params()
-        total = exp.Coalesce(this=exp.Sum(this=self.row_hash()),
-                             expressions=[exp.Literal.number(0)])
+        total = exp.Coalesce(
+            this=exp.Sum(this=self.row_hash()), expressions=[exp.Literal.number(0)]
+        )
         q = self._select([exp.Count(this=exp.Star()), total], rng, params)
         return q.sql(DIALECT), params.values
 
@@ -210,14 +252,18 @@ class TableSQL:
         return a few rows beyond ``keys``; the caller keeps the exact ones.
         """
         params = Params()
-        projections = [column(k.name) for k in self.plan.key]
+        projections: list[exp.Expr] = [column(k.name) for k in self.plan.key]
         projections += [self.value_expr(c.name, c.type.base) for c in self.plan.columns]
         q = self._select(projections, rng, params)
         if keys:
             for i, k in enumerate(self.plan.key):
                 values = sorted({key[i] for key in keys}, key=repr)
-                q = q.where(exp.EQ(this=column(k.name),
-                                   expression=exp.Any(this=exp.Paren(this=params.add(values)))))
+                q = q.where(
+                    exp.EQ(
+                        this=column(k.name),
+                        expression=exp.Any(this=exp.Paren(this=params.add(values))),
+                    )
+                )
         return q.sql(DIALECT), params.values
 
     def check(self) -> Statement:
@@ -231,17 +277,24 @@ class TableSQL:
         """``hash, count`` per distinct row hash, ordered by hash."""
         params = Params()
         h = exp.alias_(self.row_hash(), "_rv_h", quoted=True)
-        q = self._select([h, exp.alias_(exp.Count(this=exp.Star()), "_rv_c", quoted=True)],
-                         None, params)
+        q = self._select(
+            [h, exp.alias_(exp.Count(this=exp.Star()), "_rv_c", quoted=True)], None, params
+        )
         q = q.group_by(exp.column("_rv_h", quoted=True)).order_by(exp.column("_rv_h", quoted=True))
         return q.sql(DIALECT), params.values
 
     def rows_with_hashes(self, hashes: Sequence[int]) -> Statement:
         """``hash, compared columns...`` of the rows whose hash is in ``hashes``."""
         params = Params()
-        projections = [self.row_hash(), *(self.value_expr(c.name, c.type.base)
-                                          for c in self.plan.columns)]
+        projections = [
+            self.row_hash(),
+            *(self.value_expr(c.name, c.type.base) for c in self.plan.columns),
+        ]
         q = self._select(projections, None, params)
-        q = q.where(exp.EQ(this=self.row_hash(),
-                           expression=exp.Any(this=exp.Paren(this=params.add(list(hashes))))))
+        q = q.where(
+            exp.EQ(
+                this=self.row_hash(),
+                expression=exp.Any(this=exp.Paren(this=params.add(list(hashes)))),
+            )
+        )
         return q.sql(DIALECT), params.values

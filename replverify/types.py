@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 #: A row key: the values of the key columns, in key-column order, as asyncpg decodes them.
 Key = tuple[object, ...]
@@ -74,7 +74,7 @@ class Changed:
     kind: Literal["changed"] = field(default="changed", init=False)
 
 
-Difference = Union[Missing, Extra, Changed]
+Difference = Missing | Extra | Changed
 
 
 @dataclass
@@ -99,8 +99,7 @@ class TableResult:
 
     @property
     def consistent(self) -> bool:
-        return (self.error is None and self.differences_total == 0
-                and not self.schema_differences)
+        return self.error is None and self.differences_total == 0 and not self.schema_differences
 
 
 @dataclass

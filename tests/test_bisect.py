@@ -52,8 +52,11 @@ def test_equal_chunks_need_no_narrowing():
     (split,) = m.start()
     assert isinstance(split, NeedSplit) and split.top and split.every == 10
     digests = m.feed(split, [(10,), (20,)])
-    assert [d.range for d in digests] == [KeyRange(None, (10,)), KeyRange((10,), (20,)),
-                                          KeyRange((20,), None)]
+    assert [d.range for d in digests] == [
+        KeyRange(None, (10,)),
+        KeyRange((10,), (20,)),
+        KeyRange((20,), None),
+    ]
     for d in digests:
         assert m.feed(d, (ChunkDigest(10, 5), ChunkDigest(10, 5))) == []
     assert m.done and m.differences == [] and m.stats.chunks == 3
@@ -169,8 +172,9 @@ def test_memory_sources_report_exactly_the_planted_differences(
     for k in data.draw(st.lists(st.integers(-1100, 1100), max_size=5)):
         tgt.setdefault((k,), (9, "new"))
     src_s, tgt_s = MemorySource(base, hasher), MemorySource(tgt, hasher)
-    m = TableComparison(compare_cols, chunk_rows=chunk_rows, leaf_rows=leaf_rows,
-                        split_factor=factor)
+    m = TableComparison(
+        compare_cols, chunk_rows=chunk_rows, leaf_rows=leaf_rows, split_factor=factor
+    )
     run_in_memory(m, _answer_sync(src_s, tgt_s))
     assert set(m.differences) == _expected(base, tgt)
     assert len(m.differences) == m.differences_total

@@ -58,14 +58,17 @@ def test_differences_exit_1(different):
     assert run("diff", src, tgt, "--where", "id <> 7", "-t", "orders").exit_code == 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-t", "no_such_table"], "no table matches"),
-    (["--where", "1; DROP TABLE orders"], "--where"),
-    (["--where", "(SELECT true)"], "--where"),
-    (["--key", "a,,b"], "column names"),
-    (["--chunk-rows", "0"], "chunk-rows"),
-    (["-t", "a.b.c"], "bad table name"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-t", "no_such_table"], "no table matches"),
+        (["--where", "1; DROP TABLE orders"], "--where"),
+        (["--where", "(SELECT true)"], "--where"),
+        (["--key", "a,,b"], "column names"),
+        (["--chunk-rows", "0"], "chunk-rows"),
+        (["-t", "a.b.c"], "bad table name"),
+    ],
+)
 def test_user_mistakes_exit_2_with_a_message(dsns, args, message):
     primary, standby, _ = dsns
     result = CliRunner().invoke(main, ["diff", primary, standby, *args])
@@ -76,8 +79,9 @@ def test_user_mistakes_exit_2_with_a_message(dsns, args, message):
 
 def test_unreachable_server_exits_2_without_password(dsns):
     primary, _, _ = dsns
-    result = CliRunner().invoke(main, ["diff", primary,
-                                       "postgresql://app:hunter2@127.0.0.1:1/shop"])
+    result = CliRunner().invoke(
+        main, ["diff", primary, "postgresql://app:hunter2@127.0.0.1:1/shop"]
+    )
     assert result.exit_code == 2
     assert "127.0.0.1:1" in result.output and "hunter2" not in result.output
     result = CliRunner().invoke(main, ["diff", primary, "host=127.0.0.1 port=1 password=hunter2"])
@@ -87,14 +91,28 @@ def test_unreachable_server_exits_2_without_password(dsns):
 def test_password_never_printed(dsns):
     primary, standby, _ = dsns
     for fmt in ("text", "json", "markdown"):
-        result = run("diff", with_password(primary, "pw-Zq9"), with_password(standby, "pw-Zq9"),
-                     "--format", fmt)
+        result = run(
+            "diff",
+            with_password(primary, "pw-Zq9"),
+            with_password(standby, "pw-Zq9"),
+            "--format",
+            fmt,
+        )
         assert result.exit_code == 0 and "pw-Zq9" not in result.output
 
 
 def test_version_and_help():
     assert run("--version").output.startswith("replverify, version")
     help_text = run("diff", "--help").output
-    for option in ("--table", "--exclude", "--where", "--key", "--chunk-rows", "--jobs",
-                   "--max-diffs", "--format", "--output"):
+    for option in (
+        "--table",
+        "--exclude",
+        "--where",
+        "--key",
+        "--chunk-rows",
+        "--jobs",
+        "--max-diffs",
+        "--format",
+        "--output",
+    ):
         assert option in help_text

@@ -190,7 +190,7 @@ async def test_key_option_and_schema_differences(clusters, make_db):
 
 async def test_unreachable_server_is_a_connect_error(shop):
     primary, _, _ = shop
-    with pytest.raises(ConnectError, match="127.0.0.1:1") as info:
+    with pytest.raises(ConnectError, match=r"127\.0\.0\.1:1") as info:
         await diff(primary, "postgresql://u:sekret@127.0.0.1:1/x")
     assert "sekret" not in str(info.value)
 

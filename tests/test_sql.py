@@ -15,25 +15,58 @@ TEXT = ColumnType("text", "text", collation="default")
 
 
 def make_plan(key=("id",), collate_c=False, whole=True):
-    cols = (Column("id", INT8), Column("Name; DROP", TEXT), Column("amount", ColumnType("money", "money")))
-    return TablePlan(TableRef("My Schema", 'we"ird'), tuple(KeyColumn(k, collate_c) for k in key),
-                     "primary key", cols, (), 0, whole)
+    cols = (
+        Column("id", INT8),
+        Column("Name; DROP", TEXT),
+        Column("amount", ColumnType("money", "money")),
+    )
+    return TablePlan(
+        TableRef("My Schema", 'we"ird'),
+        tuple(KeyColumn(k, collate_c) for k in key),
+        "primary key",
+        cols,
+        (),
+        0,
+        whole,
+    )
 
 
-@pytest.mark.parametrize("text", [
-    "status = 'paid'", "id > 10 AND (amount < 5 OR note IS NULL)", "created_at >= now() - interval '1 day'",
-    "lower(name) LIKE 'a%'", "flag", "NOT flag", "id IN (1, 2, 3)", "id BETWEEN 1 AND 9",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "status = 'paid'",
+        "id > 10 AND (amount < 5 OR note IS NULL)",
+        "created_at >= now() - interval '1 day'",
+        "lower(name) LIKE 'a%'",
+        "flag",
+        "NOT flag",
+        "id IN (1, 2, 3)",
+        "id BETWEEN 1 AND 9",
+    ],
+)
 def test_where_accepts_boolean_conditions(text):
     parse_where(text)
 
 
-@pytest.mark.parametrize("text", [
-    "1; DROP TABLE orders", "id = 1 -- comment", "id = 1 /* c */", "SELECT 1",
-    "id IN (SELECT id FROM other)", "pg_terminate_backend(123) IS NOT NULL", "id + 1",
-    "nextval('s') > 0", "id = $1", "", "id = ", "EXISTS (SELECT 1)", "t.id = 1",
-    "'abc'",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1; DROP TABLE orders",
+        "id = 1 -- comment",
+        "id = 1 /* c */",
+        "SELECT 1",
+        "id IN (SELECT id FROM other)",
+        "pg_terminate_backend(123) IS NOT NULL",
+        "id + 1",
+        "nextval('s') > 0",
+        "id = $1",
+        "",
+        "id = ",
+        "EXISTS (SELECT 1)",
+        "t.id = 1",
+        "'abc'",
+    ],
+)
 def test_where_refuses_everything_else(text):
     with pytest.raises(UsageError):
         parse_where(text)
@@ -45,7 +78,7 @@ def test_identifiers_are_quoted_and_values_are_parameters():
     assert '"My Schema"."we""ird"' in text
     assert '"Name; DROP"' in text
     assert "$1" in text and "$2" in text and params == [1, 100]
-    assert "CAST(\"_rv_t\".\"amount\" AS DECIMAL)" in text or "AS NUMERIC" in text.upper()
+    assert 'CAST("_rv_t"."amount" AS DECIMAL)' in text or "AS NUMERIC" in text.upper()
 
 
 def test_text_keys_collate_c_when_needed():

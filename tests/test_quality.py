@@ -1,0 +1,25 @@
+"""The code stays ruff- and mypy-clean (strict on the pure modules, see pyproject)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_ruff_clean():
+    result = _run("ruff", "check", "replverify", "tests", "benchmarks")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_clean():
+    result = _run("mypy", "replverify")
+    assert result.returncode == 0, result.stdout + result.stderr
