@@ -56,6 +56,17 @@ class NeedSplit:
 
 
 @dataclass(frozen=True)
+class NeedBoundary:
+    """Answer: the source key ``every`` rows after ``after`` (``None``: start), or ``None``
+    when fewer rows remain. Walks the chunk boundaries one at a time, so digests start
+    after the first one instead of after a scan of every key."""
+
+    after: Key | None
+    every: int
+    id: int = field(default_factory=lambda: next(_ids), compare=False)
+
+
+@dataclass(frozen=True)
 class NeedRowHashes:
     """Answer: ``(source, target)`` mappings key → row hash for the rows in ``range``."""
 
@@ -72,7 +83,7 @@ class NeedRows:
     id: int = field(default_factory=lambda: next(_ids), compare=False)
 
 
-Request = NeedDigest | NeedSplit | NeedRowHashes | NeedRows
+Request = NeedDigest | NeedSplit | NeedBoundary | NeedRowHashes | NeedRows
 RowComparer = Callable[[Row, Row], tuple[str, ...]]
 
 
@@ -99,6 +110,7 @@ class TableComparison:
         split_factor: int = 16,
         max_diffs: int | None = None,
         whole: KeyRange | None = None,
+        walk_boundaries: bool = True,
     ) -> None:
         if chunk_rows < 1 or leaf_rows < 1 or split_factor < 2:
             raise ValueError("chunk_rows and leaf_rows must be >= 1, split_factor >= 2")
@@ -108,6 +120,7 @@ class TableComparison:
         self.split_factor = split_factor
         self.max_diffs = max_diffs
         self.whole = whole or KeyRange()
+        self.walk_boundaries = walk_boundaries and self.whole.is_whole
         self.stats = Stats()
         self.differences: list[Difference] = []
         self.differences_total = 0
@@ -126,10 +139,14 @@ class TableComparison:
     def start(self) -> list[Request]:
         """The first request: chunk boundaries, every ``chunk_rows`` keys of the source.
 
-        Always asked (even for a table whose statistics say it is small) because
-        statistics may be stale; for a small table it is one cheap index-only query.
+        With ``walk_boundaries`` (the key order has an index) boundaries come one at a
+        time and each chunk is digested as soon as its upper key is known; otherwise all
+        boundaries come from one ordered scan. Asked even for tables whose statistics
+        say they are small: statistics may be stale.
         """
         self._started = True
+        if self.walk_boundaries:
+            return self._issue([NeedBoundary(None, self.chunk_rows)])
         return self._issue([NeedSplit(self.whole, "source", self.chunk_rows, top=True)])
 
     def feed(self, request: Request, answer: object) -> list[Request]:
@@ -142,6 +159,8 @@ class TableComparison:
             return self._issue(self._on_digest(request, *digests))
         if isinstance(request, NeedSplit):
             return self._issue(self._on_split(request, list(cast("list[Key]", answer))))
+        if isinstance(request, NeedBoundary):
+            return self._issue(self._on_boundary(request, cast("Key | None", answer)))
         if isinstance(request, NeedRowHashes):
             hashes = cast("tuple[Mapping[Key, object], Mapping[Key, object]]", answer)
             return self._issue(self._on_row_hashes(request, *hashes))
@@ -154,6 +173,11 @@ class TableComparison:
         out = list(requests)
         self._pending.update(r.id for r in out)
         return out
+
+    def _on_boundary(self, req: NeedBoundary, key: Key | None) -> list[Request]:
+        if key is None or key == req.after:
+            return [NeedDigest(KeyRange(req.after, None), top=True)]
+        return [NeedBoundary(key, req.every), NeedDigest(KeyRange(req.after, key), top=True)]
 
     def _on_split(self, req: NeedSplit, boundaries: list[Key]) -> list[Request]:
         ranges = req.range.split(boundaries)

@@ -159,11 +159,14 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
 )
 @click.option(
     "--digest",
-    type=click.Choice(["auto", "server", "client"]),
+    type=click.Choice(["auto", "copy", "server", "client"]),
     default="auto",
     show_default=True,
-    help="Where equal chunks are hashed: in the database (server, little transfer) "
-    "or here from decoded values (client, exact across versions).",
+    help="How equal chunks are recognised: copy = xxh3 of each chunk's binary COPY here "
+    "(fastest, the table crosses the network); server = row-text hashes summed in the "
+    "database (little transfer: use over slow links); client = canonical hashes of decoded "
+    "values (exact across major versions, slowest). auto = copy, or client when the "
+    "major versions differ.",
 )
 @click.option(
     "--progress/--no-progress",

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .bisect import NeedDigest, NeedRowHashes, NeedRows, NeedSplit, Request, TableComparison
+from .bisect import (
+    NeedBoundary,
+    NeedDigest,
+    NeedRowHashes,
+    NeedRows,
+    NeedSplit,
+    Request,
+    TableComparison,
+)
 from .sources import RowSource, hashable
 from .sql import TableSQL
 from .types import Extra, Missing
@@ -35,6 +43,8 @@ async def answer(req: Request, sides: Sides) -> object:
     if isinstance(req, NeedSplit):
         side = src if req.side == "source" else tgt
         return await side.split(req.range, req.every)
+    if isinstance(req, NeedBoundary):
+        return await src.boundary(req.after, req.every)
     if isinstance(req, NeedDigest):
         return await asyncio.gather(src.digest(req.range), tgt.digest(req.range))
     if isinstance(req, NeedRowHashes):
@@ -48,26 +58,40 @@ async def run(
 ) -> TableComparison:
     """Drive ``machine`` to completion, ``jobs`` requests at a time.
 
-    Narrowing requests go ahead of unstarted chunks so differences surface early and the
-    queue of pending work stays small.
+    The chunk-boundary walk runs beside them (one small index query at a time, on a
+    connection of its own) so that chunks are always ready. Narrowing requests go ahead of
+    unstarted chunks, so differences surface early and the queue stays small.
     """
-    queue: deque[Request] = deque(machine.start())
+    queue: deque[Request] = deque()
     running: dict[asyncio.Task[object], Request] = {}
+    busy = 0
+
+    def submit(requests: list[Request], urgent: bool) -> None:
+        for req in reversed(requests) if urgent else requests:
+            if isinstance(req, NeedBoundary):
+                running[asyncio.ensure_future(answer(req, sides))] = req
+            elif urgent:
+                queue.appendleft(req)
+            else:
+                queue.append(req)
+
+    submit(machine.start(), urgent=False)
     try:
         while queue or running:
-            while queue and len(running) < jobs:
+            while queue and busy < jobs:
                 req = queue.popleft()
                 running[asyncio.ensure_future(answer(req, sides))] = req
+                busy += 1
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 req = running.pop(task)
+                if not isinstance(req, NeedBoundary):
+                    busy -= 1
+                planning = isinstance(req, NeedBoundary) or (isinstance(req, NeedSplit) and req.top)
                 follow = machine.feed(req, task.result())
                 if isinstance(req, NeedDigest) and req.top and progress:
                     progress(machine.stats.rows_source)
-                if isinstance(req, NeedSplit) and req.top:
-                    queue.extend(follow)
-                else:
-                    queue.extendleft(reversed(follow))
+                submit(follow, urgent=not planning)
     finally:
         for task in running:
             task.cancel()

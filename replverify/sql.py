@@ -206,13 +206,38 @@ class TableSQL:
     def row_hash(self) -> exp.Expr:
         return exp.func("hashtextextended", self.row_text(), exp.Literal.number(HASH_SEED))
 
+    def _order(self) -> list[exp.Ordered]:
+        return [exp.Ordered(this=self._key_expr(i)) for i in range(len(self.plan.key))]
+
     # the statements
+    def next_boundary(self, after: Key | None, every: int) -> Statement:
+        """The key ``every`` rows after ``after`` in key order (an index walk)."""
+        params = Params()
+        keys = [column(k.name) for k in self.plan.key]
+        q = self._select(keys, KeyRange(after, None), params)
+        q = q.order_by(*self._order()).offset(params.add(every - 1)).limit(1)
+        return q.sql(DIALECT), params.values
+
+    def copy_rows(self, rng: KeyRange) -> Statement:
+        """The compared columns of ``rng`` in key order, for a binary COPY digest.
+
+        Arrays and composites go as text: their binary form embeds type OIDs, which differ
+        between independent clusters for user-defined types.
+        """
+        params = Params()
+        projections = []
+        for c in self.plan.columns:
+            value = self.value_expr(c.name, c.type.base)
+            if c.type.kind in ("array", "composite"):
+                value = exp.cast(value, "text")
+            projections.append(value)
+        q = self._select(projections, rng, params).order_by(*self._order())
+        return q.sql(DIALECT), params.values
+
     def split(self, rng: KeyRange, every: int) -> Statement:
         """Keys at every ``every``-th row of ``rng`` in key order."""
         params = Params()
-        order = exp.Order(
-            expressions=[exp.Ordered(this=self._key_expr(i)) for i in range(len(self.plan.key))]
-        )
+        order = exp.Order(expressions=self._order())
         rn = exp.alias_(exp.Window(this=exp.RowNumber(), order=order), "_rv_n", quoted=True)
         keys = [exp.alias_(column(k.name), k.name, quoted=True) for k in self.plan.key]
         inner = self._select([*keys, rn], rng, params)

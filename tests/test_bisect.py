@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replverify.bisect import (
+    NeedBoundary,
     NeedDigest,
     NeedRowHashes,
     NeedRows,
@@ -48,7 +49,7 @@ def test_split_step_makes_at_most_parts(rows, parts):
 
 # -- scripted -----------------------------------------------------------------------------
 def test_equal_chunks_need_no_narrowing():
-    m = TableComparison(compare_cols, chunk_rows=10)
+    m = TableComparison(compare_cols, chunk_rows=10, walk_boundaries=False)
     (split,) = m.start()
     assert isinstance(split, NeedSplit) and split.top and split.every == 10
     digests = m.feed(split, [(10,), (20,)])
@@ -64,7 +65,9 @@ def test_equal_chunks_need_no_narrowing():
 
 
 def test_mismatch_goes_split_then_rows_then_changed():
-    m = TableComparison(compare_cols, chunk_rows=100, leaf_rows=10, split_factor=4)
+    m = TableComparison(
+        compare_cols, chunk_rows=100, leaf_rows=10, split_factor=4, walk_boundaries=False
+    )
     (split,) = m.start()
     (digest,) = m.feed(split, [])
     (sub,) = m.feed(digest, (ChunkDigest(40, 1), ChunkDigest(39, 2)))
@@ -85,7 +88,7 @@ def test_mismatch_goes_split_then_rows_then_changed():
 
 
 def test_rows_equal_after_canonical_compare_are_not_differences():
-    m = TableComparison(lambda a, b: (), chunk_rows=10)
+    m = TableComparison(lambda a, b: (), chunk_rows=10, walk_boundaries=False)
     (split,) = m.start()
     (digest,) = m.feed(split, [])
     (hashes,) = m.feed(digest, (ChunkDigest(1, 1), ChunkDigest(1, 2)))
@@ -95,7 +98,7 @@ def test_rows_equal_after_canonical_compare_are_not_differences():
 
 
 def test_unsplittable_range_is_resolved_row_by_row():
-    m = TableComparison(compare_cols, chunk_rows=10, leaf_rows=2)
+    m = TableComparison(compare_cols, chunk_rows=10, leaf_rows=2, walk_boundaries=False)
     (split,) = m.start()
     (digest,) = m.feed(split, [])
     (sub,) = m.feed(digest, (ChunkDigest(5, 1), ChunkDigest(5, 2)))
@@ -104,12 +107,26 @@ def test_unsplittable_range_is_resolved_row_by_row():
 
 
 def test_max_diffs_keeps_counting():
-    m = TableComparison(compare_cols, chunk_rows=10, max_diffs=2)
+    m = TableComparison(compare_cols, chunk_rows=10, max_diffs=2, walk_boundaries=False)
     (split,) = m.start()
     (digest,) = m.feed(split, [])
     (hashes,) = m.feed(digest, (ChunkDigest(5, 1), ChunkDigest(0, 0)))
     m.feed(hashes, ({(i,): i for i in range(5)}, {}))
     assert m.differences_total == 5 and len(m.differences) == 2 and m.truncated
+
+
+def test_boundary_walk_pipelines_chunks():
+    m = TableComparison(compare_cols, chunk_rows=10)
+    (first,) = m.start()
+    assert isinstance(first, NeedBoundary) and first.after is None
+    nxt, chunk = m.feed(first, (10,))
+    assert isinstance(nxt, NeedBoundary) and nxt.after == (10,)
+    assert isinstance(chunk, NeedDigest) and chunk.range == KeyRange(None, (10,))
+    (last,) = m.feed(nxt, None)
+    assert last.range == KeyRange((10,), None)
+    m.feed(chunk, (ChunkDigest(10, 1), ChunkDigest(10, 1)))
+    m.feed(last, (ChunkDigest(3, 1), ChunkDigest(3, 1)))
+    assert m.done and m.stats.chunks == 2 and m.stats.rows_source == 13
 
 
 def test_unexpected_answer_is_refused():
@@ -157,9 +174,9 @@ rows_st = st.dictionaries(
 
 
 @settings(max_examples=150, deadline=None)
-@given(rows_st, st.data(), st.integers(1, 60), st.integers(1, 20), st.integers(2, 8))
+@given(rows_st, st.data(), st.integers(1, 60), st.integers(1, 20), st.integers(2, 8), st.booleans())
 def test_memory_sources_report_exactly_the_planted_differences(
-    base, data, chunk_rows, leaf_rows, factor
+    base, data, chunk_rows, leaf_rows, factor, walk
 ):
     tgt = dict(base)
     keys = sorted(base)
@@ -173,7 +190,11 @@ def test_memory_sources_report_exactly_the_planted_differences(
         tgt.setdefault((k,), (9, "new"))
     src_s, tgt_s = MemorySource(base, hasher), MemorySource(tgt, hasher)
     m = TableComparison(
-        compare_cols, chunk_rows=chunk_rows, leaf_rows=leaf_rows, split_factor=factor
+        compare_cols,
+        chunk_rows=chunk_rows,
+        leaf_rows=leaf_rows,
+        split_factor=factor,
+        walk_boundaries=walk,
     )
     run_in_memory(m, _answer_sync(src_s, tgt_s))
     assert set(m.differences) == _expected(base, tgt)

@@ -10,7 +10,7 @@ from replverify.errors import ConnectError, UsageError
 from replverify.report import diff_to_dict
 from replverify.types import Changed, Extra, Missing
 
-MODES = ["server", "client"]
+MODES = ["copy", "server", "client"]
 
 
 async def sql(dsn: str, *statements: str) -> None:
