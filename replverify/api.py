@@ -44,7 +44,9 @@ class DiffOptions:
     where: str | None = None
     key: tuple[str, ...] = ()
     chunk_rows: int = 10_000
-    leaf_rows: int = 1_000
+    #: A mismatching range of at most this many rows is settled row by row (one more
+    #: read of it); larger ones are split first. ``None``: ``chunk_rows``, at most 10,000.
+    leaf_rows: int | None = None
     jobs: int = 2
     max_diffs: int | None = 1_000
     digest: DigestChoice = "auto"
@@ -53,7 +55,7 @@ class DiffOptions:
         problems = []
         if self.chunk_rows < 1:
             problems.append("--chunk-rows must be at least 1")
-        if self.leaf_rows < 1:
+        if self.leaf_rows is not None and self.leaf_rows < 1:
             problems.append("leaf_rows must be at least 1")
         if self.jobs < 1:
             problems.append("--jobs must be at least 1")
@@ -220,7 +222,7 @@ async def compare_table(
     machine = TableComparison(
         hasher.differing_columns(names),
         chunk_rows=options.chunk_rows,
-        leaf_rows=options.leaf_rows,
+        leaf_rows=options.leaf_rows or min(options.chunk_rows, 10_000),
         max_diffs=options.max_diffs,
         # one index probe per boundary needs the key order to be an index order
         walk_boundaries=plan.key_mode == "primary key" and not any(k.collate_c for k in plan.key),

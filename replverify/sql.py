@@ -46,12 +46,20 @@ def quote_table(ref: TableRef) -> str:
 
 
 class Params:
-    """Collects parameter values and hands out ``$n`` placeholders."""
+    """Collects parameter values and hands out ``$n`` placeholders.
 
-    def __init__(self) -> None:
+    With ``inline_ints`` integers become literals: COPY takes no parameters, and asyncpg
+    would otherwise ask the server to quote each one (a round trip per chunk).
+    """
+
+    def __init__(self, *, inline_ints: bool = False) -> None:
         self.values: list[object] = []
+        self.inline_ints = inline_ints
 
-    def add(self, value: object) -> exp.Parameter:
+    def add(self, value: object) -> exp.Expr:
+        if self.inline_ints and type(value) is int:
+            literal = exp.Literal.number(abs(value))
+            return exp.Neg(this=literal) if value < 0 else literal
         self.values.append(value)
         return exp.Parameter(this=exp.Literal.number(len(self.values)))
 
@@ -224,7 +232,7 @@ class TableSQL:
         Arrays and composites go as text: their binary form embeds type OIDs, which differ
         between independent clusters for user-defined types.
         """
-        params = Params()
+        params = Params(inline_ints=True)
         projections = []
         for c in self.plan.columns:
             value = self.value_expr(c.name, c.type.base)

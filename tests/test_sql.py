@@ -97,3 +97,10 @@ def test_where_columns_are_qualified_and_parenthesised():
     sql = TableSQL(make_plan(), parse_where("id > 5 OR amount IS NULL"))
     text, _ = sql.digest(None)
     assert '("_rv_t".id > 5 OR "_rv_t".amount IS NULL)' in text
+
+
+def test_copy_statement_inlines_integers_only():
+    sql = TableSQL(make_plan(key=("id", "Name; DROP")))
+    text, params = sql.copy_rows(KeyRange((-5, "a'b"), (10, "z")))
+    assert "> (-5, $1)" in text and "<= (10, $2)" in text and params == ["a'b", "z"]
+    assert 'ORDER BY "_rv_t"."id", "_rv_t"."Name; DROP"' in text
