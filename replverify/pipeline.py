@@ -59,17 +59,22 @@ async def run(
     """Drive ``machine`` to completion, ``jobs`` requests at a time.
 
     The chunk-boundary walk runs beside them (one small index query at a time, on a
-    connection of its own) so that chunks are always ready. Narrowing requests go ahead of
-    unstarted chunks, so differences surface early and the queue stays small.
+    connection of its own) and stays only a few chunks ahead, so memory does not grow
+    with the table. Narrowing requests go ahead of unstarted chunks, so differences
+    surface early.
     """
     queue: deque[Request] = deque()
     running: dict[asyncio.Task[object], Request] = {}
-    busy = 0
+    held: list[NeedBoundary] = []  # the walk, paused while enough chunks are queued
+    ahead = 4 * jobs
+
+    def start(req: Request) -> None:
+        running[asyncio.ensure_future(answer(req, sides))] = req
 
     def submit(requests: list[Request], urgent: bool) -> None:
         for req in reversed(requests) if urgent else requests:
             if isinstance(req, NeedBoundary):
-                running[asyncio.ensure_future(answer(req, sides))] = req
+                held.append(req)
             elif urgent:
                 queue.appendleft(req)
             else:
@@ -77,16 +82,16 @@ async def run(
 
     submit(machine.start(), urgent=False)
     try:
-        while queue or running:
+        while queue or running or held:
+            if held and len(queue) < ahead:
+                start(held.pop())
+            busy = sum(not isinstance(r, NeedBoundary) for r in running.values())
             while queue and busy < jobs:
-                req = queue.popleft()
-                running[asyncio.ensure_future(answer(req, sides))] = req
+                start(queue.popleft())
                 busy += 1
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 req = running.pop(task)
-                if not isinstance(req, NeedBoundary):
-                    busy -= 1
                 planning = isinstance(req, NeedBoundary) or (isinstance(req, NeedSplit) and req.top)
                 follow = machine.feed(req, task.result())
                 if isinstance(req, NeedDigest) and req.top and progress:

@@ -216,3 +216,19 @@ async def test_async_driver_matches_and_narrowing_reads_little():
     # narrowing transfers grow with the differences, not with the table
     assert m.stats.rows_hashed <= 10 * 2 * 100
     assert m.stats.rows_fetched == 20
+
+
+async def test_boundary_walk_stays_a_few_chunks_ahead():
+    base = {(i,): (0, "v") for i in range(5_000)}
+    machine = TableComparison(compare_cols, chunk_rows=10)
+    most = 0
+
+    class Watching(MemorySource):
+        async def digest(self, rng):
+            nonlocal most
+            most = max(most, len(machine._pending))
+            return await super().digest(rng)
+
+    await run(machine, Sides(MemorySource(base, hasher), Watching(base, hasher)), jobs=2)
+    assert machine.stats.chunks == 501  # 500 boundaries, then the empty tail
+    assert most <= 4 * 2 + 2 + 1  # queued chunks + running + the walk
