@@ -22,6 +22,7 @@ from .bisect import TableComparison
 from .catalog import ServerInfo, TableInfo
 from .connect import Endpoint, open_pool
 from .errors import ConnectError, ReplverifyError, ServerError, UsageError
+from .fence import Fence
 from .pipeline import Sides, compare_multiset, run
 from .sources import DigestMode, PostgresSource, RowHasher
 from .sql import ALIAS, TableSQL, parse_where, quote_table
@@ -50,6 +51,12 @@ class DiffOptions:
     jobs: int = 2
     max_diffs: int | None = 1_000
     digest: DigestChoice = "auto"
+    #: ``None``: fence target reads when the target is a streaming standby of the source
+    fence: bool | None = None
+    #: seconds a fenced read may wait for the standby to replay
+    lag_timeout: float = 60.0
+    #: extra reads of rows that look different on a fenced (live) pair
+    confirm_rounds: int = 2
 
     def validate(self) -> None:
         problems = []
@@ -63,6 +70,10 @@ class DiffOptions:
             problems.append("--max-diffs must not be negative")
         if self.digest not in ("auto", "copy", "server", "client"):
             problems.append("--digest must be auto, copy, server or client")
+        if self.lag_timeout <= 0:
+            problems.append("--lag-timeout must be positive")
+        if self.confirm_rounds < 0:
+            problems.append("confirm_rounds must not be negative")
         if len(set(self.key)) != len(self.key):
             problems.append("--key names a column twice")
         if problems:
@@ -190,6 +201,16 @@ async def _diff(
     report = DiffReport(str(src_ep), str(tgt_ep), results)
     if why:
         report.notes.append(why)
+    fence = None
+    if options.fence is not False and catalog.streams_from(src_server, tgt_server):
+        fence = Fence(src_pool, tgt_pool, timeout=options.lag_timeout)
+        report.notes.append(
+            "the target is a streaming standby of the source: each target read waited until "
+            "the standby had replayed what the source read saw (LSN fence), and rows that "
+            f"differed were read again up to {options.confirm_rounds} times"
+        )
+    elif options.fence:
+        raise UsageError("--fence needs a target that is a streaming standby of the source")
     sqls = [TableSQL(p, where) for p in plans]  # type: ignore[arg-type]
     for s in sqls:
         await asyncio.gather(_check(src_pool, s, "source"), _check(tgt_pool, s, "target"))
@@ -198,7 +219,7 @@ async def _diff(
 
     async def one(sql: TableSQL) -> TableResult:
         async with sem:
-            return await compare_table(sql, src_pool, tgt_pool, mode, options, progress)
+            return await compare_table(sql, src_pool, tgt_pool, mode, options, progress, fence)
 
     report.tables.extend(await asyncio.gather(*(one(s) for s in sqls)))
     report.tables.sort(key=lambda t: t.table)
@@ -213,6 +234,7 @@ async def compare_table(
     mode: DigestMode,
     options: DiffOptions,
     progress: Callable[[TableRef, int, int], None] | None = None,
+    fence: Fence | None = None,
 ) -> TableResult:
     """Compare one planned table; server errors end up in ``TableResult.error``."""
     plan = sql.plan
@@ -226,6 +248,7 @@ async def compare_table(
         max_diffs=options.max_diffs,
         # one index probe per boundary needs the key order to be an index order
         walk_boundaries=plan.key_mode == "primary key" and not any(k.collate_c for k in plan.key),
+        confirm_rounds=options.confirm_rounds if fence else 0,
     )
     result = TableResult(
         plan.ref,
@@ -237,9 +260,11 @@ async def compare_table(
     )
     try:
         if plan.multiset:
-            await compare_multiset(sql, source, target, machine)
+            await compare_multiset(sql, source, target, machine, fence)
         else:
-            sides = Sides(PostgresSource(source, sql, mode), PostgresSource(target, sql, mode))
+            sides = Sides(
+                PostgresSource(source, sql, mode), PostgresSource(target, sql, mode), fence
+            )
             estimate = plan.estimated_rows
 
             def tick(done: int) -> None:
@@ -257,6 +282,7 @@ async def compare_table(
     result.differences = _sorted(machine.differences)
     result.differences_total = machine.differences_total
     result.truncated = machine.truncated
+    result.unstable = machine.unstable
     result.elapsed_s = time.perf_counter() - started
     return result
 

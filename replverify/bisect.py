@@ -76,10 +76,14 @@ class NeedRowHashes:
 
 @dataclass(frozen=True)
 class NeedRows:
-    """Answer: ``(source, target)`` mappings key → compared column values, for ``keys``."""
+    """Answer: ``(source, target)`` mappings key → compared column values, for ``keys``.
+
+    ``round`` > 0 marks a confirmation read of rows that looked different before.
+    """
 
     range: KeyRange
     keys: tuple[Key, ...]
+    round: int = 0
     id: int = field(default_factory=lambda: next(_ids), compare=False)
 
 
@@ -111,6 +115,7 @@ class TableComparison:
         max_diffs: int | None = None,
         whole: KeyRange | None = None,
         walk_boundaries: bool = True,
+        confirm_rounds: int = 0,
     ) -> None:
         if chunk_rows < 1 or leaf_rows < 1 or split_factor < 2:
             raise ValueError("chunk_rows and leaf_rows must be >= 1, split_factor >= 2")
@@ -121,6 +126,11 @@ class TableComparison:
         self.max_diffs = max_diffs
         self.whole = whole or KeyRange()
         self.walk_boundaries = walk_boundaries and self.whole.is_whole
+        self.confirm_rounds = confirm_rounds
+        #: keys still different after every confirmation while their source row kept
+        #: changing: not verified, and not called a difference either.
+        self.unstable: list[Key] = []
+        self._last_source: dict[Key, Row | None] = {}
         self.stats = Stats()
         self.differences: list[Difference] = []
         self.differences_total = 0
@@ -165,8 +175,7 @@ class TableComparison:
             hashes = cast("tuple[Mapping[Key, object], Mapping[Key, object]]", answer)
             return self._issue(self._on_row_hashes(request, *hashes))
         rows = cast("tuple[Mapping[Key, Row], Mapping[Key, Row]]", answer)
-        self._on_rows(request, *rows)
-        return []
+        return self._issue(self._on_rows(request, *rows))
 
     # -- transitions ---------------------------------------------------------------------
     def _issue(self, requests: Iterable[Request]) -> list[Request]:
@@ -212,28 +221,62 @@ class TableComparison:
         differing: list[Key] = []
         for key, h in src.items():
             if key not in tgt:
-                self.record(Missing(key))
+                if self.confirm_rounds:
+                    differing.append(key)
+                else:
+                    self.record(Missing(key))
             elif tgt[key] != h:
                 differing.append(key)
         for key in tgt:
             if key not in src:
-                self.record(Extra(key))
+                if self.confirm_rounds:
+                    differing.append(key)
+                else:
+                    self.record(Extra(key))
         return [NeedRows(req.range, tuple(differing))] if differing else []
 
-    def _on_rows(self, req: NeedRows, src: Mapping[Key, Row], tgt: Mapping[Key, Row]) -> None:
+    def _on_rows(
+        self, req: NeedRows, src: Mapping[Key, Row], tgt: Mapping[Key, Row]
+    ) -> list[Request]:
+        """Record what differs; with confirmation rounds, read it again first.
+
+        A row that differs on the last round is a difference if its source image stayed
+        the same since the round before, and *unstable* (being written to while compared)
+        if it did not.
+        """
         self.stats.rows_fetched += len(src) + len(tgt)
+        again: list[Key] = []
+        last = req.round >= self.confirm_rounds
         for key in req.keys:
             s, t = src.get(key), tgt.get(key)
-            if s is None and t is None:
+            diff = self._classify(key, s, t)
+            if diff is None:
+                self._last_source.pop(key, None)
                 continue
-            if t is None:
-                self.record(Missing(key))
-            elif s is None:
-                self.record(Extra(key))
+            if not last:
+                self._last_source[key] = s
+                again.append(key)
+            elif req.round and not self._same(self._last_source.pop(key, None), s):
+                self.unstable.append(key)
             else:
-                columns = self.compare_rows(s, t)
-                if columns:
-                    self.record(Changed(key, columns))
+                self._last_source.pop(key, None)
+                self.record(diff)
+        return [NeedRows(req.range, tuple(again), req.round + 1)] if again else []
+
+    def _classify(self, key: Key, s: Row | None, t: Row | None) -> Difference | None:
+        if s is None and t is None:
+            return None
+        if t is None:
+            return Missing(key)
+        if s is None:
+            return Extra(key)
+        columns = self.compare_rows(s, t)
+        return Changed(key, columns) if columns else None
+
+    def _same(self, a: Row | None, b: Row | None) -> bool:
+        if a is None or b is None:
+            return a is b
+        return not self.compare_rows(a, b)
 
     def record(self, diff: Difference) -> None:
         """Count a difference; keep it unless ``max_diffs`` are kept already."""

@@ -73,16 +73,27 @@ class ServerInfo:
     in_recovery: bool
     datcollate: str
     encoding: str
+    system_identifier: int = 0  # equal on a primary and its physical standbys
+
+
+def streams_from(source: ServerInfo, target: ServerInfo) -> bool:
+    """Whether ``target`` is a physical standby of ``source`` (same system, in recovery)."""
+    return (
+        target.in_recovery
+        and not source.in_recovery
+        and source.system_identifier == target.system_identifier != 0
+    )
 
 
 async def server_info(conn: asyncpg.Connection) -> ServerInfo:
     row = await conn.fetchrow(
         "SELECT current_setting('server_version_num')::int AS v, pg_is_in_recovery() AS r,"
-        " d.datcollate, pg_encoding_to_char(d.encoding) AS enc"
+        " d.datcollate, pg_encoding_to_char(d.encoding) AS enc,"
+        " (SELECT system_identifier FROM pg_control_system()) AS sysid"
         " FROM pg_database d WHERE d.datname = current_database()"
     )
     assert row is not None
-    return ServerInfo(row["v"], row["r"], row["datcollate"], row["enc"])
+    return ServerInfo(row["v"], row["r"], row["datcollate"], row["enc"], row["sysid"] or 0)
 
 
 async def _resolve_types(conn: asyncpg.Connection, oids: set[int]) -> dict[int, ColumnType]:

@@ -169,6 +169,22 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
     "major versions differ.",
 )
 @click.option(
+    "--fence/--no-fence",
+    default=None,
+    help="When TARGET is a streaming standby of SOURCE (detected), each target read waits "
+    "until the standby has replayed what the source read saw, and rows that differ are "
+    "read again before they count; rows still being written are reported as unstable. "
+    "Default: on for a standby.",
+)
+@click.option(
+    "--lag-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a fenced read may wait for the standby to replay.",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Progress on stderr (default: when stderr is a terminal).",
@@ -185,6 +201,8 @@ def diff(
     jobs: int,
     max_diffs: int,
     digest: api.DigestChoice,
+    fence: bool | None,
+    lag_timeout: float,
     progress: bool | None,
     fmt: str,
     output: str | None,
@@ -205,6 +223,8 @@ def diff(
         jobs=jobs,
         max_diffs=max_diffs,
         digest=digest,
+        fence=fence,
+        lag_timeout=lag_timeout,
     )
     show = sys.stderr.isatty() if progress is None else progress
     bar = ProgressLine(show)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 
@@ -23,10 +24,12 @@ from .bisect import (
     Request,
     TableComparison,
 )
+from .fence import Fence, retrying
 from .sources import RowSource, hashable
 from .sql import TableSQL
 from .types import Extra, Missing
 
+T = TypeVar("T")
 #: ``progress(rows_done_on_source)`` after each top-level chunk.
 Progress = Callable[[int], None]
 
@@ -35,6 +38,17 @@ Progress = Callable[[int], None]
 class Sides:
     source: RowSource
     target: RowSource
+    #: set when the target is a streaming standby of the source: target reads wait for it
+    fence: Fence | None = None
+
+    async def both(
+        self, source: Callable[[], Awaitable[T]], target: Callable[[], Awaitable[T]]
+    ) -> tuple[T, T]:
+        """Read both sides: concurrently, or source first and then the fenced target."""
+        if self.fence is not None:
+            return await self.fence.read(source, target)
+        s, t = await asyncio.gather(retrying(source), retrying(target))
+        return s, t
 
 
 async def answer(req: Request, sides: Sides) -> object:
@@ -46,11 +60,15 @@ async def answer(req: Request, sides: Sides) -> object:
     if isinstance(req, NeedBoundary):
         return await src.boundary(req.after, req.every)
     if isinstance(req, NeedDigest):
-        return await asyncio.gather(src.digest(req.range), tgt.digest(req.range))
+        return await sides.both(lambda: src.digest(req.range), lambda: tgt.digest(req.range))
     if isinstance(req, NeedRowHashes):
-        return await asyncio.gather(src.row_hashes(req.range), tgt.row_hashes(req.range))
+        return await sides.both(
+            lambda: src.row_hashes(req.range), lambda: tgt.row_hashes(req.range)
+        )
     assert isinstance(req, NeedRows)
-    return await asyncio.gather(src.rows(req.range, req.keys), tgt.rows(req.range, req.keys))
+    return await sides.both(
+        lambda: src.rows(req.range, req.keys), lambda: tgt.rows(req.range, req.keys)
+    )
 
 
 async def run(
@@ -110,48 +128,28 @@ async def compare_multiset(
     source: asyncpg.Pool,
     target: asyncpg.Pool,
     machine: TableComparison,
+    fence: Fence | None = None,
 ) -> TableComparison:
     """Compare a table without a key as a multiset of rows (duplicates count).
 
     The two sides stream ``(row hash, count)`` in hash order and are merged here, so
     memory stays flat; only rows whose counts differ are then read in full, and each
-    surplus copy is reported as missing or extra with the whole row as its key.
+    surplus copy is reported as missing or extra with the whole row as its key. On a
+    fenced (live standby) pair a surplus is confirmed by comparing again; one that keeps
+    changing marks the table's rows unstable instead.
     """
-    text, params = sql.hash_counts()
-    surplus: dict[int, int] = {}  # hash -> source count minus target count
-
-    async def stream(pool: asyncpg.Pool, out: asyncio.Queue[tuple[int, int] | None]) -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            async for rec in conn.cursor(text, *params, prefetch=5000):
-                await out.put((rec[0], rec[1]))
-        await out.put(None)
-
-    qs: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue(10_000)
-    qt: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue(10_000)
-    tasks = [asyncio.ensure_future(stream(source, qs)), asyncio.ensure_future(stream(target, qt))]
-    try:
-        s, t = await qs.get(), await qt.get()
-        rows_s = rows_t = 0
-        while s is not None or t is not None:
-            if t is None or (s is not None and s[0] < t[0]):
-                assert s is not None
-                surplus[s[0]] = s[1]
-                rows_s += s[1]
-                s = await qs.get()
-            elif s is None or t[0] < s[0]:
-                surplus[t[0]] = -t[1]
-                rows_t += t[1]
-                t = await qt.get()
-            else:
-                if s[1] != t[1]:
-                    surplus[s[0]] = s[1] - t[1]
-                rows_s += s[1]
-                rows_t += t[1]
-                s, t = await qs.get(), await qt.get()
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
+    surplus, rows_s, rows_t = await _surplus(sql, source, target, fence)
+    for _ in range(machine.confirm_rounds if fence else 0):
+        if not surplus:
+            break
+        again, rows_s, rows_t = await _surplus(sql, source, target, fence)
+        if again == surplus:
+            break
+        surplus = again
+    else:
+        if surplus and fence:
+            machine.unstable.append(("(table rows kept changing)",))
+            surplus = {}
     stats = machine.stats
     stats.rows_source, stats.rows_target, stats.chunks = rows_s, rows_t, 1
     if not surplus:
@@ -169,3 +167,66 @@ async def compare_multiset(
         for _ in range(abs(n)):
             machine.record(Missing(image) if n > 0 else Extra(image))
     return machine
+
+
+Pair = tuple[int, int]
+
+
+async def _surplus(
+    sql: TableSQL, source: asyncpg.Pool, target: asyncpg.Pool, fence: Fence | None
+) -> tuple[dict[int, int], int, int]:
+    """``{row hash: source count - target count}`` where they differ, and the row counts."""
+    text, params = sql.hash_counts()
+    snapshot_taken = asyncio.Event()
+
+    async def stream(pool: asyncpg.Pool, out: asyncio.Queue[list[Pair] | None]) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT 1")  # the repeatable-read snapshot starts here
+            snapshot_taken.set()
+            cursor = await conn.cursor(text, *params)
+            while batch := await cursor.fetch(5000):
+                await out.put([(r[0], r[1]) for r in batch])
+        await out.put(None)
+
+    async def fenced_target() -> None:
+        await snapshot_taken.wait()
+        if fence is not None:
+            await fence.wait(await fence.position())
+        await stream(target, qt)
+
+    qs: asyncio.Queue[list[Pair] | None] = asyncio.Queue(4)
+    qt: asyncio.Queue[list[Pair] | None] = asyncio.Queue(4)
+    tasks = [asyncio.ensure_future(stream(source, qs)), asyncio.ensure_future(fenced_target())]
+    surplus: dict[int, int] = {}
+    rows_s = rows_t = 0
+    try:
+        src_items, tgt_items = _items(qs), _items(qt)
+        s, t = await anext(src_items, None), await anext(tgt_items, None)
+        while s is not None or t is not None:
+            if t is None or (s is not None and s[0] < t[0]):
+                assert s is not None
+                surplus[s[0]] = s[1]
+                rows_s += s[1]
+                s = await anext(src_items, None)
+            elif s is None or t[0] < s[0]:
+                surplus[t[0]] = -t[1]
+                rows_t += t[1]
+                t = await anext(tgt_items, None)
+            else:
+                if s[1] != t[1]:
+                    surplus[s[0]] = s[1] - t[1]
+                rows_s += s[1]
+                rows_t += t[1]
+                s, t = await anext(src_items, None), await anext(tgt_items, None)
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return surplus, rows_s, rows_t
+
+
+async def _items(queue: asyncio.Queue[list[Pair] | None]) -> AsyncIterator[Pair]:
+    while (batch := await queue.get()) is not None:
+        for item in batch:
+            yield item

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .canonical import jsonable
-from .types import Changed, Difference, DiffReport, TableResult
+from .types import Changed, Difference, DiffReport, Key, TableResult
 
 DIFF_SCHEMA = "replverify.diff/1"
 #: Differences shown per table in text and Markdown (JSON has all that were kept).
@@ -19,7 +19,11 @@ def _key_names(t: TableResult) -> tuple[str, ...]:
 
 
 def key_dict(t: TableResult, d: Difference) -> dict[str, Any]:
-    return {name: jsonable(v) for name, v in zip(_key_names(t), d.key, strict=False)}
+    return _key_of(t, d.key)
+
+
+def _key_of(t: TableResult, key: Key) -> dict[str, Any]:
+    return {name: jsonable(v) for name, v in zip(_key_names(t), key, strict=False)}
 
 
 def rows_compared(t: TableResult) -> int:
@@ -49,8 +53,10 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
                 for d in t.differences
             ],
             "schema_differences": list(t.schema_differences),
+            "unstable_total": len(t.unstable),
+            "unstable": [_key_of(t, k) for k in t.unstable],
             "digest": t.digest,
-            "verified": t.error is None,
+            "verified": t.verified,
             "error": t.error,
             "elapsed_s": round(t.elapsed_s, 3),
         }
@@ -78,15 +84,15 @@ def to_json(doc: dict[str, Any]) -> str:
 
 
 # -- text ---------------------------------------------------------------------------------
-def _fmt_key(t: TableResult, d: Difference) -> str:
+def _fmt_key(key: dict[str, Any]) -> str:
     def show(value: Any) -> str:
         return str(value) if isinstance(value, int) else json.dumps(value, ensure_ascii=False)
 
-    return " ".join(f"{name}={show(value)}" for name, value in key_dict(t, d).items())
+    return " ".join(f"{name}={show(value)}" for name, value in key.items())
 
 
 def _describe(t: TableResult, d: Difference) -> str:
-    line = f"{d.kind:<8} {_fmt_key(t, d)}"
+    line = f"{d.kind:<8} {_fmt_key(key_dict(t, d))}"
     if isinstance(d, Changed):
         line += f"   columns: {', '.join(d.columns)}"
     return line
@@ -101,6 +107,8 @@ def _key_label(t: TableResult) -> str:
 def _verdict(t: TableResult) -> str:
     if t.error:
         return "NOT VERIFIED"
+    if t.unstable and not t.differences_total:
+        return f"{len(t.unstable):,} rows not verified (written to while compared)"
     if t.consistent:
         return "ok"
     n = t.differences_total
@@ -121,6 +129,8 @@ def diff_to_text(report: DiffReport) -> str:
             out.append(f"    error    {t.error}")
         for d in t.differences[:SHOWN_PER_TABLE]:
             out.append(f"    {_describe(t, d)}")
+        for k in t.unstable[:SHOWN_PER_TABLE]:
+            out.append(f"    unstable {_fmt_key(_key_of(t, k))}   (written to while compared)")
         hidden = t.differences_total - min(len(t.differences), SHOWN_PER_TABLE)
         if hidden > 0:
             out.append(f"    … and {hidden:,} more (use --format json, --max-diffs)")

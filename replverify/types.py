@@ -95,7 +95,14 @@ class TableResult:
     digest: str = ""  # how equal chunks were recognised (see pipeline)
     columns: tuple[str, ...] = ()  # compared columns (row images of multiset differences)
     error: str | None = None  # set when the table could not be (fully) verified
+    #: rows still being written to on the source after every confirmation read: neither
+    #: verified nor called different (a busy primary compared with its standby)
+    unstable: list[Key] = field(default_factory=list)
     elapsed_s: float = 0.0
+
+    @property
+    def verified(self) -> bool:
+        return self.error is None and not self.unstable
 
     @property
     def consistent(self) -> bool:
@@ -118,4 +125,4 @@ class DiffReport:
 
     @property
     def complete(self) -> bool:
-        return all(t.error is None for t in self.tables)
+        return all(t.verified for t in self.tables)

@@ -129,6 +129,34 @@ def test_boundary_walk_pipelines_chunks():
     assert m.done and m.stats.chunks == 2 and m.stats.rows_source == 13
 
 
+def _to_leaf(m):
+    (split,) = m.start()
+    (digest,) = m.feed(split, [])
+    (hashes,) = m.feed(digest, (ChunkDigest(3, 1), ChunkDigest(3, 2)))
+    return hashes
+
+
+def test_confirmation_drops_transient_keeps_stable_flags_moving_rows():
+    m = TableComparison(compare_cols, chunk_rows=10, walk_boundaries=False, confirm_rounds=2)
+    hashes = _to_leaf(m)
+    (rows,) = m.feed(hashes, ({(1,): 1, (2,): 2, (3,): 3}, {(1,): 9, (2,): 9}))
+    assert rows.keys == ((1,), (2,), (3,)) and rows.round == 0
+    # round 0: all three still differ
+    (again,) = m.feed(
+        rows, ({(1,): ("a",), (2,): ("b",), (3,): ("c",)}, {(1,): ("x",), (2,): ("y",)})
+    )
+    assert again.round == 1
+    # round 1: 1 caught up (transient), 2 still differs, 3 still missing
+    (last,) = m.feed(
+        again, ({(1,): ("a",), (2,): ("b2",), (3,): ("c",)}, {(1,): ("a",), (2,): ("y",)})
+    )
+    assert last.keys == ((2,), (3,)) and last.round == 2
+    # round 2: 2's source image moved again -> unstable; 3 stayed missing -> difference
+    assert m.feed(last, ({(2,): ("b3",), (3,): ("c",)}, {(2,): ("y",)})) == []
+    assert m.done
+    assert m.differences == [Missing((3,))] and m.unstable == [(2,)]
+
+
 def test_unexpected_answer_is_refused():
     m = TableComparison(compare_cols)
     m.start()
