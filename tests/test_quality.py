@@ -16,7 +16,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_clean():
-    result = _run("ruff", "check", "replverify", "tests", "benchmarks")
+    dirs = [d for d in ("replverify", "tests", "benchmarks") if (ROOT / d).is_dir()]
+    result = _run("ruff", "check", *dirs)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
