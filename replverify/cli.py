@@ -7,6 +7,8 @@ nowhere else, from the report or from the :class:`~replverify.errors.ReplverifyE
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -17,7 +19,8 @@ import click
 
 from . import __version__, api
 from .errors import EXIT_DIFFERENT, EXIT_OK, EXIT_TROUBLE, ReplverifyError
-from .report import DIFF_RENDERERS
+from .lag import LagReport, LagSample, measure_lag
+from .report import DIFF_RENDERERS, LAG_RENDERERS, lag_sample_line
 from .types import DiffReport, TableRef
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -260,3 +263,125 @@ def demo(keep: bool, rows: int) -> None:
     from .demo import run_demo
 
     sys.exit(run_async(run_demo(rows=rows, keep=keep, echo=click.echo)))
+
+
+@main.command()
+@click.argument("source")
+@click.argument("target")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Samples to take.  [default: 5; with --watch: until Ctrl-C]",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds between samples (the source's WAL position is polled 5 times as often).",
+)
+@click.option(
+    "--rpo",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Recovery point objective: exit 1 when the lag ever exceeds it, 0 when within.",
+)
+@click.option(
+    "--heartbeat",
+    is_flag=True,
+    help="For targets that are not physical standbys (e.g. logical replication): write a "
+    "timestamp row into replverify.heartbeat on the source (created if missing; the one "
+    "write replverify makes) and read it on the target.",
+)
+@click.option(
+    "--watch", is_flag=True, help="Sample until Ctrl-C, one line per sample, then the summary."
+)
+@output_options
+def lag(
+    source: str,
+    target: str,
+    samples: int | None,
+    interval: float,
+    rpo: float | None,
+    heartbeat: bool,
+    watch: bool,
+    fmt: str,
+    output: str | None,
+) -> None:
+    """Measure how far TARGET is behind SOURCE: WAL bytes and seconds, over time.
+
+    Bytes are the distance between the source's current WAL position and the target's
+    replay position; seconds are the age of the oldest change the target has not
+    replayed (0 on a caught-up pair, however long ago the last commit was). The target
+    must be a physical standby of the source, or use --heartbeat. Exit 0 when within
+    --rpo (or no --rpo), 1 when it was exceeded, 2 when lag could not be measured.
+    """
+    count = samples if samples is not None else (None if watch else 5)
+    on_sample = None
+    if watch:
+        to_stderr = fmt != "text" or output is not None
+
+        def on_sample(sample: LagSample) -> None:
+            click.echo(lag_sample_line(sample), err=to_stderr)
+
+    report = run_async(
+        _lag_until_interrupt(
+            source, target, count, interval, rpo, heartbeat, on_sample, stop_on_sigint=watch
+        )
+    )
+    emit(LAG_RENDERERS[fmt](report), output)
+    sys.exit(lag_exit_code(report))
+
+
+async def _lag_until_interrupt(
+    source: str,
+    target: str,
+    samples: int | None,
+    interval: float,
+    rpo: float | None,
+    heartbeat: bool,
+    on_sample: Callable[[LagSample], None] | None,
+    *,
+    stop_on_sigint: bool,
+) -> LagReport:
+    """``measure_lag``; with ``stop_on_sigint`` a first Ctrl-C ends sampling and keeps the
+    summary, a second one interrupts at once (exit 130)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = False
+
+    def first_interrupt() -> None:
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)
+
+    if stop_on_sigint:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGINT, first_interrupt)
+            handled = True
+    try:
+        return await measure_lag(
+            source,
+            target,
+            samples=samples,
+            interval=interval,
+            rpo=rpo,
+            heartbeat=heartbeat,
+            on_sample=on_sample,
+            stop=stop,
+        )
+    finally:
+        if handled:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+def lag_exit_code(report: LagReport) -> int:
+    if not report.samples:
+        return EXIT_TROUBLE
+    if report.rpo_seconds is None:
+        return EXIT_OK
+    within = report.within_rpo
+    if within is None:
+        return EXIT_TROUBLE
+    return EXIT_OK if within else EXIT_DIFFERENT

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from .canonical import jsonable
+from .lag import LAG_SCHEMA, METHODS, LagReport, LagSample, ReplicationState
+from .lsn import format_lsn
 from .types import Changed, Difference, DiffReport, Key, TableResult
 
 DIFF_SCHEMA = "replverify.diff/1"
@@ -197,4 +200,210 @@ DIFF_RENDERERS: dict[str, Renderer] = {
     "text": diff_to_text,
     "json": lambda r: to_json(diff_to_dict(r)),
     "markdown": diff_to_markdown,
+}
+
+
+# == lag ==================================================================================
+#: Samples listed in text and Markdown (JSON has all of them).
+LAG_SAMPLES_SHOWN = 20
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.astimezone(timezone.utc).isoformat()
+
+
+def _lsn(value: int | None) -> str | None:
+    return None if value is None else format_lsn(value)
+
+
+def _secs(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def lag_sample_to_dict(s: LagSample) -> dict[str, Any]:
+    return {
+        "at": _iso(s.at),
+        "lag_bytes": s.lag_bytes,
+        "lag_seconds": _secs(s.lag_seconds),
+        "method": s.method,
+        "bound": s.bound,
+        "source_lsn": _lsn(s.source_lsn),
+        "replay_lsn": _lsn(s.replay_lsn),
+        "receive_lsn": _lsn(s.receive_lsn),
+        "replay_paused": s.replay_paused,
+        "heartbeat_at": _iso(s.heartbeat_at),
+    }
+
+
+def replication_to_dict(r: ReplicationState) -> dict[str, Any]:
+    w, slot, rcv = r.sender, r.slot, r.receiver
+    return {
+        "relation": r.relation,
+        "description": r.description,
+        "source_system_id": r.source_system_id,
+        "target_system_id": r.target_system_id,
+        "source_in_recovery": r.source_in_recovery,
+        "target_in_recovery": r.target_in_recovery,
+        "replay_paused": r.replay_paused,
+        "sender": None
+        if w is None
+        else {
+            "application_name": w.application_name,
+            "client_addr": w.client_addr,
+            "client_port": w.client_port,
+            "state": w.state,
+            "sync_state": w.sync_state,
+            "sent_lsn": _lsn(w.sent_lsn),
+            "write_lsn": _lsn(w.write_lsn),
+            "flush_lsn": _lsn(w.flush_lsn),
+            "replay_lsn": _lsn(w.replay_lsn),
+            "write_lag_seconds": _secs(w.write_lag),
+            "flush_lag_seconds": _secs(w.flush_lag),
+            "replay_lag_seconds": _secs(w.replay_lag),
+        },
+        "slot": None
+        if slot is None
+        else {
+            "name": slot.name,
+            "type": slot.type,
+            "active": slot.active,
+            "restart_lsn": _lsn(slot.restart_lsn),
+            "wal_status": slot.wal_status,
+        },
+        "receiver": None
+        if rcv is None
+        else {
+            "status": rcv.status,
+            "sender_host": rcv.sender_host,
+            "sender_port": rcv.sender_port,
+            "slot_name": rcv.slot_name,
+            "written_lsn": _lsn(rcv.written_lsn),
+            "flushed_lsn": _lsn(rcv.flushed_lsn),
+            "latest_end_lsn": _lsn(rcv.latest_end_lsn),
+            "last_msg_receipt_time": _iso(rcv.last_msg_receipt_time),
+        },
+    }
+
+
+def lag_to_dict(report: LagReport) -> dict[str, Any]:
+    used = sorted({s.method for s in report.samples})
+    return {
+        "schema": LAG_SCHEMA,
+        "status": report.status,
+        "source": report.source,
+        "target": report.target,
+        "samples": [lag_sample_to_dict(s) for s in report.samples],
+        "max_lag_seconds": _secs(report.max_lag_seconds),
+        "max_lag_bytes": report.max_lag_bytes,
+        "p50_lag_seconds": _secs(report.p50_lag_seconds),
+        "p95_lag_seconds": _secs(report.p95_lag_seconds),
+        "rpo_seconds": report.rpo_seconds,
+        "within_rpo": report.within_rpo,
+        "interval_s": report.interval_s,
+        "poll_interval_s": report.poll_interval_s,
+        "heartbeat": report.heartbeat,
+        "interrupted": report.interrupted,
+        "methods": {m: METHODS[m] for m in used},
+        "replication": replication_to_dict(report.replication),
+        "notes": list(report.notes),
+    }
+
+
+def _clock(at: datetime) -> str:
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def lag_sample_line(s: LagSample) -> str:
+    """One sample on one line (``--watch``)."""
+    flags = "  [replay paused]" if s.replay_paused else ""
+    return f"{_clock(s.at)}  {s.lag_seconds:>10.3f} s  {s.lag_bytes:>14,} bytes  {s.method}{flags}"
+
+
+def _lag_verdict(report: LagReport) -> str:
+    if report.status == "unknown":
+        if not report.samples:
+            return "UNKNOWN: no sample was taken"
+        return (
+            f"UNKNOWN: max lag {report.max_lag_seconds:.3f} s is within the RPO of "
+            f"{report.rpo_seconds:g} s only as a lower bound"
+        )
+    word = {"within": "WITHIN RPO", "exceeded": "RPO EXCEEDED", "measured": "LAG"}[report.status]
+    rpo = f" (RPO {report.rpo_seconds:g} s)" if report.rpo_seconds is not None else ""
+    n = len(report.samples)
+    return (
+        f"{word}: max lag {report.max_lag_seconds:.3f} s, {report.max_lag_bytes:,} bytes{rpo};"
+        f" p50 {report.p50_lag_seconds:.3f} s, p95 {report.p95_lag_seconds:.3f} s"
+        f" over {n} sample{'s' if n != 1 else ''}"
+    )
+
+
+def _replication_lines(r: ReplicationState) -> list[str]:
+    out = [f"replication  {r.description}"]
+    if (w := r.sender) is not None:
+        lag = f"  (replay_lag {w.replay_lag:.3f} s)" if w.replay_lag is not None else ""
+        out.append(
+            f"  sender     {w.application_name} {w.state}/{w.sync_state}: sent {_lsn(w.sent_lsn)}"
+            f"  write {_lsn(w.write_lsn)}  flush {_lsn(w.flush_lsn)}"
+            f"  replay {_lsn(w.replay_lsn)}{lag}"
+        )
+    if (rcv := r.receiver) is not None:
+        out.append(
+            f"  receiver   {rcv.status} from {rcv.sender_host}:{rcv.sender_port}"
+            f"{f', slot {rcv.slot_name}' if rcv.slot_name else ''},"
+            f" flushed {_lsn(rcv.flushed_lsn)}"
+        )
+    if (slot := r.slot) is not None:
+        out.append(
+            f"  slot       {slot.name} ({slot.type}, {'active' if slot.active else 'inactive'},"
+            f" restart {_lsn(slot.restart_lsn)}, wal_status {slot.wal_status})"
+        )
+    if r.replay_paused:
+        out.append("  replay     paused")
+    return out
+
+
+def lag_to_text(report: LagReport) -> str:
+    out = [f"source  {report.source}", f"target  {report.target}"]
+    out += _replication_lines(report.replication)
+    out.append("")
+    shown = report.samples[-LAG_SAMPLES_SHOWN:]
+    if shown:
+        out.append(f"{'at (source clock, UTC)':<23}  {'lag':>12}  {'WAL not replayed':>20}  method")
+        if len(report.samples) > len(shown):
+            out.append(f"… {len(report.samples) - len(shown):,} earlier samples (--format json)")
+        out += [lag_sample_line(s) for s in shown]
+        out.append("")
+    out += [f"note: {n}" for n in report.notes]
+    if report.interrupted:
+        out.append("note: interrupted: the summary covers the samples taken")
+    out.append(_lag_verdict(report))
+    return "\n".join(out) + "\n"
+
+
+def lag_to_markdown(report: LagReport) -> str:
+    icon = {"within": "✅", "exceeded": "❌", "measured": "ℹ️", "unknown": "⚠️"}[report.status]
+    out = [
+        f"### replverify lag: {icon} {_md_cell(_lag_verdict(report))}",
+        "",
+        f"`{report.source}` → `{report.target}`",
+        "",
+        f"- replication: {_md_cell(report.replication.description)}",
+        "",
+    ]
+    shown = report.samples[-LAG_SAMPLES_SHOWN:]
+    if shown:
+        out += ["| at (UTC) | lag s | lag bytes | method |", "| --- | ---: | ---: | --- |"]
+        out += [
+            f"| {_clock(s.at)} | {s.lag_seconds:.3f} | {s.lag_bytes:,} | {s.method} |"
+            for s in shown
+        ]
+    out += [""] + [f"> {_md_cell(n)}" for n in report.notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+LagRenderer = Callable[[LagReport], str]
+LAG_RENDERERS: dict[str, LagRenderer] = {
+    "text": lag_to_text,
+    "json": lambda r: to_json(lag_to_dict(r)),
+    "markdown": lag_to_markdown,
 }
