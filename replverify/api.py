@@ -23,6 +23,8 @@ from .catalog import ServerInfo, TableInfo
 from .connect import Endpoint, open_pool
 from .errors import ConnectError, ReplverifyError, ServerError, UsageError
 from .fence import Fence
+from .lag import LsnHistory
+from .lag import snapshot as lag_snapshot
 from .pipeline import Sides, compare_multiset, run
 from .sources import DigestMode, PostgresSource, RowHasher
 from .sql import ALIAS, TableSQL, parse_where, quote_table
@@ -202,7 +204,11 @@ async def _diff(
     if why:
         report.notes.append(why)
     fence = None
-    if options.fence is not False and catalog.streams_from(src_server, tgt_server):
+    standby = catalog.streams_from(src_server, tgt_server)
+    history = LsnHistory()
+    if standby:
+        await _record_lag(report, "start", src_pool, tgt_pool, history)
+    if options.fence is not False and standby:
         fence = Fence(src_pool, tgt_pool, timeout=options.lag_timeout)
         report.notes.append(
             "the target is a streaming standby of the source: each target read waited until "
@@ -223,8 +229,23 @@ async def _diff(
 
     report.tables.extend(await asyncio.gather(*(one(s) for s in sqls)))
     report.tables.sort(key=lambda t: t.table)
+    if standby:
+        await _record_lag(report, "end", src_pool, tgt_pool, history)
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+async def _record_lag(
+    report: DiffReport, when: str, source: asyncpg.Pool, target: asyncpg.Pool, history: LsnHistory
+) -> None:
+    async with source.acquire() as sc, target.acquire() as tc:
+        sample = await lag_snapshot(sc, tc, history=history)
+    if sample is not None:
+        report.lag[when] = {
+            "lag_bytes": sample.lag_bytes,
+            "lag_seconds": round(sample.lag_seconds, 3),
+            "method": sample.method,
+        }
 
 
 async def compare_table(

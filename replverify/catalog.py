@@ -229,7 +229,8 @@ def select_tables(
                 )
             chosen.extend(h for h in hits if h not in chosen)
     else:
-        chosen = list(available)
+        # replverify's own schema (the lag heartbeat table) is not the application's data
+        chosen = [t for t in available if t.schema != "replverify"]
     excl = [parse_table_pattern(p) for p in exclude]
     return sorted(
         t

@@ -79,6 +79,7 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
             "elapsed_s": round(report.elapsed_s, 3),
         },
         "notes": report.notes,
+        "lag": report.lag,
     }
 
 
@@ -139,6 +140,10 @@ def diff_to_text(report: DiffReport) -> str:
             out.append(f"    … and {hidden:,} more (use --format json, --max-diffs)")
     for note in report.notes:
         out.append(f"note: {note}")
+    for when, lag in report.lag.items():
+        out.append(
+            f"lag at {when}: {lag['lag_seconds']} s, {lag['lag_bytes']:,} bytes ({lag['method']})"
+        )
     total = sum(t.differences_total for t in report.tables)
     rows = sum(rows_compared(t) for t in report.tables)
     differing = sum(not t.consistent for t in report.tables)

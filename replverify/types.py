@@ -118,6 +118,9 @@ class DiffReport:
     tables: list[TableResult]
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: replication lag of a standby target at the start and end of the run:
+    #: ``{"start": {"lag_bytes", "lag_seconds", "method"}, "end": {...}}``
+    lag: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
     def status(self) -> Literal["consistent", "different"]:

@@ -41,6 +41,8 @@ async def test_hot_standby_is_consistent(shop):
     primary, standby, _ = shop
     report = await diff(primary, standby, DiffOptions(chunk_rows=1000))
     assert report.status == "consistent" and report.complete
+    assert set(report.lag) == {"start", "end"}  # lag figures of a standby target
+    assert report.lag["end"]["lag_bytes"] >= 0
 
 
 @pytest.fixture
