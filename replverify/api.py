@@ -168,13 +168,26 @@ async def diff(
             if isinstance(p, BaseException):
                 raise p
         assert isinstance(src_pool, asyncpg.Pool) and isinstance(tgt_pool, asyncpg.Pool)
-        return await _diff(src_ep, tgt_ep, src_pool, tgt_pool, options, where, started, progress)
+        report = await _diff(src_ep, tgt_ep, src_pool, tgt_pool, options, where, started, progress)
+        for t in report.tables:
+            if t.error:
+                t.error = src_ep.scrub(tgt_ep.scrub(t.error))
+        report.notes = [src_ep.scrub(tgt_ep.scrub(n)) for n in report.notes]
+        return report
     except asyncpg.PostgresError as e:
         raise ServerError(src_ep.scrub(tgt_ep.scrub(str(e))), sqlstate=e.sqlstate) from e
     except (OSError, asyncpg.InterfaceError) as e:
         raise ConnectError(f"connection lost: {src_ep.scrub(tgt_ep.scrub(str(e)))}") from e
     finally:
-        await asyncio.gather(*(p.close() for p in pools if isinstance(p, asyncpg.Pool)))
+        await asyncio.gather(*(_close(p) for p in pools if isinstance(p, asyncpg.Pool)))
+
+
+async def _close(pool: asyncpg.Pool) -> None:
+    """Close gracefully; a pool whose server died is terminated instead of waited on."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout=5)
+    except (asyncio.TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
+        pool.terminate()
 
 
 async def _diff(
@@ -238,8 +251,12 @@ async def _diff(
 async def _record_lag(
     report: DiffReport, when: str, source: asyncpg.Pool, target: asyncpg.Pool, history: LsnHistory
 ) -> None:
-    async with source.acquire() as sc, target.acquire() as tc:
-        sample = await lag_snapshot(sc, tc, history=history)
+    try:
+        async with source.acquire() as sc, target.acquire() as tc:
+            sample = await lag_snapshot(sc, tc, history=history)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ReplverifyError) as e:
+        report.notes.append(f"lag at {when} could not be measured: {e}")
+        return
     if sample is not None:
         report.lag[when] = {
             "lag_bytes": sample.lag_bytes,
@@ -297,6 +314,12 @@ async def compare_table(
         result.error = f"{quote_table(plan.ref)}: {type(e).__name__}: {e}"
     except ReplverifyError as e:
         result.error = str(e)
+    if result.error:
+        stats = machine.stats
+        result.error += (
+            f" (stopped after verifying {stats.chunks:,} chunks, {stats.rows_source:,} source"
+            " rows; the rest of the table was not checked)"
+        )
     stats = machine.stats
     result.rows_source, result.rows_target = stats.rows_source, stats.rows_target
     result.chunks, result.chunks_mismatched = stats.chunks, stats.chunks_mismatched

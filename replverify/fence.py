@@ -23,8 +23,39 @@ from .errors import ReplverifyError
 T = TypeVar("T")
 
 #: SQLSTATEs worth another try: serialization failure (recovery conflicts on a standby
-#: report it), deadlock, lock timeout.
-RETRYABLE = frozenset({"40001", "40P01", "55P03"})
+#: report it), deadlock, lock timeout, a server restarting, a broken connection.
+RETRYABLE = frozenset(
+    {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
+)
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed read is worth repeating on a fresh connection."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return exc.sqlstate in RETRYABLE or isinstance(
+            exc, asyncpg.exceptions.PostgresConnectionError
+        )
+    return isinstance(exc, OSError | asyncpg.exceptions.InternalClientError) or (
+        isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc).lower()
+    )
+
+
+class ReadError(ReplverifyError):
+    """A read of one side failed (after retries for transient faults)."""
+
+    def __init__(self, side: str, exc: BaseException) -> None:
+        reason = str(exc).strip() or type(exc).__name__
+        super().__init__(f"reading the {side} failed: {reason}")
+        self.side = side
+        self.sqlstate = getattr(exc, "sqlstate", None)
+
+
+async def read(side: str, call: Callable[[], Awaitable[T]]) -> T:
+    """``call`` with retries; a failure that remains names the side."""
+    try:
+        return await retrying(call)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+        raise ReadError(side, e) from e
 
 
 class LagTimeout(ReplverifyError):
@@ -39,8 +70,8 @@ async def retrying(
     for attempt in range(attempts):
         try:
             return await call()
-        except asyncpg.PostgresError as e:
-            if e.sqlstate not in RETRYABLE or attempt == attempts - 1:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+            if not transient(e) or attempt == attempts - 1:
                 raise
         await asyncio.sleep(delay)
         delay *= 2
@@ -106,7 +137,10 @@ class Fence:
         self, source: Callable[[], Awaitable[T]], target: Callable[[], Awaitable[T]]
     ) -> tuple[T, T]:
         """Read the source, fence, then read the target."""
-        s = await retrying(source)
-        await self.wait(await self.position())
-        t = await retrying(target)
+        s = await read("source", source)
+        try:
+            await self.wait(await self.position())
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+            raise ReadError("target", e) from e
+        t = await read("target", target)
         return s, t

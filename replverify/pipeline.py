@@ -24,7 +24,7 @@ from .bisect import (
     Request,
     TableComparison,
 )
-from .fence import Fence, retrying
+from .fence import Fence, read
 from .sources import RowSource, hashable
 from .sql import TableSQL
 from .types import Extra, Missing
@@ -47,7 +47,7 @@ class Sides:
         """Read both sides: concurrently, or source first and then the fenced target."""
         if self.fence is not None:
             return await self.fence.read(source, target)
-        s, t = await asyncio.gather(retrying(source), retrying(target))
+        s, t = await asyncio.gather(read("source", source), read("target", target))
         return s, t
 
 
@@ -56,9 +56,9 @@ async def answer(req: Request, sides: Sides) -> object:
     src, tgt = sides.source, sides.target
     if isinstance(req, NeedSplit):
         side = src if req.side == "source" else tgt
-        return await side.split(req.range, req.every)
+        return await read(req.side, lambda: side.split(req.range, req.every))
     if isinstance(req, NeedBoundary):
-        return await src.boundary(req.after, req.every)
+        return await read("source", lambda: src.boundary(req.after, req.every))
     if isinstance(req, NeedDigest):
         return await sides.both(lambda: src.digest(req.range), lambda: tgt.digest(req.range))
     if isinstance(req, NeedRowHashes):
