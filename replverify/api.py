@@ -19,6 +19,7 @@ import asyncpg
 from . import catalog
 from .align import TablePlan, plan_table
 from .bisect import TableComparison
+from .canonical import encoder_for
 from .catalog import ServerInfo, TableInfo
 from .connect import Endpoint, open_pool
 from .errors import ConnectError, ReplverifyError, ServerError, UsageError
@@ -28,6 +29,7 @@ from .lag import snapshot as lag_snapshot
 from .pipeline import Sides, compare_multiset, run
 from .sources import DigestMode, PostgresSource, RowHasher
 from .sql import ALIAS, TableSQL, parse_where, quote_table
+from .state import StateFile, TableCheckpoint
 from .types import DiffReport, TableRef, TableResult
 
 DigestChoice = Literal["auto", "copy", "server", "client"]
@@ -59,6 +61,8 @@ class DiffOptions:
     lag_timeout: float = 60.0
     #: extra reads of rows that look different on a fenced (live) pair
     confirm_rounds: int = 2
+    #: a file recording verified chunks, so an interrupted run resumes (``--state``)
+    state: str | None = None
 
     def validate(self) -> None:
         problems = []
@@ -235,12 +239,33 @@ async def _diff(
         await asyncio.gather(_check(src_pool, s, "source"), _check(tgt_pool, s, "target"))
 
     sem = asyncio.Semaphore(options.jobs)
+    state = None
+    if options.state:
+        state = StateFile.open(
+            options.state,
+            {
+                "source": str(src_ep),
+                "target": str(tgt_ep),
+                "tables": list(options.tables),
+                "exclude": list(options.exclude),
+                "where": options.where,
+                "key": list(options.key),
+                "chunk_rows": options.chunk_rows,
+                "digest": mode,
+            },
+        )
 
     async def one(sql: TableSQL) -> TableResult:
         async with sem:
-            return await compare_table(sql, src_pool, tgt_pool, mode, options, progress, fence)
+            return await compare_table(
+                sql, src_pool, tgt_pool, mode, options, progress, fence, state
+            )
 
-    report.tables.extend(await asyncio.gather(*(one(s) for s in sqls)))
+    try:
+        report.tables.extend(await asyncio.gather(*(one(s) for s in sqls)))
+    finally:
+        if state is not None:
+            state.close()
     report.tables.sort(key=lambda t: t.table)
     if standby:
         await _record_lag(report, "end", src_pool, tgt_pool, history)
@@ -273,6 +298,7 @@ async def compare_table(
     options: DiffOptions,
     progress: Callable[[TableRef, int, int], None] | None = None,
     fence: Fence | None = None,
+    state: StateFile | None = None,
 ) -> TableResult:
     """Compare one planned table; server errors end up in ``TableResult.error``."""
     plan = sql.plan
@@ -309,7 +335,12 @@ async def compare_table(
                 if progress:
                     progress(plan.ref, done, max(estimate, done))
 
-            await run(machine, sides, jobs=options.jobs, progress=tick)
+            checkpoint = None
+            if state is not None:
+                by_name = {c.name: encoder_for(c.type) for c in plan.columns}
+                encoders = [by_name[k] for k in plan.key_names]
+                checkpoint = TableCheckpoint(state, plan.ref.qualified, encoders)
+            await run(machine, sides, jobs=options.jobs, progress=tick, checkpoint=checkpoint)
     except asyncpg.PostgresError as e:
         result.error = f"{quote_table(plan.ref)}: {type(e).__name__}: {e}"
     except ReplverifyError as e:

@@ -188,6 +188,13 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
     help="How long a fenced read may wait for the standby to replay.",
 )
 @click.option(
+    "--state",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Record verified chunks in FILE; run again with the same FILE to resume an "
+    "interrupted diff where it stopped (same verdict as an uninterrupted run).",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Progress on stderr (default: when stderr is a terminal).",
@@ -206,6 +213,7 @@ def diff(
     digest: api.DigestChoice,
     fence: bool | None,
     lag_timeout: float,
+    state: str | None,
     progress: bool | None,
     fmt: str,
     output: str | None,
@@ -228,6 +236,7 @@ def diff(
         digest=digest,
         fence=fence,
         lag_timeout=lag_timeout,
+        state=state,
     )
     show = sys.stderr.isatty() if progress is None else progress
     bar = ProgressLine(show)

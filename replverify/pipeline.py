@@ -11,7 +11,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import asyncpg
 
@@ -25,8 +25,10 @@ from .bisect import (
     TableComparison,
 )
 from .fence import Fence, read
+from .hashing import ChunkDigest
 from .sources import RowSource, hashable
 from .sql import TableSQL
+from .state import TableCheckpoint
 from .types import Extra, Missing
 
 T = TypeVar("T")
@@ -72,14 +74,20 @@ async def answer(req: Request, sides: Sides) -> object:
 
 
 async def run(
-    machine: TableComparison, sides: Sides, *, jobs: int = 2, progress: Progress | None = None
+    machine: TableComparison,
+    sides: Sides,
+    *,
+    jobs: int = 2,
+    progress: Progress | None = None,
+    checkpoint: TableCheckpoint | None = None,
 ) -> TableComparison:
     """Drive ``machine`` to completion, ``jobs`` requests at a time.
 
     The chunk-boundary walk runs beside them (one small index query at a time, on a
     connection of its own) and stays only a few chunks ahead, so memory does not grow
     with the table. Narrowing requests go ahead of unstarted chunks, so differences
-    surface early.
+    surface early. With a ``checkpoint``, chunks verified by an earlier run are taken
+    from it instead of being read, and newly verified chunks are added to it.
     """
     queue: deque[Request] = deque()
     running: dict[asyncio.Task[object], Request] = {}
@@ -87,6 +95,13 @@ async def run(
     ahead = 4 * jobs
 
     def start(req: Request) -> None:
+        if checkpoint and isinstance(req, NeedDigest) and req.top:
+            rows = checkpoint.known(req.range)
+            if rows is not None:
+                done = asyncio.get_running_loop().create_future()
+                done.set_result((ChunkDigest(rows, 0), ChunkDigest(rows, 0)))
+                running[done] = req  # type: ignore[index]
+                return
         running[asyncio.ensure_future(answer(req, sides))] = req
 
     def submit(requests: list[Request], urgent: bool) -> None:
@@ -111,7 +126,12 @@ async def run(
             for task in done:
                 req = running.pop(task)
                 planning = isinstance(req, NeedBoundary) or (isinstance(req, NeedSplit) and req.top)
-                follow = machine.feed(req, task.result())
+                result = task.result()
+                follow = machine.feed(req, result)
+                if checkpoint and isinstance(req, NeedDigest) and req.top:
+                    src_digest, tgt_digest = cast("tuple[ChunkDigest, ChunkDigest]", result)
+                    if src_digest == tgt_digest:
+                        checkpoint.record(req.range, src_digest.count)
                 if isinstance(req, NeedDigest) and req.top and progress:
                     progress(machine.stats.rows_source)
                 submit(follow, urgent=not planning)

@@ -31,3 +31,48 @@ async def test_target_dying_mid_diff_gives_partial_report(clusters, make_db):
     assert not report.complete and diff_exit_code(report) == 2
     assert diff_to_dict(report)["tables"][0]["verified"] is False
     assert "NOT VERIFIED" in diff_to_text(report) and "INCOMPLETE" in diff_to_text(report)
+
+
+async def test_interrupted_diff_resumes_from_state_to_the_same_verdict(clusters, make_db, tmp_path):
+    import asyncpg
+
+    pair = await asyncio.to_thread(clusters.fresh_pair)
+    src, tgt = await make_db(clusters.other_dsn, pair.primary_dsn, rows=60_000)
+    conn = await asyncpg.connect(tgt)
+    await conn.execute("DELETE FROM orders WHERE id IN (10, 30000, 59999)")
+    await conn.execute("UPDATE orders SET paid = NOT paid WHERE id = 45000")
+    await conn.close()
+    state = tmp_path / "state.jsonl"
+    options = DiffOptions(tables=("orders",), chunk_rows=1_000, jobs=1, state=str(state))
+    killed: list[asyncio.Task[None]] = []
+
+    def progress(table, done, estimate):
+        if done >= 20_000 and not killed:
+            killed.append(asyncio.ensure_future(asyncio.to_thread(pair.primary.stop, "immediate")))
+
+    first = await diff(src, tgt, options, progress=progress)
+    await asyncio.gather(*killed)
+    assert diff_exit_code(first) == 2
+    verified = len(state.read_text().splitlines()) - 1
+    assert verified >= 15  # chunks found equal before the target died
+
+    await asyncio.to_thread(pair.primary.start)
+    resumed = await diff(src, tgt, options)
+    whole = await diff(src, tgt, DiffOptions(tables=("orders",), chunk_rows=1_000))
+    assert resumed.complete and diff_exit_code(resumed) == 1
+    assert resumed.tables[0].differences == whole.tables[0].differences
+    assert len(resumed.tables[0].differences) == 4
+    assert resumed.tables[0].rows_source == whole.tables[0].rows_source == 60_000
+    assert "password" not in state.read_text()
+
+
+async def test_state_file_of_another_comparison_is_refused(shop, tmp_path):
+    import pytest
+
+    from replverify.errors import UsageError
+
+    primary, _, other = shop
+    state = str(tmp_path / "s.jsonl")
+    await diff(primary, other, DiffOptions(tables=("orders",), state=state))
+    with pytest.raises(UsageError, match="another comparison"):
+        await diff(primary, other, DiffOptions(tables=("customers",), state=state))
