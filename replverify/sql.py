@@ -6,8 +6,9 @@ and the parameter list that goes with it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import sqlglot
 from sqlglot import exp
@@ -46,20 +47,12 @@ def quote_table(ref: TableRef) -> str:
 
 
 class Params:
-    """Collects parameter values and hands out ``$n`` placeholders.
+    """Collects parameter values and hands out ``$n`` placeholders."""
 
-    With ``inline_ints`` integers become literals: COPY takes no parameters, and asyncpg
-    would otherwise ask the server to quote each one (a round trip per chunk).
-    """
-
-    def __init__(self, *, inline_ints: bool = False) -> None:
+    def __init__(self) -> None:
         self.values: list[object] = []
-        self.inline_ints = inline_ints
 
     def add(self, value: object) -> exp.Expr:
-        if self.inline_ints and type(value) is int:
-            literal = exp.Literal.number(abs(value))
-            return exp.Neg(this=literal) if value < 0 else literal
         self.values.append(value)
         return exp.Parameter(this=exp.Literal.number(len(self.values)))
 
@@ -151,12 +144,70 @@ def _qualify(where: exp.Expr) -> exp.Expr:
 
 
 # -- statements -----------------------------------------------------------------------------
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def _inline_ints(text: str, values: Sequence[object]) -> Statement:
+    """Put the integer parameters of ``text`` into it as literals (COPY takes none).
+
+    Only done when every ``$n`` of the text is one of its placeholders, exactly once (a
+    ``$1`` inside a --where string literal would make that ambiguous: then nothing is
+    inlined and asyncpg quotes the values through the server instead).
+    """
+    found = [int(m) for m in _PLACEHOLDER.findall(text)]
+    if sorted(found) != list(range(1, len(values) + 1)):
+        return text, list(values)
+    kept: list[object] = []
+    numbers: dict[int, str] = {}
+    for i, v in enumerate(values, start=1):
+        if type(v) is int:
+            numbers[i] = str(v) if v >= 0 else f"({v})"
+        else:
+            kept.append(v)
+            numbers[i] = f"${len(kept)}"
+    return _PLACEHOLDER.sub(lambda m: numbers[int(m.group(1))], text), kept
+
+
 @dataclass
 class TableSQL:
-    """The statements that read one table, for one plan and optional ``--where``."""
+    """The statements that read one table, for one plan and optional ``--where``.
+
+    A statement's text depends only on its *shape* (which bounds are open, whether keys
+    are given, which integers are inlined), so it is built once per shape and cached; a
+    chunk only computes its parameter values.
+    """
 
     plan: TablePlan
     where: exp.Expr | None = None
+    _cache: dict[tuple[object, ...], str] = field(default_factory=dict, repr=False)
+
+    def _cached(
+        self,
+        name: str,
+        rng: KeyRange | None,
+        extras: Sequence[object],
+        build: Callable[[Params], exp.Expr],
+        *,
+        inline_ints: bool = False,
+    ) -> Statement:
+        bounds = [] if rng is None else [*(rng.lo or ()), *(rng.hi or ())]
+        values = [*bounds, *extras]
+        shape = (
+            name,
+            rng is None or rng.lo is None,
+            rng is None or rng.hi is None,
+            len(extras),
+        )
+        text = self._cache.get(shape)
+        if text is None:
+            params = Params()
+            text = build(params).sql(DIALECT)
+            if params.values != values:  # the builder must add values in this order
+                raise AssertionError(f"{name}: parameters out of order")
+            self._cache[shape] = text
+        if inline_ints and any(type(v) is int for v in values):
+            return _inline_ints(text, values)
+        return text, values
 
     # the pieces
     def _key_expr(self, i: int) -> exp.Expr:
@@ -220,11 +271,14 @@ class TableSQL:
     # the statements
     def next_boundary(self, after: Key | None, every: int) -> Statement:
         """The key ``every`` rows after ``after`` in key order (an index walk)."""
-        params = Params()
-        keys = [column(k.name) for k in self.plan.key]
-        q = self._select(keys, KeyRange(after, None), params)
-        q = q.order_by(*self._order()).offset(params.add(every - 1)).limit(1)
-        return q.sql(DIALECT), params.values
+        rng = KeyRange(after, None)
+
+        def build(params: Params) -> exp.Expr:
+            keys = [column(k.name) for k in self.plan.key]
+            q = self._select(keys, rng, params)
+            return q.order_by(*self._order()).offset(params.add(every - 1)).limit(1)
+
+        return self._cached("next_boundary", rng, [every - 1], build)
 
     def copy_rows(self, rng: KeyRange) -> Statement:
         """The compared columns of ``rng`` in key order, for a binary COPY digest.
@@ -232,51 +286,60 @@ class TableSQL:
         Arrays and composites go as text: their binary form embeds type OIDs, which differ
         between independent clusters for user-defined types.
         """
-        params = Params(inline_ints=True)
-        projections = []
-        for c in self.plan.columns:
-            value = self.value_expr(c.name, c.type.base)
-            if c.type.kind in ("array", "composite"):
-                value = exp.cast(value, "text")
-            projections.append(value)
-        q = self._select(projections, rng, params).order_by(*self._order())
-        return q.sql(DIALECT), params.values
+
+        def build(params: Params) -> exp.Expr:
+            projections = []
+            for c in self.plan.columns:
+                value = self.value_expr(c.name, c.type.base)
+                if c.type.kind in ("array", "composite"):
+                    value = exp.cast(value, "text")
+                projections.append(value)
+            return self._select(projections, rng, params).order_by(*self._order())
+
+        return self._cached("copy_rows", rng, [], build, inline_ints=True)
 
     def split(self, rng: KeyRange, every: int) -> Statement:
         """Keys at every ``every``-th row of ``rng`` in key order."""
-        params = Params()
-        order = exp.Order(expressions=self._order())
-        rn = exp.alias_(exp.Window(this=exp.RowNumber(), order=order), "_rv_n", quoted=True)
-        keys = [exp.alias_(column(k.name), k.name, quoted=True) for k in self.plan.key]
-        inner = self._select([*keys, rn], rng, params)
-        step = params.add(every)
-        outer = (
-            exp.select(*[exp.column(k.name, quoted=True) for k in self.plan.key])
-            .from_(inner.subquery("_rv_s"))
-            .where(
-                exp.EQ(
-                    this=exp.Mod(this=exp.column("_rv_n", quoted=True), expression=step),
-                    expression=exp.Literal.number(0),
+
+        def build(params: Params) -> exp.Expr:
+            order = exp.Order(expressions=self._order())
+            rn = exp.alias_(exp.Window(this=exp.RowNumber(), order=order), "_rv_n", quoted=True)
+            keys = [exp.alias_(column(k.name), k.name, quoted=True) for k in self.plan.key]
+            inner = self._select([*keys, rn], rng, params)
+            step = params.add(every)
+            return (
+                exp.select(*[exp.column(k.name, quoted=True) for k in self.plan.key])
+                .from_(inner.subquery("_rv_s"))
+                .where(
+                    exp.EQ(
+                        this=exp.Mod(this=exp.column("_rv_n", quoted=True), expression=step),
+                        expression=exp.Literal.number(0),
+                    )
                 )
+                .order_by(exp.column("_rv_n", quoted=True))
             )
-            .order_by(exp.column("_rv_n", quoted=True))
-        )
-        return outer.sql(DIALECT), params.values
+
+        return self._cached("split", rng, [every], build)
 
     def digest(self, rng: KeyRange | None) -> Statement:
         """Row count and sum of in-database row hashes over ``rng``."""
-        params = Params()
-        total = exp.Coalesce(
-            this=exp.Sum(this=self.row_hash()), expressions=[exp.Literal.number(0)]
-        )
-        q = self._select([exp.Count(this=exp.Star()), total], rng, params)
-        return q.sql(DIALECT), params.values
+
+        def build(params: Params) -> exp.Expr:
+            total = exp.Coalesce(
+                this=exp.Sum(this=self.row_hash()), expressions=[exp.Literal.number(0)]
+            )
+            return self._select([exp.Count(this=exp.Star()), total], rng, params)
+
+        return self._cached("digest", rng, [], build)
 
     def row_hashes(self, rng: KeyRange | None) -> Statement:
         """``key..., hash`` per row of ``rng``."""
-        params = Params()
-        q = self._select([*(column(k.name) for k in self.plan.key), self.row_hash()], rng, params)
-        return q.sql(DIALECT), params.values
+
+        def build(params: Params) -> exp.Expr:
+            keys = [column(k.name) for k in self.plan.key]
+            return self._select([*keys, self.row_hash()], rng, params)
+
+        return self._cached("row_hashes", rng, [], build)
 
     def rows(self, rng: KeyRange | None, keys: Sequence[Key] = ()) -> Statement:
         """``key..., compared columns...`` for rows of ``rng`` (only ``keys`` when given).
@@ -284,20 +347,26 @@ class TableSQL:
         Composite keys are matched per column (``a = ANY($1) AND b = ANY($2)``), which can
         return a few rows beyond ``keys``; the caller keeps the exact ones.
         """
-        params = Params()
-        projections: list[exp.Expr] = [column(k.name) for k in self.plan.key]
-        projections += [self.value_expr(c.name, c.type.base) for c in self.plan.columns]
-        q = self._select(projections, rng, params)
-        if keys:
-            for i, k in enumerate(self.plan.key):
-                values = sorted({key[i] for key in keys}, key=repr)
+        per_column = (
+            [sorted({key[i] for key in keys}, key=repr) for i in range(len(self.plan.key))]
+            if keys
+            else []
+        )
+
+        def build(params: Params) -> exp.Expr:
+            projections: list[exp.Expr] = [column(k.name) for k in self.plan.key]
+            projections += [self.value_expr(c.name, c.type.base) for c in self.plan.columns]
+            q = self._select(projections, rng, params)
+            for k, values in zip(self.plan.key, per_column, strict=False):
                 q = q.where(
                     exp.EQ(
                         this=column(k.name),
                         expression=exp.Any(this=exp.Paren(this=params.add(values))),
                     )
                 )
-        return q.sql(DIALECT), params.values
+            return q
+
+        return self._cached("rows", rng, per_column, build)
 
     def check(self) -> Statement:
         """Reads nothing; fails if the table, its columns or ``--where`` are wrong."""

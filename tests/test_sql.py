@@ -102,5 +102,17 @@ def test_where_columns_are_qualified_and_parenthesised():
 def test_copy_statement_inlines_integers_only():
     sql = TableSQL(make_plan(key=("id", "Name; DROP")))
     text, params = sql.copy_rows(KeyRange((-5, "a'b"), (10, "z")))
-    assert "> (-5, $1)" in text and "<= (10, $2)" in text and params == ["a'b", "z"]
+    assert "> ((-5), $1)" in text and "<= (10, $2)" in text and params == ["a'b", "z"]
     assert 'ORDER BY "_rv_t"."id", "_rv_t"."Name; DROP"' in text
+    # a $n inside a --where literal: nothing is inlined, the server quotes the values
+    quoted = TableSQL(make_plan(), parse_where("note <> 'costs $1'"))
+    text, params = quoted.copy_rows(KeyRange((1,), (2,)))
+    assert params == [1, 2] and "'costs $1'" in text
+
+
+def test_statements_are_cached_per_shape():
+    sql = TableSQL(make_plan())
+    first = sql.row_hashes(KeyRange((1,), (100,)))
+    second = sql.row_hashes(KeyRange((5,), (7,)))
+    assert first[0] is second[0] and second[1] == [5, 7]
+    assert sql.row_hashes(KeyRange(None, (7,)))[0] != first[0]
