@@ -50,7 +50,8 @@ class DiffOptions:
     key: tuple[str, ...] = ()
     chunk_rows: int = 10_000
     #: A mismatching range of at most this many rows is settled row by row (one more
-    #: read of it); larger ones are split first. ``None``: ``chunk_rows``, at most 10,000.
+    #: read of it); larger ones are split first. ``None``: 1,000; on a fenced (live
+    #: standby) pair the whole chunk, since every extra step waits for replay.
     leaf_rows: int | None = None
     jobs: int = 2
     max_diffs: int | None = 1_000
@@ -308,7 +309,7 @@ async def compare_table(
     machine = TableComparison(
         hasher.differing_columns(names),
         chunk_rows=options.chunk_rows,
-        leaf_rows=options.leaf_rows or min(options.chunk_rows, 10_000),
+        leaf_rows=options.leaf_rows or (min(options.chunk_rows, 10_000) if fence else 1_000),
         max_diffs=options.max_diffs,
         # one index probe per boundary needs the key order to be an index order
         walk_boundaries=plan.key_mode == "primary key" and not any(k.collate_c for k in plan.key),

@@ -46,12 +46,17 @@ class NeedDigest:
 
 @dataclass(frozen=True)
 class NeedSplit:
-    """Answer: keys of ``side`` inside ``range`` at every ``every``-th row, ascending."""
+    """Answer: keys of ``side`` inside ``range`` at every ``every``-th row, ascending.
+
+    ``parts`` is the number of parts wanted; a source may cut evenly by key value
+    instead of counting rows (integer keys), since the parts need not be equal.
+    """
 
     range: KeyRange
     side: Side
     every: int
     top: bool = False
+    parts: int = 0
     id: int = field(default_factory=lambda: next(_ids), compare=False)
 
 
@@ -212,7 +217,8 @@ class TableComparison:
         if rows <= self.leaf_rows:
             return [NeedRowHashes(req.range)]
         side: Side = "source" if src.count >= tgt.count else "target"
-        return [NeedSplit(req.range, side, split_step(rows, self.split_factor))]
+        every = split_step(rows, self.split_factor)
+        return [NeedSplit(req.range, side, every, parts=-(-rows // every))]
 
     def _on_row_hashes(
         self, req: NeedRowHashes, src: Mapping[Key, object], tgt: Mapping[Key, object]

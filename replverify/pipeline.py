@@ -58,7 +58,7 @@ async def answer(req: Request, sides: Sides) -> object:
     src, tgt = sides.source, sides.target
     if isinstance(req, NeedSplit):
         side = src if req.side == "source" else tgt
-        return await read(req.side, lambda: side.split(req.range, req.every))
+        return await read(req.side, lambda: side.split(req.range, req.every, req.parts))
     if isinstance(req, NeedBoundary):
         return await read("source", lambda: src.boundary(req.after, req.every))
     if isinstance(req, NeedDigest):

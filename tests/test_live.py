@@ -77,7 +77,7 @@ async def test_busy_primary_vs_delayed_standby_reports_no_false_differences(clus
     assert any("LSN fence" in n for n in report.notes)
     for t in report.tables:
         assert t.differences == [], diff_to_dict(report)
-    assert report.status == "consistent"
+    assert report.status == "consistent", diff_to_dict(report)
     assert report.complete  # in-flight rows settled on confirmation, none left unstable
 
 
