@@ -394,3 +394,72 @@ def lag_exit_code(report: LagReport) -> int:
     if within is None:
         return EXIT_TROUBLE
     return EXIT_OK if within else EXIT_DIFFERENT
+
+
+@main.command()
+@click.option(
+    "--journal",
+    required=True,
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="The application's write journal (JSON Lines, see DESIGN.md).",
+)
+@click.option(
+    "--target",
+    required=True,
+    metavar="DSN",
+    help="The surviving database (the new primary) to check the writes against.",
+)
+@click.option(
+    "--source",
+    metavar="DSN",
+    help="The old primary, when reachable: reported rows show what it holds, and the "
+    "replay script takes its row images from there.",
+)
+@click.option(
+    "--since",
+    metavar="TS",
+    help="Consider only writes journaled at or after this ISO 8601 timestamp "
+    "(no offset: UTC), e.g. shortly before the failover.",
+)
+@click.option(
+    "--replay-sql",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE",
+    help="Write a script that restores the lost writes: one transaction, every statement "
+    "guarded so it cannot overwrite newer data.",
+)
+@output_options
+def reconcile(
+    journal: str,
+    target: str,
+    source: str | None,
+    since: str | None,
+    replay_sql: str | None,
+    fmt: str,
+    output: str | None,
+) -> None:
+    """Name exactly the journaled writes a failover lost.
+
+    Every write of the journal is judged against TARGET: durable, lost, superseded (a
+    later write to the row is judged), conflicting (the row holds something else) or in
+    doubt (never settled; reported as applied or not). Exit 0 when nothing was lost, 1
+    when writes were lost or conflict, 2 when something could not be checked.
+    """
+    from .reconcile import parse_since
+    from .reconcile import reconcile as run_reconcile
+    from .replay import replay_script
+    from .report import RECONCILE_RENDERERS
+
+    try:
+        since_ts = parse_since(since) if since else None
+    except ReplverifyError as e:
+        raise click.BadParameter(e.message, param_hint="--since") from None
+    report = run_async(run_reconcile(journal, target, source_dsn=source, since=since_ts))
+    if replay_sql:
+        try:
+            Path(replay_sql).write_text(replay_script(report), encoding="utf-8")
+        except OSError as e:
+            raise click.FileError(replay_sql, hint=e.strerror) from None
+    emit(RECONCILE_RENDERERS[fmt](report), output)
+    sys.exit(EXIT_DIFFERENT if report.status == "loss" else EXIT_OK)
