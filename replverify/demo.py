@@ -4,7 +4,9 @@
 2. load the sample shop, let it replicate, and verify the pair is consistent;
 3. cut the standby off from WAL, keep committing on the primary (these writes will be
    lost), then promote the standby: an unplanned failover;
-4. diff the old primary against the new one: exactly the lost rows.
+4. diff the old primary against the new one: exactly the lost rows;
+5. reconcile the application's write journal against the new primary, write the guarded
+   replay script, apply it, and reconcile again: nothing lost.
 """
 
 from __future__ import annotations
@@ -12,23 +14,58 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from decimal import Decimal
 
 import asyncpg
 
 from . import sample, testing
 from .api import DiffOptions, diff
-from .report import diff_to_text
+from .journal import JournalWriter, render_sql
+from .lag import measure_lag
+from .reconcile import reconcile
+from .replay import replay_script
+from .report import diff_to_text, lag_to_text, reconcile_to_text
 
 Echo = Callable[[str], None]
 
-LOST_WRITES = [
-    "UPDATE orders SET status = 'paid', amount = amount + 10 WHERE id IN (3, 14, 15)",
-    "INSERT INTO orders SELECT id + 1000000, customer, 'new', amount, placed_at, items, false, "
-    "'placed during the outage' FROM orders WHERE id BETWEEN 20 AND 24",
-    "DELETE FROM order_lines WHERE order_id = 42",
-    "UPDATE customers SET email = 'new-address@example.com' WHERE code = 'Zürich-4'",
-    "INSERT INTO events VALUES ('2026-11-23 10:00:00+00', 'checkout', '{\"order\": 1000020}')",
+#: The application's writes, each journaled (intent, then committed) as it runs.
+#: (statement, parameters) per write; a list is one transaction.
+Write = tuple[str, tuple[object, ...]]
+EARLY_WRITES: list[list[Write]] = [
+    [("UPDATE orders SET status = 'shipped' WHERE id = $1", (1,))],
+    [("UPDATE orders SET note = $1 WHERE id = $2", ("gift wrap", 2))],
 ]
+LOST_WRITES: list[list[Write]] = [
+    [
+        ("UPDATE orders SET status = 'paid', amount = $1 WHERE id = $2", (Decimal("99.50"), 3)),
+        ("UPDATE orders SET status = 'paid', amount = $1 WHERE id = $2", (Decimal("12.00"), 14)),
+    ],
+    [
+        (
+            "INSERT INTO orders (id, customer, status, amount, placed_at, items, paid, note) "
+            "VALUES ($1, 'acme-1', 'new', $2, '2026-11-23 10:00:00+00', '{\"sku\": \"SKU-1\"}',"
+            " false, 'placed during the outage')",
+            (1_000_020 + i, Decimal("10.00") + i),
+        )
+        for i in range(5)
+    ],
+    [("DELETE FROM order_lines WHERE order_id = $1 AND line_no = $2", (42, 1))],
+    [("UPDATE customers SET email = $1 WHERE code = $2", ("new@example.com", "Zürich-4"))],
+]
+#: An unjournaled write (a batch job, say): only diff can see that it was lost.
+UNJOURNALED = "INSERT INTO events VALUES ('2026-11-23 10:00:00+00', 'checkout', NULL)"
+
+
+async def _journaled(dsn: str, journal: JournalWriter, transactions: list[list[Write]]) -> None:
+    conn = await asyncpg.connect(dsn, server_settings={"TimeZone": "UTC"})
+    try:
+        for writes in transactions:
+            async with journal.transaction() as tx, conn.transaction():
+                for query, args in writes:
+                    tx.intent_sql(query, *args)
+                    await conn.execute(query, *args)
+    finally:
+        await conn.close()
 
 
 async def _execute(dsn: str, *statements: str) -> None:
@@ -57,6 +94,10 @@ async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo
     primary, standby = pair.primary.dsn("shop"), pair.standby.dsn("shop")
     await _execute(pair.primary_dsn, "CREATE DATABASE shop")
     await sample.setup(primary, rows)
+    assert clusters.base_dir is not None
+    journal_path = clusters.base_dir / "writes.jsonl"
+    journal = JournalWriter(journal_path)
+    await _journaled(primary, journal, EARLY_WRITES)
     await testing.wait_for_replay(pair.primary_dsn, pair.standby_dsn)
     echo(f"   primary {primary}\n   standby {standby}  ({time.monotonic() - t0:.1f} s)")
 
@@ -64,14 +105,20 @@ async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo
     report = await diff(primary, standby)
     echo(_indent(_last_line(diff_to_text(report))))
 
-    echo("\n== 3. replication lag")
-    echo("   (not yet: `replverify lag` arrives with the lag milestone)")
+    echo("\n== 3. replication lag: replverify lag PRIMARY STANDBY --samples 3 --interval 0.2")
+    lag = await measure_lag(primary, standby, samples=3, interval=0.2, rpo=5)
+    echo(_indent(lag_to_text(lag)))
 
     echo("\n== 4. the standby stops receiving WAL; the primary keeps committing")
     await testing.cut_replication(pair.standby_dsn)
-    await _execute(primary, *LOST_WRITES)
-    for s in LOST_WRITES:
-        echo(f"   committed on primary: {s[:88]}{'…' if len(s) > 88 else ''}")
+    await _journaled(primary, journal, LOST_WRITES)
+    await _execute(primary, UNJOURNALED)
+    journal.close()
+    for writes in LOST_WRITES:
+        for query, args in writes:
+            text = render_sql(query, args)
+            echo(f"   committed on primary: {text[:86]}{'…' if len(text) > 86 else ''}")
+    echo(f"   committed on primary (not journaled): {UNJOURNALED[:60]}…")
 
     echo("\n== 5. unplanned failover: the standby is promoted")
     await testing.promote(pair.standby_dsn)
@@ -82,8 +129,23 @@ async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo
     report = await diff(primary, standby, DiffOptions(chunk_rows=2_000))
     echo(_indent(diff_to_text(report)))
 
-    echo("== 7. reconcile the application's journal, replay, failback")
-    echo("   (not yet: journal reconciliation, replay scripts and failback arrive later)")
+    echo(f"== 7. replverify reconcile --journal {journal_path.name} --target NEW --source OLD")
+    rec = await reconcile(journal_path, standby, source_dsn=primary)
+    echo(_indent(reconcile_to_text(rec)))
+    script = replay_script(rec)
+    replay_path = clusters.base_dir / "replay.sql"
+    replay_path.write_text(script, encoding="utf-8")
+
+    echo(f"\n== 8. apply the replay script ({replay_path.name}) to the new primary, check again")
+    conn = await asyncpg.connect(standby)
+    try:
+        await conn.execute(script)
+    finally:
+        await conn.close()
+    again = await reconcile(journal_path, standby, source_dsn=primary)
+    echo(_indent(_last_line(reconcile_to_text(again))))
+    after = await diff(primary, standby)
+    echo(_indent(_last_line(diff_to_text(after))) + "   (the unjournaled event row)")
     if keep:
         echo(
             f"\nclusters kept running under {clusters.base_dir}:\n"
