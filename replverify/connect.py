@@ -147,6 +147,27 @@ class Endpoint:
             raw=dsn, kwargs=tuple(kwargs.items()), display=display, secret=params.get("password")
         )
 
+    def without_secret(self) -> Endpoint:
+        """The same endpoint with no password in it: safe to store, log or ship to a
+        worker, which then authenticates with its own means (PGPASSWORD, .pgpass, ...)."""
+        if self.secret is None:
+            return self
+        kw = dict(self.kwargs)
+        if "dsn" in kw:
+            url = urllib.parse.urlsplit(kw["dsn"])
+            netloc = url.netloc.rsplit("@", 1)
+            user = netloc[0].split(":", 1)[0] if len(netloc) == 2 else ""
+            host = netloc[-1]
+            query = urllib.parse.urlencode(
+                [(k, v) for k, v in urllib.parse.parse_qsl(url.query) if k != "password"]
+            )
+            clean = urllib.parse.urlunsplit(
+                (url.scheme, f"{user}@{host}" if user else host, url.path, query, "")
+            )
+            return Endpoint(raw=clean, kwargs=(("dsn", clean),), display=self.display)
+        kw.pop("password", None)
+        return Endpoint(raw=self.display, kwargs=tuple(kw.items()), display=self.display)
+
     @property
     def address(self) -> str:
         """``host:port`` as the connection will try it (for error messages)."""
