@@ -463,3 +463,173 @@ def reconcile(
             raise click.FileError(replay_sql, hint=e.strerror) from None
     emit(RECONCILE_RENDERERS[fmt](report), output)
     sys.exit(EXIT_DIFFERENT if report.status == "loss" else EXIT_OK)
+
+
+# == failover toolkit: gate, failback, health, files =========================================
+
+
+@main.command()
+@click.argument("source")
+@click.argument("target")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for the target to replay everything the source has written.",
+)
+@click.option(
+    "--fence",
+    is_flag=True,
+    help="First stop the source taking writes: ALTER SYSTEM SET "
+    "default_transaction_read_only = on + pg_reload_conf() (the one write gate makes; "
+    "undo with ALTER SYSTEM RESET default_transaction_read_only).",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress on stderr while waiting (default: when stderr is a terminal).",
+)
+@output_options
+def gate(
+    source: str,
+    target: str,
+    timeout: float,
+    fence: bool,
+    progress: bool | None,
+    fmt: str,
+    output: str | None,
+) -> None:
+    """Planned failover: wait until TARGET has replayed all of SOURCE, then verify.
+
+    TARGET must be a physical standby of SOURCE. Exit 0 only when a switch now loses
+    nothing (caught up and identical), 1 when not caught up within --timeout or
+    different, 2 on trouble.
+    """
+    from .gate import gate as run_gate
+    from .report_ops import GATE_RENDERERS
+
+    show = sys.stderr.isatty() if progress is None else progress
+
+    def tick(lag_bytes: int, waited: float) -> None:
+        if show:
+            click.echo(
+                f"\r\033[Kwaiting for replay: {lag_bytes:,} bytes behind, {waited:.1f} s",
+                err=True,
+                nl=False,
+            )
+
+    try:
+        report = run_async(run_gate(source, target, timeout=timeout, fence=fence, progress=tick))
+    finally:
+        if show:
+            click.echo("\r\033[K", err=True, nl=False)
+    emit(GATE_RENDERERS[fmt](report), output)
+    if not report.complete:
+        sys.exit(EXIT_TROUBLE)
+    sys.exit(EXIT_OK if report.status == "safe" else EXIT_DIFFERENT)
+
+
+@main.command()
+@click.argument("old")
+@click.argument("new")
+@click.option(
+    "-t",
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="TABLE",
+    help="Only these tables (as diff -t); repeatable.",
+)
+@click.option(
+    "--replay-sql",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE",
+    help="Write a guarded one-transaction script that brings the old primary's own "
+    "changes to NEW (INSERT ... ON CONFLICT DO NOTHING, UPDATE/DELETE ... WHERE the row "
+    "is still what was observed).",
+)
+@output_options
+def failback(
+    old: str,
+    new: str,
+    tables: tuple[str, ...],
+    replay_sql: str | None,
+    fmt: str,
+    output: str | None,
+) -> None:
+    """What the old primary OLD holds that the new primary NEW lacks (before a rewind).
+
+    Rows changed on OLD after the divergence are told apart from writes made on NEW
+    after its promotion by commit timestamps (track_commit_timestamp). Exit 0 when OLD
+    holds nothing NEW lacks, 1 when it does (or who wrote a row cannot be told), 2 on
+    trouble.
+    """
+    from .failback import failback as run_failback
+    from .failback import replay_script
+    from .report_ops import FAILBACK_RENDERERS
+
+    options = api.DiffOptions(tables=tables)
+    report = run_async(run_failback(old, new, options=options))
+    if replay_sql:
+        try:
+            Path(replay_sql).write_text(replay_script(report), encoding="utf-8")
+        except OSError as e:
+            raise click.FileError(replay_sql, hint=e.strerror) from None
+    emit(FAILBACK_RENDERERS[fmt](report), output)
+    if not report.complete:
+        sys.exit(EXIT_TROUBLE)
+    sys.exit(EXIT_OK if report.status == "nothing_to_recover" else EXIT_DIFFERENT)
+
+
+@main.command()
+@click.argument("source")
+@click.argument("target")
+@click.option(
+    "--rpo",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Recovery point objective: a lag above it is a failure.",
+)
+@output_options
+def health(source: str, target: str, rpo: float | None, fmt: str, output: str | None) -> None:
+    """Signs of a problem with SOURCE (primary) and TARGET (standby), one line each.
+
+    Reachability, recovery state, WAL receiver, replication slot, replay, lag (against
+    --rpo) and timelines. Exit 0 all ok, 1 a problem found, 2 could not check.
+    """
+    from .health import health as run_health
+    from .report_ops import HEALTH_RENDERERS
+
+    report = run_async(run_health(source, target, rpo=rpo))
+    emit(HEALTH_RENDERERS[fmt](report), output)
+    if report.status == "unknown":
+        sys.exit(EXIT_TROUBLE)
+    sys.exit(EXIT_OK if report.status == "ok" else EXIT_DIFFERENT)
+
+
+@main.command()
+@click.argument("dir_a", type=click.Path(file_okay=False))
+@click.argument("dir_b", type=click.Path(file_okay=False))
+@output_options
+def files(dir_a: str, dir_b: str, fmt: str, output: str | None) -> None:
+    """Compare two directory trees (attachment / blob copies): missing, extra, changed.
+
+    Sizes first, then xxh3-128 of the content read in blocks; symlinks are compared by
+    target, never followed; unreadable entries are reported. Exit 0 identical, 1
+    different, 2 when something could not be read.
+    """
+    from .errors import UsageError
+    from .files import compare_trees
+    from .report_ops import FILES_RENDERERS
+
+    try:
+        report = compare_trees(dir_a, dir_b)
+    except UsageError as e:
+        click.echo(f"replverify: error: {e}", err=True)
+        sys.exit(EXIT_TROUBLE)
+    emit(FILES_RENDERERS[fmt](report), output)
+    if not report.complete:
+        sys.exit(EXIT_TROUBLE)
+    sys.exit(EXIT_OK if report.status == "identical" else EXIT_DIFFERENT)

@@ -1,0 +1,333 @@
+"""Renderers for the failover toolkit: gate, failback, health and files, each as text,
+JSON (``replverify.<name>/1``) and Markdown. The diff inside a gate or failback report
+uses :mod:`replverify.report`'s own ``replverify.diff/1`` form."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+from .failback import FAILBACK_SCHEMA, FailbackReport, FailbackRow
+from .files import FILES_SCHEMA, FilesReport
+from .gate import GateReport
+from .health import HEALTH_SCHEMA, HealthReport
+from .lsn import format_lsn
+from .report import diff_to_dict, to_json
+
+__all__ = [
+    "FAILBACK_RENDERERS",
+    "FILES_RENDERERS",
+    "GATE_RENDERERS",
+    "GATE_SCHEMA",
+    "HEALTH_RENDERERS",
+    "failback_to_dict",
+    "files_to_dict",
+    "gate_to_dict",
+    "health_to_dict",
+]
+
+GATE_SCHEMA = "replverify.gate/1"
+SHOWN = 50
+
+
+def _iso(at: _dt.datetime | None) -> str | None:
+    return None if at is None else at.astimezone(_dt.timezone.utc).isoformat()
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _key(key: dict[str, Any]) -> str:
+    return " ".join(
+        f"{k}={v if isinstance(v, int) else json.dumps(v, ensure_ascii=False)}"
+        for k, v in key.items()
+    )
+
+
+# == gate ==================================================================================
+def gate_to_dict(r: GateReport) -> dict[str, Any]:
+    return {
+        "schema": GATE_SCHEMA,
+        "status": r.status,
+        "source": r.source,
+        "target": r.target,
+        "relation": r.relation,
+        "fenced": r.fenced,
+        "caught_up": r.caught_up,
+        "waited_s": round(r.waited_s, 3),
+        "timeout_s": r.timeout_s,
+        "source_lsn": None if r.source_lsn is None else format_lsn(r.source_lsn),
+        "replay_lsn": None if r.replay_lsn is None else format_lsn(r.replay_lsn),
+        "lag_bytes": r.lag_bytes,
+        "replay_paused": r.replay_paused,
+        "diff": None if r.diff is None else diff_to_dict(r.diff),
+        "notes": r.notes,
+        "elapsed_s": round(r.elapsed_s, 3),
+    }
+
+
+_GATE_VERDICT = {
+    "safe": "SAFE to switch: the target has replayed everything and holds the same data",
+    "not_caught_up": "NOT SAFE: the target has not replayed everything the source wrote",
+    "different": "NOT SAFE: the target's data differs from the source's",
+}
+
+
+def _gate_lines(r: GateReport) -> list[str]:
+    out = [
+        f"source: {r.source}",
+        f"target: {r.target}",
+        f"relation: {r.relation}",
+        f"fenced: {'yes' if r.fenced else 'no'}",
+        f"caught up: {'yes' if r.caught_up else 'no'} after {r.waited_s:.2f} s "
+        f"(timeout {r.timeout_s:g} s, {r.lag_bytes if r.lag_bytes is not None else '?'} "
+        "bytes behind at the end)",
+    ]
+    if r.diff is not None:
+        d = r.diff
+        total = sum(t.differences_total for t in d.tables)
+        out.append(f"diff: {d.status}, {len(d.tables)} tables, {total} differences")
+        for t in d.tables:
+            if not t.consistent:
+                out.append(f"  {t.table}: {t.differences_total} differences{_err(t.error)}")
+    return out
+
+
+def _err(error: str | None) -> str:
+    return f" (error: {error})" if error else ""
+
+
+def gate_to_text(r: GateReport) -> str:
+    out = [_GATE_VERDICT[r.status], *_gate_lines(r)]
+    out += [f"note: {n}" for n in r.notes]
+    return "\n".join(out) + "\n"
+
+
+def gate_to_markdown(r: GateReport) -> str:
+    out = [f"## replverify gate: {r.status}", "", f"**{_GATE_VERDICT[r.status]}**", ""]
+    out += [f"- {_md(line)}" for line in _gate_lines(r)]
+    out += [""] + [f"> {_md(n)}" for n in r.notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# == failback ==============================================================================
+def _row_dict(row: FailbackRow) -> dict[str, Any]:
+    return {
+        "table": str(row.table),
+        "key": row.key,
+        "origin": row.origin,
+        "change": row.change,
+        "columns": list(row.columns),
+        "old_commit": _iso(row.old_commit),
+        "new_commit": _iso(row.new_commit),
+        "old": row.old_image,
+        "new": row.new_image,
+        "reason": row.reason,
+    }
+
+
+def failback_to_dict(r: FailbackReport) -> dict[str, Any]:
+    return {
+        "schema": FAILBACK_SCHEMA,
+        "status": r.status,
+        "old": r.old,
+        "new": r.new,
+        "divergence_at": _iso(r.divergence_at),
+        "promoted_at": _iso(r.promoted_at),
+        "promotion_source": r.promotion_source,
+        "timeline": r.timeline,
+        "can_tell": r.can_tell,
+        "counts": r.counts(),
+        "rows": [_row_dict(x) for x in r.rows],
+        "notes": r.notes,
+        "elapsed_s": round(r.elapsed_s, 3),
+    }
+
+
+_ORIGIN_TITLES = {
+    "old_only": "Only on the old primary (changed there after the divergence; replayable)",
+    "conflict": "Changed on both sides (not replayed)",
+    "unknown": "Cannot tell who changed it (not replayed)",
+    "new_only": "Written on the new primary after its promotion (keep)",
+}
+
+
+def _fb_head(r: FailbackReport) -> list[str]:
+    c = r.counts()
+    verdict = (
+        "nothing on the old primary is missing from the new one"
+        if r.status == "nothing_to_recover"
+        else f"{c['old_only']} old-only, {c['conflict']} conflicting, {c['unknown']} unknown "
+        "rows: recover them before rewinding the old primary"
+    )
+    return [
+        f"failback: {verdict}",
+        f"old primary: {r.old}",
+        f"new primary: {r.new} (timeline {r.timeline})",
+        f"divergence: {_iso(r.divergence_at) or 'unknown'}",
+        f"promotion: {_iso(r.promoted_at) or 'unknown'}"
+        + (f" ({r.promotion_source})" if r.promotion_source else ""),
+    ]
+
+
+def failback_to_text(r: FailbackReport) -> str:
+    out = _fb_head(r)
+    for origin, title in _ORIGIN_TITLES.items():
+        rows = r.of(origin)  # type: ignore[arg-type]
+        if not rows:
+            continue
+        out += ["", f"{title}: {len(rows)}"]
+        for row in rows[:SHOWN]:
+            cols = f" [{', '.join(row.columns)}]" if row.columns else ""
+            out.append(f"  {row.table} {_key(row.key)}: {row.change}{cols} - {row.reason}")
+        if len(rows) > SHOWN:
+            out.append(f"  ... and {len(rows) - SHOWN} more")
+    out += [""] + [f"note: {n}" for n in r.notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def failback_to_markdown(r: FailbackReport) -> str:
+    head = _fb_head(r)
+    out = [f"## replverify {head[0]}", ""] + [f"- {_md(x)}" for x in head[1:]]
+    for origin, title in _ORIGIN_TITLES.items():
+        rows = r.of(origin)  # type: ignore[arg-type]
+        if not rows:
+            continue
+        out += [
+            "",
+            f"### {title}",
+            "",
+            "| table | key | change | why |",
+            "| --- | --- | --- | --- |",
+        ]
+        out += [
+            f"| {row.table} | {_md(_key(row.key))} | {row.change} | {_md(row.reason)} |"
+            for row in rows[:SHOWN]
+        ]
+    out += [""] + [f"> {_md(n)}" for n in r.notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# == health ================================================================================
+def health_to_dict(r: HealthReport) -> dict[str, Any]:
+    return {
+        "schema": HEALTH_SCHEMA,
+        "status": r.status,
+        "source": r.source,
+        "target": r.target,
+        "rpo_seconds": r.rpo_seconds,
+        "complete": r.complete,
+        "lag_bytes": r.lag_bytes,
+        "lag_seconds": None if r.lag_seconds is None else round(r.lag_seconds, 3),
+        "timelines": r.timelines,
+        "findings": [
+            {"check": f.check, "level": f.level, "side": f.side or None, "message": f.message}
+            for f in r.findings
+        ],
+        "elapsed_s": round(r.elapsed_s, 3),
+    }
+
+
+def _finding(f: Any) -> str:
+    where = f"{f.side} " if f.side else ""
+    return f"{f.level:<4}  {where}{f.check}: {f.message}"
+
+
+def health_to_text(r: HealthReport) -> str:
+    out = [f"health of {r.source} -> {r.target}: {r.status}"]
+    out += [_finding(f) for f in r.findings]
+    return "\n".join(out) + "\n"
+
+
+def health_to_markdown(r: HealthReport) -> str:
+    out = [
+        f"## replverify health: {r.status}",
+        "",
+        f"{_md(r.source)} → {_md(r.target)}",
+        "",
+        "| level | side | check | finding |",
+        "| --- | --- | --- | --- |",
+    ]
+    out += [f"| {f.level} | {f.side} | {f.check} | {_md(f.message)} |" for f in r.findings]
+    return "\n".join(out) + "\n"
+
+
+# == files =================================================================================
+def files_to_dict(r: FilesReport) -> dict[str, Any]:
+    return {
+        "schema": FILES_SCHEMA,
+        "status": r.status,
+        "complete": r.complete,
+        "dir_a": r.dir_a,
+        "dir_b": r.dir_b,
+        "differences": [
+            {"kind": d.kind, "path": d.path, "reason": d.reason, "side": d.side}
+            for d in r.differences
+        ],
+        "counts": r.counts(),
+        "summary": {
+            "files_a": r.files_a,
+            "files_b": r.files_b,
+            "compared": r.compared,
+            "hashed": r.hashed,
+            "bytes_read": r.bytes_read,
+            "symlinks": r.symlinks,
+            "elapsed_s": round(r.elapsed_s, 3),
+        },
+    }
+
+
+def _file_line(d: Any) -> str:
+    side = f" ({d.side})" if d.side else ""
+    reason = f": {d.reason}" if d.reason else ""
+    return f"{d.kind:<10} {d.path}{side}{reason}"
+
+
+def files_to_text(r: FilesReport) -> str:
+    c = r.counts()
+    verdict = (
+        "identical" if r.status == "identical" else ", ".join(f"{v} {k}" for k, v in c.items() if v)
+    )
+    out = [
+        f"{r.dir_a} vs {r.dir_b}: {verdict}",
+        f"{r.files_a} entries in A, {r.files_b} in B; {r.compared} files compared, "
+        f"{r.hashed} hashed ({r.bytes_read:,} bytes read), {r.symlinks} symlinks "
+        f"(compared by target, not followed)",
+    ]
+    out += [_file_line(d) for d in r.differences[:1000]]
+    if len(r.differences) > 1000:
+        out.append(f"... and {len(r.differences) - 1000} more (see --format json)")
+    return "\n".join(out) + "\n"
+
+
+def files_to_markdown(r: FilesReport) -> str:
+    out = [f"## replverify files: {r.status}", "", f"`{r.dir_a}` vs `{r.dir_b}`", ""]
+    if r.differences:
+        out += ["| kind | path | detail |", "| --- | --- | --- |"]
+        out += [f"| {d.kind} | `{_md(d.path)}` | {_md(d.reason)} |" for d in r.differences[:1000]]
+    return "\n".join(out) + "\n"
+
+
+GATE_RENDERERS: dict[str, Callable[[GateReport], str]] = {
+    "text": gate_to_text,
+    "json": lambda r: to_json(gate_to_dict(r)),
+    "markdown": gate_to_markdown,
+}
+FAILBACK_RENDERERS: dict[str, Callable[[FailbackReport], str]] = {
+    "text": failback_to_text,
+    "json": lambda r: to_json(failback_to_dict(r)),
+    "markdown": failback_to_markdown,
+}
+HEALTH_RENDERERS: dict[str, Callable[[HealthReport], str]] = {
+    "text": health_to_text,
+    "json": lambda r: to_json(health_to_dict(r)),
+    "markdown": health_to_markdown,
+}
+FILES_RENDERERS: dict[str, Callable[[FilesReport], str]] = {
+    "text": files_to_text,
+    "json": lambda r: to_json(files_to_dict(r)),
+    "markdown": files_to_markdown,
+}

@@ -1,0 +1,181 @@
+"""FailoverPool on real clusters: a primary stopped mid-run, the standby promoted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from replverify.errors import ConnectError, FailoverError, UsageError
+from replverify.failover import FailoverEvent, FailoverPool, alternate_dsn, is_outage
+from replverify.reconcile import reconcile
+from replverify.testing import LocalClusters, free_port, promote, wait_for_replay
+
+# --------------------------------------------------------------------------- alternate_dsn
+
+
+@pytest.mark.parametrize(
+    ("dsn", "expected"),
+    [
+        (
+            "postgresql://app:pw@contoso.db.example.com:5432/shop?sslmode=require",
+            "postgresql://app:pw@contoso--s.db.example.com:5432/shop?sslmode=require",
+        ),
+        ("postgresql://contoso.db.example.com/shop", "postgresql://contoso--s.db.example.com/shop"),
+        (
+            "host=contoso.db.example.com port=5432 dbname=shop",
+            "host=contoso--s.db.example.com port=5432 dbname=shop",
+        ),
+        (
+            "dbname=shop host='a.db.example.com,b.db.example.com'",
+            "dbname=shop host='a--s.db.example.com,b--s.db.example.com'",
+        ),
+        ("postgresql://contoso--s.db.example.com/shop", "postgresql://contoso.db.example.com/shop"),
+    ],
+)
+def test_alternate_dsn(dsn: str, expected: str) -> None:
+    assert alternate_dsn(dsn) == expected
+
+
+@pytest.mark.parametrize(
+    "dsn", ["postgresql://127.0.0.1:5432/x", "postgresql://localhost/x", "dbname=x", "nonsense"]
+)
+def test_alternate_dsn_needs_a_dns_name(dsn: str) -> None:
+    with pytest.raises(UsageError):
+        alternate_dsn(dsn)
+
+
+def test_outages_are_not_statement_errors() -> None:
+    assert is_outage(ConnectionRefusedError())
+    assert is_outage(asyncpg.exceptions.AdminShutdownError("terminating connection"))
+    assert not is_outage(asyncpg.exceptions.UniqueViolationError("duplicate key"))
+    assert not is_outage(asyncpg.exceptions.PostgresSyntaxError("syntax error"))
+    assert not is_outage(asyncpg.exceptions.ReadOnlySQLTransactionError("read-only"))
+
+
+# --------------------------------------------------------------------------- no server needed
+
+
+async def test_both_endpoints_down_is_a_clear_redacted_error() -> None:
+    a = f"postgresql://app:s3cret@127.0.0.1:{free_port()}/db"
+    b = f"postgresql://app:s3cret@127.0.0.1:{free_port()}/db"
+    pool = FailoverPool(a, b, connect_timeout=2)
+    seen: list[str] = []
+    pool.on("endpoint_switch_required", lambda e: seen.append(e.name))
+    with pytest.raises(FailoverError) as info:
+        await pool.start()
+    text = str(info.value)
+    assert "both endpoints failed" in text
+    assert "s3cret" not in text and "primary" in text
+    assert seen == ["endpoint_switch_required"]
+
+
+async def test_no_auto_switch_raises_at_once() -> None:
+    pool = FailoverPool(
+        f"postgresql://app:pw@127.0.0.1:{free_port()}/db",
+        f"postgresql://app:pw@127.0.0.1:{free_port()}/db",
+        auto_switch=False,
+        connect_timeout=2,
+    )
+    seen: list[FailoverEvent] = []
+    pool.on("endpoint_switch_required", seen.append)
+    with pytest.raises(ConnectError) as info:
+        await pool.start()
+    assert "pw@" not in str(info.value) and not seen
+    with pytest.raises(UsageError):
+        pool.on("no_such_event", seen.append)
+
+
+# --------------------------------------------------------------------------- real failover
+
+
+async def test_pool_survives_primary_loss_and_journal_reconciles(
+    clusters: LocalClusters, tmp_path: Path
+) -> None:
+    pair = await asyncio.to_thread(clusters.fresh_pair)
+    conn = await asyncpg.connect(pair.primary_dsn)
+    try:
+        await conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, amount numeric(8,2))")
+    finally:
+        await conn.close()
+    journal = tmp_path / "writes.jsonl"
+    order: list[str] = []
+
+    def on_required(event: FailoverEvent) -> None:
+        order.append(f"required:{event.from_endpoint}->{event.to_endpoint}")
+
+    async def promote_standby(event: FailoverEvent) -> None:
+        # what an operator (or orchestrator) does when told a switch is required
+        order.append("promoting")
+        await promote(pair.standby_dsn)
+
+    async def on_switched(event: FailoverEvent) -> None:
+        await asyncio.sleep(0)
+        order.append(f"switched:{event.to_endpoint}")
+
+    pool = FailoverPool(pair.primary_dsn, pair.standby_dsn, journal=journal, connect_timeout=3)
+    pool.on("endpoint_switch_required", on_required)
+    pool.on("endpoint_switch_required", promote_standby)
+    pool.on("endpoint_switched", on_switched)
+    await pool.start()
+    try:
+        assert pool.active == "primary" and pool.auto_switch_enabled
+        await pool.execute("INSERT INTO t (id, v, amount) VALUES ($1, $2, $3)", 1, "one", 1.5)
+        await pool.execute("INSERT INTO t (id, v, amount) VALUES ($1, $2, $3)", 2, "two", 2)
+        await pool.execute("UPDATE t SET v = $1 WHERE id = $2", "uno", 1)
+        # statement errors never switch
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await pool.execute("INSERT INTO t (id, v) VALUES ($1, $2)", 1, "dup")
+        with pytest.raises(asyncpg.PostgresSyntaxError):
+            await pool.execute("SELEC 1")
+        assert pool.active == "primary" and order == []
+        await wait_for_replay(pair.primary_dsn, pair.standby_dsn)
+
+        await asyncio.to_thread(pair.primary.stop, "fast")
+        await pool.execute("INSERT INTO t (id, v, amount) VALUES ($1, $2, $3)", 3, "three", 3.25)
+
+        assert order == ["required:primary->alternate", "promoting", "switched:alternate"]
+        assert pool.active == "alternate" and pool.switches == 1
+        rows = await pool.fetch("SELECT id, v FROM t ORDER BY id")
+        assert [(r["id"], r["v"]) for r in rows] == [(1, "uno"), (2, "two"), (3, "three")]
+        assert await pool.fetchval("SELECT pg_is_in_recovery()") is False
+        assert order == ["required:primary->alternate", "promoting", "switched:alternate"]
+    finally:
+        await pool.close()
+
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    states = [r["state"] for r in records]
+    # 1, 2, the update, the duplicate, 3 on the dying primary (left in doubt), 3 again
+    assert states.count("intent") == 6 - 1 and states.count("committed") == 4
+    assert states.count("aborted") == 1  # the duplicate key
+    assert all("$" not in r.get("sql", "") for r in records)
+    assert records[-2]["meta"] == {"endpoint": "alternate"}
+
+    report = await reconcile(journal, pair.standby_dsn)
+    assert report.status == "no_loss", report
+    assert report.counts["durable"] >= 3 and report.counts["lost"] == 0
+    # the attempt the primary died under is in doubt, or superseded by the retry
+    assert report.counts["in_doubt"] + report.counts["superseded"] >= 1, report.counts
+
+
+async def test_retry_on_alternate_that_fails_too(clusters: LocalClusters) -> None:
+    pair = await asyncio.to_thread(clusters.fresh_pair)
+    pool = FailoverPool(
+        pair.primary_dsn, f"postgresql://127.0.0.1:{free_port()}/postgres", connect_timeout=2
+    )
+    events: list[str] = []
+    pool.on("endpoint_switch_required", lambda e: events.append(e.name))
+    pool.on("endpoint_switched", lambda e: events.append(e.name))
+    await pool.start()
+    try:
+        assert await pool.fetchval("SELECT 1") == 1
+        await asyncio.to_thread(pair.primary.stop, "immediate")
+        with pytest.raises(FailoverError, match="both endpoints failed"):
+            await pool.fetch("SELECT 1")
+        assert events == ["endpoint_switch_required"]
+        assert pool.active == "primary"
+    finally:
+        await pool.close()
