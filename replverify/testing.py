@@ -123,6 +123,9 @@ _BASE_SETTINGS: dict[str, str] = {
     # A standby whose primary_conninfo was just restored reconnects within 200ms
     # instead of the default 5s.
     "wal_retrieve_retry_interval": "'200ms'",
+    # No background WAL: an idle pair must really be idle for the lag tests (tests load
+    # data and ANALYZE it themselves).
+    "autovacuum": "off",
 }
 _HBA = """\
 # written by replverify.testing: trust everything on loopback
