@@ -21,8 +21,8 @@ from .align import TablePlan, plan_table
 from .bisect import TableComparison
 from .canonical import encoder_for
 from .catalog import ServerInfo, TableInfo
-from .connect import Endpoint, open_pool
-from .errors import ConnectError, ReplverifyError, ServerError, UsageError
+from .connect import Endpoint, open_pool, trouble
+from .errors import ReplverifyError, UsageError
 from .fence import Fence
 from .lag import LsnHistory
 from .lag import snapshot as lag_snapshot
@@ -179,10 +179,8 @@ async def diff(
                 t.error = src_ep.scrub(tgt_ep.scrub(t.error))
         report.notes = [src_ep.scrub(tgt_ep.scrub(n)) for n in report.notes]
         return report
-    except asyncpg.PostgresError as e:
-        raise ServerError(src_ep.scrub(tgt_ep.scrub(str(e))), sqlstate=e.sqlstate) from e
-    except (OSError, asyncpg.InterfaceError) as e:
-        raise ConnectError(f"connection lost: {src_ep.scrub(tgt_ep.scrub(str(e)))}") from e
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+        raise trouble(e, src_ep, tgt_ep) from e
     finally:
         await asyncio.gather(*(_close(p) for p in pools if isinstance(p, asyncpg.Pool)))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from .errors import ConnectError, UsageError
+from .errors import ConnectError, ReplverifyError, ServerError, UsageError
 
 #: Session settings that make text output identical on both sides, and reads safe.
 PINNED_SETTINGS: Mapping[str, str] = {
@@ -190,6 +190,23 @@ class Endpoint:
 
     def __str__(self) -> str:
         return self.display
+
+
+def trouble(exc: BaseException, *endpoints: Endpoint) -> ReplverifyError:
+    """The replverify error for a server refusal or a lost connection, passwords removed.
+
+    ``raise trouble(e, src, tgt) from e`` in an ``except`` of ``asyncpg.PostgresError``,
+    ``asyncpg.InterfaceError`` and ``OSError``.
+    """
+    text = str(exc)
+    for ep in endpoints:
+        text = ep.scrub(text)
+    text = redact_text(text)
+    if isinstance(exc, asyncpg.PostgresError) and not isinstance(
+        exc, asyncpg.exceptions.PostgresConnectionError
+    ):
+        return ServerError(text, sqlstate=exc.sqlstate)
+    return ConnectError(f"connection lost: {text}")
 
 
 def redact_text(text: str) -> str:

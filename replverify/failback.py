@@ -41,8 +41,8 @@ from sqlglot import exp
 
 from . import api
 from .canonical import jsonable
-from .connect import PINNED_SETTINGS, Endpoint, connect
-from .errors import ConnectError, ServerError, UsageError
+from .connect import PINNED_SETTINGS, Endpoint, connect, trouble
+from .errors import UsageError
 from .sql import DIALECT, ident
 from .types import Changed, DiffReport, Extra, Key, Missing, TableRef, TableResult
 
@@ -142,10 +142,8 @@ async def failback(old: str, new: str, *, options: api.DiffOptions | None = None
                 )
             if t.key_mode != "none" and t.differences:
                 report.rows.extend(await _attribute(report, t, oc, nc))
-    except asyncpg.PostgresError as e:
-        raise ServerError(old_ep.scrub(new_ep.scrub(str(e))), sqlstate=e.sqlstate) from e
-    except (OSError, asyncpg.InterfaceError) as e:
-        raise ConnectError(f"connection lost: {old_ep.scrub(new_ep.scrub(str(e)))}") from e
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+        raise trouble(e, old_ep, new_ep) from e
     finally:
         await asyncio.gather(
             *(c.close() for c in (oc, nc) if c is not None), return_exceptions=True

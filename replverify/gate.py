@@ -28,8 +28,8 @@ from typing import Literal
 import asyncpg
 
 from . import api
-from .connect import Endpoint, connect
-from .errors import ConnectError, ServerError, UsageError
+from .connect import Endpoint, connect, trouble
+from .errors import UsageError
 from .lag import ReplicationState, replication_state
 from .types import DiffReport
 
@@ -115,10 +115,8 @@ async def gate(
         if fence:
             await _fence(src_ep, timeout, report)
         await _wait(src, tgt, report, timeout, progress, poll_interval)
-    except asyncpg.PostgresError as e:
-        raise ServerError(src_ep.scrub(tgt_ep.scrub(str(e))), sqlstate=e.sqlstate) from e
-    except (OSError, asyncpg.InterfaceError) as e:
-        raise ConnectError(f"connection lost: {src_ep.scrub(tgt_ep.scrub(str(e)))}") from e
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+        raise trouble(e, src_ep, tgt_ep) from e
     finally:
         await asyncio.gather(
             *(c.close() for c in (src, tgt) if c is not None), return_exceptions=True

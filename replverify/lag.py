@@ -68,8 +68,8 @@ from typing import Literal
 
 import asyncpg
 
-from .connect import Endpoint, connect
-from .errors import ConnectError, ReplverifyError, ServerError, UsageError
+from .connect import Endpoint, connect, trouble
+from .errors import ReplverifyError, UsageError
 from .lsn import parse_lsn
 
 __all__ = [
@@ -1001,10 +1001,8 @@ async def measure_lag(
         )
     except ReplverifyError:
         raise
-    except asyncpg.PostgresError as e:
-        raise ServerError(src_ep.scrub(tgt_ep.scrub(str(e))), sqlstate=e.sqlstate) from e
-    except (OSError, asyncpg.InterfaceError) as e:
-        raise ConnectError(f"connection lost: {src_ep.scrub(tgt_ep.scrub(str(e)))}") from e
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+        raise trouble(e, src_ep, tgt_ep) from e
     finally:
         await asyncio.gather(
             *(c.close() for c in opened if isinstance(c, asyncpg.Connection)),

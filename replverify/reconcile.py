@@ -71,8 +71,8 @@ from sqlglot import exp
 from . import catalog
 from .canonical import Encoder, encoder_for, jsonable, pg_text
 from .catalog import TableInfo
-from .connect import PINNED_SETTINGS, Endpoint, connect
-from .errors import ConnectError, JournalError, SchemaError, ServerError, UsageError
+from .connect import PINNED_SETTINGS, Endpoint, connect, trouble
+from .errors import JournalError, SchemaError, UsageError
 from .journal import (
     JournalReader,
     JSONValue,
@@ -1119,11 +1119,6 @@ async def reconcile(
     opened = await asyncio.gather(*(connect(ep) for ep in endpoints), return_exceptions=True)
     conns = [c for c in opened if isinstance(c, asyncpg.Connection)]
 
-    def scrub(text: str) -> str:
-        for ep in endpoints:
-            text = ep.scrub(text)
-        return text
-
     try:
         for c in opened:
             if isinstance(c, BaseException):
@@ -1142,10 +1137,8 @@ async def reconcile(
                 since=since_ts,
                 batch_rows=batch_rows,
             )
-    except asyncpg.PostgresError as e:
-        raise ServerError(scrub(str(e)), sqlstate=e.sqlstate) from e
-    except (OSError, asyncpg.InterfaceError) as e:
-        raise ConnectError(f"connection lost: {scrub(str(e))}") from e
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+        raise trouble(e, *endpoints) from e
     finally:
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
 
