@@ -6,7 +6,8 @@
    lost), then promote the standby: an unplanned failover;
 4. diff the old primary against the new one: exactly the lost rows;
 5. reconcile the application's write journal against the new primary, write the guarded
-   replay script, apply it, and reconcile again: nothing lost.
+   replay script, apply it, and reconcile again: nothing lost;
+6. failback: what the old primary still holds that the new one lacks, before a rewind.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import asyncpg
 
 from . import sample, testing
 from .api import DiffOptions, diff
+from .failback import failback
 from .journal import JournalWriter, render_sql
 from .lag import measure_lag
 from .reconcile import reconcile
 from .replay import replay_script
 from .report import diff_to_text, lag_to_text, reconcile_to_text
+from .report_ops import failback_to_text
 
 Echo = Callable[[str], None]
 
@@ -136,7 +139,11 @@ async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo
     replay_path = clusters.base_dir / "replay.sql"
     replay_path.write_text(script, encoding="utf-8")
 
-    echo(f"\n== 8. apply the replay script ({replay_path.name}) to the new primary, check again")
+    echo("\n== 8. before the old primary is rewound: replverify failback OLD NEW")
+    back = await failback(primary, standby)
+    echo(_indent(failback_to_text(back)))
+
+    echo(f"\n== 9. apply the replay script ({replay_path.name}) to the new primary, check again")
     conn = await asyncpg.connect(standby)
     try:
         await conn.execute(script)
@@ -146,6 +153,7 @@ async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo
     echo(_indent(_last_line(reconcile_to_text(again))))
     after = await diff(primary, standby)
     echo(_indent(_last_line(diff_to_text(after))) + "   (the unjournaled event row)")
+
     if keep:
         echo(
             f"\nclusters kept running under {clusters.base_dir}:\n"

@@ -13,4 +13,5 @@ async def test_demo_runs_the_whole_story():
     assert "WITHIN RPO" in text  # lag of the healthy pair
     assert "missing  id=1000020" in text  # diff names the lost rows
     assert "LOSS: 9 lost" in text  # reconcile names the lost writes
+    assert "failback: 9 old-only" in text  # what a rewind of the old primary would discard
     assert "NO LOSS" in text  # after the replay script
