@@ -1,0 +1,248 @@
+"""Benchmark reading and reconciling a large write journal (no database needed).
+
+    python benchmarks/journal_bench.py --lines 1000000 --rows 100000
+
+Generates a journal of ``--lines`` lines (transactions of one to three writes settled by
+a commit marker, self-committed writes, aborted transactions, a share of ``sql``
+records, a few in-doubt intents) over ``--rows`` distinct rows, and a target that holds
+the last value of every row except a few lost ones. Then, each in its own process so
+peak RSS is its own:
+
+* ``read``      - :class:`~replverify.journal.JournalReader`: decode and validate every line;
+* ``reconcile`` - the whole :func:`~replverify.reconcile.reconcile_with` (three passes,
+  batched lookups) against a :class:`~replverify.reconcile.MemoryTarget`;
+* ``ledger``    - pass 1 of reconcile alone (validate, resolve, settle; the per-row
+  state), without a target, so its peak memory is its own.
+
+Peak memory is VmHWM reset after the setup of each phase (Linux), minus the RSS then.
+
+Prints entries/s and peak memory per phase, and writes JSON to ``benchmarks/results/``
+unless ``--no-save``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from replverify.catalog import TableInfo
+from replverify.journal import JournalReader, Marker, RowResolver
+from replverify.reconcile import Ledger, MemoryTarget, reconcile_with
+from replverify.types import Column, ColumnType, TableRef
+
+REF = TableRef("public", "orders")
+INFO = TableInfo(
+    REF,
+    1,
+    (
+        Column("id", ColumnType("bigint", "int8"), True),
+        Column("status", ColumnType("text", "text")),
+        Column("amount", ColumnType("numeric(12,2)", "numeric")),
+        Column("note", ColumnType("text", "text")),
+    ),
+    ("id",),
+    0,
+)
+STATUSES = ("new", "paid", "shipped", "cancelled")
+
+
+def generate(path: Path, lines: int, rows: int, sql_share: float, lost: int, seed: int) -> dict:
+    """Write the journal; return the target's rows (the last value of every row)."""
+    rnd = random.Random(seed)
+    state: dict[int, dict[str, Any]] = {}
+    n = seq = tx = 0
+    with path.open("w") as f:
+
+        def emit(obj: dict[str, Any]) -> None:
+            nonlocal n
+            f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+            n += 1
+
+        while n < lines - 4:
+            tx += 1
+            txid = f"t-{tx}"
+            minute, second = (n // 60_000) % 60, (n // 1000) % 60
+            ts = f"2026-11-23T10:{minute:02d}:{second:02d}.{n % 1000:03d}+00:00"
+            kind = rnd.random()
+            writes = 1 if kind < 0.5 else rnd.randint(1, 3)
+            self_committed = kind < 0.25
+            aborted = kind > 0.97
+            for _ in range(writes):
+                seq += 1
+                rid = rnd.randrange(1, rows + 1)
+                status = STATUSES[rnd.randrange(4)]
+                amount = f"{rnd.randrange(100000) / 100:.2f}"
+                rec: dict[str, Any] = {
+                    "v": 1,
+                    "txid": txid,
+                    "seq": seq,
+                    "ts": ts,
+                    "state": "committed" if self_committed else "intent",
+                }
+                if rnd.random() < sql_share:
+                    rec["sql"] = (
+                        f"UPDATE orders SET status = '{status}', amount = {amount} WHERE id = {rid}"
+                        if rid in state
+                        else f"INSERT INTO orders (id, status, amount) VALUES ({rid}, '{status}',"
+                        f" {amount}) ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
+                        " amount = EXCLUDED.amount"
+                    )
+                else:
+                    rec.update(
+                        op="update" if rid in state else "upsert",
+                        table="public.orders",
+                        key={"id": rid},
+                        values={"status": status, "amount": amount},
+                    )
+                    if rid in state:
+                        rec["before"] = {"status": state[rid]["status"]}
+                emit(rec)
+                if not aborted:
+                    state[rid] = {"id": rid, "status": status, "amount": amount, "note": None}
+            if not self_committed:
+                settled = "aborted" if aborted else "committed"
+                emit({"v": 1, "txid": txid, "state": settled, "ts": ts})
+        for i in range(3):  # in doubt
+            seq += 1
+            emit(
+                {"v": 1, "txid": f"crash-{i}", "seq": seq, "ts": "2026-11-23T11:00:00+00:00",
+                 "state": "intent", "op": "update", "table": "orders", "key": {"id": i + 1},
+                 "values": {"note": "in doubt"}}
+            )  # fmt: skip
+    target = dict(state)
+    for rid in rnd.sample(sorted(target), min(lost, len(target))):  # the failover lost these
+        target[rid] = {**target[rid], "amount": "-1.00"}
+    return {"lines": n, "rows": list(target.values())}
+
+
+def _status_mib(field: str) -> float:
+    """VmRSS / VmHWM (peak) of this process, in MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak() -> None:
+    """Start VmHWM afresh (Linux: ``5`` to ``/proc/self/clear_refs``), so the peak is the
+    phase's own and not that of loading the target."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def child(phase: str, journal: str, target: str) -> dict[str, Any]:
+    memory = None
+    if phase == "reconcile":
+        rows = json.loads(Path(target).read_text())
+        memory = MemoryTarget({REF: INFO}, {REF: rows})
+        del rows
+    gc.collect()
+    _reset_peak()
+    out: dict[str, Any] = {"phase": phase, "rss_before_mib": _status_mib("VmRSS")}
+    started = time.perf_counter()
+    if phase == "read":
+        reader = JournalReader(journal)
+        records = sum(1 for _ in reader)
+        out.update(lines=reader.lines, records=records)
+    elif phase == "ledger":  # pass 1 alone: the state reconcile keeps while streaming
+        reader = JournalReader(journal)
+        resolver = RowResolver({REF: INFO}, path=journal)
+        ledger = Ledger()
+        for rec in reader:
+            if isinstance(rec, Marker):
+                ledger.marker(rec)
+            else:
+                for w in resolver(rec):
+                    ledger.write(w)
+        out.update(lines=reader.lines, rows=len(ledger.rows), open=len(ledger.open))
+    elif phase == "reconcile":
+        assert memory is not None
+        report = asyncio.run(reconcile_with(journal, memory))
+        out.update(
+            lines=report.lines,
+            entries=report.entries,
+            counts=report.counts,
+            lost=len(report.lost),
+            timings=dict(report.timings),
+        )
+    out["elapsed_s"] = time.perf_counter() - started
+    out["peak_rss_mib"] = _status_mib("VmHWM")
+    return out
+
+
+def run_phase(phase: str, journal: Path, target: Path) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", phase, str(journal), str(target)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--rows", type=int, default=100_000, help="distinct rows written")
+    ap.add_argument("--sql-share", type=float, default=0.01, help="share of sql records")
+    ap.add_argument("--lost", type=int, default=100, help="rows the target lost")
+    ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--child", nargs=3, metavar=("PHASE", "JOURNAL", "TARGET"), help="internal")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        journal, target = Path(tmp) / "writes.jsonl", Path(tmp) / "target.json"
+        t0 = time.perf_counter()
+        gen = generate(journal, args.lines, args.rows, args.sql_share, args.lost, args.seed)
+        target.write_text(json.dumps(gen["rows"]))
+        size = journal.stat().st_size
+        print(
+            f"journal: {gen['lines']:,} lines, {size / 2**20:,.0f} MiB, {len(gen['rows']):,} rows"
+            f" (generated in {time.perf_counter() - t0:.1f} s)"
+        )
+        results = {p: run_phase(p, journal, target) for p in ("read", "ledger", "reconcile")}
+    notes = {
+        "read": "(decode + validate every line)",
+        "ledger": f"(pass 1 alone: {results['ledger']['rows']:,} rows tracked)",
+        "reconcile": "(3 passes; over the in-memory target's own memory)",
+    }
+    for phase in ("read", "ledger", "reconcile"):
+        r = results[phase]
+        rate = r["lines"] / r["elapsed_s"]
+        entries = f"  {r['entries'] / r['elapsed_s']:>8,.0f} entries/s" if "entries" in r else ""
+        grown = r["peak_rss_mib"] - r["rss_before_mib"]
+        print(
+            f"{phase:<10} {r['elapsed_s']:6.1f} s {rate:>9,.0f} lines/s{entries}"
+            f"  peak RSS +{grown:,.0f} MiB {notes[phase]}"
+        )
+    rec = results["reconcile"]
+    print(f"reconcile: {rec['entries']:,} entries, counts {rec['counts']}")
+    print("reconcile seconds per pass: " + ", ".join(f"{k} {v}" for k, v in rec["timings"].items()))
+    if not args.no_save:
+        out = Path(__file__).parent / "results"
+        out.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        doc = {
+            "args": vars(args) | {"child": None},
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+            "journal_bytes": size,
+            "results": results,
+        }
+        (out / f"journal-{stamp}.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
