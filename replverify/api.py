@@ -320,6 +320,7 @@ async def compare_table(
         schema_differences=plan.schema_differences,
         columns=tuple(names),
         digest=DIGEST_DESCRIPTIONS[mode],
+        digest_bits=64 if mode == "server" else 128,
     )
     try:
         if plan.multiset:

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from .canonical import jsonable
+from .hashing import collision_probability
 from .lag import LAG_SCHEMA, METHODS, LagReport, LagSample, ReplicationState
 from .lsn import format_lsn
 from .reconcile import Detail, Finding, ReconcileReport
@@ -29,6 +30,12 @@ def key_dict(t: TableResult, d: Difference) -> dict[str, Any]:
 
 def _key_of(t: TableResult, key: Key) -> dict[str, Any]:
     return {name: jsonable(v) for name, v in zip(_key_names(t), key, strict=False)}
+
+
+def miss_probability(report: DiffReport) -> float:
+    """Upper bound on the chance that some difference hid in a digest collision: every
+    chunk found equal could, with probability 2**-bits, have differed."""
+    return sum(collision_probability(t.chunks, t.digest_bits) for t in report.tables)
 
 
 def rows_compared(t: TableResult) -> int:
@@ -61,6 +68,7 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
             "unstable_total": len(t.unstable),
             "unstable": [_key_of(t, k) for k in t.unstable],
             "digest": t.digest,
+            "digest_bits": t.digest_bits,
             "verified": t.verified,
             "error": t.error,
             "elapsed_s": round(t.elapsed_s, 3),
@@ -79,6 +87,7 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
             "rows_compared": sum(rows_compared(t) for t in report.tables),
             "differences": sum(t.differences_total for t in report.tables),
             "elapsed_s": round(report.elapsed_s, 3),
+            "miss_probability": miss_probability(report),
         },
         "notes": report.notes,
         "lag": report.lag,
@@ -142,6 +151,12 @@ def diff_to_text(report: DiffReport) -> str:
             out.append(f"    … and {hidden:,} more (use --format json, --max-diffs)")
     for note in report.notes:
         out.append(f"note: {note}")
+    bits = sorted({t.digest_bits for t in report.tables})
+    if bits:
+        out.append(
+            f"digests: {'/'.join(map(str, bits))}-bit; chance that a difference hid in a "
+            f"collision: at most {miss_probability(report):.0e}"
+        )
     for when, lag in report.lag.items():
         out.append(
             f"lag at {when}: {lag['lag_seconds']} s, {lag['lag_bytes']:,} bytes ({lag['method']})"

@@ -93,6 +93,7 @@ class TableResult:
     truncated: bool = False
     schema_differences: tuple[str, ...] = ()
     digest: str = ""  # how equal chunks were recognised (see pipeline)
+    digest_bits: int = 128  # width of the chunk digests: the collision risk per chunk
     columns: tuple[str, ...] = ()  # compared columns (row images of multiset differences)
     error: str | None = None  # set when the table could not be (fully) verified
     #: rows still being written to on the source after every confirmation read: neither

@@ -209,3 +209,4 @@ async def test_json_contract(planted):
     ]
     assert set(doc["summary"]) >= {"tables", "rows_compared", "differences", "elapsed_s"}
     assert doc["summary"]["differences"] == 7
+    assert orders["digest_bits"] == 128 and 0 < doc["summary"]["miss_probability"] < 1e-30
