@@ -1113,6 +1113,11 @@ async def reconcile(
     path = os.fspath(journal_path)
     if not os.path.isfile(path):
         raise UsageError(f"journal {path} does not exist or is not a file")
+    if os.path.getsize(path) == 0:
+        raise UsageError(
+            f"journal {path} is empty: there is nothing to check",
+            hint="point --journal at the file the application writes",
+        )
     endpoints = [Endpoint.parse(target_dsn)]
     if source_dsn is not None:
         endpoints.append(Endpoint.parse(source_dsn))
@@ -1130,13 +1135,17 @@ async def reconcile(
                     conn.transaction(isolation="repeatable_read", readonly=True)
                 )
                 sides.append(PostgresTarget(conn, str(ep), await catalog.load_tables(conn)))
-            return await reconcile_with(
+            report = await reconcile_with(
                 path,
                 sides[0],
                 source=sides[1] if len(sides) > 1 else None,
                 since=since_ts,
                 batch_rows=batch_rows,
             )
+        if report.torn is not None and report.lines <= 1:
+            # a lone torn line is not a journal that was checked and found complete
+            raise UsageError(f"journal {path} holds no complete record (its only line is torn)")
+        return report
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
         raise trouble(e, *endpoints) from e
     finally:
