@@ -30,9 +30,9 @@ def test_no_command_output_or_file_shows_the_password(clusters, make_db, tmp_pat
     src_pw, tgt_pw = with_password(src), with_password(tgt)
     journal = tmp_path / "w.jsonl"
     with JournalWriter(journal) as w, w.transaction() as tx:
-        tx.intent("insert", "public.orders", {"id": 999_999},
-                  {"customer": "x", "status": "new", "amount": "1.00",
-                   "placed_at": "2026-01-01T00:00:00+00:00", "items": {}, "paid": False})  # fmt: skip
+        values = {"customer": "x", "status": "new", "amount": "1.00", "items": {},
+                  "placed_at": "2026-01-01T00:00:00+00:00", "paid": False}  # fmt: skip
+        tx.intent("insert", "public.orders", {"id": 999_999}, values)
     files = {"state": tmp_path / "state.jsonl", "replay": tmp_path / "replay.sql",
              "report": tmp_path / "report.json"}  # fmt: skip
     results = [
@@ -53,7 +53,7 @@ def test_no_command_output_or_file_shows_the_password(clusters, make_db, tmp_pat
             str(files["replay"]),
             "--format",
             "json",
-        ),  # fmt: skip
+        ),
         run("health", src_pw, tgt_pw, "--format", "json"),
         run("lag", src_pw, tgt_pw, "--samples", "1", "--interval", "0.1"),
     ]
