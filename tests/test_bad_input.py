@@ -29,3 +29,19 @@ def test_empty_or_undecodable_journal(shop, tmp_path, content, message):
     result = run("reconcile", "--journal", str(path), "--target", primary)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+async def test_verification_sessions_cannot_write(shop):
+    import asyncpg
+
+    from replverify.connect import Endpoint, connect
+
+    primary, _, _ = shop
+    conn = await connect(Endpoint.parse(primary))
+    try:
+        assert await conn.fetchval("SHOW default_transaction_read_only") == "on"
+        assert await conn.fetchval("SHOW transaction_isolation") == "repeatable read"
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await conn.execute("CREATE TABLE must_not_exist (i int)")
+    finally:
+        await conn.close()
