@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from .canonical import jsonable
 from .hashing import collision_probability
@@ -96,6 +96,16 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
 
 def to_json(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+R = TypeVar("R")
+
+
+def renderers(
+    text: Callable[[R], str], as_dict: Callable[[R], dict[str, Any]], markdown: Callable[[R], str]
+) -> dict[str, Callable[[R], str]]:
+    """The ``--format`` choices of one report kind: text, JSON of ``as_dict``, Markdown."""
+    return {"text": text, "json": lambda r: to_json(as_dict(r)), "markdown": markdown}
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -217,12 +227,7 @@ def diff_to_markdown(report: DiffReport) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-Renderer = Callable[[DiffReport], str]
-DIFF_RENDERERS: dict[str, Renderer] = {
-    "text": diff_to_text,
-    "json": lambda r: to_json(diff_to_dict(r)),
-    "markdown": diff_to_markdown,
-}
+DIFF_RENDERERS = renderers(diff_to_text, diff_to_dict, diff_to_markdown)
 
 
 # == lag ==================================================================================
@@ -423,12 +428,7 @@ def lag_to_markdown(report: LagReport) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-LagRenderer = Callable[[LagReport], str]
-LAG_RENDERERS: dict[str, LagRenderer] = {
-    "text": lag_to_text,
-    "json": lambda r: to_json(lag_to_dict(r)),
-    "markdown": lag_to_markdown,
-}
+LAG_RENDERERS = renderers(lag_to_text, lag_to_dict, lag_to_markdown)
 
 
 # -- reconcile --------------------------------------------------------------------------------
@@ -676,9 +676,4 @@ def reconcile_to_markdown(report: ReconcileReport) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-ReconcileRenderer = Callable[[ReconcileReport], str]
-RECONCILE_RENDERERS: dict[str, ReconcileRenderer] = {
-    "text": reconcile_to_text,
-    "json": lambda r: to_json(reconcile_to_dict(r)),
-    "markdown": reconcile_to_markdown,
-}
+RECONCILE_RENDERERS = renderers(reconcile_to_text, reconcile_to_dict, reconcile_to_markdown)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Callable
 from typing import Any
 
 from .failback import FAILBACK_SCHEMA, FailbackReport, FailbackRow
@@ -14,7 +13,7 @@ from .files import FILES_SCHEMA, FilesReport
 from .gate import GateReport
 from .health import HEALTH_SCHEMA, HealthReport
 from .lsn import format_lsn
-from .report import diff_to_dict, to_json
+from .report import diff_to_dict, renderers
 
 __all__ = [
     "FAILBACK_RENDERERS",
@@ -311,23 +310,7 @@ def files_to_markdown(r: FilesReport) -> str:
     return "\n".join(out) + "\n"
 
 
-GATE_RENDERERS: dict[str, Callable[[GateReport], str]] = {
-    "text": gate_to_text,
-    "json": lambda r: to_json(gate_to_dict(r)),
-    "markdown": gate_to_markdown,
-}
-FAILBACK_RENDERERS: dict[str, Callable[[FailbackReport], str]] = {
-    "text": failback_to_text,
-    "json": lambda r: to_json(failback_to_dict(r)),
-    "markdown": failback_to_markdown,
-}
-HEALTH_RENDERERS: dict[str, Callable[[HealthReport], str]] = {
-    "text": health_to_text,
-    "json": lambda r: to_json(health_to_dict(r)),
-    "markdown": health_to_markdown,
-}
-FILES_RENDERERS: dict[str, Callable[[FilesReport], str]] = {
-    "text": files_to_text,
-    "json": lambda r: to_json(files_to_dict(r)),
-    "markdown": files_to_markdown,
-}
+GATE_RENDERERS = renderers(gate_to_text, gate_to_dict, gate_to_markdown)
+FAILBACK_RENDERERS = renderers(failback_to_text, failback_to_dict, failback_to_markdown)
+HEALTH_RENDERERS = renderers(health_to_text, health_to_dict, health_to_markdown)
+FILES_RENDERERS = renderers(files_to_text, files_to_dict, files_to_markdown)
