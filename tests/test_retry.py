@@ -1,0 +1,57 @@
+"""Transient read failures are retried with backoff; permanent ones are not."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from replverify.fence import ReadError, read, retrying, transient
+
+
+def flaky(errors: list[BaseException], result: object = "ok"):
+    calls = []
+
+    async def call():
+        calls.append(1)
+        if errors:
+            raise errors.pop(0)
+        return result
+
+    return call, calls
+
+
+@pytest.mark.parametrize("exc", [
+    asyncpg.exceptions.SerializationError("canceling statement due to conflict with recovery"),
+    asyncpg.exceptions.LockNotAvailableError("could not obtain lock"),
+    asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),
+    asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
+    ConnectionResetError("reset by peer"),
+])  # fmt: skip
+async def test_transient_errors_are_retried(exc):
+    assert transient(exc)
+    call, calls = flaky([exc, exc])
+    assert await retrying(call, first_delay=0.001) == "ok"
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("exc", [
+    asyncpg.exceptions.UndefinedTableError("relation does not exist"),
+    asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"),
+    asyncpg.exceptions.InsufficientPrivilegeError("permission denied"),
+])  # fmt: skip
+async def test_permanent_errors_fail_at_once_and_name_the_side(exc):
+    assert not transient(exc)
+    call, calls = flaky([exc])
+    with pytest.raises(ReadError, match="reading the target failed") as info:
+        await read("target", call)
+    assert len(calls) == 1 and info.value.side == "target"
+
+
+async def test_retries_give_up_after_the_last_attempt():
+    errors = [asyncpg.exceptions.SerializationError("conflict") for _ in range(10)]
+    call, calls = flaky(errors)
+    with pytest.raises(asyncpg.exceptions.SerializationError):
+        await retrying(call, attempts=3, first_delay=0.001)
+    assert len(calls) == 3
