@@ -43,6 +43,7 @@ from . import api
 from .canonical import jsonable
 from .connect import PINNED_SETTINGS, Endpoint, connect, trouble
 from .errors import UsageError
+from .replay import delete_statement, insert_statement, update_statement
 from .sql import DIALECT, ident
 from .types import Changed, DiffReport, Extra, Key, Missing, TableRef, TableResult
 
@@ -307,58 +308,19 @@ def _classify(
 # --------------------------------------------------------------------------- replay
 
 
-def _table(ref: TableRef) -> exp.Table:
-    return exp.Table(this=ident(ref.name), db=ident(ref.schema))
-
-
-def _lit(text: str | None) -> exp.Expr:
-    return exp.Null() if text is None else exp.Literal.string(text)
-
-
-def _guard(key: dict[str, Any], image: dict[str, str | None]) -> exp.Expr:
-    """The key, and every column equal (as text) to the image observed on NEW."""
-    conds: list[exp.Expr] = [
-        exp.EQ(this=exp.column(ident(k)), expression=_lit(image.get(k))) for k in key
-    ]
-    for c, text in image.items():
-        if c in key:
-            continue
-        col = exp.column(ident(c))
-        conds.append(
-            exp.Is(this=col, expression=exp.Null())
-            if text is None
-            else exp.NullSafeEQ(this=exp.cast(col, "text"), expression=exp.Literal.string(text))
-        )
-    return exp.and_(*conds)
-
-
 def replay_statement(row: FailbackRow) -> str | None:
     """The guarded statement that brings ``row``'s old-only change to NEW (or None)."""
     if row.origin != "old_only":
         return None
+    key = list(row.key)
     if row.change == "insert" and row.old_image is not None:
-        cols = list(row.old_image)
-        return exp.Insert(
-            this=exp.Schema(this=_table(row.table), expressions=[ident(c) for c in cols]),
-            expression=exp.Values(
-                expressions=[exp.Tuple(expressions=[_lit(row.old_image[c]) for c in cols])]
-            ),
-            conflict=exp.OnConflict(action=exp.var("DO NOTHING")),
-        ).sql(DIALECT)
+        return insert_statement(row.table, row.old_image)
     if row.change == "update" and row.old_image is not None and row.new_image is not None:
         changed = row.columns or tuple(c for c in row.old_image if c not in row.key)
-        sets = [
-            exp.EQ(this=exp.column(ident(c)), expression=_lit(row.old_image[c])) for c in changed
-        ]
-        return exp.Update(
-            this=_table(row.table),
-            expressions=sets,
-            where=exp.Where(this=_guard(row.key, row.new_image)),
-        ).sql(DIALECT)
+        values = {c: row.old_image[c] for c in changed}
+        return update_statement(row.table, key, row.new_image, values)
     if row.change == "delete" and row.new_image is not None:
-        return exp.Delete(
-            this=_table(row.table), where=exp.Where(this=_guard(row.key, row.new_image))
-        ).sql(DIALECT)
+        return delete_statement(row.table, key, row.new_image)
     return None
 
 

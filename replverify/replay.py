@@ -63,14 +63,13 @@ def _literal(text: str | None) -> exp.Expr:
     return exp.Null() if text is None else exp.Literal.string(text)
 
 
-def _guard(f: Finding, row: Detail) -> exp.Expr:
-    """The key, and every column equal (as text) to what reconcile observed."""
-    keys = [c for c, _ in f.write.key]
+def guard(key: Sequence[str], observed: Mapping[str, str | None]) -> exp.Expr:
+    """The key, and every column equal (as text) to the ``observed`` row image."""
     conds: list[exp.Expr] = [
-        exp.EQ(this=exp.column(c, quoted=True), expression=_literal(row.text[c])) for c in keys
+        exp.EQ(this=exp.column(c, quoted=True), expression=_literal(observed.get(c))) for c in key
     ]
-    for c, text in row.text.items():
-        if c in keys:
+    for c, text in observed.items():
+        if c in key:
             continue
         col = exp.column(c, quoted=True)
         if text is None:
@@ -82,7 +81,8 @@ def _guard(f: Finding, row: Detail) -> exp.Expr:
     return exp.and_(*conds)
 
 
-def _insert(ref: TableRef, values: Mapping[str, str | None]) -> str:
+def insert_statement(ref: TableRef, values: Mapping[str, str | None]) -> str:
+    """``INSERT … ON CONFLICT DO NOTHING`` of a row image (text values)."""
     cols = list(values)
     return exp.Insert(
         this=exp.Schema(this=_table(ref), expressions=[ident(c) for c in cols]),
@@ -93,17 +93,28 @@ def _insert(ref: TableRef, values: Mapping[str, str | None]) -> str:
     ).sql(DIALECT)
 
 
-def _update(f: Finding, row: Detail, values: Mapping[str, str | None]) -> str:
+def update_statement(
+    ref: TableRef,
+    key: Sequence[str],
+    observed: Mapping[str, str | None],
+    values: Mapping[str, str | None],
+) -> str:
+    """``UPDATE … SET values WHERE`` the row still equals ``observed``."""
     sets = [
         exp.EQ(this=exp.column(c, quoted=True), expression=_literal(v)) for c, v in values.items()
     ]
     return exp.Update(
-        this=_table(f.write.table), expressions=sets, where=exp.Where(this=_guard(f, row))
+        this=_table(ref), expressions=sets, where=exp.Where(this=guard(key, observed))
     ).sql(DIALECT)
 
 
-def _delete(f: Finding, row: Detail) -> str:
-    return exp.Delete(this=_table(f.write.table), where=exp.Where(this=_guard(f, row))).sql(DIALECT)
+def delete_statement(ref: TableRef, key: Sequence[str], observed: Mapping[str, str | None]) -> str:
+    """``DELETE … WHERE`` the row still equals ``observed``."""
+    return exp.Delete(this=_table(ref), where=exp.Where(this=guard(key, observed))).sql(DIALECT)
+
+
+def _key_columns(f: Finding) -> list[str]:
+    return [c for c, _ in f.write.key]
 
 
 def _from_journal(f: Finding, row: Detail) -> Step:
@@ -114,16 +125,26 @@ def _from_journal(f: Finding, row: Detail) -> Step:
     if r.delete:
         if not row.found:
             return Step(f, "skip", "the row is already gone")
-        return Step(f, "delete", "the journal deleted the row", _delete(f, row))
+        return Step(
+            f,
+            "delete",
+            "the journal deleted the row",
+            delete_statement(f.write.table, _key_columns(f), row.text),
+        )
     if not row.found:
         if r.insert is None:
             return Step(f, "skip", "the row is absent and the journal never inserted it")
         values = {c: r.text.get(c) for c in r.insert}
-        return Step(f, "insert", "the row is absent", _insert(f.write.table, values))
+        return Step(f, "insert", "the row is absent", insert_statement(f.write.table, values))
     update = {c: r.text.get(c) for c in r.update if c not in keys}
     if not update:
         return Step(f, "skip", "nothing to set")
-    return Step(f, "update", "the row holds older values", _update(f, row, update))
+    return Step(
+        f,
+        "update",
+        "the row holds older values",
+        update_statement(f.write.table, _key_columns(f), row.text, update),
+    )
 
 
 def _from_source(f: Finding, row: Detail, src: Detail) -> Step:
@@ -135,7 +156,11 @@ def _from_source(f: Finding, row: Detail, src: Detail) -> Step:
             if not row.found:
                 return Step(f, "skip", "the row is gone on both", origin=origin)
             return Step(
-                f, "delete", "the old primary no longer holds the row", _delete(f, row), origin
+                f,
+                "delete",
+                "the old primary no longer holds the row",
+                delete_statement(f.write.table, _key_columns(f), row.text),
+                origin,
             )
         return Step(f, "skip", "the old primary no longer holds the row", origin=origin)
     if r is not None and r.delete:
@@ -147,7 +172,11 @@ def _from_source(f: Finding, row: Detail, src: Detail) -> Step:
         )
     if not row.found:
         return Step(
-            f, "insert", "the row is absent", _insert(f.write.table, dict(src.text)), origin
+            f,
+            "insert",
+            "the row is absent",
+            insert_statement(f.write.table, dict(src.text)),
+            origin,
         )
     changed = {
         c: src.text[c]
@@ -156,7 +185,13 @@ def _from_source(f: Finding, row: Detail, src: Detail) -> Step:
     }
     if not changed:
         return Step(f, "skip", "the target already equals the old primary", origin=origin)
-    return Step(f, "update", "the row holds older values", _update(f, row, changed), origin)
+    return Step(
+        f,
+        "update",
+        "the row holds older values",
+        update_statement(f.write.table, _key_columns(f), row.text, changed),
+        origin,
+    )
 
 
 def plan_replay(report: ReconcileReport) -> list[Step]:
