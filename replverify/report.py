@@ -109,7 +109,9 @@ def renderers(
 
 
 # -- text ---------------------------------------------------------------------------------
-def _fmt_key(key: dict[str, Any]) -> str:
+def fmt_key(key: dict[str, Any]) -> str:
+    """``col=value`` pairs of a JSON key for text reports (strings quoted, ints bare)."""
+
     def show(value: Any) -> str:
         return str(value) if isinstance(value, int) else json.dumps(value, ensure_ascii=False)
 
@@ -117,7 +119,7 @@ def _fmt_key(key: dict[str, Any]) -> str:
 
 
 def _describe(t: TableResult, d: Difference) -> str:
-    line = f"{d.kind:<8} {_fmt_key(key_dict(t, d))}"
+    line = f"{d.kind:<8} {fmt_key(key_dict(t, d))}"
     if isinstance(d, Changed):
         line += f"   columns: {', '.join(d.columns)}"
     return line
@@ -155,7 +157,7 @@ def diff_to_text(report: DiffReport) -> str:
         for d in t.differences[:SHOWN_PER_TABLE]:
             out.append(f"    {_describe(t, d)}")
         for k in t.unstable[:SHOWN_PER_TABLE]:
-            out.append(f"    unstable {_fmt_key(_key_of(t, k))}   (written to while compared)")
+            out.append(f"    unstable {fmt_key(_key_of(t, k))}   (written to while compared)")
         hidden = t.differences_total - min(len(t.differences), SHOWN_PER_TABLE)
         if hidden > 0:
             out.append(f"    … and {hidden:,} more (use --format json, --max-diffs)")
@@ -188,7 +190,8 @@ def diff_to_text(report: DiffReport) -> str:
 
 
 # -- Markdown -----------------------------------------------------------------------------
-def _md_cell(text: str) -> str:
+def md_cell(text: str) -> str:
+    """Text made safe for one Markdown table cell."""
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -208,18 +211,18 @@ def diff_to_markdown(report: DiffReport) -> str:
     ]
     for t in report.tables:
         out.append(
-            f"| `{_md_cell(t.table.qualified)}` | {_md_cell(_key_label(t))} |"
+            f"| `{md_cell(t.table.qualified)}` | {md_cell(_key_label(t))} |"
             f" {t.rows_source:,} / {t.rows_target:,} | {t.chunks_mismatched:,} / {t.chunks:,} |"
-            f" {t.differences_total:,} | {_md_cell(_verdict(t))} |"
+            f" {t.differences_total:,} | {md_cell(_verdict(t))} |"
         )
     for t in report.tables:
         if t.consistent:
             continue
-        out += ["", f"#### `{_md_cell(t.table.qualified)}`", ""]
-        out += [f"- schema: {_md_cell(n)}" for n in t.schema_differences]
+        out += ["", f"#### `{md_cell(t.table.qualified)}`", ""]
+        out += [f"- schema: {md_cell(n)}" for n in t.schema_differences]
         if t.error:
-            out.append(f"- error: {_md_cell(t.error)}")
-        out += [f"- `{_md_cell(_describe(t, d))}`" for d in t.differences[:SHOWN_PER_TABLE]]
+            out.append(f"- error: {md_cell(t.error)}")
+        out += [f"- `{md_cell(_describe(t, d))}`" for d in t.differences[:SHOWN_PER_TABLE]]
         hidden = t.differences_total - min(len(t.differences), SHOWN_PER_TABLE)
         if hidden > 0:
             out.append(f"- … and {hidden:,} more")
@@ -235,7 +238,8 @@ DIFF_RENDERERS = renderers(diff_to_text, diff_to_dict, diff_to_markdown)
 LAG_SAMPLES_SHOWN = 20
 
 
-def _iso(at: datetime | None) -> str | None:
+def iso_utc(at: datetime | None) -> str | None:
+    """ISO 8601 in UTC, the reports' form of an instant."""
     return None if at is None else at.astimezone(timezone.utc).isoformat()
 
 
@@ -249,7 +253,7 @@ def _secs(value: float | None) -> float | None:
 
 def lag_sample_to_dict(s: LagSample) -> dict[str, Any]:
     return {
-        "at": _iso(s.at),
+        "at": iso_utc(s.at),
         "lag_bytes": s.lag_bytes,
         "lag_seconds": _secs(s.lag_seconds),
         "method": s.method,
@@ -258,7 +262,7 @@ def lag_sample_to_dict(s: LagSample) -> dict[str, Any]:
         "replay_lsn": _lsn(s.replay_lsn),
         "receive_lsn": _lsn(s.receive_lsn),
         "replay_paused": s.replay_paused,
-        "heartbeat_at": _iso(s.heartbeat_at),
+        "heartbeat_at": iso_utc(s.heartbeat_at),
     }
 
 
@@ -307,7 +311,7 @@ def replication_to_dict(r: ReplicationState) -> dict[str, Any]:
             "written_lsn": _lsn(rcv.written_lsn),
             "flushed_lsn": _lsn(rcv.flushed_lsn),
             "latest_end_lsn": _lsn(rcv.latest_end_lsn),
-            "last_msg_receipt_time": _iso(rcv.last_msg_receipt_time),
+            "last_msg_receipt_time": iso_utc(rcv.last_msg_receipt_time),
         },
     }
 
@@ -410,11 +414,11 @@ def lag_to_text(report: LagReport) -> str:
 def lag_to_markdown(report: LagReport) -> str:
     icon = {"within": "✅", "exceeded": "❌", "measured": "ℹ️", "unknown": "⚠️"}[report.status]
     out = [
-        f"### replverify lag: {icon} {_md_cell(_lag_verdict(report))}",
+        f"### replverify lag: {icon} {md_cell(_lag_verdict(report))}",
         "",
         f"`{report.source}` → `{report.target}`",
         "",
-        f"- replication: {_md_cell(report.replication.description)}",
+        f"- replication: {md_cell(report.replication.description)}",
         "",
     ]
     shown = report.samples[-LAG_SAMPLES_SHOWN:]
@@ -424,7 +428,7 @@ def lag_to_markdown(report: LagReport) -> str:
             f"| {_clock(s.at)} | {s.lag_seconds:.3f} | {s.lag_bytes:,} | {s.method} |"
             for s in shown
         ]
-    out += [""] + [f"> {_md_cell(n)}" for n in report.notes]
+    out += [""] + [f"> {md_cell(n)}" for n in report.notes]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -543,7 +547,7 @@ def _values(values: dict[str, Any] | None) -> str:
 
 def _finding_head(f: Finding) -> str:
     w = f.write
-    key = _fmt_key({c: v for c, v in w.key_display})
+    key = fmt_key({c: v for c, v in w.key_display})
     label = {"in_doubt": "in doubt"}.get(f.verdict, f.verdict)
     rec = w.record
     return f"{label:<9} {rec.txid} #{rec.seq}  {w.op} {w.table.qualified} {key}  {rec.ts_text}"
@@ -629,7 +633,7 @@ def reconcile_to_markdown(report: ReconcileReport) -> str:
     out = [
         f"### replverify reconcile: {status}",
         "",
-        f"journal `{_md_cell(report.journal)}` against `{report.target}`"
+        f"journal `{md_cell(report.journal)}` against `{report.target}`"
         + (f" (old primary `{report.source}`)" if report.source else ""),
         "",
         "| lost | conflict | in doubt | durable | superseded | aborted | writes |",
@@ -662,17 +666,17 @@ def reconcile_to_markdown(report: ReconcileReport) -> str:
                 str(d["seq"]),
                 d["op"],
                 f"`{d['table']}`",
-                f"`{_fmt_key(d['key'])}`",
+                f"`{fmt_key(d['key'])}`",
                 why,
                 "delete" if f.write.op == "delete" else _values(ex["journal"]["values"]),
                 _values(ex["target"]),
             ]
             if with_source:
                 cells.append(_values(ex.get("source")))
-            out.append("| " + " | ".join(_md_cell(x) for x in cells) + " |")
+            out.append("| " + " | ".join(md_cell(x) for x in cells) + " |")
         if len(items) > SHOWN_FINDINGS:
             out.append(f"\n… and {len(items) - SHOWN_FINDINGS:,} more")
-    out += [""] + [f"> {_md_cell(n)}" for n in report.notes]
+    out += [""] + [f"> {md_cell(n)}" for n in report.notes]
     return "\n".join(out).rstrip() + "\n"
 
 

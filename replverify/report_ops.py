@@ -4,8 +4,6 @@ uses :mod:`replverify.report`'s own ``replverify.diff/1`` form."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 from typing import Any
 
 from .failback import FAILBACK_SCHEMA, FailbackReport, FailbackRow
@@ -13,7 +11,7 @@ from .files import FILES_SCHEMA, FilesReport
 from .gate import GateReport
 from .health import HEALTH_SCHEMA, HealthReport
 from .lsn import format_lsn
-from .report import diff_to_dict, renderers
+from .report import diff_to_dict, fmt_key, iso_utc, md_cell, renderers
 
 __all__ = [
     "FAILBACK_RENDERERS",
@@ -29,21 +27,6 @@ __all__ = [
 
 GATE_SCHEMA = "replverify.gate/1"
 SHOWN = 50
-
-
-def _iso(at: _dt.datetime | None) -> str | None:
-    return None if at is None else at.astimezone(_dt.timezone.utc).isoformat()
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _key(key: dict[str, Any]) -> str:
-    return " ".join(
-        f"{k}={v if isinstance(v, int) else json.dumps(v, ensure_ascii=False)}"
-        for k, v in key.items()
-    )
 
 
 # == gate ==================================================================================
@@ -107,8 +90,8 @@ def gate_to_text(r: GateReport) -> str:
 
 def gate_to_markdown(r: GateReport) -> str:
     out = [f"## replverify gate: {r.status}", "", f"**{_GATE_VERDICT[r.status]}**", ""]
-    out += [f"- {_md(line)}" for line in _gate_lines(r)]
-    out += [""] + [f"> {_md(n)}" for n in r.notes]
+    out += [f"- {md_cell(line)}" for line in _gate_lines(r)]
+    out += [""] + [f"> {md_cell(n)}" for n in r.notes]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -120,8 +103,8 @@ def _row_dict(row: FailbackRow) -> dict[str, Any]:
         "origin": row.origin,
         "change": row.change,
         "columns": list(row.columns),
-        "old_commit": _iso(row.old_commit),
-        "new_commit": _iso(row.new_commit),
+        "old_commit": iso_utc(row.old_commit),
+        "new_commit": iso_utc(row.new_commit),
         "old": row.old_image,
         "new": row.new_image,
         "reason": row.reason,
@@ -134,8 +117,8 @@ def failback_to_dict(r: FailbackReport) -> dict[str, Any]:
         "status": r.status,
         "old": r.old,
         "new": r.new,
-        "divergence_at": _iso(r.divergence_at),
-        "promoted_at": _iso(r.promoted_at),
+        "divergence_at": iso_utc(r.divergence_at),
+        "promoted_at": iso_utc(r.promoted_at),
         "promotion_source": r.promotion_source,
         "timeline": r.timeline,
         "can_tell": r.can_tell,
@@ -166,8 +149,8 @@ def _fb_head(r: FailbackReport) -> list[str]:
         f"failback: {verdict}",
         f"old primary: {r.old}",
         f"new primary: {r.new} (timeline {r.timeline})",
-        f"divergence: {_iso(r.divergence_at) or 'unknown'}",
-        f"promotion: {_iso(r.promoted_at) or 'unknown'}"
+        f"divergence: {iso_utc(r.divergence_at) or 'unknown'}",
+        f"promotion: {iso_utc(r.promoted_at) or 'unknown'}"
         + (f" ({r.promotion_source})" if r.promotion_source else ""),
     ]
 
@@ -181,7 +164,7 @@ def failback_to_text(r: FailbackReport) -> str:
         out += ["", f"{title}: {len(rows)}"]
         for row in rows[:SHOWN]:
             cols = f" [{', '.join(row.columns)}]" if row.columns else ""
-            out.append(f"  {row.table} {_key(row.key)}: {row.change}{cols} - {row.reason}")
+            out.append(f"  {row.table} {fmt_key(row.key)}: {row.change}{cols} - {row.reason}")
         if len(rows) > SHOWN:
             out.append(f"  ... and {len(rows) - SHOWN} more")
     out += [""] + [f"note: {n}" for n in r.notes]
@@ -190,7 +173,7 @@ def failback_to_text(r: FailbackReport) -> str:
 
 def failback_to_markdown(r: FailbackReport) -> str:
     head = _fb_head(r)
-    out = [f"## replverify {head[0]}", ""] + [f"- {_md(x)}" for x in head[1:]]
+    out = [f"## replverify {head[0]}", ""] + [f"- {md_cell(x)}" for x in head[1:]]
     for origin, title in _ORIGIN_TITLES.items():
         rows = r.of(origin)  # type: ignore[arg-type]
         if not rows:
@@ -203,10 +186,10 @@ def failback_to_markdown(r: FailbackReport) -> str:
             "| --- | --- | --- | --- |",
         ]
         out += [
-            f"| {row.table} | {_md(_key(row.key))} | {row.change} | {_md(row.reason)} |"
+            f"| {row.table} | {md_cell(fmt_key(row.key))} | {row.change} | {md_cell(row.reason)} |"
             for row in rows[:SHOWN]
         ]
-    out += [""] + [f"> {_md(n)}" for n in r.notes]
+    out += [""] + [f"> {md_cell(n)}" for n in r.notes]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -245,12 +228,12 @@ def health_to_markdown(r: HealthReport) -> str:
     out = [
         f"## replverify health: {r.status}",
         "",
-        f"{_md(r.source)} → {_md(r.target)}",
+        f"{md_cell(r.source)} → {md_cell(r.target)}",
         "",
         "| level | side | check | finding |",
         "| --- | --- | --- | --- |",
     ]
-    out += [f"| {f.level} | {f.side} | {f.check} | {_md(f.message)} |" for f in r.findings]
+    out += [f"| {f.level} | {f.side} | {f.check} | {md_cell(f.message)} |" for f in r.findings]
     return "\n".join(out) + "\n"
 
 
@@ -306,7 +289,10 @@ def files_to_markdown(r: FilesReport) -> str:
     out = [f"## replverify files: {r.status}", "", f"`{r.dir_a}` vs `{r.dir_b}`", ""]
     if r.differences:
         out += ["| kind | path | detail |", "| --- | --- | --- |"]
-        out += [f"| {d.kind} | `{_md(d.path)}` | {_md(d.reason)} |" for d in r.differences[:1000]]
+        out += [
+            f"| {d.kind} | `{md_cell(d.path)}` | {md_cell(d.reason)} |"
+            for d in r.differences[:1000]
+        ]
     return "\n".join(out) + "\n"
 
 
