@@ -385,6 +385,8 @@ def _record_from(obj: object, line: int) -> Record:
         raise _Bad('a write\'s "state" must be "intent" or "committed"')
     seq = _parse_seq(obj.get("seq"))
     before = _parse_image(obj, "before")
+    common = {"line": line, "txid": txid, "seq": seq, "ts": ts, "ts_text": ts_text,
+              "state": state, "before": before}  # fmt: skip
     op = obj.get("op")
     if op is not None and op not in OPS:
         raise _Bad(f'"op" must be one of {", ".join(OPS)}, not {op!r}')
@@ -402,22 +404,9 @@ def _record_from(obj: object, line: int) -> Record:
             raise _Bad('"before" makes no sense for an INSERT')
         return _build(
             WriteRecord,
-            {
-                "line": line,
-                "txid": txid,
-                "seq": seq,
-                "ts": ts,
-                "ts_text": ts_text,
-                "state": state,
-                "op": stmt.op,
-                "table": stmt.table,
-                "key": {},
-                "values": None,
-                "before": before,
-                "sql": sql,
-                "statement": stmt,
-            },
-        )
+            {**common, "op": stmt.op, "table": stmt.table, "key": {}, "values": None,
+             "sql": sql, "statement": stmt},
+        )  # fmt: skip
     if op is None:
         raise _Bad('a write record needs "op" (or "sql")')
     if "table" not in obj or not isinstance(obj["table"], str):
@@ -434,22 +423,9 @@ def _record_from(obj: object, line: int) -> Record:
         raise _Bad('an update needs at least one column in "values"')
     return _build(
         WriteRecord,
-        {
-            "line": line,
-            "txid": txid,
-            "seq": seq,
-            "ts": ts,
-            "ts_text": ts_text,
-            "state": state,
-            "op": op,
-            "table": table,
-            "key": key,
-            "values": values,
-            "before": before,
-            "sql": None,
-            "statement": None,
-        },
-    )
+        {**common, "op": op, "table": table, "key": key, "values": values, "sql": None,
+         "statement": None},
+    )  # fmt: skip
 
 
 def _names(names: object) -> str:
