@@ -19,7 +19,6 @@ import asyncpg
 from . import catalog
 from .align import TablePlan, plan_table
 from .bisect import TableComparison
-from .canonical import encoder_for
 from .catalog import ServerInfo, TableInfo
 from .connect import Endpoint, open_pool, trouble
 from .errors import ReplverifyError, UsageError
@@ -208,12 +207,8 @@ async def _diff(
         src_tables, tgt_tables = await catalog.load_tables(sc), await catalog.load_tables(tc)
     chosen = catalog.select_tables(list(src_tables), options.tables, options.exclude)
     if not options.tables:
-        chosen += sorted(
-            r
-            for r in tgt_tables
-            if r not in src_tables
-            and r in catalog.select_tables(list(tgt_tables), (), options.exclude)
-        )
+        on_target = catalog.select_tables(list(tgt_tables), (), options.exclude)
+        chosen += [r for r in on_target if r not in src_tables]
     plans, results = _plans(src_tables, tgt_tables, chosen, options, src_server, tgt_server)
     mode, why = choose_digest(options.digest, src_server, tgt_server)
     report = DiffReport(str(src_ep), str(tgt_ep), results)
@@ -337,7 +332,7 @@ async def compare_table(
 
             checkpoint = None
             if state is not None:
-                by_name = {c.name: encoder_for(c.type) for c in plan.columns}
+                by_name = dict(zip(names, hasher.encoders, strict=True))
                 encoders = [by_name[k] for k in plan.key_names]
                 checkpoint = TableCheckpoint(state, plan.ref.qualified, encoders)
             await run(machine, sides, jobs=options.jobs, progress=tick, checkpoint=checkpoint)
