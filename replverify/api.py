@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .align import TablePlan, plan_table
 from .bisect import TableComparison
 from .catalog import ServerInfo, TableInfo
 from .connect import Endpoint, open_pool, trouble
+from .copyscan import locate_chunk
 from .errors import ReplverifyError, UsageError
 from .fence import Fence
 from .lag import LsnHistory
@@ -308,6 +310,10 @@ async def compare_table(
         walk_boundaries=plan.key_mode == "primary key" and not any(k.collate_c for k in plan.key),
         confirm_rounds=options.confirm_rounds if fence else 0,
     )
+    src_side, tgt_side = PostgresSource(source, sql, mode), PostgresSource(target, sql, mode)
+    key_of = src_side.key_of
+    if key_of is not None:
+        machine.locate = functools.partial(locate_chunk, key_of=key_of)
     result = TableResult(
         plan.ref,
         plan.key_names,
@@ -321,9 +327,7 @@ async def compare_table(
         if plan.multiset:
             await compare_multiset(sql, source, target, machine, fence)
         else:
-            sides = Sides(
-                PostgresSource(source, sql, mode), PostgresSource(target, sql, mode), fence
-            )
+            sides = Sides(src_side, tgt_side, fence)
             estimate = plan.estimated_rows
 
             def tick(done: int) -> None:

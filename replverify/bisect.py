@@ -7,7 +7,8 @@ PostgreSQL, tests run them against in-memory sources or scripted answers.
 
 Narrowing: a chunk whose digests (row count + sum of row hashes) match is done. A
 mismatching range larger than ``leaf_rows`` is split into ``split_factor`` parts at keys
-taken from the side that holds more rows, and each part is digested again; a small one is
+taken from the side that holds more rows, and the parts are digested again together (one
+grouped query per side, not one per part); a small one is
 resolved with its (key, row hash) pairs, and only the rows whose hashes differ are read in
 full and compared column by column. Transfer grows with the number of differences, not
 with the table size.
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, cast
 
+from .copyscan import Region
 from .plan import KeyRange, split_step
 from .types import Changed, Difference, Extra, Key, Missing
 
@@ -41,6 +43,18 @@ class NeedDigest:
 
     range: KeyRange
     top: bool = False
+    id: int = field(default_factory=lambda: next(_ids), compare=False)
+
+
+@dataclass(frozen=True)
+class NeedDigests:
+    """Answer: ``(source_digests, target_digests)``, one digest per range of ``ranges``.
+
+    The ranges are the consecutive parts of one mismatching range; asking for all of them
+    at once lets a side answer with a single grouped query instead of one per part.
+    """
+
+    ranges: tuple[KeyRange, ...]
     id: int = field(default_factory=lambda: next(_ids), compare=False)
 
 
@@ -92,8 +106,11 @@ class NeedRows:
     id: int = field(default_factory=lambda: next(_ids), compare=False)
 
 
-Request = NeedDigest | NeedSplit | NeedBoundary | NeedRowHashes | NeedRows
+Request = NeedDigest | NeedDigests | NeedSplit | NeedBoundary | NeedRowHashes | NeedRows
 RowComparer = Callable[[Row, Row], tuple[str, ...]]
+#: ``locate(source_digest, target_digest)``: where two top-level chunks differ, if the
+#: digests tell (see :mod:`replverify.copyscan`).
+Locator = Callable[[object, object], Region | None]
 
 
 @dataclass
@@ -102,6 +119,7 @@ class Stats:
     rows_target: int = 0
     chunks: int = 0
     chunks_mismatched: int = 0
+    chunks_located: int = 0
     ranges_digested: int = 0
     rows_hashed: int = 0
     rows_fetched: int = 0
@@ -121,6 +139,7 @@ class TableComparison:
         whole: KeyRange | None = None,
         walk_boundaries: bool = True,
         confirm_rounds: int = 0,
+        locate: Locator | None = None,
     ) -> None:
         if chunk_rows < 1 or leaf_rows < 1 or split_factor < 2:
             raise ValueError("chunk_rows and leaf_rows must be >= 1, split_factor >= 2")
@@ -132,6 +151,7 @@ class TableComparison:
         self.whole = whole or KeyRange()
         self.walk_boundaries = walk_boundaries and self.whole.is_whole
         self.confirm_rounds = confirm_rounds
+        self.locate = locate
         #: keys still different after every confirmation while their source row kept
         #: changing: not verified, and not called a difference either.
         self.unstable: list[Key] = []
@@ -170,8 +190,16 @@ class TableComparison:
             raise ValueError(f"unexpected answer for request {request.id}")
         self._pending.discard(request.id)
         if isinstance(request, NeedDigest):
-            digests = cast("tuple[Digest, Digest]", answer)
-            return self._issue(self._on_digest(request, *digests))
+            src, tgt = cast("tuple[Digest, Digest]", answer)
+            return self._issue(self._on_digest(request.range, src, tgt, top=request.top))
+        if isinstance(request, NeedDigests):
+            srcs, tgts = cast("tuple[Sequence[Digest], Sequence[Digest]]", answer)
+            if not len(srcs) == len(tgts) == len(request.ranges):
+                raise ValueError(f"expected {len(request.ranges)} digests per side")
+            follow: list[Request] = []
+            for rng, src, tgt in zip(request.ranges, srcs, tgts, strict=True):
+                follow += self._on_digest(rng, src, tgt, top=False)
+            return self._issue(follow)
         if isinstance(request, NeedSplit):
             return self._issue(self._on_split(request, list(cast("list[Key]", answer))))
         if isinstance(request, NeedBoundary):
@@ -201,24 +229,32 @@ class TableComparison:
             # The side could not be cut further (e.g. all its rows share a range edge):
             # resolve the range row by row rather than loop.
             return [NeedRowHashes(req.range)]
-        return [NeedDigest(r) for r in ranges]
+        return [NeedDigests(tuple(ranges))]
 
-    def _on_digest(self, req: NeedDigest, src: Digest, tgt: Digest) -> list[Request]:
+    def _on_digest(self, rng: KeyRange, src: Digest, tgt: Digest, *, top: bool) -> list[Request]:
         self.stats.ranges_digested += 1
-        if req.top:
+        if top:
             self.stats.chunks += 1
             self.stats.rows_source += src.count
             self.stats.rows_target += tgt.count
         if src == tgt:
             return []
-        if req.top:
-            self.stats.chunks_mismatched += 1
         rows = max(src.count, tgt.count)
+        if top:
+            self.stats.chunks_mismatched += 1
+            region = self.locate(src, tgt) if self.locate else None
+            if region is not None:
+                self.stats.chunks_located += 1
+                rng = KeyRange(
+                    rng.lo if region.after is None else region.after,
+                    rng.hi if region.upto is None else region.upto,
+                )
+                rows = min(rows, region.rows)
         if rows <= self.leaf_rows:
-            return [NeedRowHashes(req.range)]
+            return [NeedRowHashes(rng)]
         side: Side = "source" if src.count >= tgt.count else "target"
         every = split_step(rows, self.split_factor)
-        return [NeedSplit(req.range, side, every, parts=-(-rows // every))]
+        return [NeedSplit(rng, side, every, parts=-(-rows // every))]
 
     def _on_row_hashes(
         self, req: NeedRowHashes, src: Mapping[Key, object], tgt: Mapping[Key, object]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import xxhash
@@ -38,10 +38,16 @@ def row_digest(encoded: bytes) -> int:
 
 @dataclass(frozen=True)
 class ChunkDigest:
-    """``count`` rows whose digests sum to ``total`` (mod 2**128)."""
+    """``count`` rows whose digests sum to ``total`` (mod 2**128).
+
+    A ``copy`` digest is a hash of the chunk's COPY stream instead, and may carry that
+    stream (``stream``, in the pieces it arrived in) so that a mismatch can be located
+    without reading the chunk again. The stream never takes part in equality.
+    """
 
     count: int
     total: int
+    stream: tuple[bytes | bytearray, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def empty(cls) -> ChunkDigest:

@@ -18,6 +18,7 @@ import asyncpg
 from .bisect import (
     NeedBoundary,
     NeedDigest,
+    NeedDigests,
     NeedRowHashes,
     NeedRows,
     NeedSplit,
@@ -63,6 +64,10 @@ async def answer(req: Request, sides: Sides) -> object:
         return await read("source", lambda: src.boundary(req.after, req.every))
     if isinstance(req, NeedDigest):
         return await sides.both(lambda: src.digest(req.range), lambda: tgt.digest(req.range))
+    if isinstance(req, NeedDigests):
+        return await sides.both(
+            lambda: src.digests(req.ranges), lambda: tgt.digests(req.ranges)
+        )
     if isinstance(req, NeedRowHashes):
         return await sides.both(
             lambda: src.row_hashes(req.range), lambda: tgt.row_hashes(req.range)

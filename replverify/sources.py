@@ -9,13 +9,14 @@ from a dict (tests and tools). The comparison logic never knows which it talks t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 import asyncpg
 import xxhash
 
 from .align import TablePlan
 from .canonical import Encoder, encode_row, encoder_for
+from .copyscan import KeyOf, key_reader
 from .errors import SchemaError
 from .hashing import ChunkDigest, row_digest, to_unsigned64
 from .plan import KeyRange
@@ -32,6 +33,7 @@ Row = tuple[object, ...]
 
 class RowSource(Protocol):
     async def digest(self, rng: KeyRange) -> ChunkDigest: ...
+    async def digests(self, ranges: Sequence[KeyRange]) -> list[ChunkDigest]: ...
     async def boundary(self, after: Key | None, every: int) -> Key | None: ...
     async def split(self, rng: KeyRange, every: int, parts: int = 0) -> list[Key]: ...
     async def row_hashes(self, rng: KeyRange) -> dict[Key, int]: ...
@@ -86,6 +88,14 @@ class PostgresSource:
             "int4",
             "int8",
         )
+        #: decodes keys out of this table's COPY rows; set when chunks keep their streams
+        self.key_of: KeyOf | None = None
+        if mode == "copy" and self.nkey:
+            positions = [
+                i for k in sql.plan.key_names for i, c in enumerate(sql.plan.columns) if c.name == k
+            ]
+            bases = [by_name[k].type.base for k in sql.plan.key_names]
+            self.key_of = key_reader(positions, bases)
 
     def _key(self, record: Sequence[object]) -> Key:
         if self._plain_keys:
@@ -120,17 +130,40 @@ class PostgresSource:
         assert row is not None
         return ChunkDigest(row[0], to_unsigned64(int(row[1])))
 
+    async def digests(self, ranges: Sequence[KeyRange]) -> list[ChunkDigest]:
+        """Digests of consecutive ranges. The parts of a mismatching chunk are few rows
+        each: one grouped in-database query reads them all, where a COPY per part would
+        cost a round trip each (``client`` mode hashes here, so it reads part by part)."""
+        if self.mode == "client" or len(ranges) < 2:
+            return [await self.digest(r) for r in ranges]
+        whole = KeyRange(ranges[0].lo, ranges[-1].hi)
+        cuts = [r.hi for r in ranges[:-1]]
+        assert all(r.hi is not None for r in ranges[:-1]), "parts must be consecutive"
+        text, params = self.sql.part_digests(whole, cast("list[Key]", cuts))
+        async with self.pool.acquire() as conn:
+            records = await conn.fetch(text, *params)
+        out = [ChunkDigest(0, 0)] * len(ranges)
+        for part, count, total in records:
+            out[part] = ChunkDigest(count, to_unsigned64(int(total)))
+        return out
+
     async def _copy_digest(self, rng: KeyRange) -> ChunkDigest:
         # Order-dependent, so the rows come in key order; the count is COPY's status.
+        # The pieces are kept (by reference: asyncpg hands over a new buffer each time)
+        # so that a mismatch can be located in them; see replverify.copyscan.
         text, params = self.sql.copy_rows(rng)
         h = xxhash.xxh3_128()
+        pieces: list[bytes | bytearray] = []
+        keep = self.key_of is not None
 
-        async def sink(data: bytes) -> None:
+        async def sink(data: bytes | bytearray) -> None:
             h.update(data)
+            if keep:
+                pieces.append(data)
 
         async with self.pool.acquire() as conn:
             status = await conn.copy_from_query(text, *params, output=sink, format="binary")
-        return ChunkDigest(int(status.rsplit(" ", 1)[1]), h.intdigest())
+        return ChunkDigest(int(status.rsplit(" ", 1)[1]), h.intdigest(), tuple(pieces))
 
     async def boundary(self, after: Key | None, every: int) -> Key | None:
         text, params = self.sql.next_boundary(after, every)
@@ -216,6 +249,9 @@ class MemorySource:
         for k in self._in(rng):
             d = d.add(self.hasher(self.data[k]))
         return d
+
+    async def digests(self, ranges: Sequence[KeyRange]) -> list[ChunkDigest]:
+        return [await self.digest(r) for r in ranges]
 
     async def boundary(self, after: Key | None, every: int) -> Key | None:
         self.calls += 1

@@ -332,6 +332,35 @@ class TableSQL:
 
         return self._cached("digest", rng, [], build)
 
+    def part_digests(self, rng: KeyRange, cuts: Sequence[Key]) -> Statement:
+        """``part, count, sum of row hashes`` per part of ``rng`` cut at ``cuts``.
+
+        Part ``i`` holds the keys in ``(cuts[i-1], cuts[i]]`` (as :meth:`KeyRange.split`
+        cuts); empty parts return no row.
+        """
+
+        def build(params: Params) -> exp.Expr:
+            q = self._select([], rng, params)
+            case = exp.Case(
+                ifs=[
+                    exp.If(
+                        this=exp.LTE(this=self._key_tuple(), expression=self._bound(cut, params)),
+                        true=exp.Literal.number(i),
+                    )
+                    for i, cut in enumerate(cuts)
+                ],
+                default=exp.Literal.number(len(cuts)),
+            )
+            total = exp.Coalesce(
+                this=exp.Sum(this=self.row_hash()), expressions=[exp.Literal.number(0)]
+            )
+            part = exp.column("_rv_p", quoted=True)
+            return q.select(
+                exp.alias_(case, "_rv_p", quoted=True), exp.Count(this=exp.Star()), total
+            ).group_by(part)
+
+        return self._cached("part_digests", rng, [v for cut in cuts for v in cut], build)
+
     def row_hashes(self, rng: KeyRange | None) -> Statement:
         """``key..., hash`` per row of ``rng``."""
 

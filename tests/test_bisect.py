@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from replverify.bisect import (
     NeedBoundary,
     NeedDigest,
+    NeedDigests,
     NeedRowHashes,
     NeedRows,
     NeedSplit,
@@ -72,13 +73,11 @@ def test_mismatch_goes_split_then_rows_then_changed():
     (digest,) = m.feed(split, [])
     (sub,) = m.feed(digest, (ChunkDigest(40, 1), ChunkDigest(39, 2)))
     assert isinstance(sub, NeedSplit) and sub.side == "source" and sub.every == 10
-    parts = m.feed(sub, [(10,), (20,), (30,)])
-    assert len(parts) == 4
-    follow = []
-    for i, p in enumerate(parts):
-        same = i != 2
-        follow += m.feed(p, (ChunkDigest(10, 1), ChunkDigest(10, 1 if same else 2)))
-    (hashes,) = follow
+    (parts,) = m.feed(sub, [(10,), (20,), (30,)])
+    assert isinstance(parts, NeedDigests) and len(parts.ranges) == 4
+    src = [ChunkDigest(10, 1)] * 4
+    tgt = [ChunkDigest(10, 1 if i != 2 else 2) for i in range(4)]
+    (hashes,) = m.feed(parts, (src, tgt))
     assert isinstance(hashes, NeedRowHashes) and hashes.range == KeyRange((20,), (30,))
     (rows,) = m.feed(hashes, ({(21,): 1, (22,): 2, (23,): 3}, {(22,): 2, (23,): 9, (24,): 4}))
     assert isinstance(rows, NeedRows) and rows.keys == ((23,),)
@@ -260,3 +259,29 @@ async def test_boundary_walk_stays_a_few_chunks_ahead():
     await run(machine, Sides(MemorySource(base, hasher), Watching(base, hasher)), jobs=2)
     assert machine.stats.chunks == 501  # 500 boundaries, then the empty tail
     assert most <= 4 * 2 + 2 + 1  # queued chunks + running + the walk
+
+
+def test_a_located_mismatch_is_narrowed_to_its_region_without_splitting():
+    from replverify.copyscan import Region
+
+    m = TableComparison(
+        compare_cols,
+        chunk_rows=10_000,
+        walk_boundaries=False,
+        locate=lambda s, t: Region((499,), (501,), 2),
+    )
+    (split,) = m.start()
+    (digest,) = m.feed(split, [])
+    (hashes,) = m.feed(digest, (ChunkDigest(10_000, 1), ChunkDigest(10_000, 2)))
+    assert isinstance(hashes, NeedRowHashes) and hashes.range == KeyRange((499,), (501,))
+    assert m.stats.chunks_located == 1 and m.stats.chunks_mismatched == 1
+
+
+def test_an_unlocated_mismatch_splits_and_digests_the_parts_together():
+    m = TableComparison(
+        compare_cols, chunk_rows=10_000, walk_boundaries=False, locate=lambda s, t: None
+    )
+    (split,) = m.start()
+    (digest,) = m.feed(split, [])
+    (sub,) = m.feed(digest, (ChunkDigest(10_000, 1), ChunkDigest(10_000, 2)))
+    assert isinstance(sub, NeedSplit) and sub.parts == 16

@@ -1,0 +1,149 @@
+"""Locating differing rows inside two binary COPY streams (pure; hypothesis)."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replverify.copyscan import (
+    SIGNATURE,
+    common_prefix,
+    common_suffix,
+    key_reader,
+    locate,
+    locate_chunk,
+)
+from replverify.hashing import ChunkDigest
+
+Field = bytes | None
+
+
+def stream(rows: list[list[Field]]) -> bytes:
+    """A binary COPY stream of ``rows`` as PostgreSQL writes it."""
+    out = [SIGNATURE, struct.pack(">ii", 0, 0)]
+    for row in rows:
+        out.append(struct.pack(">h", len(row)))
+        for f in row:
+            out.append(struct.pack(">i", -1) if f is None else struct.pack(">i", len(f)) + f)
+    out.append(struct.pack(">h", -1))
+    return b"".join(out)
+
+
+def row(key: int, payload: list[Field]) -> list[Field]:
+    return [struct.pack(">q", key), *payload]
+
+
+KEY_OF = key_reader([0], ["int8"])
+assert KEY_OF is not None
+
+payloads = st.lists(st.one_of(st.none(), st.binary(max_size=12)), min_size=0, max_size=3)
+tables = st.dictionaries(st.integers(0, 400), payloads, max_size=60)
+
+
+def as_stream(table: dict[int, list[Field]]) -> bytes:
+    return stream([row(k, table[k]) for k in sorted(table)])
+
+
+@settings(max_examples=400, deadline=None)
+@given(tables, st.data())
+def test_every_difference_lies_inside_the_located_region(base, data):
+    other = dict(base)
+    for k in data.draw(
+        st.lists(st.sampled_from(sorted(base)), max_size=4) if base else st.just([])
+    ):
+        if data.draw(st.booleans()):
+            other.pop(k, None)
+        else:
+            other[k] = data.draw(payloads)
+    for k in data.draw(st.lists(st.integers(0, 400), max_size=3)):
+        other.setdefault(k, data.draw(payloads))
+    src, tgt = as_stream(base), as_stream(other)
+    region = locate(src, tgt, KEY_OF)
+    differing = {k for k in base.keys() | other.keys() if base.get(k, "x") != other.get(k, "x")}
+    if src == tgt:
+        assert region is None
+        return
+    assert region is not None
+    for k in differing:
+        assert region.after is None or k > region.after[0]
+        assert region.upto is None or k <= region.upto[0]
+    for side in (base, other):
+        inside = [
+            k
+            for k in side
+            if (region.after is None or k > region.after[0])
+            and (region.upto is None or k <= region.upto[0])
+        ]
+        assert len(inside) <= region.rows
+
+
+def test_one_changed_row_in_the_middle_is_pinned_to_it():
+    base = {k: [b"v%d" % k, None] for k in range(1000)}
+    other = dict(base)
+    other[500] = [b"changed", None]
+    region = locate(as_stream(base), as_stream(other), KEY_OF)
+    assert region is not None
+    assert region.after == (499,) and region.upto == (501,) and region.rows == 2
+
+
+def test_missing_first_and_extra_last_rows_leave_the_range_open():
+    base = {k: [b"x"] for k in range(10)}
+    region = locate(as_stream(base), as_stream({k: base[k] for k in range(1, 10)}), KEY_OF)
+    assert region is not None and region.after is None and region.upto == (1,)
+    region = locate(as_stream(base), as_stream({**base, 99: [b"y"]}), KEY_OF)
+    assert region is not None and region.after == (9,) and region.upto is None
+
+
+def test_streams_that_are_not_binary_copy_give_no_region():
+    assert locate(b"abc", b"abd", KEY_OF) is None
+    good = as_stream({1: [b"a"]})
+    assert locate(good, good[:-5], KEY_OF) is None  # torn
+
+
+def test_key_types_read_from_binary():
+    text_uuid = key_reader([1, 0], ["text", "uuid"])
+    assert text_uuid is not None
+    u = uuid.uuid4()
+    s = stream([[u.bytes, "Zürich".encode()]])
+    assert text_uuid(s, 19) == ("Zürich", u)
+    assert key_reader([0], ["numeric"]) is None
+    assert key_reader([], []) is None
+
+
+def test_a_stream_that_does_not_hash_to_its_digest_is_not_used():
+    import xxhash
+
+    a, b = as_stream({1: [b"a"], 2: [b"b"]}), as_stream({1: [b"a"], 2: [b"c"]})
+    da = ChunkDigest(2, xxhash.xxh3_128_intdigest(a), (a[:7], a[7:]))
+    db = ChunkDigest(2, xxhash.xxh3_128_intdigest(b), (b,))
+    region = locate_chunk(da, db, KEY_OF)
+    assert region is not None and region.after == (1,)
+    assert locate_chunk(ChunkDigest(2, 0, (a,)), db, KEY_OF) is None
+    assert locate_chunk(ChunkDigest(2, da.total), db, KEY_OF) is None
+
+
+@given(st.binary(max_size=300), st.binary(max_size=300), st.integers(0, 400))
+def test_common_prefix_and_suffix(a, b, limit):
+    p = 0
+    while p < min(len(a), len(b)) and a[p] == b[p]:
+        p += 1
+    assert common_prefix(a, b) == p
+    s = 0
+    while s < min(len(a), len(b), limit) and a[-1 - s] == b[-1 - s]:
+        s += 1
+    assert common_suffix(a, b, limit) == s
+
+
+@pytest.mark.parametrize("size", [4095, 4096, 4097, 3 * 4096 + 5])
+def test_prefix_and_suffix_across_block_edges(size):
+    a = bytes(range(256)) * (size // 256 + 1)
+    a = a[:size]
+    for at in (0, size // 2, size - 1):
+        b = bytearray(a)
+        b[at] ^= 0xFF
+        assert common_prefix(a, bytes(b)) == at
+        assert common_suffix(a, bytes(b), size) == size - at - 1
