@@ -312,7 +312,7 @@ async def compare_table(
     )
     src_side, tgt_side = PostgresSource(source, sql, mode), PostgresSource(target, sql, mode)
     key_of = src_side.key_of
-    if key_of is not None:
+    if key_of is not None and plan.key_mode == "primary key":  # merging needs unique keys
         machine.locate = functools.partial(locate_chunk, key_of=key_of)
     result = TableResult(
         plan.ref,

@@ -5,13 +5,14 @@ range on both sides", "split this range", "the row hashes of this range", "the r
 these keys") and is fed the answers; :mod:`replverify.pipeline` runs the requests against
 PostgreSQL, tests run them against in-memory sources or scripted answers.
 
-Narrowing: a chunk whose digests (row count + sum of row hashes) match is done. A
-mismatching range larger than ``leaf_rows`` is split into ``split_factor`` parts at keys
-taken from the side that holds more rows, and the parts are digested again together (one
-grouped query per side, not one per part); a small one is
-resolved with its (key, row hash) pairs, and only the rows whose hashes differ are read in
-full and compared column by column. Transfer grows with the number of differences, not
-with the table size.
+Narrowing: a chunk whose digests match is done. When the digests of a mismatching chunk
+say which keys differ (a ``locate`` function given the COPY streams they were hashed
+from, see :mod:`replverify.copyscan`), just those rows are read. Otherwise a range larger
+than ``leaf_rows`` is split into ``split_factor`` parts at keys taken from the side that
+holds more rows, and the parts are digested again together (one grouped query per side);
+a small one is resolved with its (key, row hash) pairs, and only the rows whose hashes
+differ are read in full and compared column by column. Transfer grows with the number of
+differences, not with the table size.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, cast
 
-from .copyscan import Region
 from .plan import KeyRange, split_step
 from .types import Changed, Difference, Extra, Key, Missing
 
@@ -108,9 +108,9 @@ class NeedRows:
 
 Request = NeedDigest | NeedDigests | NeedSplit | NeedBoundary | NeedRowHashes | NeedRows
 RowComparer = Callable[[Row, Row], tuple[str, ...]]
-#: ``locate(source_digest, target_digest)``: where two top-level chunks differ, if the
-#: digests tell (see :mod:`replverify.copyscan`).
-Locator = Callable[[object, object], Region | None]
+#: ``locate(source_digest, target_digest)``: the keys two top-level chunks differ in, when
+#: the digests can tell (see :mod:`replverify.copyscan`), else ``None``.
+Locator = Callable[[object, object], "Sequence[Key] | None"]
 
 
 @dataclass
@@ -239,17 +239,13 @@ class TableComparison:
             self.stats.rows_target += tgt.count
         if src == tgt:
             return []
-        rows = max(src.count, tgt.count)
         if top:
             self.stats.chunks_mismatched += 1
-            region = self.locate(src, tgt) if self.locate else None
-            if region is not None:
+            keys = self.locate(src, tgt) if self.locate else None
+            if keys:
                 self.stats.chunks_located += 1
-                rng = KeyRange(
-                    rng.lo if region.after is None else region.after,
-                    rng.hi if region.upto is None else region.upto,
-                )
-                rows = min(rows, region.rows)
+                return [NeedRows(rng, tuple(keys))]
+        rows = max(src.count, tgt.count)
         if rows <= self.leaf_rows:
             return [NeedRowHashes(rng)]
         side: Side = "source" if src.count >= tgt.count else "target"

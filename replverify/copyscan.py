@@ -1,13 +1,11 @@
-"""Where two chunks' binary COPY streams differ, as a key range (pure, no I/O).
+"""Which rows two chunks' binary COPY streams disagree on, found in the bytes (pure).
 
-A chunk whose COPY bytes differ between the sides usually differs in a row or two. The
-bytes both sides share at the start are the same rows, framed the same way, and so are
-the bytes they share at the end from a point where both sides start a row. The rows that
-can differ lie between: :func:`locate` finds them by walking only the row frames (a
-16-bit field count, then a 32-bit length before each field) and decodes just the keys
-that bound them. Narrowing then starts from that key range instead of reading the chunk
-again, so ten differences in a million rows cost ten short row-hash queries rather than
-ten chunk re-reads.
+A chunk whose COPY bytes differ between the sides usually differs in a row or two.
+Stretches of bytes both sides share are the same rows, framed the same way, so only the
+row frames there are walked (a 16-bit field count, then a 32-bit length before each
+field); where the sides part, the rows' keys are decoded and merged in key order. The
+result is the exact keys that differ, read from the streams already hashed: narrowing a
+mismatching chunk then fetches just those rows instead of reading the chunk again.
 
 Only keys whose binary form is decoded here (integers, text, uuid) take this path; for
 others :func:`key_reader` returns ``None`` and the chunk is narrowed by splitting.
@@ -18,7 +16,7 @@ from __future__ import annotations
 import struct
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Any, cast
 
 import xxhash
 
@@ -46,17 +44,6 @@ _DECODERS: dict[str, FieldDecoder] = {
 
 class MalformedCopy(ValueError):
     """The bytes are not a binary COPY stream of whole rows."""
-
-
-@dataclass(frozen=True)
-class Region:
-    """The rows of a chunk that can differ: keys after ``after`` (``None``: from the
-    chunk's start) up to and including ``upto`` (``None``: to its end); ``rows`` bounds
-    how many rows either side has there."""
-
-    after: Key | None
-    upto: Key | None
-    rows: int
 
 
 def key_reader(positions: Sequence[int], bases: Sequence[str]) -> KeyOf | None:
@@ -107,17 +94,22 @@ def row_end(buf: bytes, pos: int) -> int | None:
 _BLOCK = 4096
 
 
-def common_prefix(a: bytes, b: bytes) -> int:
-    """Length of the longest common prefix: block-wise (bytes comparison is memcmp),
-    then byte-wise inside the first block that differs."""
-    n = min(len(a), len(b))
+def common_prefix(a: bytes, b: bytes, at_a: int = 0, at_b: int = 0) -> int:
+    """Length of the longest common prefix of ``a[at_a:]`` and ``b[at_b:]``: block-wise
+    (bytes comparison is memcmp), then by bisection inside the first block that differs."""
+    n = min(len(a) - at_a, len(b) - at_b)
     i = 0
-    while i + _BLOCK <= n and a[i : i + _BLOCK] == b[i : i + _BLOCK]:
+    while i + _BLOCK <= n and a[at_a + i : at_a + i + _BLOCK] == b[at_b + i : at_b + i + _BLOCK]:
         i += _BLOCK
-    end = min(i + _BLOCK, n)
-    while i < end and a[i] == b[i]:
-        i += 1
-    return min(i, n)
+    # binary search inside the block: a dozen slice comparisons, not a byte loop
+    lo, hi = 0, max(min(_BLOCK, n - i), 0)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[at_a + i : at_a + i + mid] == b[at_b + i : at_b + i + mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return max(i + lo, 0)
 
 
 def common_suffix(a: bytes, b: bytes, limit: int) -> int:
@@ -127,15 +119,19 @@ def common_suffix(a: bytes, b: bytes, limit: int) -> int:
     i = 0
     while i + _BLOCK <= n and a[la - i - _BLOCK : la - i] == b[lb - i - _BLOCK : lb - i]:
         i += _BLOCK
-    end = min(i + _BLOCK, n)
-    while i < end and a[la - i - 1] == b[lb - i - 1]:
-        i += 1
-    return min(i, n)
+    lo, hi = 0, min(_BLOCK, n - i)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[la - i - mid : la - i] == b[lb - i - mid : lb - i]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return i + lo
 
 
-def locate_chunk(src: object, tgt: object, key_of: KeyOf) -> Region | None:
-    """:func:`locate` on the streams two ``copy`` digests carry, or ``None`` when either
-    carries none. A stream is used only if it still hashes to its digest."""
+def locate_chunk(src: object, tgt: object, key_of: KeyOf) -> list[Key] | None:
+    """:func:`differing_keys` of the streams two ``copy`` digests carry, or ``None`` when
+    either carries none. A stream is used only if it still hashes to its digest."""
     if not (isinstance(src, ChunkDigest) and isinstance(tgt, ChunkDigest)):
         return None
     if not (src.stream and tgt.stream):
@@ -143,51 +139,65 @@ def locate_chunk(src: object, tgt: object, key_of: KeyOf) -> Region | None:
     a, b = b"".join(src.stream), b"".join(tgt.stream)
     if xxhash.xxh3_128_intdigest(a) != src.total or xxhash.xxh3_128_intdigest(b) != tgt.total:
         return None
-    return locate(a, b, key_of)
+    return differing_keys(a, tgt=b, key_of=key_of)
 
 
-def locate(src: bytes, tgt: bytes, key_of: KeyOf) -> Region | None:
-    """The key range outside which the two chunks' rows are byte-for-byte the same, or
-    ``None`` when the streams are equal or cannot be read as binary COPY."""
+def differing_keys(src: bytes, tgt: bytes, key_of: KeyOf) -> list[Key] | None:
+    """Keys of the rows that differ between two key-ordered COPY streams of unique keys
+    (in one side only, or in both with other bytes), in key order; ``None`` when the
+    streams cannot be read as binary COPY."""
     try:
-        return _locate(src, tgt, key_of)
+        return _differing_keys(src, tgt, key_of)
     except (struct.error, MalformedCopy, UnicodeDecodeError, ValueError):
         return None
 
 
-def _locate(src: bytes, tgt: bytes, key_of: KeyOf) -> Region | None:
+def _differing_keys(src: bytes, tgt: bytes, key_of: KeyOf) -> list[Key]:
     start = body_start(src)
-    if src == tgt or body_start(tgt) != start or src[:start] != tgt[:start]:
-        return None
-    same = common_prefix(src, tgt)
-    # Rows wholly inside the common prefix are framed alike on both sides: walk them once.
-    pos, last = start, None
-    while True:
-        end = row_end(src, pos)
-        if end is None or end > same:
-            break
-        last, pos = pos, end
-    after = None if last is None else key_of(src, last)
-    # From ``pos`` (a row start on both sides) walk each side until both stand at a row
-    # start with equally many bytes left, all inside the common suffix: from there on the
-    # rows are identical.
-    tail = common_suffix(src, tgt, min(len(src), len(tgt)) - pos)
-    a = b = pos
-    rows_a = rows_b = 0
-    while True:
-        left_a, left_b = len(src) - a, len(tgt) - b
-        if left_a == left_b and left_a <= tail:
-            break
-        if left_a >= left_b:
+    if body_start(tgt) != start or src[:start] != tgt[:start]:
+        raise MalformedCopy("the streams' headers differ")
+    len_a, len_b = len(src), len(tgt)
+    # Once both sides stand at a row start with equally many bytes left, all of them in
+    # the common suffix, the rest is the same rows on both sides.
+    tail = common_suffix(src, tgt, min(len_a, len_b) - start)
+    keys: list[Key] = []
+    a = b = start
+    while not (len_a - a == len_b - b and len_a - a <= tail):
+        # Rows wholly inside an identical stretch are the same rows, framed alike on both
+        # sides: walk their frames on one side only.
+        same = common_prefix(src, tgt, a, b)
+        end = row_end(src, a)
+        while end is not None and end - a <= same:
+            same -= end - a
+            a, b = end, b + (end - a)
+            if len_a - a == len_b - b and len_a - a <= tail:
+                return keys
             end = row_end(src, a)
-            if end is None:
-                raise MalformedCopy("source trailer reached before the streams met")
-            a, rows_a = end, rows_a + 1
-        if left_b >= left_a:
-            end = row_end(tgt, b)
-            if end is None:
-                raise MalformedCopy("target trailer reached before the streams met")
-            b, rows_b = end, rows_b + 1
-    at_trailer = row_end(src, a) is None
-    upto = None if at_trailer else key_of(src, a)
-    return Region(after, upto, max(rows_a, rows_b) + (0 if at_trailer else 1))
+        # ``a`` and ``b`` start rows that differ, or one side is at its trailer: merge by
+        # key (ints, code points and uuid bytes order as the servers' COPY did).
+        end_b = row_end(tgt, b)
+        if end is None and end_b is None:
+            raise MalformedCopy("both trailers reached before the streams met")
+        if end_b is None:
+            assert end is not None
+            keys.append(key_of(src, a))
+            a = end
+        elif end is None:
+            keys.append(key_of(tgt, b))
+            b = end_b
+        else:
+            ka, kb = key_of(src, a), key_of(tgt, b)
+            if ka == kb:
+                keys.append(ka)
+                a, b = end, end_b
+            elif _before(ka, kb):
+                keys.append(ka)
+                a = end
+            else:
+                keys.append(kb)
+                b = end_b
+    return keys
+
+
+def _before(x: Key, y: Key) -> bool:
+    return cast("tuple[Any, ...]", x) < cast("tuple[Any, ...]", y)

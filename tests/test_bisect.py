@@ -261,19 +261,16 @@ async def test_boundary_walk_stays_a_few_chunks_ahead():
     assert most <= 4 * 2 + 2 + 1  # queued chunks + running + the walk
 
 
-def test_a_located_mismatch_is_narrowed_to_its_region_without_splitting():
-    from replverify.copyscan import Region
-
+def test_a_located_mismatch_reads_just_the_differing_rows():
     m = TableComparison(
-        compare_cols,
-        chunk_rows=10_000,
-        walk_boundaries=False,
-        locate=lambda s, t: Region((499,), (501,), 2),
+        compare_cols, chunk_rows=10_000, walk_boundaries=False, locate=lambda s, t: [(500,)]
     )
     (split,) = m.start()
     (digest,) = m.feed(split, [])
-    (hashes,) = m.feed(digest, (ChunkDigest(10_000, 1), ChunkDigest(10_000, 2)))
-    assert isinstance(hashes, NeedRowHashes) and hashes.range == KeyRange((499,), (501,))
+    (rows,) = m.feed(digest, (ChunkDigest(10_000, 1), ChunkDigest(10_000, 2)))
+    assert isinstance(rows, NeedRows) and rows.keys == ((500,),) and rows.range == KeyRange()
+    assert m.feed(rows, ({(500,): ("a", 1)}, {(500,): ("a", 2)})) == []
+    assert m.differences == [Changed((500,), ("c1",))]
     assert m.stats.chunks_located == 1 and m.stats.chunks_mismatched == 1
 
 

@@ -13,8 +13,8 @@ from replverify.copyscan import (
     SIGNATURE,
     common_prefix,
     common_suffix,
+    differing_keys,
     key_reader,
-    locate,
     locate_chunk,
 )
 from replverify.hashing import ChunkDigest
@@ -48,60 +48,53 @@ def as_stream(table: dict[int, list[Field]]) -> bytes:
     return stream([row(k, table[k]) for k in sorted(table)])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(tables, st.data())
-def test_every_difference_lies_inside_the_located_region(base, data):
+def test_exactly_the_differing_keys_are_found(base, data):
     other = dict(base)
-    for k in data.draw(
-        st.lists(st.sampled_from(sorted(base)), max_size=4) if base else st.just([])
-    ):
+    keys = sorted(base)
+    for k in data.draw(st.lists(st.sampled_from(keys), max_size=6) if keys else st.just([])):
         if data.draw(st.booleans()):
             other.pop(k, None)
         else:
             other[k] = data.draw(payloads)
-    for k in data.draw(st.lists(st.integers(0, 400), max_size=3)):
+    for k in data.draw(st.lists(st.integers(0, 400), max_size=4)):
         other.setdefault(k, data.draw(payloads))
-    src, tgt = as_stream(base), as_stream(other)
-    region = locate(src, tgt, KEY_OF)
-    differing = {k for k in base.keys() | other.keys() if base.get(k, "x") != other.get(k, "x")}
-    if src == tgt:
-        assert region is None
-        return
-    assert region is not None
-    for k in differing:
-        assert region.after is None or k > region.after[0]
-        assert region.upto is None or k <= region.upto[0]
-    for side in (base, other):
-        inside = [
-            k
-            for k in side
-            if (region.after is None or k > region.after[0])
-            and (region.upto is None or k <= region.upto[0])
-        ]
-        assert len(inside) <= region.rows
+    expected = sorted(
+        k for k in base.keys() | other.keys() if base.get(k, "gone") != other.get(k, "gone")
+    )
+    found = differing_keys(as_stream(base), as_stream(other), KEY_OF)
+    assert found == [(k,) for k in expected]
 
 
-def test_one_changed_row_in_the_middle_is_pinned_to_it():
+def test_one_changed_row_in_the_middle():
     base = {k: [b"v%d" % k, None] for k in range(1000)}
-    other = dict(base)
-    other[500] = [b"changed", None]
-    region = locate(as_stream(base), as_stream(other), KEY_OF)
-    assert region is not None
-    assert region.after == (499,) and region.upto == (501,) and region.rows == 2
+    other = {**base, 500: [b"changed", None]}
+    assert differing_keys(as_stream(base), as_stream(other), KEY_OF) == [(500,)]
 
 
-def test_missing_first_and_extra_last_rows_leave_the_range_open():
+def test_rows_missing_at_either_end_and_everything_different():
     base = {k: [b"x"] for k in range(10)}
-    region = locate(as_stream(base), as_stream({k: base[k] for k in range(1, 10)}), KEY_OF)
-    assert region is not None and region.after is None and region.upto == (1,)
-    region = locate(as_stream(base), as_stream({**base, 99: [b"y"]}), KEY_OF)
-    assert region is not None and region.after == (9,) and region.upto is None
+    assert differing_keys(
+        as_stream(base), as_stream({k: base[k] for k in range(1, 10)}), KEY_OF
+    ) == [(0,)]
+    assert differing_keys(as_stream(base), as_stream({**base, 99: [b"y"]}), KEY_OF) == [(99,)]
+    assert differing_keys(as_stream(base), as_stream({}), KEY_OF) == [(k,) for k in range(10)]
+    other = {k: [b"y"] for k in range(10)}
+    assert differing_keys(as_stream(base), as_stream(other), KEY_OF) == [(k,) for k in range(10)]
+    assert differing_keys(as_stream(base), as_stream(base), KEY_OF) == []
 
 
-def test_streams_that_are_not_binary_copy_give_no_region():
-    assert locate(b"abc", b"abd", KEY_OF) is None
-    good = as_stream({1: [b"a"]})
-    assert locate(good, good[:-5], KEY_OF) is None  # torn
+def test_negative_keys_merge_in_numeric_order():
+    base = {k: [b"x"] for k in range(-5, 5)}
+    other = {k: v for k, v in base.items() if k != -3}
+    assert differing_keys(as_stream(base), as_stream(other), KEY_OF) == [(-3,)]
+
+
+def test_streams_that_are_not_binary_copy_give_none():
+    assert differing_keys(b"abc", b"abd", KEY_OF) is None
+    good = as_stream({1: [b"a"], 2: [b"b"]})
+    assert differing_keys(good, good[:-9], KEY_OF) is None  # torn
 
 
 def test_key_types_read_from_binary():
@@ -120,8 +113,7 @@ def test_a_stream_that_does_not_hash_to_its_digest_is_not_used():
     a, b = as_stream({1: [b"a"], 2: [b"b"]}), as_stream({1: [b"a"], 2: [b"c"]})
     da = ChunkDigest(2, xxhash.xxh3_128_intdigest(a), (a[:7], a[7:]))
     db = ChunkDigest(2, xxhash.xxh3_128_intdigest(b), (b,))
-    region = locate_chunk(da, db, KEY_OF)
-    assert region is not None and region.after == (1,)
+    assert locate_chunk(da, db, KEY_OF) == [(2,)]
     assert locate_chunk(ChunkDigest(2, 0, (a,)), db, KEY_OF) is None
     assert locate_chunk(ChunkDigest(2, da.total), db, KEY_OF) is None
 
