@@ -104,8 +104,22 @@ R = TypeVar("R")
 def renderers(
     text: Callable[[R], str], as_dict: Callable[[R], dict[str, Any]], markdown: Callable[[R], str]
 ) -> dict[str, Callable[[R], str]]:
-    """The ``--format`` choices of one report kind: text, JSON of ``as_dict``, Markdown."""
-    return {"text": text, "json": lambda r: to_json(as_dict(r)), "markdown": markdown}
+    """The ``--format`` choices of one report kind: text, JSON of ``as_dict``, Markdown,
+    and a self-contained HTML page."""
+    return {
+        "text": text,
+        "json": lambda r: to_json(as_dict(r)),
+        "markdown": markdown,
+        "html": html_page,
+    }
+
+
+def html_page(report: object) -> str:
+    """Any report as one self-contained HTML page (:mod:`replverify.report_html`)."""
+    # Imported here: report_html builds on this module's helpers.
+    from .report_html import to_html
+
+    return to_html(report)
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -163,30 +177,47 @@ def diff_to_text(report: DiffReport) -> str:
             out.append(f"    … and {hidden:,} more (use --format json, --max-diffs)")
     for note in report.notes:
         out.append(f"note: {note}")
+    out += [f"{name}: {value}" for name, value in diff_facts(report)]
+    out += ["", diff_verdict(report)]
+    return "\n".join(out) + "\n"
+
+
+def diff_facts(report: DiffReport) -> list[tuple[str, str]]:
+    """(name, value) lines about the run: digest width and miss chance, lag of a standby."""
+    out = []
     bits = sorted({t.digest_bits for t in report.tables})
     if bits:
         out.append(
-            f"digests: {'/'.join(map(str, bits))}-bit; chance that a difference hid in a "
-            f"collision: at most {miss_probability(report):.0e}"
+            (
+                "digests",
+                f"{'/'.join(map(str, bits))}-bit; chance that a difference hid in a "
+                f"collision: at most {miss_probability(report):.0e}",
+            )
         )
     for when, lag in report.lag.items():
         out.append(
-            f"lag at {when}: {lag['lag_seconds']} s, {lag['lag_bytes']:,} bytes ({lag['method']})"
+            (
+                f"lag at {when}",
+                f"{lag['lag_seconds']} s, {lag['lag_bytes']:,} bytes ({lag['method']})",
+            )
         )
+    return out
+
+
+def diff_verdict(report: DiffReport) -> str:
+    """The verdict line that ends the text report."""
     total = sum(t.differences_total for t in report.tables)
     rows = sum(rows_compared(t) for t in report.tables)
     differing = sum(not t.consistent for t in report.tables)
-    out.append("")
     if not report.complete:
         verdict = "INCOMPLETE"
     else:
         verdict = "CONSISTENT" if report.status == "consistent" else "DIFFERENT"
-    out.append(
+    return (
         f"{verdict}: {len(report.tables)} table{'s' if len(report.tables) != 1 else ''},"
         f" {differing} differing, {total:,} difference{'s' if total != 1 else ''}"
         f" in {rows:,} rows ({report.elapsed_s:.2f} s)"
     )
-    return "\n".join(out) + "\n"
 
 
 # -- Markdown -----------------------------------------------------------------------------
@@ -621,10 +652,14 @@ def reconcile_to_text(report: ReconcileReport) -> str:
             out.append(f"… and {len(items) - SHOWN_FINDINGS:,} more {title} (--format json)")
     for note in report.notes:
         out.append(f"note: {note}")
-    out.append("")
-    verdict = "LOSS" if report.status == "loss" else "NO LOSS"
-    out.append(f"{verdict}: {_tally(report)} ({report.elapsed_s:.2f} s)")
+    out += ["", reconcile_verdict(report)]
     return "\n".join(out) + "\n"
+
+
+def reconcile_verdict(report: ReconcileReport) -> str:
+    """The verdict line that ends the text report."""
+    verdict = "LOSS" if report.status == "loss" else "NO LOSS"
+    return f"{verdict}: {_tally(report)} ({report.elapsed_s:.2f} s)"
 
 
 def reconcile_to_markdown(report: ReconcileReport) -> str:

@@ -268,13 +268,16 @@ def _file_line(d: Any) -> str:
     return f"{d.kind:<10} {d.path}{side}{reason}"
 
 
+def files_verdict(r: FilesReport) -> str:
+    """``identical``, or how many entries differ in which way."""
+    if r.status == "identical":
+        return "identical"
+    return ", ".join(f"{v} {k}" for k, v in r.counts().items() if v)
+
+
 def files_to_text(r: FilesReport) -> str:
-    c = r.counts()
-    verdict = (
-        "identical" if r.status == "identical" else ", ".join(f"{v} {k}" for k, v in c.items() if v)
-    )
     out = [
-        f"{r.dir_a} vs {r.dir_b}: {verdict}",
+        f"{r.dir_a} vs {r.dir_b}: {files_verdict(r)}",
         f"{r.files_a} entries in A, {r.files_b} in B; {r.compared} files compared, "
         f"{r.hashed} hashed ({r.bytes_read:,} bytes read), {r.symlinks} symlinks "
         f"(compared by target, not followed)",
