@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import signal
 import sys
 import time
@@ -26,7 +28,7 @@ from .types import DiffReport, TableRef
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-FORMATS = click.Choice(["text", "json", "markdown"])
+FORMATS = click.Choice(["text", "json", "markdown", "html"])
 
 
 def output_options(f: F) -> F:
@@ -37,19 +39,88 @@ def output_options(f: F) -> F:
         help="Write the report to FILE instead of standard output.",
     )(f)
     f = click.option(
-        "--format", "fmt", type=FORMATS, default="text", show_default=True, help="Report format."
+        "--format",
+        "fmt",
+        type=FORMATS,
+        default="text",
+        show_default=True,
+        help="Report format; html is one self-contained page (no scripts, nothing loaded).",
     )(f)
     return f
 
 
 def emit(text: str, output: str | None) -> None:
+    """Write a rendered report to ``output`` or standard output; the text format gets its
+    verdicts coloured on a terminal (see :func:`use_color`)."""
     if output:
         try:
             Path(output).write_text(text, encoding="utf-8")
         except OSError as e:
             raise click.FileError(output, hint=e.strerror) from None
+        return
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.params.get("fmt", "text") == "text" and use_color():
+        click.echo(colorize(text), nl=False, color=True)
     else:
         click.echo(text, nl=False)
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def use_color() -> bool:
+    """Colour only for a terminal, and never when NO_COLOR is set to anything (no-color.org)."""
+    return not os.environ.get("NO_COLOR") and stdout_is_terminal()
+
+
+_GREEN, _RED, _YELLOW = "green", "red", "yellow"
+_MISMATCHED = r"\([\d,]+ mismatched\)  "
+#: The verdicts of the text reports (report.py, report_ops.py) and their colours: green
+#: verified, red a problem found, yellow could not tell. A pattern with a group ``v``
+#: colours that group; one without colours (and bolds) the whole line, a report's summary.
+VERDICT_COLORS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), color)
+    for pattern, color in (
+        (r"^(?:CONSISTENT|WITHIN RPO|NO LOSS|SAFE to switch): ", _GREEN),
+        (r"^(?:DIFFERENT|RPO EXCEEDED|LOSS|NOT SAFE): ", _RED),
+        (r"^(?:INCOMPLETE|UNKNOWN): ", _YELLOW),
+        (r"^failback: nothing on the old primary is missing", _GREEN),
+        (r"^failback: \d+ old-only", _RED),
+        (r"^health of .*: (?P<v>ok)$", _GREEN),
+        (r"^health of .*: (?P<v>problem)$", _RED),
+        (r"^health of .*: (?P<v>unknown)$", _YELLOW),
+        (r"^(?P<v>ok)    ", _GREEN),
+        (r"^(?P<v>fail)  ", _RED),
+        (r"^(?P<v>warn)  ", _YELLOW),
+        (r" vs .*: (?P<v>identical)$", _GREEN),
+        (r" vs .*: (?P<v>(?:\d+ (?:missing|extra|changed|unreadable)(?:, )?)+)$", _RED),
+        (_MISMATCHED + r"(?P<v>ok)$", _GREEN),
+        (_MISMATCHED + r"(?P<v>[\d,]+ differences?|schema differs)$", _RED),
+        (_MISMATCHED + r"(?P<v>NOT VERIFIED|[\d,]+ rows not verified .*)$", _YELLOW),
+        (r"^(?P<v>lost|conflict) +\S+ #\d+  ", _RED),
+        (r"^(?P<v>in doubt) +\S+ #\d+  ", _YELLOW),
+    )
+)
+
+
+def colorize(text: str) -> str:
+    """``text`` (a text report) with its verdicts coloured by ANSI codes; nothing else
+    changes, so the renderers stay plain."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        for pattern, color in VERDICT_COLORS:
+            m = pattern.search(line)
+            if m is None:
+                continue
+            if "v" in pattern.groupindex:
+                start, end = m.span("v")
+                word = click.style(line[start:end], fg=color)
+                lines[i] = line[:start] + word + line[end:]
+            else:
+                lines[i] = click.style(line, fg=color, bold=True)
+            break
+    return "\n".join(lines)
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -92,17 +163,144 @@ class ProgressLine:
             click.echo("\r\033[K", err=True, nl=False)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def fail(error: ReplverifyError) -> None:
+    """Report ``error`` in one line (plus its hint) on stderr and exit with its code."""
+    click.echo(f"replverify: error: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+class ReplverifyGroup(click.Group):
+    """The ``replverify`` group: an error of ours that no command handles itself (a bad
+    configuration file, an unset ``${VAR}`` of the profile, a metrics port in use) is one
+    line on stderr and its exit code (2), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ReplverifyError as e:
+            fail(e)
+
+
+def config_key(param: click.Parameter) -> str:
+    """The key of ``param`` in a profile: an option's long name with ``_`` for ``-``
+    (``--chunk-rows``: ``chunk_rows``, ``--format``: ``format``), an argument's name,
+    and for a repeatable option its parameter name (``-t/--table``: ``tables``)."""
+    assert param.name is not None
+    if isinstance(param, click.Option) and not param.multiple:
+        longs = [o for o in param.opts if o.startswith("--")]
+        if longs:
+            return longs[0][2:].replace("-", "_")
+    return param.name
+
+
+#: Profile keys that mean different things in different commands: only in a command's
+#: own table. (``fence = true`` meant for diff's fenced reads must not make gate fence
+#: the source.)
+CONFIG_COMMAND_ONLY = frozenset({"fence", "replay_sql"})
+
+
+def config_schema(group: click.Group) -> dict[str, dict[str, Any]]:
+    """What each command accepts in a profile, from its click parameters (one list of
+    options: the CLI's)."""
+    from .config import Kind, Param
+
+    def describe(p: click.Parameter) -> Param:
+        assert p.name is not None
+        t = p.type
+        kind: Kind
+        if isinstance(t, click.types.BoolParamType):
+            kind = "bool"
+        elif isinstance(t, click.types.IntParamType):
+            kind = "int"
+        elif isinstance(t, click.types.FloatParamType):
+            kind = "float"
+        else:
+            kind = "str"
+
+        def check(value: object) -> str | None:
+            try:
+                t.convert(value, p, None)
+            except click.BadParameter as e:
+                return e.message.rstrip(".")
+            return None
+
+        choices = tuple(map(str, t.choices)) if isinstance(t, click.Choice) else ()
+        numeric = kind in ("int", "float")
+        shared = config_key(p) not in CONFIG_COMMAND_ONLY
+        return Param(p.name, kind, p.multiple, choices, check if numeric else None, shared)
+
+    return {
+        name: {config_key(p): describe(p) for p in command.params if p.name}
+        for name, command in group.commands.items()
+    }
+
+
+def profile_defaults(
+    group: click.Group, profile: str, config_file: str | None
+) -> dict[str, dict[str, object]]:
+    """``ctx.default_map`` for ``profile``: per command, per parameter, the value; one
+    that names ``${VAR}`` is given as a callable, which click calls only for what the
+    command line leaves out, so an unset variable matters only when its value is used."""
+    from .config import CONFIG_ENV, CONFIG_FILE, discover, load
+    from .errors import ConfigError
+
+    path = Path(config_file) if config_file else discover()
+    if path is None:
+        raise ConfigError(
+            f"--profile {profile}: no {CONFIG_FILE} in the current directory; "
+            f"name the file with --config FILE or ${CONFIG_ENV}"
+        )
+    chosen = load(path, config_schema(group)).profile(profile)
+    return {
+        command: {
+            name: value if value.refers else value.resolve() for name, value in values.items()
+        }
+        for command, values in chosen.commands.items()
+    }
+
+
+@click.group(
+    cls=ReplverifyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="replverify")
-def main() -> None:
+@click.option(
+    "--profile",
+    metavar="NAME",
+    envvar="REPLVERIFY_PROFILE",
+    show_envvar=True,
+    help="Take DSNs and option values from profile NAME of the configuration file; "
+    "what the command line gives overrides them.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    envvar="REPLVERIFY_CONFIG",
+    show_envvar=True,
+    help="The configuration file of --profile.  [default: ./replverify.toml]",
+)
+@click.pass_context
+def main(ctx: click.Context, profile: str | None, config_file: str | None) -> None:
     """Verify PostgreSQL replication and find exactly the data a failover lost.
 
     DSNs are libpq URLs (postgresql://user@host:port/db) or key=value strings; the
     standard PG* environment variables apply. Passwords never appear in output.
 
+    With --profile NAME, DSNs and options come from [profiles.NAME] of replverify.toml
+    (see README, Configuration); the command line overrides them.
+
     Exit codes: 0 verified, 1 differences found, 2 trouble (bad arguments, unreachable
     server, something that could not be checked).
     """
+    if profile is not None:
+        ctx.default_map = profile_defaults(main, profile, config_file)
+    elif ctx.get_parameter_source("config_file") is click.core.ParameterSource.COMMANDLINE:
+        from .config import load
+        from .errors import ConfigError
+
+        names = ", ".join(sorted(load(config_file or "", config_schema(main)).profiles))
+        raise ConfigError(f"--config {config_file}: choose a profile with --profile ({names})")
 
 
 def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
@@ -307,8 +505,26 @@ def demo(keep: bool, rows: int) -> None:
 @click.option(
     "--watch", is_flag=True, help="Sample until Ctrl-C, one line per sample, then the summary."
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics at http://ADDR:PORT/metrics while sampling. Implies "
+    "--watch; a lost connection is counted and retried instead of ending the run. 0 picks "
+    "a free port (the URL is printed on stderr). Needs: pip install 'replverify[metrics]'.",
+)
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDR",
+    help="Address the metrics endpoint listens on (with --metrics-port); 0.0.0.0 or :: "
+    "exposes it beyond this host.",
+)
 @output_options
+@click.pass_context
 def lag(
+    ctx: click.Context,
     source: str,
     target: str,
     samples: int | None,
@@ -316,6 +532,8 @@ def lag(
     rpo: float | None,
     heartbeat: bool,
     watch: bool,
+    metrics_port: int | None,
+    metrics_addr: str,
     fmt: str,
     output: str | None,
 ) -> None:
@@ -326,22 +544,59 @@ def lag(
     replayed (0 on a caught-up pair, however long ago the last commit was). The target
     must be a physical standby of the source, or use --heartbeat. Exit 0 when within
     --rpo (or no --rpo), 1 when it was exceeded, 2 when lag could not be measured.
+
+    With --metrics-port the lag is also served to Prometheus (replverify_lag_seconds,
+    replverify_lag_bytes, replverify_within_rpo, ...; see README, Lag).
     """
+    from .metrics import LagMetrics, MetricsServer, serve
+
+    if metrics_port is None and (
+        ctx.get_parameter_source("metrics_addr") is click.core.ParameterSource.COMMANDLINE
+    ):
+        raise click.BadOptionUsage("metrics_addr", "--metrics-addr needs --metrics-port", ctx)
+    metrics: LagMetrics | None = None
+    server: MetricsServer | None = None
+    if metrics_port is not None:
+        watch = True
+        # Errors (prometheus-client missing, port in use) exit 2 through ReplverifyGroup.
+        metrics = LagMetrics(source, target, rpo=rpo)
+        server = serve(metrics, addr=metrics_addr, port=metrics_port)
+        click.echo(f"replverify: serving metrics at {server.url}", err=True)
     count = samples if samples is not None else (None if watch else 5)
     on_sample = None
     if watch:
         to_stderr = fmt != "text" or output is not None
 
         def on_sample(sample: LagSample) -> None:
+            if metrics is not None:
+                metrics.observe(sample)
             click.echo(lag_sample_line(sample), err=to_stderr)
 
-    report = run_async(
-        _lag_until_interrupt(
-            source, target, count, interval, rpo, heartbeat, on_sample, stop_on_sigint=watch
-        )
-    )
+    failures: list[ReplverifyError] = []
+    on_failure = None
+    if metrics is not None:
+        exporter = metrics
+
+        def on_failure(error: ReplverifyError, retry_in: float) -> None:
+            failures.append(error)
+            exporter.failed()
+            click.echo(
+                f"replverify: sampling failed, retrying in {retry_in:g} s: {error.message}",
+                err=True,
+            )
+
+    try:
+        lagging = _lag_until_interrupt(
+            source, target, count, interval, rpo, heartbeat, on_sample,
+            stop_on_sigint=watch, on_failure=on_failure,
+        )  # fmt: skip
+        report = run_async(lagging)
+    finally:
+        if server is not None:
+            server.close()
     emit(LAG_RENDERERS[fmt](report), output)
-    sys.exit(lag_exit_code(report))
+    # Lag was not measured while sampling failed: never 0 then.
+    sys.exit(EXIT_TROUBLE if failures else lag_exit_code(report))
 
 
 async def _lag_until_interrupt(
@@ -354,9 +609,11 @@ async def _lag_until_interrupt(
     on_sample: Callable[[LagSample], None] | None,
     *,
     stop_on_sigint: bool,
+    on_failure: Callable[[ReplverifyError, float], None] | None = None,
 ) -> LagReport:
     """``measure_lag``; with ``stop_on_sigint`` a first Ctrl-C ends sampling and keeps the
-    summary, a second one interrupts at once (exit 130)."""
+    summary, a second one interrupts at once (exit 130). With ``on_failure``, see
+    :func:`_measure_retrying`."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled = False
@@ -370,6 +627,10 @@ async def _lag_until_interrupt(
             loop.add_signal_handler(signal.SIGINT, first_interrupt)
             handled = True
     try:
+        if on_failure is not None:
+            return await _measure_retrying(
+                source, target, samples, interval, rpo, heartbeat, on_sample, stop, on_failure
+            )
         return await measure_lag(
             source,
             target,
@@ -383,6 +644,73 @@ async def _lag_until_interrupt(
     finally:
         if handled:
             loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _measure_retrying(
+    source: str,
+    target: str,
+    samples: int | None,
+    interval: float,
+    rpo: float | None,
+    heartbeat: bool,
+    on_sample: Callable[[LagSample], None] | None,
+    stop: asyncio.Event,
+    on_failure: Callable[[ReplverifyError, float], None],
+) -> LagReport:
+    """``measure_lag`` that outlives an unreachable server or a lost connection, for a
+    metrics exporter that must keep serving: each failure goes to ``on_failure(error,
+    pause)``, and sampling starts again after ``pause`` (the interval, doubled while
+    failures follow each other, at most 30 s) until ``samples`` are taken or ``stop`` is
+    set. Bad arguments, or a target that is not a standby, still end the run.
+
+    The report holds the samples of every attempt and a note of the failures. Stopped
+    while failing, there is no report: the last error is raised.
+    """
+    from dataclasses import replace
+
+    from .errors import ConnectError, ServerError
+
+    taken: list[LagSample] = []
+
+    def record(sample: LagSample) -> None:
+        taken.append(sample)
+        if on_sample is not None:
+            on_sample(sample)
+
+    failed: list[ReplverifyError] = []
+    streak = 0
+    while True:
+        before = len(taken)
+        try:
+            report = await measure_lag(
+                source,
+                target,
+                samples=None if samples is None else samples - len(taken),
+                interval=interval,
+                rpo=rpo,
+                heartbeat=heartbeat,
+                on_sample=record,
+                stop=stop,
+            )
+            break
+        except (ConnectError, ServerError) as e:
+            if samples is not None and len(taken) >= samples:
+                raise
+            failed.append(e)
+            streak = 1 if len(taken) > before else streak + 1
+            pause = min(interval * 2 ** (streak - 1), 30.0)
+            on_failure(e, pause)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            if stop.is_set():
+                raise
+    if not failed:
+        return report
+    note = (
+        f"{len(failed)} attempt(s) to sample failed and were retried; lag is unknown for "
+        f"those times; the last failure: {failed[-1].message}"
+    )
+    return replace(report, samples=tuple(taken), notes=(*report.notes, note))
 
 
 def lag_exit_code(report: LagReport) -> int:

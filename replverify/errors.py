@@ -5,13 +5,17 @@
     ReplverifyError                 exit 2 unless it says otherwise
     ├── UsageError                  the user asked for something wrong (bad option, bad DSN,
     │   │                           unknown table, a --where that is not one predicate)
-    │   └── JournalError            a bad journal line (carries the line number)
+    │   ├── JournalError            a bad journal line (carries the line number)
+    │   └── ConfigError             a bad configuration file or profile (names the file
+    │                               and the key)
     ├── ConnectError                a server could not be reached or refused the login
     ├── ServerError                 the server refused a statement (keeps the SQLSTATE and
     │                               chains the asyncpg exception)
     ├── SchemaError                 the two sides cannot be compared (no common key, ...)
     ├── ClusterError                the local test/demo clusters could not be started
-    └── FailoverError               both endpoints of a FailoverPool failed
+    ├── FailoverError               both endpoints of a FailoverPool failed
+    └── MetricsError                the Prometheus endpoint could not be served (package
+                                    missing, port in use)
 
 A *difference* is never an exception: it is a result (see :mod:`replverify.types`).
 Exit codes live in one place, :data:`EXIT_OK`, :data:`EXIT_DIFFERENT`, :data:`EXIT_TROUBLE`.
@@ -53,6 +57,10 @@ class JournalError(UsageError):
         self.line = line
 
 
+class ConfigError(UsageError):
+    """A configuration file or profile is wrong; the message names the file and the key."""
+
+
 class ConnectError(ReplverifyError):
     """A server could not be reached, or refused the login."""
 
@@ -75,3 +83,7 @@ class ClusterError(ReplverifyError):
 
 class FailoverError(ReplverifyError):
     """Both endpoints of a failover pool failed."""
+
+
+class MetricsError(ReplverifyError):
+    """The metrics endpoint could not be served (prometheus-client missing, port in use)."""

@@ -21,3 +21,11 @@ def test_every_command_and_option_is_in_the_readme(name):
             longs = [o for o in param.opts + param.secondary_opts if o.startswith("--")]
             assert any(o in README for o in longs), f"{name} {longs} is not documented"
             assert param.help, f"{name} {longs} has no --help text"
+
+
+def test_every_option_of_the_group_is_in_the_readme():
+    for param in main.params:
+        if isinstance(param, click.Option):
+            longs = [o for o in param.opts + param.secondary_opts if o.startswith("--")]
+            assert any(o in README for o in longs), f"replverify {longs} is not documented"
+            assert param.help, f"replverify {longs} has no --help text"
