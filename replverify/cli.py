@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -179,6 +180,18 @@ class ReplverifyGroup(click.Group):
             return super().invoke(ctx)
         except ReplverifyError as e:
             fail(e)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception:
+            # A bug, not a user mistake: keep the traceback for the report, and exit 2
+            # (Python's default 1 would read as "differences found").
+            traceback.print_exc()
+            click.echo(
+                "replverify: internal error: this is a bug in replverify; please report it "
+                "with the traceback above",
+                err=True,
+            )
+            sys.exit(EXIT_TROUBLE)
 
 
 def config_key(param: click.Parameter) -> str:

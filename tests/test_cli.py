@@ -116,3 +116,19 @@ def test_version_and_help():
         "--output",
     ):
         assert option in help_text
+
+
+def test_an_internal_error_exits_2_not_1(monkeypatch, tmp_path):
+    """A bug must never read as "differences found" (exit 1)."""
+    from replverify import files as files_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(files_module, "compare_trees", broken)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    result = CliRunner().invoke(main, ["files", str(a), str(b)])
+    assert result.exit_code == 2
+    assert "internal error" in result.output and "boom" in result.output
