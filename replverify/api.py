@@ -21,7 +21,7 @@ from . import catalog
 from .align import TablePlan, plan_table
 from .bisect import TableComparison
 from .catalog import ServerInfo, TableInfo
-from .connect import Endpoint, open_pool, trouble
+from .connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
 from .copyscan import locate_chunk
 from .errors import ReplverifyError, UsageError
 from .fence import Fence
@@ -110,6 +110,10 @@ def choose_digest(
     return "copy", None
 
 
+#: A lag snapshot beside a diff may fail either way; the diff goes on.
+_LAG_FAILURES: tuple[type[BaseException], ...] = (*DB_ERRORS, ReplverifyError)
+
+
 async def _check(pool: asyncpg.Pool, sql: TableSQL, side: str) -> None:
     text, params = sql.check()
     async with pool.acquire() as conn:
@@ -180,7 +184,7 @@ async def diff(
                 t.error = src_ep.scrub(tgt_ep.scrub(t.error))
         report.notes = [src_ep.scrub(tgt_ep.scrub(n)) for n in report.notes]
         return report
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+    except DB_ERRORS as e:
         raise trouble(e, src_ep, tgt_ep) from e
     finally:
         await asyncio.gather(*(_close(p) for p in pools if isinstance(p, asyncpg.Pool)))
@@ -190,7 +194,7 @@ async def _close(pool: asyncpg.Pool) -> None:
     """Close gracefully; a pool whose server died is terminated instead of waited on."""
     try:
         await asyncio.wait_for(pool.close(), timeout=5)
-    except (asyncio.TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.PostgresError):
+    except DB_OR_TIMEOUT_ERRORS:
         pool.terminate()
 
 
@@ -275,7 +279,7 @@ async def _record_lag(
     try:
         async with source.acquire() as sc, target.acquire() as tc:
             sample = await lag_snapshot(sc, tc, history=history)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ReplverifyError) as e:
+    except _LAG_FAILURES as e:
         report.notes.append(f"lag at {when} could not be measured: {e}")
         return
     if sample is not None:
@@ -304,7 +308,10 @@ async def compare_table(
     machine = TableComparison(
         hasher.differing_columns(names),
         chunk_rows=options.chunk_rows,
-        leaf_rows=options.leaf_rows or (min(options.chunk_rows, 10_000) if fence else 1_000),
+        # ``client`` digests decode every row anyway: splitting a chunk would decode it
+        # again per level, where settling it by row hashes decodes it once.
+        leaf_rows=options.leaf_rows
+        or (min(options.chunk_rows, 10_000) if fence or mode == "client" else 1_000),
         max_diffs=options.max_diffs,
         # one index probe per boundary needs the key order to be an index order
         walk_boundaries=plan.key_mode == "primary key" and not any(k.collate_c for k in plan.key),

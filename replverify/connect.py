@@ -192,11 +192,23 @@ class Endpoint:
         return self.display
 
 
+#: What a database call raises when the server refuses or the connection breaks. asyncpg
+#: raises InternalClientError, not InterfaceError, for a query sent on a connection the
+#: server has just terminated.
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+)
+#: The same, or a connection attempt that timed out.
+DB_OR_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, asyncio.TimeoutError)
+
+
 def trouble(exc: BaseException, *endpoints: Endpoint) -> ReplverifyError:
     """The replverify error for a server refusal or a lost connection, passwords removed.
 
-    ``raise trouble(e, src, tgt) from e`` in an ``except`` of ``asyncpg.PostgresError``,
-    ``asyncpg.InterfaceError`` and ``OSError``.
+    ``raise trouble(e, src, tgt) from e`` in an ``except DB_ERRORS``.
     """
     text = str(exc)
     for ep in endpoints:
@@ -258,7 +270,7 @@ async def connect(endpoint: Endpoint) -> asyncpg.Connection:
     """One read-only connection with pinned settings."""
     try:
         conn = await asyncpg.connect(**_connect_kwargs(endpoint))
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+    except DB_OR_TIMEOUT_ERRORS as e:
         raise _explain(endpoint, e) from None
     await _init_connection(conn)
     return conn
@@ -270,7 +282,7 @@ async def open_pool(endpoint: Endpoint, size: int) -> asyncpg.Pool:
         pool = await asyncpg.create_pool(
             min_size=1, max_size=max(1, size), init=_init_connection, **_connect_kwargs(endpoint)
         )
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+    except DB_OR_TIMEOUT_ERRORS as e:
         raise _explain(endpoint, e) from None
     assert pool is not None
     return pool

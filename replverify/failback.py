@@ -41,7 +41,7 @@ from sqlglot import exp
 
 from . import api
 from .canonical import jsonable
-from .connect import PINNED_SETTINGS, Endpoint, connect, trouble
+from .connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
 from .errors import UsageError
 from .replay import delete_statement, insert_statement, update_statement
 from .sql import DIALECT, ident
@@ -143,7 +143,7 @@ async def failback(old: str, new: str, *, options: api.DiffOptions | None = None
                 )
             if t.key_mode != "none" and t.differences:
                 report.rows.extend(await _attribute(report, t, oc, nc))
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+    except DB_ERRORS as e:
         raise trouble(e, old_ep, new_ep) from e
     finally:
         await asyncio.gather(

@@ -49,7 +49,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from .connect import Endpoint, redact_text
+from .connect import DB_OR_TIMEOUT_ERRORS, Endpoint, redact_text
 from .errors import ConnectError, FailoverError, UsageError
 from .journal import FsyncPolicy, JournalTransaction, JournalWriter, definitely_failed
 
@@ -177,7 +177,7 @@ class FailoverPool:
         *,
         journal: str | os.PathLike[str] | JournalWriter | None = None,
         auto_switch: bool = True,
-        min_size: int = 1,
+        min_size: int = 0,
         max_size: int = 10,
         connect_timeout: float = 5.0,
         command_timeout: float | None = None,
@@ -260,6 +260,11 @@ class FailoverPool:
         ep = self._endpoints[side]
         kw = dict(ep.kwargs)
         kw["timeout"] = self._connect_timeout
+        # A floor of idle connections (min_size > 0) makes asyncpg keep reconnecting to a
+        # dead endpoint, logging a traceback each time, until the switch closes its pool;
+        # the default 0 avoids that, and one connection is still made here so that an
+        # unreachable endpoint is found now, not at the first query.
+        pool = None
         try:
             pool = await asyncpg.create_pool(
                 min_size=self._min,
@@ -268,9 +273,13 @@ class FailoverPool:
                 server_settings=self._settings,
                 **kw,
             )
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            assert pool is not None
+            async with pool.acquire():
+                pass
+        except DB_OR_TIMEOUT_ERRORS as e:
+            if pool is not None:
+                pool.terminate()
             raise ConnectError(ep.scrub(f"cannot connect to the {side} ({ep}): {_why(e)}")) from e
-        assert pool is not None
         return pool
 
     # ---- events and switching

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import asyncpg
 
+from .connect import DB_ERRORS
 from .errors import ReplverifyError
 
 T = TypeVar("T")
@@ -54,7 +55,7 @@ async def read(side: str, call: Callable[[], Awaitable[T]]) -> T:
     """``call`` with retries; a failure that remains names the side."""
     try:
         return await retrying(call)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+    except DB_ERRORS as e:
         raise ReadError(side, e) from e
 
 
@@ -70,7 +71,7 @@ async def retrying(
     for attempt in range(attempts):
         try:
             return await call()
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+        except DB_ERRORS as e:
             if not transient(e) or attempt == attempts - 1:
                 raise
         await asyncio.sleep(delay)
@@ -140,7 +141,7 @@ class Fence:
         s = await read("source", source)
         try:
             await self.wait(await self.position())
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+        except DB_ERRORS as e:
             raise ReadError("target", e) from e
         t = await read("target", target)
         return s, t

@@ -28,7 +28,7 @@ from typing import Literal
 import asyncpg
 
 from . import api
-from .connect import Endpoint, connect, trouble
+from .connect import DB_ERRORS, Endpoint, connect, trouble
 from .errors import UsageError
 from .lag import ReplicationState, replication_state
 from .types import DiffReport
@@ -115,7 +115,7 @@ async def gate(
         if fence:
             await _fence(src_ep, timeout, report)
         await _wait(src, tgt, report, timeout, progress, poll_interval)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+    except DB_ERRORS as e:
         raise trouble(e, src_ep, tgt_ep) from e
     finally:
         await asyncio.gather(

@@ -21,7 +21,7 @@ from typing import Literal
 
 import asyncpg
 
-from .connect import Endpoint, connect
+from .connect import DB_ERRORS, Endpoint, connect
 from .errors import ReplverifyError
 from .lag import LsnHistory, ReplicationState, classify, snapshot, source_facts, target_facts
 
@@ -102,7 +102,7 @@ async def health(source: str, target: str, *, rpo: float | None = None) -> Healt
             assert isinstance(src, asyncpg.Connection) and isinstance(tgt, asyncpg.Connection)
             try:
                 await _check_pair(report, src, tgt, src_ep)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+            except DB_ERRORS as e:
                 report.add("query", "fail", src_ep.scrub(tgt_ep.scrub(f"check failed: {e}")))
                 report.complete = False
     finally:

@@ -68,7 +68,7 @@ from typing import Literal
 
 import asyncpg
 
-from .connect import Endpoint, connect, trouble
+from .connect import DB_ERRORS, Endpoint, connect, trouble
 from .errors import ReplverifyError, UsageError
 from .lsn import parse_lsn
 
@@ -806,7 +806,7 @@ async def _read_write(
         return row
     except BaseException:
         if not conn.is_closed():
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            with contextlib.suppress(*DB_ERRORS):
                 await conn.execute("ROLLBACK")
         raise
 
@@ -1001,7 +1001,7 @@ async def measure_lag(
         )
     except ReplverifyError:
         raise
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+    except DB_ERRORS as e:
         raise trouble(e, src_ep, tgt_ep) from e
     finally:
         await asyncio.gather(
@@ -1075,7 +1075,7 @@ async def _measure(
         due = max(due + interval, time.monotonic())
 
     # Refresh the positions for the report; a failure here must not lose the samples.
-    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+    with contextlib.suppress(*DB_ERRORS):
         state = await replication_state(src, tgt, src_ep)
     notes += _method_notes(taken)
     return LagReport(

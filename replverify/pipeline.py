@@ -65,9 +65,7 @@ async def answer(req: Request, sides: Sides) -> object:
     if isinstance(req, NeedDigest):
         return await sides.both(lambda: src.digest(req.range), lambda: tgt.digest(req.range))
     if isinstance(req, NeedDigests):
-        return await sides.both(
-            lambda: src.digests(req.ranges), lambda: tgt.digests(req.ranges)
-        )
+        return await sides.both(lambda: src.digests(req.ranges), lambda: tgt.digests(req.ranges))
     if isinstance(req, NeedRowHashes):
         return await sides.both(
             lambda: src.row_hashes(req.range), lambda: tgt.row_hashes(req.range)

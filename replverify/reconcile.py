@@ -71,7 +71,7 @@ from sqlglot import exp
 from . import catalog
 from .canonical import Encoder, encoder_for, jsonable, pg_text
 from .catalog import TableInfo
-from .connect import PINNED_SETTINGS, Endpoint, connect, trouble
+from .connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
 from .errors import JournalError, SchemaError, UsageError
 from .journal import (
     JournalReader,
@@ -1146,7 +1146,7 @@ async def reconcile(
             # a lone torn line is not a journal that was checked and found complete
             raise UsageError(f"journal {path} holds no complete record (its only line is torn)")
         return report
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+    except DB_ERRORS as e:
         raise trouble(e, *endpoints) from e
     finally:
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)

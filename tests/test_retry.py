@@ -55,3 +55,17 @@ async def test_retries_give_up_after_the_last_attempt():
     with pytest.raises(asyncpg.exceptions.SerializationError):
         await retrying(call, attempts=3, first_delay=0.001)
     assert len(calls) == 3
+
+
+def test_a_query_on_a_connection_the_server_just_terminated_is_a_lost_connection():
+    """asyncpg raises InternalClientError (not InterfaceError) when a query is sent on a
+    connection whose termination it has not processed yet; seen in ``lag --watch`` after
+    pg_terminate_backend. It must be caught as a connection failure, never a crash."""
+    from replverify.connect import DB_ERRORS, trouble
+    from replverify.errors import ConnectError
+
+    exc = asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+    assert isinstance(exc, DB_ERRORS)
+    assert isinstance(trouble(exc), ConnectError)
