@@ -71,15 +71,6 @@ async def _journaled(dsn: str, journal: JournalWriter, transactions: list[list[W
         await conn.close()
 
 
-async def _execute(dsn: str, *statements: str) -> None:
-    conn = await asyncpg.connect(dsn, server_settings={"TimeZone": "UTC"})
-    try:
-        for s in statements:
-            await conn.execute(s)
-    finally:
-        await conn.close()
-
-
 async def run_demo(*, rows: int = 20_000, keep: bool = False, echo: Echo = print) -> int:
     """Run the story; returns the exit code (0 when the demo itself worked)."""
     clusters = testing.LocalClusters(use_env=False).start_empty()
@@ -95,7 +86,7 @@ async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo
     echo("== 1. a primary and its streaming hot standby")
     pair = await asyncio.to_thread(clusters.fresh_pair)
     primary, standby = pair.primary.dsn("shop"), pair.standby.dsn("shop")
-    await _execute(pair.primary_dsn, "CREATE DATABASE shop")
+    await testing.execute(pair.primary_dsn, "CREATE DATABASE shop")
     await sample.setup(primary, rows)
     assert clusters.base_dir is not None
     journal_path = clusters.base_dir / "writes.jsonl"
@@ -115,7 +106,7 @@ async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo
     echo("\n== 4. the standby stops receiving WAL; the primary keeps committing")
     await testing.cut_replication(pair.standby_dsn)
     await _journaled(primary, journal, LOST_WRITES)
-    await _execute(primary, UNJOURNALED)
+    await testing.execute(primary, UNJOURNALED)
     journal.close()
     for writes in LOST_WRITES:
         for query, args in writes:

@@ -77,6 +77,7 @@ __all__ = [
     "cluster_tmp_root",
     "cut_replication",
     "drop_slot",
+    "execute",
     "find_bindir",
     "free_port",
     "pause_replay",
@@ -616,6 +617,17 @@ def _dsn(endpoint: Endpoint) -> str:
 
 async def _connect(endpoint: Endpoint) -> asyncpg.Connection:
     return await asyncpg.connect(_dsn(endpoint), timeout=30)
+
+
+async def execute(endpoint: Endpoint, *statements: str) -> None:
+    """Run ``statements`` one after another on one connection (session TimeZone UTC, so
+    timestamp literals without an offset mean the same on every cluster)."""
+    conn = await asyncpg.connect(_dsn(endpoint), timeout=30, server_settings={"TimeZone": "UTC"})
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 async def _poll(

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import asyncpg
 import pytest
 
 from replverify.api import DiffOptions, diff
 from replverify.errors import ConnectError, UsageError
 from replverify.report import diff_to_dict
+from replverify.testing import execute
 from replverify.types import Changed, Extra, Missing
 
 MODES = ["copy", "server", "client"]
-
-
-async def sql(dsn: str, *statements: str) -> None:
-    conn = await asyncpg.connect(dsn, server_settings={"TimeZone": "UTC"})
-    try:
-        for s in statements:
-            await conn.execute(s)
-    finally:
-        await conn.close()
 
 
 def table(report, name):
@@ -48,7 +39,7 @@ async def test_hot_standby_is_consistent(shop):
 @pytest.fixture
 async def planted(clusters, make_db):
     src, tgt = await make_db(clusters.primary_dsn, clusters.other_dsn)
-    await sql(
+    await execute(
         tgt,
         "DELETE FROM orders WHERE id IN (1, 1500)",
         "UPDATE orders SET amount = amount + 0.01, note = 'changed' WHERE id = 777",
@@ -123,7 +114,7 @@ async def test_each_type_change_is_found_with_its_column(clusters, make_db, mode
     ids = {}
     for col, (row_id, change) in COLUMN_CHANGES.items():
         ids[row_id] = col
-        await sql(tgt, f"UPDATE types_matrix SET {change} WHERE id = {row_id}")
+        await execute(tgt, f"UPDATE types_matrix SET {change} WHERE id = {row_id}")
     report = await diff(src, tgt, DiffOptions(digest=mode, tables=("types_matrix",)))
     found = {d.key[0]: d.columns for d in table(report, "public.types_matrix").differences}
     assert found == {row_id: (col,) for row_id, col in ids.items()}
@@ -131,13 +122,13 @@ async def test_each_type_change_is_found_with_its_column(clusters, make_db, mode
 
 async def test_equal_values_in_other_forms_are_not_differences(clusters, make_db):
     src, tgt = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=50)
-    await sql(
+    await execute(
         tgt,
         "UPDATE types_matrix SET c_numeric = 1.50 WHERE c_numeric = 1.5",  # 1.5 == 1.50
         "UPDATE types_matrix SET c_float8 = '0' WHERE c_float8 = '-0'",  # -0 == 0
         "UPDATE types_matrix SET c_interval = interval '24 hours' WHERE id = 3",
     )
-    await sql(src, "UPDATE types_matrix SET c_interval = interval '1 day' WHERE id = 3")
+    await execute(src, "UPDATE types_matrix SET c_interval = interval '1 day' WHERE id = 3")
     report = await diff(src, tgt, DiffOptions(tables=("types_matrix",)))
     assert report.status == "consistent", diff_to_dict(report)
 
@@ -167,8 +158,8 @@ async def test_where_errors_are_usage_errors(planted):
 async def test_key_option_and_schema_differences(clusters, make_db):
     src, tgt = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=100)
     for dsn in (src, tgt):
-        await sql(dsn, "CREATE TABLE nokey AS SELECT id AS ref, customer, amount FROM orders")
-    await sql(
+        await execute(dsn, "CREATE TABLE nokey AS SELECT id AS ref, customer, amount FROM orders")
+    await execute(
         tgt,
         "ALTER TABLE orders ADD COLUMN extra int",
         "ALTER TABLE customers DROP COLUMN email",
@@ -185,7 +176,7 @@ async def test_key_option_and_schema_differences(clusters, make_db):
     assert set(nokey.differences) == {Missing((50,)), Missing((51,)), Extra((1000,))}
     assert table(report, "public.events").key_mode == "none"
     # a --key that is not unique is trouble, not a silent collapse of rows
-    await sql(tgt, "UPDATE events SET kind = 'x' WHERE at = (SELECT max(at) FROM events)")
+    await execute(tgt, "UPDATE events SET kind = 'x' WHERE at = (SELECT max(at) FROM events)")
     report = await diff(src, tgt, DiffOptions(tables=("events",), key=("at", "kind")))
     assert not report.complete and "not unique" in (report.tables[0].error or "")
 

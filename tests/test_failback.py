@@ -12,16 +12,7 @@ from click.testing import CliRunner
 from replverify.api import DiffOptions
 from replverify.cli import main
 from replverify.failback import failback, replay_script
-from replverify.testing import LocalClusters, cut_replication, promote, wait_for_replay
-
-
-async def _sql(dsn: str, *statements: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for s in statements:
-            await conn.execute(s)
-    finally:
-        await conn.close()
+from replverify.testing import LocalClusters, cut_replication, execute, promote, wait_for_replay
 
 
 async def test_failback_names_old_only_rows_and_replays_them(
@@ -35,7 +26,7 @@ async def test_failback_names_old_only_rows_and_replays_them(
     await wait_for_replay(pair.primary_dsn, pair.standby_dsn)
     await cut_replication(pair.standby_dsn)
     # committed on the old primary after the standby was cut off: lost by the failover
-    await _sql(
+    await execute(
         old,
         "INSERT INTO orders SELECT 1001, customer, 'paid', 99.95, placed_at, items, true, "
         "'old only' FROM orders WHERE id = 1",
@@ -46,7 +37,7 @@ async def test_failback_names_old_only_rows_and_replays_them(
     )
     await promote(pair.standby_dsn)
     # written on the new primary after its promotion: to keep
-    await _sql(
+    await execute(
         new,
         "INSERT INTO orders SELECT 2001, customer, 'new', 1, placed_at, items, false, "
         "'new only' FROM orders WHERE id = 2",
@@ -78,8 +69,8 @@ async def test_failback_names_old_only_rows_and_replays_them(
     script = replay_script(report)
     assert "ON CONFLICT DO NOTHING" in script and "IS NOT DISTINCT FROM" in script
     assert "NOT replayed (conflict)" in script
-    await _sql(new, script)
-    await _sql(new, script)  # guarded: twice is harmless
+    await execute(new, script)
+    await execute(new, script)  # guarded: twice is harmless
     conn = await asyncpg.connect(new)
     try:
         assert await conn.fetchval("SELECT note FROM orders WHERE id = 1001") == "old only"

@@ -10,6 +10,7 @@ import pytest
 from replverify import api
 from replverify.api import DiffOptions, diff
 from replverify.bisect import TableComparison
+from replverify.testing import execute
 from replverify.types import Changed, Extra, Missing
 
 
@@ -27,15 +28,6 @@ def machines(monkeypatch):
     return made
 
 
-async def run_sql(dsn: str, *statements: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for s in statements:
-            await conn.execute(s)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 async def pair(clusters, make_db):
     src, tgt = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=10, matrix_rows=1)
@@ -45,9 +37,9 @@ async def pair(clusters, make_db):
         "CREATE TABLE by_text (k text PRIMARY KEY, v int)",
         "INSERT INTO by_text SELECT 'Key-' || md5(g::text), g FROM generate_series(1, 30000) g",
     )
-    await run_sql(src, *create)
-    await run_sql(tgt, *create)
-    await run_sql(
+    await execute(src, *create)
+    await execute(tgt, *create)
+    await execute(
         tgt,
         "UPDATE wide_int SET n = -n WHERE id = 5000",
         "DELETE FROM wide_int WHERE id = 15000",
