@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -639,42 +640,32 @@ async def _lag_until_interrupt(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGINT, first_interrupt)
             handled = True
+    measure = functools.partial(
+        measure_lag, source, target, interval=interval, rpo=rpo, heartbeat=heartbeat, stop=stop
+    )
     try:
         if on_failure is not None:
-            return await _measure_retrying(
-                source, target, samples, interval, rpo, heartbeat, on_sample, stop, on_failure
-            )
-        return await measure_lag(
-            source,
-            target,
-            samples=samples,
-            interval=interval,
-            rpo=rpo,
-            heartbeat=heartbeat,
-            on_sample=on_sample,
-            stop=stop,
-        )
+            return await _measure_retrying(measure, samples, interval, on_sample, stop, on_failure)
+        return await measure(samples=samples, on_sample=on_sample)
     finally:
         if handled:
             loop.remove_signal_handler(signal.SIGINT)
 
 
 async def _measure_retrying(
-    source: str,
-    target: str,
+    measure: Callable[..., Coroutine[Any, Any, LagReport]],
     samples: int | None,
     interval: float,
-    rpo: float | None,
-    heartbeat: bool,
     on_sample: Callable[[LagSample], None] | None,
     stop: asyncio.Event,
     on_failure: Callable[[ReplverifyError, float], None],
 ) -> LagReport:
-    """``measure_lag`` that outlives an unreachable server or a lost connection, for a
-    metrics exporter that must keep serving: each failure goes to ``on_failure(error,
-    pause)``, and sampling starts again after ``pause`` (the interval, doubled while
-    failures follow each other, at most 30 s) until ``samples`` are taken or ``stop`` is
-    set. Bad arguments, or a target that is not a standby, still end the run.
+    """``measure(samples=, on_sample=)`` (a bound ``measure_lag``) that outlives an
+    unreachable server or a lost connection, for a metrics exporter that must keep
+    serving: each failure goes to ``on_failure(error, pause)``, and sampling starts again
+    after ``pause`` (the interval, doubled while failures follow each other, at most
+    30 s) until ``samples`` are taken or ``stop`` is set. Bad arguments, or a target that
+    is not a standby, still end the run.
 
     The report holds the samples of every attempt and a note of the failures. Stopped
     while failing, there is no report: the last error is raised.
@@ -695,15 +686,8 @@ async def _measure_retrying(
     while True:
         before = len(taken)
         try:
-            report = await measure_lag(
-                source,
-                target,
-                samples=None if samples is None else samples - len(taken),
-                interval=interval,
-                rpo=rpo,
-                heartbeat=heartbeat,
-                on_sample=record,
-                stop=stop,
+            report = await measure(
+                samples=None if samples is None else samples - len(taken), on_sample=record
             )
             break
         except (ConnectError, ServerError) as e:
