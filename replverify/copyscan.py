@@ -49,10 +49,9 @@ class MalformedCopy(ValueError):
 def key_reader(positions: Sequence[int], bases: Sequence[str]) -> KeyOf | None:
     """``key_of`` for key columns at field ``positions`` of types ``bases`` (``typname``),
     or ``None`` when a type's binary form is not decoded here."""
-    decoders = [_DECODERS.get(b) for b in bases]
-    if not positions or any(d is None for d in decoders):
+    if not positions or any(b not in _DECODERS for b in bases):
         return None
-    wanted = dict(zip(positions, decoders, strict=True))
+    wanted = {p: _DECODERS[b] for p, b in zip(positions, bases, strict=True)}
     last = max(positions)
 
     def key_of(buf: bytes, start: int) -> Key:
@@ -64,7 +63,7 @@ def key_reader(positions: Sequence[int], bases: Sequence[str]) -> KeyOf | None:
             if i in wanted:
                 if size < 0:
                     raise MalformedCopy("a key field is NULL")
-                values[i] = wanted[i](buf[pos : pos + size])  # type: ignore[misc]
+                values[i] = wanted[i](buf[pos : pos + size])
             pos += max(size, 0)
         return tuple(values[p] for p in positions)
 
@@ -144,8 +143,14 @@ def locate_chunk(src: object, tgt: object, key_of: KeyOf) -> list[Key] | None:
 
 def differing_keys(src: bytes, tgt: bytes, key_of: KeyOf) -> list[Key] | None:
     """Keys of the rows that differ between two key-ordered COPY streams of unique keys
-    (in one side only, or in both with other bytes), in key order; ``None`` when the
-    streams cannot be read as binary COPY."""
+    (in one side only, or in both with other bytes); ``None`` when the streams cannot be
+    read as binary COPY.
+
+    No differing row can be missed, whatever the key order: every row is either inside a
+    stretch of bytes both sides hold at aligned row starts (the same row on both sides)
+    or returned. The key order only keeps the merge in step, so that rows present on both
+    sides are paired rather than returned as well.
+    """
     try:
         return _differing_keys(src, tgt, key_of)
     except (struct.error, MalformedCopy, UnicodeDecodeError, ValueError):

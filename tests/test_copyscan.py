@@ -139,3 +139,24 @@ def test_prefix_and_suffix_across_block_edges(size):
         b[at] ^= 0xFF
         assert common_prefix(a, bytes(b)) == at
         assert common_suffix(a, bytes(b), size) == size - at - 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(tables, st.data())
+def test_no_difference_is_missed_even_if_the_key_order_were_wrong(base, data):
+    """Keys decoded in the opposite order (as a collation the merge does not know would
+    give) only cost extra keys; every differing one is still found."""
+    backwards = key_reader([0], ["int8"])
+    assert backwards is not None
+
+    def key_of(buf: bytes, start: int):
+        return (-backwards(buf, start)[0],)
+
+    other = {k: v for k, v in base.items() if data.draw(st.booleans())}
+    for k in data.draw(st.lists(st.integers(0, 400), max_size=4)):
+        other[k] = data.draw(payloads)
+    differing = {
+        (-k,) for k in base.keys() | other.keys() if base.get(k, "gone") != other.get(k, "gone")
+    }
+    found = differing_keys(as_stream(base), as_stream(other), key_of)
+    assert found is not None and differing <= set(found)
