@@ -51,9 +51,12 @@ class ChunkTask:
         async def side(endpoint: Endpoint) -> ChunkDigest:
             conn = await connect(endpoint)
             try:
-                return await PostgresSource(_OneConnection(conn), sql, self.mode).digest(self.range)
+                d = await PostgresSource(_OneConnection(conn), sql, self.mode).digest(self.range)
             finally:
                 await conn.close()
+            # A worker's result travels back to the driver: the COPY stream a ``copy``
+            # digest carries for local narrowing stays behind.
+            return ChunkDigest(d.count, d.total)
 
         src, tgt = await asyncio.gather(side(self.source), side(self.target))
         return src, tgt

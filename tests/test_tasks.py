@@ -38,3 +38,5 @@ async def test_chunk_task_pickles_without_password_and_runs(shop):
         assert secret.encode() not in blob
         s, t = await pickle.loads(blob).run()
         assert s == t and s.count == t.count > 0
+        # the result is small enough to send back: no COPY stream rides along
+        assert len(pickle.dumps((s, t))) < 300
