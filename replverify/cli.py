@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import re
@@ -17,15 +18,26 @@ import time
 import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from . import __version__, api
-from .errors import EXIT_DIFFERENT, EXIT_OK, EXIT_TROUBLE, ReplverifyError
+from .errors import (
+    EXIT_DIFFERENT,
+    EXIT_OK,
+    EXIT_TROUBLE,
+    ConfigError,
+    ConnectError,
+    ReplverifyError,
+    ServerError,
+)
 from .lag import LagReport, LagSample, measure_lag
 from .report import DIFF_RENDERERS, LAG_RENDERERS, lag_sample_line
 from .types import DiffReport, TableRef
+
+if TYPE_CHECKING:
+    from .config import Param
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -213,7 +225,7 @@ def config_key(param: click.Parameter) -> str:
 CONFIG_COMMAND_ONLY = frozenset({"fence", "replay_sql"})
 
 
-def config_schema(group: click.Group) -> dict[str, dict[str, Any]]:
+def config_schema(group: click.Group) -> dict[str, dict[str, Param]]:
     """What each command accepts in a profile, from its click parameters (one list of
     options: the CLI's)."""
     from .config import Kind, Param
@@ -256,7 +268,6 @@ def profile_defaults(
     that names ``${VAR}`` is given as a callable, which click calls only for what the
     command line leaves out, so an unset variable matters only when its value is used."""
     from .config import CONFIG_ENV, CONFIG_FILE, discover, load
-    from .errors import ConfigError
 
     path = Path(config_file) if config_file else discover()
     if path is None:
@@ -311,7 +322,6 @@ def main(ctx: click.Context, profile: str | None, config_file: str | None) -> No
         ctx.default_map = profile_defaults(main, profile, config_file)
     elif ctx.get_parameter_source("config_file") is click.core.ParameterSource.COMMANDLINE:
         from .config import load
-        from .errors import ConfigError
 
         names = ", ".join(sorted(load(config_file or "", config_schema(main)).profiles))
         raise ConfigError(f"--config {config_file}: choose a profile with --profile ({names})")
@@ -589,11 +599,10 @@ def lag(
     failures: list[ReplverifyError] = []
     on_failure = None
     if metrics is not None:
-        exporter = metrics
 
         def on_failure(error: ReplverifyError, retry_in: float) -> None:
             failures.append(error)
-            exporter.failed()
+            metrics.failed()
             click.echo(
                 f"replverify: sampling failed, retrying in {retry_in:g} s: {error.message}",
                 err=True,
@@ -670,10 +679,6 @@ async def _measure_retrying(
     The report holds the samples of every attempt and a note of the failures. Stopped
     while failing, there is no report: the last error is raised.
     """
-    from dataclasses import replace
-
-    from .errors import ConnectError, ServerError
-
     taken: list[LagSample] = []
 
     def record(sample: LagSample) -> None:
@@ -707,7 +712,7 @@ async def _measure_retrying(
         f"{len(failed)} attempt(s) to sample failed and were retried; lag is unknown for "
         f"those times; the last failure: {failed[-1].message}"
     )
-    return replace(report, samples=tuple(taken), notes=(*report.notes, note))
+    return dataclasses.replace(report, samples=tuple(taken), notes=(*report.notes, note))
 
 
 def lag_exit_code(report: LagReport) -> int:

@@ -32,7 +32,6 @@ import difflib
 import os
 import re
 import sys
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from .connect import written_passwords
 from .errors import ConfigError
 
 __all__ = [
@@ -90,7 +90,6 @@ _KIND_PLURALS: dict[Kind, str] = {
 _REF = re.compile(r"\$(\$)?\{(?:([A-Za-z_][A-Za-z0-9_]*)\})?")
 # Stands in for a ``${VAR}`` while looking for a password written into a DSN.
 _HOLE = "\x00"
-_KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
 
 
 @dataclass(frozen=True)
@@ -217,19 +216,7 @@ def has_literal_password(dsn: str) -> bool:
             return _HOLE
         return m.group(0)[1:] if m.group(1) else m.group(0)
 
-    text = _REF.sub(hole, dsn).strip()
-    found: list[str] = []
-    if text.startswith(("postgresql://", "postgres://")):
-        # By hand rather than urlsplit, which refuses some URLs libpq takes (host lists).
-        rest = text.split("://", 1)[1]
-        userinfo = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[0]
-        if ":" in userinfo:
-            found.append(userinfo.partition(":")[2])
-        query = rest.partition("?")[2].partition("#")[0]
-        found += [v for k, v in urllib.parse.parse_qsl(query) if k == "password"]
-    else:
-        found = [m.group(1).strip("'") for m in _KV_PASSWORD.finditer(text)]
-    return any(v.replace(_HOLE, "") for v in found)
+    return any(v.replace(_HOLE, "") for v in written_passwords(_REF.sub(hole, dsn)))
 
 
 # ======================================================================= checking
@@ -323,12 +310,12 @@ def _profile(
                 f"{loc}: means different things for {' and '.join(takers)}: set it in {tables}"
             )
             continue
-        for cmd, params in schema.items():
-            if key in params:
-                if problem := _problem(raw, params[key], loc):
-                    problems.append(problem)
-                else:
-                    commands[cmd][params[key].name] = _value(raw, loc, path)
+        for cmd in takers:
+            param = schema[cmd][key]
+            if problem := _problem(raw, param, loc):
+                problems.append(problem)
+            else:
+                commands[cmd][param.name] = _value(raw, loc, path)
     # A command's own table overrides the shared keys.
     for cmd, table in own.items():
         params = schema[cmd]

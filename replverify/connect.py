@@ -52,7 +52,28 @@ _KV_KEYS = {
     "target_session_attrs",
     "options",
 }
-_KV_RE = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+#: A value in key=value form: single-quoted (backslash escapes inside) or up to a space.
+_KV_VALUE = r"('(?:[^'\\]|\\.)*'|\S*)"
+_KV_RE = re.compile(r"\s*([A-Za-z_]+)\s*=\s*" + _KV_VALUE)
+_KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*" + _KV_VALUE)
+
+
+def written_passwords(dsn: str) -> list[str]:
+    """Every password written in ``dsn``, in order, empty ones included: ``user:secret@``
+    and ``?password=`` of a URL, ``password=`` of key/value form (quotes stripped).
+
+    Nothing else of the DSN is checked, so it also reads what :meth:`Endpoint.parse`
+    refuses (host lists, ``${VAR}`` references in a configuration file).
+    """
+    dsn = dsn.strip()
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        return [m.group(1).strip("'") for m in _KV_PASSWORD.finditer(dsn)]
+    # By hand rather than urlsplit, which refuses some URLs libpq takes (host lists).
+    rest = dsn.split("://", 1)[1]
+    userinfo = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[0]
+    found = [userinfo.partition(":")[2]] if ":" in userinfo else []
+    query = rest.partition("?")[2].partition("#")[0]
+    return found + [v for k, v in urllib.parse.parse_qsl(query) if k == "password"]
 
 
 @dataclass(frozen=True)
@@ -84,8 +105,7 @@ class Endpoint:
             _ = url.port
         except ValueError as e:
             raise UsageError(f"bad connection URL {redact_text(dsn)!r}: {e}") from None
-        query = urllib.parse.parse_qs(url.query)
-        secret = url.password or next(iter(query.get("password", [])), None)
+        secret = next(filter(None, written_passwords(dsn)), None)
         netloc = url.hostname or ""
         if url.hostname and ":" in url.hostname:
             netloc = f"[{url.hostname}]"
