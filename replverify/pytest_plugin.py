@@ -38,7 +38,7 @@ import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import pytest
 
@@ -249,9 +249,27 @@ def _misuse(message: str) -> Exception:
 # --------------------------------------------------------------------------- fixtures
 
 
-def _fail_setup(what: str, exc: BaseException, hint: str) -> None:
+def _fail_setup(what: str, exc: BaseException, hint: str) -> NoReturn:
     __tracebackhide__ = True
     pytest.fail(f"replverify: cannot {what}: {exc}\n{hint}", pytrace=False)
+
+
+def _set_up(
+    make: Callable[[], _T], what: str, hint: str, cleanup: Callable[[], object] | None = None
+) -> _T:
+    """``make()``; a :class:`~replverify.errors.ClusterError` fails the test with the
+    reason and ``hint`` (after ``cleanup()``)."""
+    __tracebackhide__ = True
+    from replverify.errors import ClusterError
+
+    try:
+        return make()
+    except ClusterError as exc:
+        failure = exc
+    # outside the except: no chained traceback in the report
+    if cleanup is not None:
+        cleanup()
+    _fail_setup(what, failure, hint)
 
 
 def _env_pair() -> tuple[str, str] | None:
@@ -278,18 +296,10 @@ _LOCAL_HINT = (
 @pytest.fixture(scope="session")
 def replverify_local_clusters() -> Iterator[LocalClusters]:
     """Maker of local PostgreSQL pairs (``.fresh_pair()``); all removed after the session."""
-    from replverify.errors import ClusterError
     from replverify.testing import LocalClusters
 
     lc = LocalClusters(use_env=False)
-    failure: ClusterError | None = None
-    try:
-        lc.start_empty()
-    except ClusterError as exc:
-        failure = exc
-    if failure is not None:  # outside the except: no chained traceback in the report
-        lc.close()
-        _fail_setup("use local PostgreSQL clusters", failure, _LOCAL_HINT + ".")
+    _set_up(lc.start_empty, "use local PostgreSQL clusters", _LOCAL_HINT + ".", cleanup=lc.close)
     try:
         yield lc
     finally:
@@ -299,49 +309,28 @@ def replverify_local_clusters() -> Iterator[LocalClusters]:
 @pytest.fixture(scope="session")
 def replverify_clusters(request: pytest.FixtureRequest) -> ClusterPair:
     """The session's primary + streaming hot standby (shared: no failovers on it)."""
-    from replverify.errors import ClusterError
-
-    failure: ClusterError | None = None
-    try:
-        env = _env_pair()
-    except ClusterError as exc:
-        env, failure = None, exc
-    if failure is not None:
-        _fail_setup(
-            "use the servers from the environment",
-            failure,
-            "REPLVERIFY_TEST_PRIMARY_DSN and REPLVERIFY_TEST_STANDBY_DSN name a primary and "
-            "its streaming standby.",
-        )
+    env = _set_up(
+        _env_pair,
+        "use the servers from the environment",
+        "REPLVERIFY_TEST_PRIMARY_DSN and REPLVERIFY_TEST_STANDBY_DSN name a primary and "
+        "its streaming standby.",
+    )
     if env is not None:
         return ClusterPair(*env, shared=True)
     lc: LocalClusters = request.getfixturevalue("replverify_local_clusters")
-    try:
-        pair = lc.fresh_pair()
-    except ClusterError as exc:
-        failure = exc
-    if failure is not None:
-        _fail_setup("start a local primary and standby", failure, _LOCAL_HINT + ".")
+    pair = _set_up(lc.fresh_pair, "start a local primary and standby", _LOCAL_HINT + ".")
     return ClusterPair.of(pair, shared=True)
 
 
 @pytest.fixture
 def replverify_pair(replverify_local_clusters: LocalClusters) -> Iterator[ClusterPair]:
     """A new local primary + streaming standby for one test; free to fail over."""
-    from replverify.errors import ClusterError
-
-    failure: ClusterError | None = None
-    try:
-        pair = replverify_local_clusters.fresh_pair()
-    except ClusterError as exc:
-        failure = exc
-    if failure is not None:
-        _fail_setup(
-            "start a local primary and standby",
-            failure,
-            _LOCAL_HINT + "; failover tests need local binaries even when "
-            "REPLVERIFY_TEST_PRIMARY_DSN / REPLVERIFY_TEST_STANDBY_DSN are set.",
-        )
+    pair = _set_up(
+        replverify_local_clusters.fresh_pair,
+        "start a local primary and standby",
+        _LOCAL_HINT + "; failover tests need local binaries even when "
+        "REPLVERIFY_TEST_PRIMARY_DSN / REPLVERIFY_TEST_STANDBY_DSN are set.",
+    )
     try:
         yield ClusterPair.of(pair)
     finally:
@@ -363,6 +352,28 @@ def _diff_options(options: DiffOptions | None, fields: dict[str, Any]) -> DiffOp
     return dataclasses.replace(options or DiffOptions(), **fields)
 
 
+def _passed(report: _T, message: str | None) -> _T:
+    """``report``, unless ``message`` says what failed."""
+    __tracebackhide__ = True
+    if message:
+        raise AssertionError(message)
+    return report
+
+
+async def _consistent(
+    source: str,
+    target: str,
+    options: DiffOptions | None,
+    max_shown: int,
+    diff_options: dict[str, Any],
+) -> tuple[DiffReport, str | None]:
+    """The diff report and why it fails (None: it passes), for both assertion variants."""
+    from replverify.api import diff
+
+    report = await diff(source, target, _diff_options(options, diff_options))
+    return report, diff_failure(report, max_shown=max_shown)
+
+
 async def assert_consistent_async(
     source: str,
     target: str,
@@ -373,13 +384,7 @@ async def assert_consistent_async(
 ) -> DiffReport:
     """:func:`assert_consistent` for async tests (does not block the event loop)."""
     __tracebackhide__ = True
-    from replverify.api import diff
-
-    report = await diff(source, target, _diff_options(options, diff_options))
-    message = diff_failure(report, max_shown=max_shown)
-    if message:
-        raise AssertionError(message)
-    return report
+    return _passed(*await _consistent(source, target, options, max_shown, diff_options))
 
 
 def assert_consistent(
@@ -399,14 +404,24 @@ def assert_consistent(
     unknown table) raises :class:`~replverify.errors.ReplverifyError` as is.
     """
     __tracebackhide__ = True
-    from replverify.api import diff
+    return _passed(
+        *_run_sync(lambda: _consistent(source, target, options, max_shown, diff_options))
+    )
 
-    opts = _diff_options(options, diff_options)
-    report = _run_sync(lambda: diff(source, target, opts))
-    message = diff_failure(report, max_shown=max_shown)
-    if message:
-        raise AssertionError(message)
-    return report
+
+async def _no_data_loss(
+    journal: str | os.PathLike[str],
+    target: str,
+    source: str | None,
+    since: str | None,
+    allow_in_doubt: bool,
+    max_shown: int,
+) -> tuple[ReconcileReport, str | None]:
+    """The reconcile report and why it fails (None: it passes), for both variants."""
+    from replverify.reconcile import reconcile
+
+    report = await reconcile(journal, target, source_dsn=source, since=since)
+    return report, reconcile_failure(report, allow_in_doubt=allow_in_doubt, max_shown=max_shown)
 
 
 async def assert_no_data_loss_async(
@@ -420,13 +435,8 @@ async def assert_no_data_loss_async(
 ) -> ReconcileReport:
     """:func:`assert_no_data_loss` for async tests (does not block the event loop)."""
     __tracebackhide__ = True
-    from replverify.reconcile import reconcile
-
-    report = await reconcile(journal, target, source_dsn=source, since=since)
-    message = reconcile_failure(report, allow_in_doubt=allow_in_doubt, max_shown=max_shown)
-    if message:
-        raise AssertionError(message)
-    return report
+    checked = await _no_data_loss(journal, target, source, since, allow_in_doubt, max_shown)
+    return _passed(*checked)
 
 
 def assert_no_data_loss(
@@ -446,13 +456,10 @@ def assert_no_data_loss(
     outcome the journal never settled.
     """
     __tracebackhide__ = True
-    from replverify.reconcile import reconcile
-
-    report = _run_sync(lambda: reconcile(journal, target, source_dsn=source, since=since))
-    message = reconcile_failure(report, allow_in_doubt=allow_in_doubt, max_shown=max_shown)
-    if message:
-        raise AssertionError(message)
-    return report
+    checked = _run_sync(
+        lambda: _no_data_loss(journal, target, source, since, allow_in_doubt, max_shown)
+    )
+    return _passed(*checked)
 
 
 # --------------------------------------------------------------------------- messages
@@ -464,8 +471,7 @@ def _plural(n: int, word: str) -> str:
 
 def _table_problems(t: TableResult, budget: int) -> tuple[list[str], int]:
     """Lines describing what is wrong with one table, and how many differences shown."""
-    from replverify.report import fmt_key, key_dict
-    from replverify.types import Changed
+    from replverify.report import describe_difference
 
     name = t.table.qualified
     out = [f"  {name}: {note}" for note in t.schema_differences]
@@ -479,11 +485,7 @@ def _table_problems(t: TableResult, budget: int) -> tuple[list[str], int]:
     if t.differences_total:
         key = f"key ({', '.join(t.key)})" if t.key else "no key: row multiset"
         out.append(f"  {name}  [{key}]  {_plural(t.differences_total, 'difference')}")
-    for d in shown:
-        line = f"    {d.kind:<8} {fmt_key(key_dict(t, d))}"
-        if isinstance(d, Changed):
-            line += f"   columns: {', '.join(d.columns)}"
-        out.append(line)
+    out += [f"    {describe_difference(t, d)}" for d in shown]
     hidden = t.differences_total - len(shown)
     if hidden > 0:
         out.append(f"    … and {hidden:,} more in {name}")

@@ -132,20 +132,23 @@ def fmt_key(key: dict[str, Any]) -> str:
     return " ".join(f"{name}={show(value)}" for name, value in key.items())
 
 
-def _describe(t: TableResult, d: Difference) -> str:
+def describe_difference(t: TableResult, d: Difference) -> str:
+    """One difference on one line: kind, key, and the changed columns."""
     line = f"{d.kind:<8} {fmt_key(key_dict(t, d))}"
     if isinstance(d, Changed):
         line += f"   columns: {', '.join(d.columns)}"
     return line
 
 
-def _key_label(t: TableResult) -> str:
+def key_label(t: TableResult) -> str:
+    """How a table's rows were matched: its key (and whether from ``--key``), or none."""
     if t.key_mode == "none":
         return "no key: row multiset"
     return f"key ({', '.join(t.key)})" + (" from --key" if t.key_mode == "--key" else "")
 
 
-def _verdict(t: TableResult) -> str:
+def table_verdict(t: TableResult) -> str:
+    """One table's outcome: ``ok``, its differences, or why it was not verified."""
     if t.error:
         return "NOT VERIFIED"
     if t.unstable and not t.differences_total:
@@ -160,16 +163,16 @@ def diff_to_text(report: DiffReport) -> str:
     out = [f"source  {report.source}", f"target  {report.target}", ""]
     for t in report.tables:
         out.append(
-            f"{t.table.qualified}  [{_key_label(t)}]  {t.rows_source:,} / {t.rows_target:,} rows,"
+            f"{t.table.qualified}  [{key_label(t)}]  {t.rows_source:,} / {t.rows_target:,} rows,"
             f" {t.chunks:,} chunk{'s' if t.chunks != 1 else ''}"
-            f" ({t.chunks_mismatched:,} mismatched)  {_verdict(t)}"
+            f" ({t.chunks_mismatched:,} mismatched)  {table_verdict(t)}"
         )
         for note in t.schema_differences:
             out.append(f"    schema   {note}")
         if t.error:
             out.append(f"    error    {t.error}")
         for d in t.differences[:SHOWN_PER_TABLE]:
-            out.append(f"    {_describe(t, d)}")
+            out.append(f"    {describe_difference(t, d)}")
         for k in t.unstable[:SHOWN_PER_TABLE]:
             out.append(f"    unstable {fmt_key(_key_of(t, k))}   (written to while compared)")
         hidden = t.differences_total - min(len(t.differences), SHOWN_PER_TABLE)
@@ -242,9 +245,9 @@ def diff_to_markdown(report: DiffReport) -> str:
     ]
     for t in report.tables:
         out.append(
-            f"| `{md_cell(t.table.qualified)}` | {md_cell(_key_label(t))} |"
+            f"| `{md_cell(t.table.qualified)}` | {md_cell(key_label(t))} |"
             f" {t.rows_source:,} / {t.rows_target:,} | {t.chunks_mismatched:,} / {t.chunks:,} |"
-            f" {t.differences_total:,} | {md_cell(_verdict(t))} |"
+            f" {t.differences_total:,} | {md_cell(table_verdict(t))} |"
         )
     for t in report.tables:
         if t.consistent:
@@ -253,7 +256,9 @@ def diff_to_markdown(report: DiffReport) -> str:
         out += [f"- schema: {md_cell(n)}" for n in t.schema_differences]
         if t.error:
             out.append(f"- error: {md_cell(t.error)}")
-        out += [f"- `{md_cell(_describe(t, d))}`" for d in t.differences[:SHOWN_PER_TABLE]]
+        out += [
+            f"- `{md_cell(describe_difference(t, d))}`" for d in t.differences[:SHOWN_PER_TABLE]
+        ]
         hidden = t.differences_total - min(len(t.differences), SHOWN_PER_TABLE)
         if hidden > 0:
             out.append(f"- … and {hidden:,} more")
@@ -371,17 +376,19 @@ def lag_to_dict(report: LagReport) -> dict[str, Any]:
     }
 
 
-def _clock(at: datetime) -> str:
+def clock(at: datetime) -> str:
+    """An instant as UTC date and time to the millisecond."""
     return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def lag_sample_line(s: LagSample) -> str:
     """One sample on one line (``--watch``)."""
     flags = "  [replay paused]" if s.replay_paused else ""
-    return f"{_clock(s.at)}  {s.lag_seconds:>10.3f} s  {s.lag_bytes:>14,} bytes  {s.method}{flags}"
+    return f"{clock(s.at)}  {s.lag_seconds:>10.3f} s  {s.lag_bytes:>14,} bytes  {s.method}{flags}"
 
 
-def _lag_verdict(report: LagReport) -> str:
+def lag_verdict(report: LagReport) -> str:
+    """The verdict: status, max and percentile lag (seconds and bytes) against the RPO."""
     if report.status == "unknown":
         if not report.samples:
             return "UNKNOWN: no sample was taken"
@@ -399,7 +406,8 @@ def _lag_verdict(report: LagReport) -> str:
     )
 
 
-def _replication_lines(r: ReplicationState) -> list[str]:
+def replication_lines(r: ReplicationState) -> list[str]:
+    """How the target replicates from the source: sender, receiver, slot, paused replay."""
     out = [f"replication  {r.description}"]
     if (w := r.sender) is not None:
         lag = f"  (replay_lag {w.replay_lag:.3f} s)" if w.replay_lag is not None else ""
@@ -424,9 +432,17 @@ def _replication_lines(r: ReplicationState) -> list[str]:
     return out
 
 
+def lag_notes(report: LagReport) -> list[str]:
+    """The report's notes, and one for an interrupted run."""
+    interrupted = (
+        ["interrupted: the summary covers the samples taken"] if report.interrupted else []
+    )
+    return [*report.notes, *interrupted]
+
+
 def lag_to_text(report: LagReport) -> str:
     out = [f"source  {report.source}", f"target  {report.target}"]
-    out += _replication_lines(report.replication)
+    out += replication_lines(report.replication)
     out.append("")
     shown = report.samples[-LAG_SAMPLES_SHOWN:]
     if shown:
@@ -435,17 +451,15 @@ def lag_to_text(report: LagReport) -> str:
             out.append(f"… {len(report.samples) - len(shown):,} earlier samples (--format json)")
         out += [lag_sample_line(s) for s in shown]
         out.append("")
-    out += [f"note: {n}" for n in report.notes]
-    if report.interrupted:
-        out.append("note: interrupted: the summary covers the samples taken")
-    out.append(_lag_verdict(report))
+    out += [f"note: {n}" for n in lag_notes(report)]
+    out.append(lag_verdict(report))
     return "\n".join(out) + "\n"
 
 
 def lag_to_markdown(report: LagReport) -> str:
     icon = {"within": "✅", "exceeded": "❌", "measured": "ℹ️", "unknown": "⚠️"}[report.status]
     out = [
-        f"### replverify lag: {icon} {md_cell(_lag_verdict(report))}",
+        f"### replverify lag: {icon} {md_cell(lag_verdict(report))}",
         "",
         f"`{report.source}` → `{report.target}`",
         "",
@@ -456,8 +470,7 @@ def lag_to_markdown(report: LagReport) -> str:
     if shown:
         out += ["| at (UTC) | lag s | lag bytes | method |", "| --- | ---: | ---: | --- |"]
         out += [
-            f"| {_clock(s.at)} | {s.lag_seconds:.3f} | {s.lag_bytes:,} | {s.method} |"
-            for s in shown
+            f"| {clock(s.at)} | {s.lag_seconds:.3f} | {s.lag_bytes:,} | {s.method} |" for s in shown
         ]
     out += [""] + [f"> {md_cell(n)}" for n in report.notes]
     return "\n".join(out).rstrip() + "\n"
@@ -470,7 +483,8 @@ LAG_RENDERERS = renderers(lag_to_text, lag_to_dict, lag_to_markdown)
 RECONCILE_SCHEMA = "replverify.reconcile/1"
 #: Findings shown per list in text and Markdown (JSON has all).
 SHOWN_FINDINGS = 50
-_APPLIED = {True: "yes", False: "no", None: "cannot tell"}
+#: Whether an in-doubt write is on a server, as shown.
+APPLIED = {True: "yes", False: "no", None: "cannot tell"}
 
 
 def _journal_json(value: object) -> Any:
@@ -562,7 +576,8 @@ def reconcile_to_dict(report: ReconcileReport) -> dict[str, Any]:
     }
 
 
-def _values(values: dict[str, Any] | None) -> str:
+def fmt_values(values: dict[str, Any] | None) -> str:
+    """A row's values as ``col=value`` pairs, or what stands for an absent or empty row."""
     if values is None:
         return "(no row)"
     if not values:
@@ -590,28 +605,32 @@ def _finding_lines(f: Finding, report: ReconcileReport) -> list[str]:
     pad = " " * 10
     out = [_finding_head(f)]
     if f.verdict == "in_doubt":
-        applied = f"applied on the target: {_APPLIED[f.applied]}"
+        applied = f"applied on the target: {APPLIED[f.applied]}"
         if report.source is not None:
-            applied += f", on the old primary: {_APPLIED[f.applied_on_source]}"
+            applied += f", on the old primary: {APPLIED[f.applied_on_source]}"
         out.append(f"{pad}{applied}")
     out.append(f"{pad}{f.reason}")
     journal = ex["journal"]
     if journal.get("sql"):
         out.append(f"{pad}sql          {' '.join(str(journal['sql']).split())}")
     if journal["values"] is not None:
-        out.append(f"{pad}journal      {_values(journal['values'])}")
+        out.append(f"{pad}journal      {fmt_values(journal['values'])}")
     if journal["before"] is not None:
-        out.append(f"{pad}before       {_values(journal['before'])}")
-    out.append(f"{pad}target       {_values(ex['target'])}")
+        out.append(f"{pad}before       {fmt_values(journal['before'])}")
+    out.append(f"{pad}target       {fmt_values(ex['target'])}")
     if "source" in ex:
-        shown = "(table missing)" if ex["source_table_missing"] else _values(ex["source"])
+        shown = "(table missing)" if ex["source_table_missing"] else fmt_values(ex["source"])
         out.append(f"{pad}old primary  {shown}")
     if f.chain:
-        history = ", ".join(f"{o} {t} #{s}" for t, s, o in f.chain)
-        more = f.chain_total - len(f.chain)
-        history = (f"… {more:,} earlier, " if more > 0 else "") + history
-        out.append(f"{pad}row history  {history}")
+        out.append(f"{pad}row history  {row_history(f)}")
     return out
+
+
+def row_history(f: Finding) -> str:
+    """The writes to a finding's row, oldest first (those not kept counted)."""
+    history = ", ".join(f"{o} {t} #{s}" for t, s, o in f.chain)
+    more = f.chain_total - len(f.chain)
+    return (f"… {more:,} earlier, " if more > 0 else "") + history
 
 
 def _tally(report: ReconcileReport) -> str:
@@ -695,7 +714,7 @@ def reconcile_to_markdown(report: ReconcileReport) -> str:
             ex = d["explain"]
             why = f.reason
             if f.verdict == "in_doubt":
-                why = f"applied: {_APPLIED[f.applied]}; {why}"
+                why = f"applied: {APPLIED[f.applied]}; {why}"
             cells = [
                 str(d["txid"]),
                 str(d["seq"]),
@@ -703,11 +722,11 @@ def reconcile_to_markdown(report: ReconcileReport) -> str:
                 f"`{d['table']}`",
                 f"`{fmt_key(d['key'])}`",
                 why,
-                "delete" if f.write.op == "delete" else _values(ex["journal"]["values"]),
-                _values(ex["target"]),
+                "delete" if f.write.op == "delete" else fmt_values(ex["journal"]["values"]),
+                fmt_values(ex["target"]),
             ]
             if with_source:
-                cells.append(_values(ex.get("source")))
+                cells.append(fmt_values(ex.get("source")))
             out.append("| " + " | ".join(md_cell(x) for x in cells) + " |")
         if len(items) > SHOWN_FINDINGS:
             out.append(f"\n… and {len(items) - SHOWN_FINDINGS:,} more")

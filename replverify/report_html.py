@@ -27,28 +27,29 @@ from .health import HealthReport
 from .lag import LagReport
 from .reconcile import Finding, ReconcileReport
 from .report import (
-    _APPLIED,
-    _clock,
-    _key_label,
-    _lag_verdict,
-    _replication_lines,
-    _values,
-    _verdict,
+    APPLIED,
+    clock,
     diff_facts,
     diff_to_dict,
     diff_verdict,
-    finding_to_dict,
     fmt_key,
+    fmt_values,
+    key_label,
+    lag_notes,
     lag_sample_line,
     lag_to_dict,
+    lag_verdict,
     reconcile_to_dict,
     reconcile_verdict,
+    replication_lines,
+    row_history,
+    table_verdict,
 )
 from .report_ops import (
-    _GATE_VERDICT,
-    _ORIGIN_TITLES,
-    _fb_head,
+    GATE_VERDICT,
+    ORIGIN_TITLES,
     failback_to_dict,
+    failback_verdict,
     files_to_dict,
     files_verdict,
     gate_to_dict,
@@ -308,10 +309,11 @@ def page(kind: str, tone: Tone, verdict: str, *body: Content) -> str:
 
 
 # == diff =================================================================================
-def _diff_tone(report: DiffReport) -> Tone:
-    if not report.complete:
+def _outcome_tone(complete: bool, ok: bool) -> Tone:
+    """A page's tone: ``warn`` when the run did not finish, else ``ok`` or ``bad``."""
+    if not complete:
         return "warn"
-    return "ok" if report.status == "consistent" else "bad"
+    return "ok" if ok else "bad"
 
 
 def _table_tone(t: TableResult) -> Tone:
@@ -322,26 +324,21 @@ def _table_tone(t: TableResult) -> Tone:
 
 def _diff_tables(report: DiffReport, doc: dict[str, Any]) -> list[Html]:
     """The per-table summary and, for each table that is not consistent, its differences."""
-    rows = []
-    for t in report.tables:
-        rows.append(
-            [
-                code(t.table.qualified),
-                _key_label(t),
-                _n(t.rows_source),
-                _n(t.rows_target),
-                f"{t.chunks_mismatched:,} / {t.chunks:,}",
-                _n(t.differences_total),
-                badge(_verdict(t), _table_tone(t)),
-            ]
-        )
-    head = ["table", "key", "rows source", "rows target", "chunks mismatched", "differences", ""]
-    out = [
-        section(
-            "Tables",
-            table(head, rows, num=(2, 3, 4, 5), tones=[_table_tone(t) for t in report.tables]),
-        )
+    tones = [_table_tone(t) for t in report.tables]
+    rows = [
+        [
+            code(t.table.qualified),
+            key_label(t),
+            _n(t.rows_source),
+            _n(t.rows_target),
+            f"{t.chunks_mismatched:,} / {t.chunks:,}",
+            _n(t.differences_total),
+            badge(table_verdict(t), tone),
+        ]
+        for t, tone in zip(report.tables, tones, strict=True)
     ]
+    head = ["table", "key", "rows source", "rows target", "chunks mismatched", "differences", ""]
+    out = [section("Tables", table(head, rows, num=(2, 3, 4, 5), tones=tones))]
     for t, d in zip(report.tables, doc["tables"], strict=True):
         if t.consistent and not t.unstable:
             continue
@@ -371,7 +368,7 @@ def _diff_tables(report: DiffReport, doc: dict[str, Any]) -> list[Html]:
             )
             parts.append(table(["key"], [[code(fmt_key(k))] for k in d["unstable"][:SHOWN]]))
             parts.append(more(min(len(d["unstable"]), SHOWN), d["unstable_total"], "rows"))
-        out.append(section(f"{t.table.qualified}: {_verdict(t)}", *parts))
+        out.append(section(f"{t.table.qualified}: {table_verdict(t)}", *parts))
     return out
 
 
@@ -396,7 +393,12 @@ def diff_to_html(report: DiffReport) -> str:
         *_diff_tables(report, doc),
         notes(report.notes),
     ]
-    return page("diff", _diff_tone(report), diff_verdict(report), *body)
+    return page(
+        "diff",
+        _outcome_tone(report.complete, report.status == "consistent"),
+        diff_verdict(report),
+        *body,
+    )
 
 
 # == lag ==================================================================================
@@ -539,7 +541,7 @@ def lag_chart(report: LagReport) -> Html:
     hi = max(xs)
     # the axis ends with the last sample, not at the next round value
     x_ticks = [t for t in ticks(hi, 6) if t <= hi * (1 + 1e-9)]
-    x = _TimeAxis(hi, x_ticks, f"time since {_clock(start)} UTC, source clock ({unit})")
+    x = _TimeAxis(hi, x_ticks, f"time since {clock(start)} UTC, source clock ({unit})")
     rpo = report.rpo_seconds
     classes = []
     for s in samples:
@@ -606,22 +608,19 @@ def lag_to_html(report: LagReport) -> str:
         section(
             "Replication",
             facts([("source", report.source), ("target", report.target)]),
-            el("pre", "\n".join(_replication_lines(report.replication))),
+            el("pre", "\n".join(replication_lines(report.replication))),
         )
     )
     if doc["methods"]:
         body.append(section("How the seconds were measured", facts(doc["methods"].items())))
-    interrupted = (
-        ["interrupted: the summary covers the samples taken"] if report.interrupted else []
-    )
-    body.append(notes([*report.notes, *interrupted]))
+    body.append(notes(lag_notes(report)))
     if report.samples:
         rows = []
         tones: list[Tone | None] = []
         for s, d in zip(report.samples, doc["samples"], strict=True):
             rows.append(
                 [
-                    _clock(s.at),
+                    clock(s.at),
                     f"{s.lag_seconds:.3f}",
                     d["bound"],
                     _n(s.lag_bytes),
@@ -650,7 +649,7 @@ def lag_to_html(report: LagReport) -> str:
                 open=len(rows) <= 30,
             )
         )
-    return page("lag", _LAG_TONES[report.status], _lag_verdict(report), *body)
+    return page("lag", _LAG_TONES[report.status], lag_verdict(report), *body)
 
 
 # == reconcile ============================================================================
@@ -659,35 +658,39 @@ def _explain(f: Finding, d: dict[str, Any], report: ReconcileReport) -> Html:
     ex = d["explain"]
     lines: list[tuple[str, Content]] = []
     if f.verdict == "in_doubt":
-        applied = _APPLIED[f.applied]
+        applied = APPLIED[f.applied]
         if report.source is not None:
-            applied += f"; on the old primary: {_APPLIED[f.applied_on_source]}"
+            applied += f"; on the old primary: {APPLIED[f.applied_on_source]}"
         lines.append(("applied", applied))
     journal = ex["journal"]
     if journal.get("sql"):
         lines.append(("sql", code(" ".join(str(journal["sql"]).split()))))
     lines.append(
-        ("journal", code("delete" if f.write.op == "delete" else _values(journal["values"])))
+        ("journal", code("delete" if f.write.op == "delete" else fmt_values(journal["values"])))
     )
     if journal["before"] is not None:
-        lines.append(("before", code(_values(journal["before"]))))
-    lines.append(("target", code(_values(ex["target"]))))
+        lines.append(("before", code(fmt_values(journal["before"]))))
+    lines.append(("target", code(fmt_values(ex["target"]))))
     if "source" in ex:
-        shown = "(table missing)" if ex["source_table_missing"] else _values(ex["source"])
+        shown = "(table missing)" if ex["source_table_missing"] else fmt_values(ex["source"])
         lines.append(("old primary", code(shown)))
     if f.chain:
-        history = ", ".join(f"{o} {t} #{s}" for t, s, o in f.chain)
-        hidden = f.chain_total - len(f.chain)
-        lines.append(("row history", (f"… {hidden:,} earlier, " if hidden > 0 else "") + history))
+        lines.append(("row history", row_history(f)))
     return Html(el("p", f.reason) + facts(lines))
 
 
-def _findings(title: str, items: list[Finding], report: ReconcileReport, tone: Tone) -> Html | None:
+def _findings(
+    title: str,
+    items: list[Finding],
+    docs: list[dict[str, Any]],
+    report: ReconcileReport,
+    tone: Tone,
+) -> Html | None:
+    """A table of findings; ``docs`` are their :func:`finding_to_dict` forms."""
     if not items:
         return None
     rows = []
-    for f in items[:SHOWN]:
-        d = finding_to_dict(f, with_source=report.source is not None)
+    for f, d in zip(items[:SHOWN], docs[:SHOWN], strict=True):
         where = el("span", f"journal line {d['line']}", class_="sub")
         rows.append(
             [
@@ -732,14 +735,14 @@ def reconcile_to_html(report: ReconcileReport) -> str:
                 count("in doubt", c["in_doubt"], "warn"),
                 count("durable", c["durable"], "ok"),
                 ("superseded", _n(c["superseded"]), None),
-                ("aborted", _n(c.get("aborted", 0)), None),
+                ("aborted", _n(c["aborted"]), None),
                 ("writes", _n(report.entries), None),
             ]
         ),
         section("Run", facts(run)),
-        _findings("Lost", report.lost, report, "bad"),
-        _findings("Conflict", report.conflicts, report, "bad"),
-        _findings("In doubt", report.in_doubt, report, "warn"),
+        _findings("Lost", report.lost, doc["lost"], report, "bad"),
+        _findings("Conflict", report.conflicts, doc["conflicts"], report, "bad"),
+        _findings("In doubt", report.in_doubt, doc["in_doubt"], report, "warn"),
         notes(report.notes),
     ]
     tone: Tone = "bad" if report.status == "loss" else "ok"
@@ -764,8 +767,8 @@ def gate_to_html(r: GateReport) -> str:
     if r.diff is not None:
         body += _diff_tables(r.diff, doc["diff"])
     body.append(notes(r.notes))
-    tone: Tone = "warn" if not r.complete else "ok" if r.status == "safe" else "bad"
-    return page("gate", tone, _GATE_VERDICT[r.status], *body)
+    tone = _outcome_tone(r.complete, r.status == "safe")
+    return page("gate", tone, GATE_VERDICT[r.status], *body)
 
 
 def failback_to_html(r: FailbackReport) -> str:
@@ -781,7 +784,7 @@ def failback_to_html(r: FailbackReport) -> str:
         ("promotion", promotion),
     ]
     body: list[Content] = [section("Run", facts(run))]
-    for origin, title in _ORIGIN_TITLES.items():
+    for origin, title in ORIGIN_TITLES.items():
         rows = [x for x in doc["rows"] if x["origin"] == origin]
         if not rows:
             continue
@@ -793,8 +796,8 @@ def failback_to_html(r: FailbackReport) -> str:
                 code(fmt_key(x["key"])),
                 x["change"],
                 ", ".join(x["columns"]),
-                [code(_values(x["old"])), el("span", x["old_commit"], class_="sub")],
-                [code(_values(x["new"])), el("span", x["new_commit"], class_="sub")],
+                [code(fmt_values(x["old"])), el("span", x["old_commit"], class_="sub")],
+                [code(fmt_values(x["new"])), el("span", x["new_commit"], class_="sub")],
                 x["reason"],
             ]
             for x in rows[:SHOWN]
@@ -807,11 +810,8 @@ def failback_to_html(r: FailbackReport) -> str:
             )
         )
     body.append(notes(r.notes))
-    verdict = _fb_head(r)[0].removeprefix("failback: ")
-    tone_page: Tone = (
-        "warn" if not r.complete else "ok" if r.status == "nothing_to_recover" else "bad"
-    )
-    return page("failback", tone_page, verdict, *body)
+    tone_page = _outcome_tone(r.complete, r.status == "nothing_to_recover")
+    return page("failback", tone_page, failback_verdict(r), *body)
 
 
 _LEVEL_TONES: dict[str, Tone] = {"ok": "ok", "warn": "warn", "fail": "bad"}
@@ -869,7 +869,7 @@ def files_to_html(r: FilesReport) -> str:
                 more(len(shown), len(doc["differences"]), "differences"),
             )
         )
-    tone: Tone = "warn" if not r.complete else "ok" if r.status == "identical" else "bad"
+    tone = _outcome_tone(r.complete, r.status == "identical")
     return page("files", tone, files_verdict(r), *body)
 
 

@@ -18,9 +18,13 @@ __all__ = [
     "FILES_RENDERERS",
     "GATE_RENDERERS",
     "GATE_SCHEMA",
+    "GATE_VERDICT",
     "HEALTH_RENDERERS",
+    "ORIGIN_TITLES",
     "failback_to_dict",
+    "failback_verdict",
     "files_to_dict",
+    "files_verdict",
     "gate_to_dict",
     "health_to_dict",
 ]
@@ -51,7 +55,8 @@ def gate_to_dict(r: GateReport) -> dict[str, Any]:
     }
 
 
-_GATE_VERDICT = {
+#: The verdict line of each gate status.
+GATE_VERDICT = {
     "safe": "SAFE to switch: the target has replayed everything and holds the same data",
     "not_caught_up": "NOT SAFE: the target has not replayed everything the source wrote",
     "different": "NOT SAFE: the target's data differs from the source's",
@@ -83,13 +88,13 @@ def _err(error: str | None) -> str:
 
 
 def gate_to_text(r: GateReport) -> str:
-    out = [_GATE_VERDICT[r.status], *_gate_lines(r)]
+    out = [GATE_VERDICT[r.status], *_gate_lines(r)]
     out += [f"note: {n}" for n in r.notes]
     return "\n".join(out) + "\n"
 
 
 def gate_to_markdown(r: GateReport) -> str:
-    out = [f"## replverify gate: {r.status}", "", f"**{_GATE_VERDICT[r.status]}**", ""]
+    out = [f"## replverify gate: {r.status}", "", f"**{GATE_VERDICT[r.status]}**", ""]
     out += [f"- {md_cell(line)}" for line in _gate_lines(r)]
     out += [""] + [f"> {md_cell(n)}" for n in r.notes]
     return "\n".join(out).rstrip() + "\n"
@@ -129,7 +134,8 @@ def failback_to_dict(r: FailbackReport) -> dict[str, Any]:
     }
 
 
-_ORIGIN_TITLES = {
+#: Section titles of the failback rows, by origin, in report order.
+ORIGIN_TITLES = {
     "old_only": "Only on the old primary (changed there after the divergence; replayable)",
     "conflict": "Changed on both sides (not replayed)",
     "unknown": "Cannot tell who changed it (not replayed)",
@@ -137,16 +143,20 @@ _ORIGIN_TITLES = {
 }
 
 
-def _fb_head(r: FailbackReport) -> list[str]:
+def failback_verdict(r: FailbackReport) -> str:
+    """Nothing to recover, or how many rows of each origin need recovering."""
+    if r.status == "nothing_to_recover":
+        return "nothing on the old primary is missing from the new one"
     c = r.counts()
-    verdict = (
-        "nothing on the old primary is missing from the new one"
-        if r.status == "nothing_to_recover"
-        else f"{c['old_only']} old-only, {c['conflict']} conflicting, {c['unknown']} unknown "
+    return (
+        f"{c['old_only']} old-only, {c['conflict']} conflicting, {c['unknown']} unknown "
         "rows: recover them before rewinding the old primary"
     )
+
+
+def _fb_head(r: FailbackReport) -> list[str]:
     return [
-        f"failback: {verdict}",
+        f"failback: {failback_verdict(r)}",
         f"old primary: {r.old}",
         f"new primary: {r.new} (timeline {r.timeline})",
         f"divergence: {iso_utc(r.divergence_at) or 'unknown'}",
@@ -157,7 +167,7 @@ def _fb_head(r: FailbackReport) -> list[str]:
 
 def failback_to_text(r: FailbackReport) -> str:
     out = _fb_head(r)
-    for origin, title in _ORIGIN_TITLES.items():
+    for origin, title in ORIGIN_TITLES.items():
         rows = r.of(origin)  # type: ignore[arg-type]
         if not rows:
             continue
@@ -174,7 +184,7 @@ def failback_to_text(r: FailbackReport) -> str:
 def failback_to_markdown(r: FailbackReport) -> str:
     head = _fb_head(r)
     out = [f"## replverify {head[0]}", ""] + [f"- {md_cell(x)}" for x in head[1:]]
-    for origin, title in _ORIGIN_TITLES.items():
+    for origin, title in ORIGIN_TITLES.items():
         rows = r.of(origin)  # type: ignore[arg-type]
         if not rows:
             continue
