@@ -74,6 +74,9 @@ class RowHasher:
 class PostgresSource:
     """One side of one table on a PostgreSQL server."""
 
+    #: Most bytes of one chunk's COPY stream kept for narrowing (see ``_copy_digest``).
+    keep_stream_bytes = 16 << 20
+
     def __init__(self, pool: asyncpg.Pool, sql: TableSQL, mode: DigestMode) -> None:
         self.pool = pool
         self.sql = sql
@@ -151,15 +154,24 @@ class PostgresSource:
         # Order-dependent, so the rows come in key order; the count is COPY's status.
         # The pieces are kept (by reference: asyncpg hands over a new buffer each time)
         # so that a mismatch can be located in them; see replverify.copyscan.
+        # A chunk of wide rows is not kept beyond ``keep_stream_bytes``, so memory stays
+        # bounded by the chunks in flight whatever the rows hold; such a chunk is
+        # narrowed by splitting instead.
         text, params = self.sql.copy_rows(rng)
         h = xxhash.xxh3_128()
         pieces: list[bytes | bytearray] = []
-        keep = self.key_of is not None
+        kept = 0 if self.key_of is not None else -1
 
         async def sink(data: bytes | bytearray) -> None:
+            nonlocal kept
             h.update(data)
-            if keep:
-                pieces.append(data)
+            if kept >= 0:
+                kept += len(data)
+                if kept <= self.keep_stream_bytes:
+                    pieces.append(data)
+                else:
+                    pieces.clear()
+                    kept = -1
 
         async with self.pool.acquire() as conn:
             status = await conn.copy_from_query(text, *params, output=sink, format="binary")

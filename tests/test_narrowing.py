@@ -88,3 +88,22 @@ async def _text_key(dsn: str, v: int) -> str:
         return await conn.fetchval("SELECT k FROM by_text WHERE v = $1", v)
     finally:
         await conn.close()
+
+
+async def test_a_chunk_too_big_to_keep_is_narrowed_by_splitting(pair, machines, monkeypatch):
+    from replverify.sources import PostgresSource
+
+    monkeypatch.setattr(PostgresSource, "keep_stream_bytes", 100_000)  # < a 10k-row chunk
+    src, tgt = pair
+    report = await diff(
+        src, tgt, DiffOptions(tables=("wide_int",), chunk_rows=10_000, digest="copy")
+    )
+    assert set(report.tables[0].differences) == {
+        Changed((5000,), ("n",)),
+        Missing((15000,)),
+        Extra((30001,)),
+    }
+    (m,) = machines
+    # the two full chunks were split; only the one-row tail chunk fitted
+    assert m.stats.chunks_mismatched == 3 and m.stats.chunks_located == 1
+    assert m.stats.ranges_digested > m.stats.chunks
