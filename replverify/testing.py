@@ -285,7 +285,24 @@ def _register(cluster: Cluster | None = None, directory: Path | None = None) -> 
             _live_dirs.add(str(directory))
         if not _atexit_registered:
             atexit.register(_atexit_cleanup)
+            _stop_on_sigterm()
             _atexit_registered = True
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a CI job's timeout, ``kill``) ends Python without running atexit: stop the
+    clusters first, then die of the signal as before. Only where nobody else handles it."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        _atexit_cleanup()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _unregister(cluster: Cluster | None = None, directory: Path | None = None) -> None:

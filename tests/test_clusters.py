@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import uuid
@@ -240,5 +241,37 @@ def test_process_exiting_without_close_leaves_nothing_behind(tmp_path: Path) -> 
     assert proc.returncode == 3, proc.stderr
     base = Path(proc.stdout.strip())
     assert base.name.startswith("replverify-")
+    assert processes_matching(base.name) == ""
+    assert not base.exists()
+
+
+def test_sigterm_stops_the_clusters_before_the_process_dies(tmp_path: Path) -> None:
+    """A CI timeout or ``kill`` sends SIGTERM, which skips atexit: the clusters must still
+    go, and the process must still die of the signal."""
+    script = (
+        "import time\n"
+        "from replverify.testing import LocalClusters\n"
+        "lc = LocalClusters(use_env=False).start_empty()\n"
+        "lc.fresh_pair()\n"
+        "print(lc.base_dir, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            base = Path(proc.stdout.readline().strip())
+            assert base.name.startswith("replverify-")
+            assert processes_matching(base.name) != ""
+            proc.terminate()
+            proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == -signal.SIGTERM
     assert processes_matching(base.name) == ""
     assert not base.exists()
