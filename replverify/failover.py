@@ -35,6 +35,7 @@ statement the journal cannot describe (e.g. ``SET v = v + 1``) is refused with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import inspect
 import os
@@ -49,11 +50,18 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from .connect import DB_OR_TIMEOUT_ERRORS, Endpoint, redact_text
+from .connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, redact_text
 from .errors import ConnectError, FailoverError, UsageError
 from .journal import FsyncPolicy, JournalTransaction, JournalWriter, definitely_failed
 
-__all__ = ["EVENTS", "FailoverEvent", "FailoverPool", "alternate_dsn", "is_outage"]
+__all__ = [
+    "EVENTS",
+    "FailoverEvent",
+    "FailoverPool",
+    "PoolTransaction",
+    "alternate_dsn",
+    "is_outage",
+]
 
 T = TypeVar("T")
 Side = Literal["primary", "alternate"]
@@ -320,11 +328,15 @@ class FailoverPool:
 
     async def _call(self, run: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """``run(conn)`` on the active endpoint; on an outage switch and retry once."""
+        return await self._switching(lambda: self._attempt(run))
+
+    async def _switching(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()`` on the active endpoint; on an outage switch and retry once."""
         if self._pool is None:
             raise UsageError("the FailoverPool is closed (or was never started)")
         generation, side = self._generation, self._active
         try:
-            return await self._attempt(run)
+            return await attempt()
         except Exception as e:
             if not is_outage(e):
                 raise
@@ -336,7 +348,7 @@ class FailoverPool:
             first = e
         await self._switch(generation, first)
         try:
-            return await self._attempt(run)
+            return await attempt()
         except Exception as e:
             if not is_outage(e):
                 raise
@@ -409,6 +421,33 @@ class FailoverPool:
         row = await self.fetchrow(query, *args, timeout=timeout)
         return None if row is None else row[0]
 
+    def transaction(self) -> PoolTransaction:
+        """Several statements in one database transaction, journaled as one transaction:
+        ``async with pool.transaction() as tx: await tx.execute(...)``.
+
+        The connection is taken on the active endpoint (switching first if it is down).
+        Each write's intent is journaled before it runs; leaving the block commits, and
+        the intents are marked committed once the server confirmed the COMMIT. An
+        exception inside the block rolls back (the intents are marked aborted: no COMMIT
+        was sent). A COMMIT whose answer was lost leaves them in doubt. An endpoint
+        failure inside the block switches endpoints and is raised: the block itself is
+        not retried, since only the application knows whether running it again is right.
+        """
+        return PoolTransaction(self)
+
+    async def _checkout(self) -> tuple[asyncpg.Pool, asyncpg.Connection, Side]:
+        """A connection of the active endpoint inside a started transaction."""
+        assert self._pool is not None
+        pool, side = self._pool, self._active
+        conn = await pool.acquire()
+        try:
+            await conn.execute("BEGIN")
+        except BaseException:
+            with contextlib.suppress(*DB_ERRORS):
+                await pool.release(conn)
+            raise
+        return pool, conn, side
+
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         try:
@@ -430,6 +469,116 @@ class FailoverPool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class PoolTransaction:
+    """One database transaction through a :class:`FailoverPool` (see
+    :meth:`FailoverPool.transaction`); ``execute`` and ``fetch*`` as on the pool."""
+
+    def __init__(self, owner: FailoverPool) -> None:
+        self._owner = owner
+        self._generation = owner._generation
+        self._pool: asyncpg.Pool | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._journal: JournalTransaction | None = None
+        #: the endpoint the transaction runs on
+        self.endpoint: Side = owner.active
+
+    async def __aenter__(self) -> PoolTransaction:
+        self._pool, self._conn, self.endpoint = await self._owner._switching(self._owner._checkout)
+        self._generation = self._owner._generation  # after any switch the checkout made
+        if self._owner.journal is not None:
+            self._journal = self._owner.journal.transaction()
+        return self
+
+    def _connection(self) -> asyncpg.Connection:
+        if self._conn is None:
+            raise UsageError("use the transaction inside 'async with pool.transaction()'")
+        return self._conn
+
+    async def execute(self, query: str, *args: object, timeout: float | None = None) -> str:
+        conn = self._connection()
+        self._intent(query, args)
+        status: str = await self._lost_as_connect_error(
+            lambda: conn.execute(query, *args, timeout=timeout)
+        )
+        return status
+
+    async def fetch(
+        self, query: str, *args: object, timeout: float | None = None
+    ) -> list[asyncpg.Record]:
+        conn = self._connection()
+        self._intent(query, args)
+        rows: list[asyncpg.Record] = await self._lost_as_connect_error(
+            lambda: conn.fetch(query, *args, timeout=timeout)
+        )
+        return rows
+
+    async def _lost_as_connect_error(self, call: Callable[[], Awaitable[T]]) -> T:
+        """asyncpg detaches a pooled connection the server closed, and then says it was
+        "released back to the pool": inside the transaction that means the connection was
+        lost, and is reported so (:class:`~replverify.errors.ConnectError`)."""
+        try:
+            return await call()
+        except asyncpg.InterfaceError as e:
+            if "released back to the pool" not in str(e) and not is_outage(e):
+                raise
+            ep = self._owner._endpoints[self.endpoint]
+            raise ConnectError(
+                ep.scrub(f"the {self.endpoint} ({ep}) closed the connection inside a transaction")
+            ) from e
+
+    async def fetchrow(
+        self, query: str, *args: object, timeout: float | None = None
+    ) -> asyncpg.Record | None:
+        rows = await self.fetch(query, *args, timeout=timeout)
+        return rows[0] if rows else None
+
+    async def fetchval(self, query: str, *args: object, timeout: float | None = None) -> Any:
+        row = await self.fetchrow(query, *args, timeout=timeout)
+        return None if row is None else row[0]
+
+    def _intent(self, query: str, args: tuple[object, ...]) -> None:
+        if self._journal is not None and _is_write(query):
+            self._journal.intent_sql(query, *args, meta={"endpoint": self.endpoint})
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        conn, pool, journal = self._connection(), self._pool, self._journal
+        assert pool is not None
+        self._conn = None
+        failure = exc
+        try:
+            if exc is None:
+                try:
+                    await conn.execute("COMMIT")
+                except BaseException as e:
+                    failure = e
+                    if journal is not None and journal.intents:
+                        # refused (e.g. a deferred constraint): rolled back; lost: unknown
+                        if isinstance(e, asyncpg.PostgresError) and not is_outage(e):
+                            await journal.abort_async()
+                        else:
+                            journal.leave_in_doubt()
+                    raise
+                if journal is not None and journal.intents:
+                    await journal.commit_async()
+            else:
+                # No COMMIT was sent, so nothing of the transaction can have committed.
+                with contextlib.suppress(*DB_ERRORS):
+                    await conn.execute("ROLLBACK")
+                if journal is not None and journal.intents:
+                    await journal.abort_async()
+        finally:
+            with contextlib.suppress(*DB_ERRORS):
+                await pool.release(conn)
+            if (
+                failure is not None
+                and (isinstance(failure, ConnectError) or is_outage(failure))
+                and self._owner.auto_switch_enabled
+            ):
+                await self._owner._switch(self._generation, failure)
 
 
 def _why(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import pytest
 from replverify.errors import ConnectError, FailoverError, UsageError
 from replverify.failover import FailoverEvent, FailoverPool, alternate_dsn, is_outage
 from replverify.reconcile import reconcile
-from replverify.testing import LocalClusters, free_port, promote, wait_for_replay
+from replverify.testing import LocalClusters, execute, free_port, promote, wait_for_replay
 
 # --------------------------------------------------------------------------- alternate_dsn
 
@@ -179,3 +179,65 @@ async def test_retry_on_alternate_that_fails_too(clusters: LocalClusters) -> Non
         assert pool.active == "primary"
     finally:
         await pool.close()
+
+
+async def test_multi_statement_transactions_are_journaled_as_one(
+    clusters: LocalClusters, tmp_path: Path
+) -> None:
+    pair = await asyncio.to_thread(clusters.fresh_pair)
+    await execute(pair.primary_dsn, "CREATE TABLE acct (id int PRIMARY KEY, balance int)")
+    journal = tmp_path / "writes.jsonl"
+    events: list[str] = []
+
+    async def promote_standby(event: FailoverEvent) -> None:
+        events.append(f"{event.name}:{event.to_endpoint}")
+        await promote(pair.standby_dsn)
+
+    pool = FailoverPool(pair.primary_dsn, pair.standby_dsn, journal=journal, connect_timeout=3)
+    pool.on("endpoint_switch_required", promote_standby)
+    await pool.start()
+    try:
+        # committed: both writes, one txid
+        async with pool.transaction() as tx:
+            await tx.execute("INSERT INTO acct VALUES ($1, $2)", 1, 100)
+            await tx.execute("INSERT INTO acct VALUES ($1, $2)", 2, 0)
+            assert await tx.fetchval("SELECT count(*) FROM acct") == 2
+        # an application error inside the block: rolled back, journaled as aborted
+        with pytest.raises(RuntimeError):
+            async with pool.transaction() as tx:
+                await tx.execute("UPDATE acct SET balance = $1 WHERE id = $2", 50, 1)
+                raise RuntimeError("insufficient funds")
+        assert await pool.fetchval("SELECT balance FROM acct WHERE id = 1") == 100
+        await wait_for_replay(pair.primary_dsn, pair.standby_dsn)
+
+        # the primary dies inside the block: no COMMIT was sent, so nothing committed;
+        # the pool switches (events fire) and the application runs the block again
+        with pytest.raises(Exception) as raised:
+            async with pool.transaction() as tx:
+                await tx.execute("UPDATE acct SET balance = $1 WHERE id = $2", 90, 1)
+                await asyncio.to_thread(pair.primary.stop, "fast")
+                await tx.execute("UPDATE acct SET balance = $1 WHERE id = $2", 10, 2)
+        assert isinstance(raised.value, ConnectError) or is_outage(raised.value)
+        assert events == ["endpoint_switch_required:alternate"] and pool.active == "alternate"
+        async with pool.transaction() as tx:
+            assert tx.endpoint == "alternate"
+            await tx.execute("UPDATE acct SET balance = $1 WHERE id = $2", 90, 1)
+            await tx.execute("UPDATE acct SET balance = $1 WHERE id = $2", 10, 2)
+    finally:
+        await pool.close()
+
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    by_tx: dict[str, list[str]] = {}
+    for r in records:
+        by_tx.setdefault(r["txid"], []).append(r["state"])
+    assert list(by_tx.values()) == [
+        ["intent", "intent", "committed"],
+        ["intent", "aborted"],
+        ["intent", "intent", "aborted"],  # intents come first; no COMMIT was ever sent
+        ["intent", "intent", "committed"],
+    ]
+    report = await reconcile(journal, pair.standby_dsn)
+    assert report.status == "no_loss", report
+    # the inserts were overwritten by the last transaction's updates: superseded, not lost
+    assert report.counts["lost"] == 0 and report.counts["conflict"] == 0
+    assert report.counts["durable"] + report.counts["superseded"] == 4, report.counts
