@@ -69,3 +69,56 @@ def test_a_query_on_a_connection_the_server_just_terminated_is_a_lost_connection
     )
     assert isinstance(exc, DB_ERRORS)
     assert isinstance(trouble(exc), ConnectError)
+
+
+async def test_a_real_recovery_conflict_on_a_standby_is_retried(clusters) -> None:
+    """A standby that must remove row versions a running query still needs cancels it
+    (40001, "conflict with recovery"); the read is run again on a fresh snapshot."""
+    import asyncio
+
+    from replverify.testing import execute, wait_for_replay
+
+    pair = await asyncio.to_thread(clusters.fresh_pair)
+    await execute(
+        pair.standby_dsn,
+        "ALTER SYSTEM SET max_standby_streaming_delay = 0",  # cancel at once
+        "ALTER SYSTEM SET hot_standby_feedback = off",  # the primary may remove rows
+        "SELECT pg_reload_conf()",
+    )
+    await execute(
+        pair.primary_dsn,
+        "CREATE TABLE c (id int PRIMARY KEY, v text)",
+        "INSERT INTO c SELECT g, 'x' FROM generate_series(1, 1000) g",
+    )
+    await wait_for_replay(pair.primary_dsn, pair.standby_dsn)
+    pool = await asyncpg.create_pool(pair.standby_dsn, min_size=1, max_size=2)
+    attempts: list[BaseException | None] = []
+    reading = asyncio.Event()
+
+    async def read() -> int:
+        async with (
+            pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            n = int(await conn.fetchval("SELECT count(*) FROM c"))
+            if not attempts:
+                reading.set()
+                try:
+                    await conn.fetchval("SELECT pg_sleep(20)")  # cancelled by the conflict
+                except asyncpg.PostgresError as e:
+                    attempts.append(e)
+                    raise
+            attempts.append(None)
+            return n
+
+    try:
+        task = asyncio.ensure_future(retrying(read))
+        await reading.wait()
+        await execute(pair.primary_dsn, "DELETE FROM c WHERE id <= 500", "VACUUM c")
+        assert await asyncio.wait_for(task, 30) == 500
+    finally:
+        await pool.close()
+    conflict, retried = attempts
+    assert isinstance(conflict, asyncpg.PostgresError) and conflict.sqlstate == "40001"
+    assert "conflict with recovery" in str(conflict) and transient(conflict)
+    assert retried is None
