@@ -175,7 +175,26 @@ def _is_write(query: str) -> bool:
 # ----------------------------------------------------------------------- the pool
 
 
-class FailoverPool:
+class _Rows:
+    """``fetchrow`` and ``fetchval`` on top of ``fetch`` (the pool's and a transaction's)."""
+
+    async def fetch(
+        self, query: str, *args: object, timeout: float | None = None
+    ) -> list[asyncpg.Record]:
+        raise NotImplementedError
+
+    async def fetchrow(
+        self, query: str, *args: object, timeout: float | None = None
+    ) -> asyncpg.Record | None:
+        rows = await self.fetch(query, *args, timeout=timeout)
+        return rows[0] if rows else None
+
+    async def fetchval(self, query: str, *args: object, timeout: float | None = None) -> Any:
+        row = await self.fetchrow(query, *args, timeout=timeout)
+        return None if row is None else row[0]
+
+
+class FailoverPool(_Rows):
     """Two endpoints, one active asyncpg pool; see the module docstring."""
 
     def __init__(
@@ -411,16 +430,6 @@ class FailoverPool:
 
         return await self._call(run)
 
-    async def fetchrow(
-        self, query: str, *args: object, timeout: float | None = None
-    ) -> asyncpg.Record | None:
-        rows = await self.fetch(query, *args, timeout=timeout)
-        return rows[0] if rows else None
-
-    async def fetchval(self, query: str, *args: object, timeout: float | None = None) -> Any:
-        row = await self.fetchrow(query, *args, timeout=timeout)
-        return None if row is None else row[0]
-
     def transaction(self) -> PoolTransaction:
         """Several statements in one database transaction, journaled as one transaction:
         ``async with pool.transaction() as tx: await tx.execute(...)``.
@@ -471,7 +480,7 @@ class FailoverPool:
         await self.close()
 
 
-class PoolTransaction:
+class PoolTransaction(_Rows):
     """One database transaction through a :class:`FailoverPool` (see
     :meth:`FailoverPool.transaction`); ``execute`` and ``fetch*`` as on the pool."""
 
@@ -527,16 +536,6 @@ class PoolTransaction:
             raise ConnectError(
                 ep.scrub(f"the {self.endpoint} ({ep}) closed the connection inside a transaction")
             ) from e
-
-    async def fetchrow(
-        self, query: str, *args: object, timeout: float | None = None
-    ) -> asyncpg.Record | None:
-        rows = await self.fetch(query, *args, timeout=timeout)
-        return rows[0] if rows else None
-
-    async def fetchval(self, query: str, *args: object, timeout: float | None = None) -> Any:
-        row = await self.fetchrow(query, *args, timeout=timeout)
-        return None if row is None else row[0]
 
     def _intent(self, query: str, args: tuple[object, ...]) -> None:
         if self._journal is not None and _is_write(query):
