@@ -357,7 +357,15 @@ class _TableRun:
                     )
             except Exception as e:  # raised again below unless the table changed meanwhile
                 failure = e
-            after = await self._definition(ref)
+            try:
+                after = await self._definition(ref)
+            except DB_ERRORS as e:  # a side went away: its error is in the result already
+                if failure is not None:
+                    raise failure from e
+                assert result is not None
+                if not result.error:
+                    result.error = f"{ref}: its definition could not be read again: {e}"
+                return result
             if after == before:
                 if failure is not None:
                     raise failure

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
+from replverify import failback as failback_module
 from replverify.api import DiffOptions, diff
 from replverify.cli import diff_exit_code, main
 from replverify.failback import failback
@@ -266,21 +267,54 @@ async def test_gate_never_passes_with_an_unreadable_table(clusters, make_db):
 
 async def test_failback_reports_an_unreadable_table_and_exits_2(secret):
     old, new = secret
-    report = await failback(old, new)
-    assert not report.complete and report.status == "unverified"
+    report = await failback(old, new, options=DiffOptions(tables=("customers", "order_lines")))
+    assert not report.complete and report.status == "unverified" and not report.rows
     assert [(str(ref), "permission denied" in why) for ref, why in report.unverified] == [
         ("public.customers", True)
     ]
-    assert [(str(r.table), r.key) for r in report.rows] == [("public.orders", {"id": 7})]
     doc = failback_to_dict(report)
     assert doc["schema"] == "replverify.failback/1" and doc["complete"] is False
-    assert doc["status"] == "unverified" and doc["counts"]["unknown"] == 1
+    assert doc["status"] == "unverified"
     (entry,) = doc["unverified"]
     assert entry["table"] == "public.customers" and "permission denied" in entry["reason"]
     for fmt in ("text", "markdown", "html"):
         out = FAILBACK_RENDERERS[fmt](report)
         assert "public.customers" in out and "permission denied" in out, fmt
-        assert "could not be verified" in out, fmt
+        assert "1 table could not be verified" in out, fmt
+        assert "nothing on the old primary is missing" not in out, fmt
+    # every other table is still attributed; the exit code says trouble
     result = await cli("failback", old, new, "--format", "json")
     assert result.exit_code == 2, result.output
-    assert json.loads(result.output)["unverified"][0]["table"] == "public.customers"
+    doc = json.loads(result.output)
+    assert doc["status"] == "old_only_changes" and doc["complete"] is False
+    assert [(r["table"], r["key"]) for r in doc["rows"]] == [("public.orders", {"id": 7})]
+    assert [x["table"] for x in doc["unverified"]] == ["public.customers"]
+    result = await cli("failback", old, new)
+    assert result.exit_code == 2 and "1 table could not be verified" in result.output
+
+
+async def test_failback_attribution_trouble_is_that_tables_alone(clusters, make_db, monkeypatch):
+    old, new = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=100, matrix_rows=10)
+    await execute(
+        new,
+        "DELETE FROM orders WHERE id = 3",
+        "DELETE FROM order_lines WHERE line_no = 1 AND order_id = 4",
+    )
+    old_reader = await reader(old)
+    real_diff = failback_module.api.diff
+
+    async def diff_then_revoke(*args, **kwargs):
+        report = await real_diff(*args, **kwargs)
+        # SELECT taken away between the diff and the attribution of its rows
+        await execute(
+            old, f"REVOKE SELECT ON orders FROM {old_reader.split('//')[1].split('@')[0]}"
+        )
+        return report
+
+    monkeypatch.setattr(failback_module.api, "diff", diff_then_revoke)
+    report = await failback(old_reader, new)
+    assert not report.complete and report.status == "old_only_changes"
+    assert [str(r.table) for r in report.rows] == ["public.order_lines"]
+    ((ref, why),) = report.unverified
+    assert str(ref) == "public.orders" and "permission denied" in why
+    assert "public.orders: its differing rows cannot be read" in FAILBACK_RENDERERS["text"](report)
