@@ -147,7 +147,7 @@ async def test_a_locked_table_times_out_alone(clusters, make_db):
     holder = await asyncpg.connect(tgt)
     try:
         await holder.execute("BEGIN; LOCK TABLE order_lines IN ACCESS EXCLUSIVE MODE")
-        locked = tgt + "?lock_timeout=200ms"
+        locked = tgt + "?options=-c%20lock_timeout%3D200ms"  # libpq form
         report = await diff(src, locked, DiffOptions(chunk_rows=100))
         lines = table(report, "public.order_lines")
         assert lines.error and "on the target" in lines.error and "lock timeout" in lines.error
