@@ -313,7 +313,7 @@ Definition = tuple[str | None, str | None]  # source, target; None: no such tabl
 
 @dataclass
 class _TableRun:
-    """Verifies tables one at a time, so that one table's trouble (it cannot be read, it
+    """Verifies each table on its own, so that one table's trouble (it cannot be read, it
     is dropped or altered while read) stays in that table's result.
 
     A table is only reported from a comparison during which its definition stayed the
@@ -386,7 +386,7 @@ class _TableRun:
                     f"{ref}: its definition changed {where} during each of {ATTEMPTS} "
                     "comparisons; not verified"
                 )
-                return _unverified(sql.plan, why, result)
+                return _unverified(sql.plan, why)  # what it found may mix definitions
             self.notes.append(
                 f"{ref}: its definition changed {where} during the run (altered or "
                 "re-created); it was planned and compared again from the start"
@@ -408,11 +408,11 @@ class _TableRun:
         return s, t
 
     async def _replan(self, ref: TableRef) -> TableSQL:
-        async with self.source.acquire() as sc, self.target.acquire() as tc:
-            s, t = (
-                (await catalog.load_tables(sc)).get(ref),
-                (await catalog.load_tables(tc)).get(ref),
-            )
+        infos = []
+        for pool in (self.source, self.target):  # one connection at a time: no pool waits
+            async with pool.acquire() as conn:  # on another while holding one
+                infos.append((await catalog.load_tables(conn)).get(ref))
+        s, t = infos
         if s is None or t is None:
             raise SchemaError(f"table missing on the {'source' if s is None else 'target'}")
         return TableSQL(_plan(s, t, self.options, *self.servers), self.where)  # type: ignore[arg-type]
