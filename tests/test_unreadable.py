@@ -241,6 +241,35 @@ async def test_a_table_altered_on_one_side_mid_run_shows_the_new_schema(clusters
     assert any("definition changed on the source" in n for n in report.notes)
 
 
+async def test_a_table_that_keeps_changing_is_not_verified(clusters, make_db):
+    src, tgt = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=30_000)
+    await execute(tgt, "UPDATE orders SET note = 'differs' WHERE id = 5")
+    last = [0]
+    alters: list[asyncio.Future[None]] = []
+
+    def progress(ref, done, estimate):
+        if ref.name != "orders":
+            return
+        if not alters or done < last[0]:
+            # a new comparison of orders has begun: alter it again while it runs
+            sql = f"ALTER TABLE orders ADD COLUMN c{len(alters)} int"
+            alters.append(asyncio.ensure_future(execute(src, sql)))
+        last[0] = done
+
+    report = await diff(src, tgt, DiffOptions(chunk_rows=300, jobs=1), progress=progress)
+    await asyncio.gather(*alters)
+    assert len(alters) == 3
+    orders = table(report, "public.orders")
+    assert orders.error == (
+        "public.orders: its definition changed on the source during each of 3 comparisons;"
+        " not verified"
+    )
+    assert not orders.differences and not orders.verified  # nothing from a mixed run
+    assert_others_verified(report, "public.orders")
+    assert diff_exit_code(report) == 2
+    assert sum("its definition changed" in n for n in report.notes) == 2
+
+
 async def test_gate_never_passes_with_an_unreadable_table(clusters, make_db):
     (primary,) = await make_db(clusters.primary_dsn, rows=200, matrix_rows=10)
     src = await reader(primary, without="customers")
