@@ -37,6 +37,25 @@ WHERE i.indisprimary AND i.indrelid = ANY($1::oid[])
 GROUP BY i.indrelid
 """
 
+#: What a table's definition is, as one comparable text per table: its oid, every
+#: column slot (dropped ones too, with the xmin of its catalog row, so that an ALTER that
+#: is undone again still shows) and its primary key. A change between two readings
+#: means the table was altered, dropped or re-created in between.
+_DEFINITIONS_SQL = """
+SELECT n.nspname, c.relname, concat_ws(';', c.oid::text, (
+         SELECT string_agg(concat_ws(':', a.attnum, a.attname, a.atttypid, a.atttypmod,
+                                     a.attcollation, a.attnotnull, a.attisdropped, a.xmin),
+                           ',' ORDER BY a.attnum)
+         FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0),
+       (SELECT i.indkey::text FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+       ) AS definition
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname !~ '^pg_(toast|temp_)'
+  AND ($1::text IS NULL OR (n.nspname = $1 AND c.relname = $2))
+"""
+
 _TYPES_SQL = """
 SELECT t.oid, t.typname, t.typtype, t.typbasetype, t.typelem, t.typrelid, t.typcategory,
        format_type(t.oid, NULL) AS fmt, t.typlen
@@ -175,6 +194,16 @@ async def load_tables(conn: asyncpg.Connection) -> dict[TableRef, TableInfo]:
             ref, t["oid"], tuple(by_rel.get(t["oid"], [])), pkeys.get(t["oid"], ()), t["estimate"]
         )
     return out
+
+
+async def definitions(
+    conn: asyncpg.Connection, only: TableRef | None = None
+) -> dict[TableRef, str]:
+    """A fingerprint of each table's definition (or of ``only``): equal fingerprints
+    mean the table was not altered, dropped or re-created in between."""
+    schema, name = (only.schema, only.name) if only else (None, None)
+    rows = await conn.fetch(_DEFINITIONS_SQL, schema, name)
+    return {TableRef(r["nspname"], r["relname"]): r["definition"] for r in rows}
 
 
 def parse_table_pattern(pattern: str) -> tuple[str, str]:

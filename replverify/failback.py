@@ -89,8 +89,20 @@ class FailbackReport:
     timeline: int | None
     rows: list[FailbackRow] = field(default_factory=list)
     diff: DiffReport | None = None
+    #: tables whose differing rows could not be read for attribution, and why
+    trouble: list[tuple[TableRef, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+
+    @property
+    def unverified(self) -> list[tuple[TableRef, str]]:
+        """Tables the old primary may hold unseen changes in, and why: not verified by
+        the diff (could not be read, say), or their rows could not be attributed."""
+        tables = self.diff.tables if self.diff is not None else []
+        out = [
+            (t.table, t.error or "rows written to while compared") for t in tables if not t.verified
+        ]
+        return out + self.trouble
 
     @property
     def can_tell(self) -> bool:
@@ -100,16 +112,18 @@ class FailbackReport:
         return [r for r in self.rows if r.origin == origin]
 
     @property
-    def status(self) -> Literal["nothing_to_recover", "old_only_changes"]:
+    def status(self) -> Literal["nothing_to_recover", "old_only_changes", "unverified"]:
         risky = any(r.origin != "new_only" for r in self.rows)
         unnamed = self.diff is not None and any(
-            t.key_mode == "none" and not t.consistent for t in self.diff.tables
+            t.key_mode == "none" and not t.consistent and t.error is None for t in self.diff.tables
         )
-        return "old_only_changes" if risky or unnamed else "nothing_to_recover"
+        if risky or unnamed:
+            return "old_only_changes"
+        return "unverified" if self.unverified else "nothing_to_recover"
 
     @property
     def complete(self) -> bool:
-        return self.diff is None or self.diff.complete
+        return (self.diff is None or self.diff.complete) and not self.trouble
 
     def counts(self) -> dict[str, int]:
         out = {"old_only": 0, "new_only": 0, "conflict": 0, "unknown": 0}
@@ -131,7 +145,7 @@ async def failback(old: str, new: str, *, options: api.DiffOptions | None = None
         diff = await api.diff(old, new, options)
         report.diff = diff
         for t in diff.tables:
-            if t.key_mode == "none" and not t.consistent:
+            if t.key_mode == "none" and not t.consistent and t.error is None:
                 report.notes.append(
                     f"{t.table}: no key, compared as a row multiset: its "
                     f"{t.differences_total} differing rows cannot be attributed"
@@ -142,7 +156,11 @@ async def failback(old: str, new: str, *, options: api.DiffOptions | None = None
                     f"{t.differences_total} differing rows are attributed (raise max_diffs)"
                 )
             if t.key_mode != "none" and t.differences:
-                report.rows.extend(await _attribute(report, t, oc, nc))
+                try:
+                    report.rows.extend(await _attribute(report, t, oc, nc))
+                except asyncpg.PostgresError as e:  # this table's trouble alone
+                    why = old_ep.scrub(new_ep.scrub(str(e)))
+                    report.trouble.append((t.table, f"its differing rows cannot be read: {why}"))
     except DB_ERRORS as e:
         raise trouble(e, old_ep, new_ep) from e
     finally:

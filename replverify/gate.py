@@ -13,8 +13,9 @@
 4. Run :func:`replverify.api.diff` on the pair (its reads are LSN-fenced on a standby).
 
 ``status``: ``safe`` (caught up and identical: a switch now loses nothing),
-``not_caught_up`` (the wait timed out), ``different``; the CLI maps these to 0 / 1 / 1,
-and an incomplete diff to 2.
+``not_caught_up`` (the wait timed out), ``different``, ``unverified`` (no difference
+found, but some table could not be verified: it could not be read, say); the CLI maps
+these to 0 / 1 / 1 / 2, and any incomplete diff to 2.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ _WRITERS_SQL = """\
 SELECT count(*) FROM pg_stat_activity
 WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"""
 
-GateStatus = Literal["safe", "not_caught_up", "different"]
+GateStatus = Literal["safe", "not_caught_up", "different", "unverified"]
 #: ``progress(lag_bytes, waited_s)`` while waiting for replay
 Progress = Callable[[int, float], None]
 
@@ -77,9 +78,13 @@ class GateReport:
     def status(self) -> GateStatus:
         if not self.caught_up:
             return "not_caught_up"
-        if self.diff is None or self.diff.status != "consistent":
+        if self.diff is None or any(
+            t.differences_total or t.schema_differences for t in self.diff.tables
+        ):
             return "different"
-        return "safe"
+        if not self.diff.complete:
+            return "unverified"
+        return "safe" if self.diff.status == "consistent" else "different"
 
     @property
     def complete(self) -> bool:

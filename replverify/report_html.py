@@ -48,6 +48,7 @@ from .report import (
 from .report_ops import (
     GATE_VERDICT,
     ORIGIN_TITLES,
+    UNVERIFIED_TITLE,
     failback_to_dict,
     failback_verdict,
     files_to_dict,
@@ -784,6 +785,14 @@ def failback_to_html(r: FailbackReport) -> str:
         ("promotion", promotion),
     ]
     body: list[Content] = [section("Run", facts(run))]
+    if doc["unverified"]:
+        cells = [[code(x["table"]), x["reason"]] for x in doc["unverified"]]
+        body.append(
+            section(
+                f"{UNVERIFIED_TITLE}: {len(cells):,}",
+                table(["table", "why"], cells, tones=["warn"] * len(cells)),
+            )
+        )
     for origin, title in ORIGIN_TITLES.items():
         rows = [x for x in doc["rows"] if x["origin"] == origin]
         if not rows:

@@ -21,6 +21,7 @@ __all__ = [
     "GATE_VERDICT",
     "HEALTH_RENDERERS",
     "ORIGIN_TITLES",
+    "UNVERIFIED_TITLE",
     "failback_to_dict",
     "failback_verdict",
     "files_to_dict",
@@ -50,6 +51,7 @@ def gate_to_dict(r: GateReport) -> dict[str, Any]:
         "lag_bytes": r.lag_bytes,
         "replay_paused": r.replay_paused,
         "diff": None if r.diff is None else diff_to_dict(r.diff),
+        "complete": r.complete,
         "notes": r.notes,
         "elapsed_s": round(r.elapsed_s, 3),
     }
@@ -60,6 +62,7 @@ GATE_VERDICT = {
     "safe": "SAFE to switch: the target has replayed everything and holds the same data",
     "not_caught_up": "NOT SAFE: the target has not replayed everything the source wrote",
     "different": "NOT SAFE: the target's data differs from the source's",
+    "unverified": "NOT SAFE: some tables could not be verified",
 }
 
 
@@ -76,15 +79,18 @@ def _gate_lines(r: GateReport) -> list[str]:
     if r.diff is not None:
         d = r.diff
         total = sum(t.differences_total for t in d.tables)
-        out.append(f"diff: {d.status}, {len(d.tables)} tables, {total} differences")
+        unverified = sum(not t.verified for t in d.tables)
+        out.append(
+            f"diff: {d.status}, {len(d.tables)} tables, {total} differences"
+            + (f", {unverified} not verified" if unverified else "")
+        )
         for t in d.tables:
-            if not t.consistent:
-                out.append(f"  {t.table}: {t.differences_total} differences{_err(t.error)}")
+            if t.error:
+                found = f" ({t.differences_total} differences found)" if t.differences_total else ""
+                out.append(f"  {t.table}: not verified{found}: {t.error}")
+            elif not t.consistent:
+                out.append(f"  {t.table}: {t.differences_total} differences")
     return out
-
-
-def _err(error: str | None) -> str:
-    return f" (error: {error})" if error else ""
 
 
 def gate_to_text(r: GateReport) -> str:
@@ -129,6 +135,8 @@ def failback_to_dict(r: FailbackReport) -> dict[str, Any]:
         "can_tell": r.can_tell,
         "counts": r.counts(),
         "rows": [_row_dict(x) for x in r.rows],
+        "complete": r.complete,
+        "unverified": [{"table": str(t), "reason": why} for t, why in r.unverified],
         "notes": r.notes,
         "elapsed_s": round(r.elapsed_s, 3),
     }
@@ -147,11 +155,19 @@ def failback_verdict(r: FailbackReport) -> str:
     """Nothing to recover, or how many rows of each origin need recovering."""
     if r.status == "nothing_to_recover":
         return "nothing on the old primary is missing from the new one"
+    n = len(r.unverified)
+    unverified = f"{n} table{'s' if n != 1 else ''} could not be verified"
+    if r.status == "unverified":
+        return f"{unverified}: the old primary may hold changes there that the new one lacks"
     c = r.counts()
     return (
         f"{c['old_only']} old-only, {c['conflict']} conflicting, {c['unknown']} unknown "
-        "rows: recover them before rewinding the old primary"
+        "rows: recover them before rewinding the old primary" + (f"; {unverified}" if n else "")
     )
+
+
+#: The section title of the tables a failback could not verify.
+UNVERIFIED_TITLE = "Not verified (the old primary may hold changes here)"
 
 
 def _fb_head(r: FailbackReport) -> list[str]:
@@ -167,6 +183,9 @@ def _fb_head(r: FailbackReport) -> list[str]:
 
 def failback_to_text(r: FailbackReport) -> str:
     out = _fb_head(r)
+    if r.unverified:
+        out += ["", f"{UNVERIFIED_TITLE}: {len(r.unverified)}"]
+        out += [f"  {t}: {why}" for t, why in r.unverified]
     for origin, title in ORIGIN_TITLES.items():
         rows = r.of(origin)  # type: ignore[arg-type]
         if not rows:
@@ -184,6 +203,9 @@ def failback_to_text(r: FailbackReport) -> str:
 def failback_to_markdown(r: FailbackReport) -> str:
     head = _fb_head(r)
     out = [f"## replverify {head[0]}", ""] + [f"- {md_cell(x)}" for x in head[1:]]
+    if r.unverified:
+        out += ["", f"### {UNVERIFIED_TITLE}", "", "| table | why |", "| --- | --- |"]
+        out += [f"| {t} | {md_cell(why)} |" for t, why in r.unverified]
     for origin, title in ORIGIN_TITLES.items():
         rows = r.of(origin)  # type: ignore[arg-type]
         if not rows:
