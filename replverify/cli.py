@@ -536,7 +536,11 @@ def diff_exit_code(report: DiffReport) -> int:
 
 
 @main.command()
-@click.option("--keep", is_flag=True, help="Leave the clusters running and print their DSNs.")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave the clusters running; print their DSNs and the commands that stop them.",
+)
 @click.option(
     "--rows",
     type=click.IntRange(min=100),
