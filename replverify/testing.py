@@ -86,6 +86,7 @@ __all__ = [
     "promote",
     "restore_replication",
     "resume_replay",
+    "stop_clusters_under",
     "wait_for_replay",
 ]
 
@@ -330,6 +331,22 @@ def _atexit_cleanup() -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def stop_clusters_under(root: Path | str) -> int:
+    """Stop (``-m immediate``) every server whose data directory lies under ``root``:
+    what a kept or failed run left behind. Returns how many were stopped."""
+    bindir = find_bindir()
+    stopped = 0
+    for pid_file in Path(root).rglob("postmaster.pid"):
+        argv = _as_pg_user(
+            [bindir / "pg_ctl", "-D", pid_file.parent, "-m", "immediate", "-w", "stop"]
+        )
+        proc = subprocess.run(
+            argv, capture_output=True, timeout=90, stdin=subprocess.DEVNULL, check=False
+        )
+        stopped += proc.returncode == 0
+    return stopped
+
+
 # --------------------------------------------------------------------------- Cluster
 
 
@@ -514,9 +531,9 @@ class Cluster:
         _unregister(cluster=self)
 
     def pg_ctl_command(self, *args: str) -> list[str]:
-        """The command line of ``pg_ctl -D DATADIR ARGS``, as the user the cluster runs as
-        (for people and scripts; the methods here run it themselves)."""
-        return _as_pg_user([self.bindir / "pg_ctl", "-D", self.datadir, *args])
+        """The command line of ``pg_ctl ARGS`` as the user the cluster runs as (through
+        runuser when root), for people and scripts; the methods here run it themselves."""
+        return _as_pg_user([self.bindir / "pg_ctl", *args])
 
     def promote(self) -> None:
         """``pg_ctl promote -w``: end recovery, become a primary."""
@@ -1007,7 +1024,9 @@ class LocalClusters:
             clusters, self._clusters = self._clusters[::-1], []
         base, self.base_dir = self.base_dir, None
         commands = [
-            shlex.join(c.pg_ctl_command("-m", "fast", "-w", "stop")) for c in clusters if c.running
+            shlex.join(c.pg_ctl_command("-D", str(c.datadir), "-m", "fast", "-w", "stop"))
+            for c in clusters
+            if c.running
         ]
         for c in clusters:
             _unregister(cluster=c)

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from replverify.demo import run_demo
-from replverify.testing import ENV_TMPDIR, cluster_tmp_root, find_bindir
+from replverify.testing import ENV_TMPDIR, cluster_tmp_root, stop_clusters_under
 
 
 async def test_demo_runs_the_whole_story():
@@ -29,15 +29,6 @@ async def test_demo_runs_the_whole_story():
     assert "LOSS: 9 lost" in text  # reconcile names the lost writes
     assert "failback: 9 old-only" in text  # what a rewind of the old primary would discard
     assert "NO LOSS" in text  # after the replay script
-
-
-def _stop_leftovers(root: Path) -> None:
-    """Whatever a failed test left running under ``root``: stopped by its data directory."""
-    for pid_file in root.glob("*/*/postmaster.pid"):  # root/replverify-*/DATADIR
-        argv = [str(find_bindir() / "pg_ctl"), "-D", str(pid_file.parent), "-m", "immediate"]
-        if os.geteuid() == 0:
-            argv = ["runuser", "-u", "postgres", "--", *argv]
-        subprocess.run([*argv, "stop"], capture_output=True, timeout=60, check=False)
 
 
 async def _server_facts(dsn: str) -> tuple[bool, int]:
@@ -85,5 +76,5 @@ async def test_demo_keep_leaves_the_servers_running_and_says_how_to_stop_them():
                 await _server_facts(dsn)
         assert not Path(directory).exists()
     finally:
-        _stop_leftovers(root)
+        stop_clusters_under(root)
         shutil.rmtree(root, ignore_errors=True)
