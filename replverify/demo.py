@@ -76,15 +76,12 @@ async def run_demo(*, rows: int = 20_000, keep: bool = False, echo: Echo = print
     clusters = testing.LocalClusters(use_env=False).start_empty()
     try:
         code = await _story(clusters, rows=rows, keep=keep, echo=echo)
-    except BaseException:
-        await asyncio.to_thread(clusters.close)
-        raise
-    if not keep:
-        await asyncio.to_thread(clusters.close)
+        if keep:
+            stop = clusters.keep()
+            echo("to stop them and remove the directory:\n" + "\n".join(f"   {c}" for c in stop))
         return code
-    stop = clusters.keep()
-    echo("to stop them and remove the directory:\n" + "\n".join(f"   {c}" for c in stop))
-    return code
+    finally:
+        await asyncio.to_thread(clusters.close)  # after keep() there is nothing to close
 
 
 async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo: Echo) -> int:

@@ -89,6 +89,7 @@ turn it into a bad line in the middle of the file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import decimal
 import functools
@@ -1214,6 +1215,10 @@ class JournalWriter:
                     view = view[written:]
             except OSError as e:
                 self._seq -= 1
+                if len(view) < len(data):  # no torn line before the next record
+                    with contextlib.suppress(OSError):
+                        size = os.fstat(self._fd).st_size
+                        os.ftruncate(self._fd, size - (len(data) - len(view)))
                 # The caller must not run the write it could not journal.
                 raise OutputError(f"cannot append to journal {self.path}: {e.strerror}") from None
             self._appended += 1

@@ -196,3 +196,32 @@ def test_an_existing_report_is_untouched_until_the_run_writes_it(tmp_path, journ
     result = run("reconcile", "--journal", str(journal), "--target", NOBODY, "-o", str(report))
     assert result.exit_code == 2  # the server is unreachable
     assert report.read_text() == "last run\n"
+
+
+def test_a_journal_append_cut_short_leaves_no_torn_line(tmp_path):
+    """A file size limit lets the second record be written in part only: it is taken back,
+    so the journal reads cleanly and the writer can go on once there is room."""
+    path = tmp_path / "writes.jsonl"
+    code = f"""
+import os, resource, signal
+from replverify.errors import OutputError
+from replverify.journal import JournalWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+writer = JournalWriter({str(path)!r}, fsync="never")
+writer.write("insert", "public.t", {{"id": 1}}, {{"v": "x"}})
+size = os.path.getsize({str(path)!r})
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, size + 20))
+try:
+    writer.write("insert", "public.t", {{"id": 2}}, {{"v": "y" * 100}})
+except OutputError as e:
+    print("refused:", e)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: cannot append to journal" in proc.stdout
+    lines = path.read_text().splitlines(keepends=True)
+    assert len(lines) == 1 and lines[0].endswith("\n") and '"id":1' in lines[0]
+    with JournalWriter(path, fsync="never") as writer:
+        assert writer.repaired == 0  # nothing torn to cut
+        writer.write("insert", "public.t", {"id": 2}, {"v": "y"})
+    assert len(path.read_text().splitlines()) == 2
