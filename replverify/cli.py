@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import io
 import os
 import re
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Coroutine
@@ -29,6 +31,7 @@ from .errors import (
     EXIT_TROUBLE,
     ConfigError,
     ConnectError,
+    OutputError,
     ReplverifyError,
     ServerError,
 )
@@ -45,11 +48,55 @@ T = TypeVar("T")
 FORMATS = click.Choice(["text", "json", "markdown", "html"])
 
 
+def unwritable(path: str) -> str | None:
+    """Why ``path`` cannot be written, or None; checked before the long work starts so
+    that a run's report is never lost at its end. Changes nothing on disk."""
+    p = Path(path)
+    if p.exists():
+        if p.is_dir():
+            return f"{path} is a directory"
+        try:  # appending nothing proves it opens for writing (a report, /dev/full)
+            with p.open("a", encoding="utf-8"):
+                pass
+        except OSError as e:
+            return f"cannot write {path}: {e.strerror}"
+        return None
+    parent = p.parent
+    if not parent.exists():
+        return f"directory {parent} does not exist"
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    try:  # an unnamed file: what creating one needs (permission, a writable file system)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        return f"cannot create files in {parent}: {e.strerror}"
+    return None
+
+
+def check_writable(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """click callback of every option naming a file to write: a usage error (exit 2) with
+    the reason, before any server is contacted."""
+    if value is not None and (problem := unwritable(value)) is not None:
+        raise click.BadParameter(problem)
+    return value
+
+
+def write_file(path: str, text: str, what: str) -> None:
+    """Write ``text`` to ``path``; a failure (a full disk, a file gone) is trouble (exit 2)
+    with the reason, never an exit code that reads as a verdict."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise OutputError(f"cannot write {what} to {path}: {e.strerror}") from None
+
+
 def output_options(f: F) -> F:
     f = click.option(
         "-o",
         "--output",
-        type=click.Path(dir_okay=False, writable=True),
+        type=click.Path(dir_okay=False),
+        callback=check_writable,
         help="Write the report to FILE instead of standard output.",
     )(f)
     f = click.option(
@@ -67,16 +114,27 @@ def emit(text: str, output: str | None) -> None:
     """Write a rendered report to ``output`` or standard output; the text format gets its
     verdicts coloured on a terminal (see :func:`use_color`)."""
     if output:
-        try:
-            Path(output).write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise click.FileError(output, hint=e.strerror) from None
+        write_file(output, text, "the report")
         return
     ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.params.get("fmt", "text") == "text" and use_color():
-        click.echo(colorize(text), nl=False, color=True)
-    else:
-        click.echo(text, nl=False)
+    try:
+        if ctx is not None and ctx.params.get("fmt", "text") == "text" and use_color():
+            click.echo(colorize(text), nl=False, color=True)
+        else:
+            click.echo(text, nl=False)
+        sys.stdout.flush()
+    except OSError as e:
+        _discard_stdout()
+        raise OutputError(f"cannot write the report to standard output: {e.strerror}") from None
+
+
+def _discard_stdout() -> None:
+    """After a failed write to stdout, send what is still buffered to /dev/null: Python's
+    own flush at exit would fail again and turn the exit code into 120."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def stdout_is_terminal() -> bool:
@@ -412,6 +470,7 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option(
     "--state",
     type=click.Path(dir_okay=False),
+    callback=check_writable,
     metavar="FILE",
     help="Record verified chunks in FILE; run again with the same FILE to resume an "
     "interrupted diff where it stopped (same verdict as an uninterrupted run).",
@@ -477,7 +536,11 @@ def diff_exit_code(report: DiffReport) -> int:
 
 
 @main.command()
-@click.option("--keep", is_flag=True, help="Leave the clusters running and print their DSNs.")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave the clusters running; print their DSNs and the commands that stop them.",
+)
 @click.option(
     "--rows",
     type=click.IntRange(min=100),
@@ -754,7 +817,8 @@ def lag_exit_code(report: LagReport) -> int:
 )
 @click.option(
     "--replay-sql",
-    type=click.Path(dir_okay=False, writable=True),
+    type=click.Path(dir_okay=False),
+    callback=check_writable,
     metavar="FILE",
     help="Write a script that restores the lost writes: one transaction, every statement "
     "guarded so it cannot overwrite newer data.",
@@ -786,13 +850,27 @@ def reconcile(
     except ReplverifyError as e:
         raise click.BadParameter(e.message, param_hint="--since") from None
     report = run_async(run_reconcile(journal, target, source_dsn=source, since=since_ts))
-    if replay_sql:
-        try:
-            Path(replay_sql).write_text(replay_script(report), encoding="utf-8")
-        except OSError as e:
-            raise click.FileError(replay_sql, hint=e.strerror) from None
-    emit(RECONCILE_RENDERERS[fmt](report), output)
+    write_script_then_emit(
+        replay_sql, lambda: replay_script(report), RECONCILE_RENDERERS[fmt](report), output
+    )
     sys.exit(EXIT_DIFFERENT if report.status == "loss" else EXIT_OK)
+
+
+def write_script_then_emit(
+    script_path: str | None, script: Callable[[], str], report: str, output: str | None
+) -> None:
+    """Write the replay script to ``script_path`` (if given), then the report; when the
+    script cannot be written the report still is, and then the script's error ends the
+    run (exit 2)."""
+    failure: OutputError | None = None
+    if script_path:
+        try:
+            write_file(script_path, script(), "the replay script")
+        except OutputError as e:
+            failure = e
+    emit(report, output)
+    if failure is not None:
+        fail(failure)
 
 
 # == failover toolkit: gate, failback, health, files =========================================
@@ -874,7 +952,8 @@ def gate(
 )
 @click.option(
     "--replay-sql",
-    type=click.Path(dir_okay=False, writable=True),
+    type=click.Path(dir_okay=False),
+    callback=check_writable,
     metavar="FILE",
     help="Write a guarded one-transaction script that brings the old primary's own "
     "changes to NEW (INSERT ... ON CONFLICT DO NOTHING, UPDATE/DELETE ... WHERE the row "
@@ -902,12 +981,9 @@ def failback(
 
     options = api.DiffOptions(tables=tables)
     report = run_async(run_failback(old, new, options=options))
-    if replay_sql:
-        try:
-            Path(replay_sql).write_text(replay_script(report), encoding="utf-8")
-        except OSError as e:
-            raise click.FileError(replay_sql, hint=e.strerror) from None
-    emit(FAILBACK_RENDERERS[fmt](report), output)
+    write_script_then_emit(
+        replay_sql, lambda: replay_script(report), FAILBACK_RENDERERS[fmt](report), output
+    )
     if not report.complete:
         sys.exit(EXIT_TROUBLE)
     sys.exit(EXIT_OK if report.status == "nothing_to_recover" else EXIT_DIFFERENT)

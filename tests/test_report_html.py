@@ -1,6 +1,6 @@
 """HTML reports: self-contained pages, every value escaped, rendered by headless Chromium.
 
-The Chromium tests need ``chromium`` (Debian's package, ``/usr/bin/chromium``; ``.ci/run``
+The Chromium tests need ``chromium`` (Debian's package, ``/usr/bin/chromium``; ``scripts/test``
 installs it): without it they fail with a message, they never skip. Each page is loaded
 once with ``--dump-dom`` (the DOM is checked: table rows, chart points) and
 ``--screenshot`` (the PNG is decoded here and a few pixels are checked).
