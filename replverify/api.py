@@ -269,6 +269,8 @@ async def _diff(
     report.tables.sort(key=lambda t: t.table)
     if standby:
         await _record_lag(report, "end", src_pool, tgt_pool, history)
+        if (note := _paused_note(report)) is not None:
+            report.notes.insert(0, note)
     report.elapsed_s = time.perf_counter() - started
     return report
 
@@ -287,7 +289,20 @@ async def _record_lag(
             "lag_bytes": sample.lag_bytes,
             "lag_seconds": round(sample.lag_seconds, 3),
             "method": sample.method,
+            "replay_paused": sample.replay_paused,
         }
+
+
+def _paused_note(report: DiffReport) -> str | None:
+    """A note when the standby's replay was paused at the start or end of the run."""
+    when = [w for w, lag in report.lag.items() if lag.get("replay_paused")]
+    if not when:
+        return None
+    return (
+        f"WAL replay was paused on the target at the {' and the '.join(when)} of the run: "
+        "it holds only what it replayed before the pause (resume it on the standby with "
+        "SELECT pg_wal_replay_resume())"
+    )
 
 
 async def compare_table(
@@ -330,6 +345,7 @@ async def compare_table(
         digest=DIGEST_DESCRIPTIONS[mode],
         digest_bits=64 if mode == "server" else 128,
     )
+    hint: str | None = None
     try:
         if plan.multiset:
             await compare_multiset(sql, source, target, machine, fence)
@@ -350,13 +366,16 @@ async def compare_table(
     except asyncpg.PostgresError as e:
         result.error = f"{quote_table(plan.ref)}: {type(e).__name__}: {e}"
     except ReplverifyError as e:
-        result.error = str(e)
+        result.error = e.message
+        hint = e.hint
     if result.error:
         stats = machine.stats
         result.error += (
             f" (stopped after verifying {stats.chunks:,} chunks, {stats.rows_source:,} source"
             " rows; the rest of the table was not checked)"
         )
+        if hint:
+            result.error += f"; hint: {hint}"
     stats = machine.stats
     result.rows_source, result.rows_target = stats.rows_source, stats.rows_target
     result.chunks, result.chunks_mismatched = stats.chunks, stats.chunks_mismatched

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -83,7 +84,8 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
         "tables": tables,
         "summary": {
             "tables": len(report.tables),
-            "tables_different": sum(not t.consistent for t in report.tables),
+            "tables_different": report.tables_differing,
+            "tables_unverified": report.tables_unverified,
             "rows_compared": sum(rows_compared(t) for t in report.tables),
             "differences": sum(t.differences_total for t in report.tables),
             "elapsed_s": round(report.elapsed_s, 3),
@@ -185,18 +187,29 @@ def diff_to_text(report: DiffReport) -> str:
     return "\n".join(out) + "\n"
 
 
+def fmt_chance(p: float) -> str:
+    """A small probability, readable: ``3.4e-37 (about 2^-121)``."""
+    if p <= 0:
+        return "0"
+    if p >= 1e-4:
+        return f"{p:.2g}"
+    return f"{p:.1e} (about 2^{math.log2(p):.0f})"
+
+
+def miss_fact(report: DiffReport) -> str:
+    """The digest widths and the bound on a difference hiding in a digest collision."""
+    bits = "/".join(map(str, sorted({t.digest_bits for t in report.tables})))
+    if not any(t.chunks for t in report.tables):
+        return f"{bits}-bit; no chunk was compared, so no collision bound applies"
+    chance = fmt_chance(miss_probability(report))
+    return f"{bits}-bit; chance that a difference hid in a collision: at most {chance}"
+
+
 def diff_facts(report: DiffReport) -> list[tuple[str, str]]:
     """(name, value) lines about the run: digest width and miss chance, lag of a standby."""
     out = []
-    bits = sorted({t.digest_bits for t in report.tables})
-    if bits:
-        out.append(
-            (
-                "digests",
-                f"{'/'.join(map(str, bits))}-bit; chance that a difference hid in a "
-                f"collision: at most {miss_probability(report):.0e}",
-            )
-        )
+    if report.tables:
+        out.append(("digests", miss_fact(report)))
     for when, lag in report.lag.items():
         out.append(
             (
@@ -207,20 +220,27 @@ def diff_facts(report: DiffReport) -> list[tuple[str, str]]:
     return out
 
 
-def diff_verdict(report: DiffReport) -> str:
-    """The verdict line that ends the text report."""
+def diff_totals(report: DiffReport) -> str:
+    """Tables, differing tables, tables not verified (when any), differences and rows:
+    the counts of every format's summary."""
     total = sum(t.differences_total for t in report.tables)
     rows = sum(rows_compared(t) for t in report.tables)
-    differing = sum(not t.consistent for t in report.tables)
+    unverified = report.tables_unverified
+    return (
+        f"{len(report.tables)} table{'s' if len(report.tables) != 1 else ''},"
+        f" {report.tables_differing} differing,"
+        + (f" {unverified} not verified," if unverified else "")
+        + f" {total:,} difference{'s' if total != 1 else ''} in {rows:,} rows"
+    )
+
+
+def diff_verdict(report: DiffReport) -> str:
+    """The verdict line that ends the text report."""
     if not report.complete:
         verdict = "INCOMPLETE"
     else:
         verdict = "CONSISTENT" if report.status == "consistent" else "DIFFERENT"
-    return (
-        f"{verdict}: {len(report.tables)} table{'s' if len(report.tables) != 1 else ''},"
-        f" {differing} differing, {total:,} difference{'s' if total != 1 else ''}"
-        f" in {rows:,} rows ({report.elapsed_s:.2f} s)"
-    )
+    return f"{verdict}: {diff_totals(report)} ({report.elapsed_s:.2f} s)"
 
 
 # -- Markdown -----------------------------------------------------------------------------
@@ -239,6 +259,8 @@ def diff_to_markdown(report: DiffReport) -> str:
         f"### replverify diff: {status}",
         "",
         f"`{report.source}` → `{report.target}`",
+        "",
+        f"{diff_totals(report)}.",
         "",
         "| table | key | rows (source / target) | chunks mismatched | differences | verdict |",
         "| --- | --- | ---: | ---: | ---: | --- |",

@@ -384,6 +384,11 @@ def diff_to_html(report: DiffReport) -> str:
             [
                 ("tables", _n(summary["tables"]), None),
                 ("tables differing", _n(summary["tables_different"]), tables_bad),
+                (
+                    "tables not verified",
+                    _n(summary["tables_unverified"]),
+                    "warn" if summary["tables_unverified"] else None,
+                ),
                 ("differences", _n(summary["differences"]), diffs_bad),
                 ("rows compared", _n(summary["rows_compared"]), None),
                 ("seconds", f"{report.elapsed_s:.2f}", None),

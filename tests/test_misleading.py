@@ -1,0 +1,80 @@
+"""Reports that must not mislead (issue 12, items 6-8): a paused standby, stale notes of
+``lag``, progress over a whole database. Real PostgreSQL; pairs that get paused are
+fresh (``clusters.fresh_pair()``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+import pytest
+from click.testing import CliRunner
+
+from replverify.cli import main
+from replverify.report import fmt_chance
+from replverify.testing import pause_replay, resume_replay
+
+
+def _db(dsn: str, db: str) -> str:
+    return dsn.rsplit("/", 1)[0] + "/" + db
+
+
+@pytest.fixture(scope="module")
+def pair(clusters):  # type: ignore[no-untyped-def]
+    """A disposable primary + standby: these tests pause its replay."""
+    p = clusters.fresh_pair()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+async def _execute(dsn: str, *sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for s in sql:
+            await conn.execute(s)
+    finally:
+        await conn.close()
+
+
+def _invoke(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, list(args))
+
+
+async def test_fenced_diff_on_a_paused_standby_says_replay_is_paused(pair, make_db) -> None:  # type: ignore[no-untyped-def]
+    (primary,) = await make_db(pair.primary_dsn, rows=200, matrix_rows=10)
+    standby = _db(pair.standby_dsn, primary.rsplit("/", 1)[1])
+    from replverify.testing import wait_for_replay
+
+    await wait_for_replay(pair.primary_dsn, pair.standby_dsn)
+    await pause_replay(pair.standby_dsn)
+    try:
+        await _execute(primary, "UPDATE orders SET note = 'paused' WHERE id <= 5")
+        args = ["diff", primary, standby, "-t", "orders", "-t", "customers"]
+        text = await asyncio.to_thread(_invoke, *args, "--lag-timeout", "30")
+        doc_run = await asyncio.to_thread(_invoke, *args, "--lag-timeout", "30", "--format", "json")
+        md = await asyncio.to_thread(_invoke, *args, "--format", "markdown")
+        html = await asyncio.to_thread(_invoke, *args, "--format", "html")
+    finally:
+        await resume_replay(pair.standby_dsn)
+    assert text.exit_code == 2, text.output
+    out = text.output
+    assert "raise --lag-timeout" not in out
+    assert "replay is paused" in out and "SELECT pg_wal_replay_resume()" in out
+    assert "INCOMPLETE: 2 tables, 0 differing, 2 not verified, 0 differences" in out
+    assert "0e+00" not in out and "no chunk was compared" in out
+    doc = json.loads(doc_run.output)
+    assert doc["schema"] == "replverify.diff/1" and doc["complete"] is False
+    summary = doc["summary"]
+    assert (summary["tables_different"], summary["tables_unverified"]) == (0, 2)
+    assert {"tables", "rows_compared", "differences", "elapsed_s"} <= set(summary)
+    assert "2 tables, 0 differing, 2 not verified" in md.output
+    assert "tables not verified" in html.output
+
+
+def test_collision_bound_is_readable() -> None:
+    assert fmt_chance(0.0) == "0"
+    assert fmt_chance(2.0**-120) == "7.5e-37 (about 2^-120)"
+    assert fmt_chance(0.25) == "0.25"
