@@ -78,3 +78,48 @@ def test_collision_bound_is_readable() -> None:
     assert fmt_chance(0.0) == "0"
     assert fmt_chance(2.0**-120) == "7.5e-37 (about 2^-120)"
     assert fmt_chance(0.25) == "0.25"
+
+
+async def test_lag_paused_note_names_the_paused_samples_and_the_resume(pair) -> None:  # type: ignore[no-untyped-def]
+    from replverify.lag import LagSample, measure_lag
+    from replverify.report import lag_to_text
+
+    async def pause_then_resume(s: LagSample) -> None:
+        taken.append(s)
+        if len(taken) == 1:
+            await pause_replay(pair.standby_dsn)
+        elif len(taken) == 3:
+            await resume_replay(pair.standby_dsn)
+
+    taken: list[LagSample] = []
+    try:
+        report = await measure_lag(
+            pair.primary_dsn, pair.standby_dsn, samples=5, interval=0.2,
+            on_sample=pause_then_resume,
+        )  # fmt: skip
+    finally:
+        await resume_replay(pair.standby_dsn)
+    assert [s.replay_paused for s in report.samples] == [False, True, True, False, False]
+    (note,) = [n for n in report.notes if "paused" in n]
+    assert "samples 2-3" in note and "of 5" in note and "replaying again from sample 4" in note
+    assert "still paused" not in note
+    assert report.replication.replay_paused is False
+    text = lag_to_text(report)
+    assert "replay     paused" not in text and "replaying again from sample 4" in text
+
+
+def test_paused_note_still_paused_at_the_end() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from replverify.lag import LagSample, paused_note
+
+    t0 = datetime(2026, 12, 2, 1, 0, tzinfo=timezone.utc)
+    samples = [
+        LagSample(t0 + timedelta(seconds=i), 0, 0.0, "caught-up", 0, replay_paused=p)
+        for i, p in enumerate([True, False, True, True])
+    ]
+    note = paused_note(samples)
+    assert note is not None
+    assert "sample 1 (01:00:00.000), samples 3-4 (01:00:02.000 to 01:00:03.000) of 4" in note
+    assert "still paused at the last sample" in note and "pg_wal_replay_resume()" in note
+    assert paused_note(samples[1:2]) is None
