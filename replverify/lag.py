@@ -1146,8 +1146,7 @@ def paused_note(samples: Sequence[LagSample]) -> str | None:
 
     where = ", ".join(span(a, b) for a, b in runs)
     end = (
-        "still paused at the last sample (resume with SELECT pg_wal_replay_resume() on the "
-        "standby)"
+        "still paused at the last sample (resume with SELECT pg_wal_replay_resume() on the standby)"
         if runs[-1][1] == len(samples) - 1
         else f"replaying again from sample {runs[-1][1] + 2}"
     )
