@@ -162,7 +162,9 @@ async def diff(
 
     Raises :class:`~replverify.errors.ReplverifyError` for trouble (bad options,
     unreachable servers, unknown tables); never for a difference.
-    ``progress(table, rows_done, rows_estimated)`` is called as chunks complete.
+    ``progress(table, rows_done, rows_estimated)`` is called for every planned table with
+    0 rows done before the comparison starts, as chunks complete, and once more when a
+    table is done (``rows_done == rows_estimated``).
     """
     options = options or DiffOptions()
     options.validate()
@@ -238,6 +240,10 @@ async def _diff(
     for s in sqls:
         await asyncio.gather(_check(src_pool, s, "source"), _check(tgt_pool, s, "target"))
 
+    if progress is not None:
+        # Every table first, so a progress display knows the whole run ("table 3/6").
+        for p in plans:
+            progress(p.ref, 0, p.estimated_rows)
     sem = asyncio.Semaphore(options.jobs)
     state = None
     if options.state:
@@ -384,6 +390,8 @@ async def compare_table(
     result.truncated = machine.truncated
     result.unstable = machine.unstable
     result.elapsed_s = time.perf_counter() - started
+    if progress is not None:
+        progress(plan.ref, stats.rows_source, stats.rows_source)
     return result
 
 

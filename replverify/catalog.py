@@ -12,7 +12,17 @@ from .errors import UsageError
 from .types import Column, ColumnType, TableRef
 
 _TABLES_SQL = """
-SELECT n.nspname, c.relname, c.oid, greatest(c.reltuples, 0)::bigint AS estimate, c.relkind
+SELECT n.nspname, c.relname, c.oid,
+       -- reltuples is -1 until the first VACUUM/ANALYZE: then estimate from the heap's
+       -- size and a row width taken from the column types (32 bytes for a variable-
+       -- width one, as the planner assumes), plus tuple header and line pointer.
+       CASE WHEN c.reltuples >= 0 THEN c.reltuples
+            ELSE pg_relation_size(c.oid) / (
+                SELECT 28 + coalesce(sum(CASE WHEN t.typlen > 0 THEN t.typlen ELSE 32 END), 0)
+                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+       END::bigint AS estimate,
+       c.relkind
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')

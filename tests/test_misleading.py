@@ -123,3 +123,65 @@ def test_paused_note_still_paused_at_the_end() -> None:
     assert "sample 1 (01:00:00.000), samples 3-4 (01:00:02.000 to 01:00:03.000) of 4" in note
     assert "still paused at the last sample" in note and "pg_wal_replay_resume()" in note
     assert paused_note(samples[1:2]) is None
+
+
+def test_progress_line_labels_each_table_with_its_own_count() -> None:
+    from replverify.cli import DiffProgress, fmt_duration
+    from replverify.types import TableRef
+
+    a, b, c = TableRef("public", "a"), TableRef("public", "b"), TableRef("public", "c")
+    p = DiffProgress()
+    for t, est in ((a, 1000), (b, 3000), (c, 6000)):
+        p.update(t, 0, est)
+    p.update(a, 1000, 1000)
+    p.update(b, 500, 3000)
+    line = p.line(elapsed=1.0)
+    assert line.startswith("table 2/3 public.b  500 / 3,000 rows")
+    assert "all: 1,500 / 10,000 rows, 1,500 rows/s, ETA 6 s" in line
+    p.update(c, 7000, 6000)  # more rows than estimated: the estimate grows
+    assert p.line(elapsed=10.0).startswith("table 3/3 public.c  7,000 / 7,000 rows")
+    assert (fmt_duration(42.4), fmt_duration(200), fmt_duration(7500)) == (
+        "42 s",
+        "3 min 20 s",
+        "2 h 05 min",
+    )
+
+
+async def test_progress_of_a_whole_database_before_analyze(clusters, make_db) -> None:  # type: ignore[no-untyped-def]
+    from replverify import catalog
+    from replverify.api import DiffOptions, diff
+    from replverify.cli import DiffProgress
+
+    src, tgt = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=300, matrix_rows=10)
+    for dsn in (src, tgt):
+        await _execute(
+            dsn,
+            "CREATE TABLE fresh (id int PRIMARY KEY, note text)",
+            "INSERT INTO fresh SELECT g, 'row ' || g FROM generate_series(1, 20000) g",
+        )
+    conn = await asyncpg.connect(src)
+    try:
+        assert await conn.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'fresh'") == -1
+        tables = await catalog.load_tables(conn)
+    finally:
+        await conn.close()
+    estimate = next(t.estimated_rows for r, t in tables.items() if r.name == "fresh")
+    assert 20000 / 3 < estimate < 20000 * 3  # from the heap's size: an ETA before ANALYZE
+
+    calls: list[tuple[str, int, int]] = []
+    state = DiffProgress()
+    lines: list[str] = []
+
+    def progress(table, done, est):  # type: ignore[no-untyped-def]
+        calls.append((str(table), done, est))
+        state.update(table, done, est)
+        lines.append(state.line(1.0))
+
+    report = await diff(src, tgt, DiffOptions(chunk_rows=1000, jobs=1), progress=progress)
+    names = [t.table.qualified for t in report.tables]
+    n = len(names)
+    assert sorted(c[0] for c in calls[:n]) == names and all(c[1] == 0 for c in calls[:n])
+    assert all(done <= est for _, done, est in calls)
+    assert any(f"table {i}/{n} " in line for line in lines for i in range(2, n + 1))
+    for t in report.tables:  # each table ends at its own size, not the run's
+        assert (str(t.table), t.rows_source, t.rows_source) in calls
