@@ -65,6 +65,8 @@ class DiffOptions:
     confirm_rounds: int = 2
     #: a file recording verified chunks, so an interrupted run resumes (``--state``)
     state: str | None = None
+    #: compare a database with itself (both DSNs reach one server) instead of refusing
+    allow_same_server: bool = False
 
     def validate(self) -> None:
         problems = []
@@ -212,6 +214,11 @@ async def _diff(
 ) -> DiffReport:
     async with src_pool.acquire() as sc, tgt_pool.acquire() as tc:
         src_server, tgt_server = await catalog.server_info(sc), await catalog.server_info(tc)
+        if not options.allow_same_server:
+            catalog.refuse_same_database(
+                src_server, tgt_server, src_ep, tgt_ep, "SOURCE and TARGET",
+                option="--allow-same-server",
+            )  # fmt: skip
         src_tables, tgt_tables = await catalog.load_tables(sc), await catalog.load_tables(tc)
     chosen = catalog.select_tables(list(src_tables), options.tables, options.exclude)
     if not options.tables:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
+from .connect import Endpoint
 from .errors import UsageError
 from .types import Column, ColumnType, TableRef
 
@@ -84,6 +86,42 @@ class ServerInfo:
     datcollate: str
     encoding: str
     system_identifier: int = 0  # equal on a primary and its physical standbys
+    #: when the postmaster started, its port and the connected database: with the system
+    #: identifier they tell one running server from a copy of it (a standby, a promoted
+    #: standby, a restored backup share the identifier)
+    started_at: datetime | None = None
+    port: int | None = None
+    database: str = ""
+
+
+def same_server(a: ServerInfo, b: ServerInfo) -> bool:
+    """Whether two connections reached one running server (not a standby or copy)."""
+    return (
+        a.system_identifier == b.system_identifier != 0
+        and a.started_at is not None
+        and a.started_at == b.started_at
+        and a.port == b.port
+    )
+
+
+def refuse_same_database(
+    a: ServerInfo, b: ServerInfo, first: Endpoint, second: Endpoint, names: str, *, option: str
+) -> None:
+    """Raise :class:`UsageError` when ``first`` and ``second`` are one database of one
+    server: comparing it with itself verifies nothing. ``names`` says which arguments
+    (``SOURCE and TARGET``); ``option`` is the flag that allows it, or ``""``."""
+    if not same_server(a, b) or a.database != b.database:
+        return
+    shown = str(first) if str(first) == str(second) else f"{first} and {second}"
+    hint = "give the other server's DSN"
+    if option:
+        hint += f"; {option} compares it with itself anyway"
+    raise UsageError(
+        f"{names} are the same server: both reach database {a.database!r} of {shown} "
+        f"(system identifier {a.system_identifier}, port {a.port}, started "
+        f"{a.started_at:%Y-%m-%d %H:%M:%S %Z}); comparing it with itself verifies nothing",
+        hint=hint,
+    )
 
 
 def streams_from(source: ServerInfo, target: ServerInfo) -> bool:
@@ -99,11 +137,22 @@ async def server_info(conn: asyncpg.Connection) -> ServerInfo:
     row = await conn.fetchrow(
         "SELECT current_setting('server_version_num')::int AS v, pg_is_in_recovery() AS r,"
         " d.datcollate, pg_encoding_to_char(d.encoding) AS enc,"
-        " (SELECT system_identifier FROM pg_control_system()) AS sysid"
+        " (SELECT system_identifier FROM pg_control_system()) AS sysid,"
+        " pg_postmaster_start_time() AS started, current_setting('port')::int AS port,"
+        " d.datname"
         " FROM pg_database d WHERE d.datname = current_database()"
     )
     assert row is not None
-    return ServerInfo(row["v"], row["r"], row["datcollate"], row["enc"], row["sysid"] or 0)
+    return ServerInfo(
+        row["v"],
+        row["r"],
+        row["datcollate"],
+        row["enc"],
+        row["sysid"] or 0,
+        started_at=row["started"],
+        port=row["port"],
+        database=row["datname"],
+    )
 
 
 async def _resolve_types(conn: asyncpg.Connection, oids: set[int]) -> dict[int, ColumnType]:

@@ -466,6 +466,12 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
     default=None,
     help="Progress on stderr (default: when stderr is a terminal).",
 )
+@click.option(
+    "--allow-same-server",
+    is_flag=True,
+    help="Compare even when SOURCE and TARGET reach one database of one server "
+    "(same system identifier, port and start time); otherwise that is refused (exit 2).",
+)
 @output_options
 def diff(
     source: str,
@@ -482,6 +488,7 @@ def diff(
     lag_timeout: float,
     state: str | None,
     progress: bool | None,
+    allow_same_server: bool,
     fmt: str,
     output: str | None,
 ) -> None:
@@ -504,6 +511,7 @@ def diff(
         fence=fence,
         lag_timeout=lag_timeout,
         state=state,
+        allow_same_server=allow_same_server,
     )
     show = sys.stderr.isatty() if progress is None else progress
     bar = ProgressLine(show)
@@ -925,12 +933,19 @@ def gate(
     "changes to NEW (INSERT ... ON CONFLICT DO NOTHING, UPDATE/DELETE ... WHERE the row "
     "is still what was observed).",
 )
+@click.option(
+    "--allow-same-server",
+    is_flag=True,
+    help="Compare even when OLD and NEW reach one database of one server; otherwise "
+    "that is refused (exit 2).",
+)
 @output_options
 def failback(
     old: str,
     new: str,
     tables: tuple[str, ...],
     replay_sql: str | None,
+    allow_same_server: bool,
     fmt: str,
     output: str | None,
 ) -> None:
@@ -945,7 +960,7 @@ def failback(
     from .failback import replay_script
     from .report_ops import FAILBACK_RENDERERS
 
-    options = api.DiffOptions(tables=tables)
+    options = api.DiffOptions(tables=tables, allow_same_server=allow_same_server)
     report = run_async(run_failback(old, new, options=options))
     if replay_sql:
         try:

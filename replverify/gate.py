@@ -27,7 +27,7 @@ from typing import Literal
 
 import asyncpg
 
-from . import api
+from . import api, catalog
 from .connect import DB_ERRORS, Endpoint, connect, trouble
 from .errors import UsageError
 from .lag import ReplicationState, replication_state
@@ -105,6 +105,10 @@ async def gate(
     src, tgt = await connect(src_ep), None
     try:
         tgt = await connect(tgt_ep)
+        catalog.refuse_same_database(
+            await catalog.server_info(src), await catalog.server_info(tgt), src_ep, tgt_ep,
+            "SOURCE and TARGET", option="",
+        )  # fmt: skip
         state = await replication_state(src, tgt, src_ep)
         _require_standby(state)
         report.relation = state.description

@@ -68,6 +68,7 @@ from typing import Literal
 
 import asyncpg
 
+from .catalog import refuse_same_database, server_info
 from .connect import DB_ERRORS, Endpoint, connect, trouble
 from .errors import ReplverifyError, UsageError
 from .lsn import parse_lsn
@@ -1023,6 +1024,10 @@ async def _measure(
     poll: float,
 ) -> LagReport:
     src, tgt = conns[0], conns[1]
+    refuse_same_database(
+        await server_info(src), await server_info(tgt), src_ep, tgt_ep, "SOURCE and TARGET",
+        option="",
+    )  # fmt: skip
     state = await replication_state(src, tgt, src_ep)
     notes: list[str] = []
     if heartbeat:
