@@ -33,7 +33,13 @@ from .errors import (
     ServerError,
 )
 from .lag import LagReport, LagSample, measure_lag
-from .report import DIFF_RENDERERS, LAG_RENDERERS, lag_sample_line
+from .report import (
+    DIFF_RENDERERS,
+    LAG_RENDERERS,
+    lag_sample_line,
+    lag_samples_header,
+    lag_to_text,
+)
 from .types import DiffReport, TableRef
 
 if TYPE_CHECKING:
@@ -641,12 +647,16 @@ def lag(
         click.echo(f"replverify: serving metrics at {server.url}", err=True)
     count = samples if samples is not None else (None if watch else 5)
     on_sample = None
+    to_stderr = fmt != "text" or output is not None
     if watch:
-        to_stderr = fmt != "text" or output is not None
+        printed: list[LagSample] = []
 
         def on_sample(sample: LagSample) -> None:
             if metrics is not None:
                 metrics.observe(sample)
+            if not printed:
+                click.echo(lag_samples_header(), err=to_stderr)
+            printed.append(sample)
             click.echo(lag_sample_line(sample), err=to_stderr)
 
     failures: list[ReplverifyError] = []
@@ -670,7 +680,11 @@ def lag(
     finally:
         if server is not None:
             server.close()
-    emit(LAG_RENDERERS[fmt](report), output)
+    if watch and not to_stderr:
+        # The samples are on the screen already, under their header: only the summary.
+        emit(lag_to_text(report, samples=False), output)
+    else:
+        emit(LAG_RENDERERS[fmt](report), output)
     # Lag was not measured while sampling failed: never 0 then.
     sys.exit(EXIT_TROUBLE if failures else lag_exit_code(report))
 

@@ -45,6 +45,7 @@ from .canonical import jsonable
 from .connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
 from .errors import UsageError
 from .replay import delete_statement, insert_statement, update_statement
+from .report import count
 from .sql import DIALECT, ident
 from .types import Changed, DiffReport, Extra, Key, Missing, TableRef, TableResult
 
@@ -143,12 +144,13 @@ async def failback(old: str, new: str, *, options: api.DiffOptions | None = None
             if t.key_mode == "none" and not t.consistent:
                 report.notes.append(
                     f"{t.table}: no key, compared as a row multiset: its "
-                    f"{t.differences_total} differing rows cannot be attributed"
+                    f"{count(t.differences_total, 'differing row')} cannot be attributed"
                 )
             elif t.truncated:
                 report.notes.append(
                     f"{t.table}: only the first {len(t.differences)} of "
-                    f"{t.differences_total} differing rows are attributed (raise max_diffs)"
+                    f"{count(t.differences_total, 'differing row')} are attributed "
+                    "(raise max_diffs)"
                 )
             if t.key_mode != "none" and t.differences:
                 report.rows.extend(await _attribute(report, t, oc, nc))

@@ -21,6 +21,17 @@ DIFF_SCHEMA = "replverify.diff/1"
 SHOWN_PER_TABLE = 20
 
 
+def fmt_seconds(seconds: float) -> str:
+    """A measured duration, one format in every report: to the millisecond, ``0.000 s``,
+    ``18.460 s``. (Limits the user gave, such as an RPO, are echoed as given.)"""
+    return f"{seconds:,.3f} s"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``1 row``, ``2 rows``, ``1,000 rows``."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _key_names(t: TableResult) -> tuple[str, ...]:
     return t.key if t.key else t.columns
 
@@ -129,6 +140,8 @@ def fmt_key(key: dict[str, Any]) -> str:
     """``col=value`` pairs of a JSON key for text reports (strings quoted, ints bare)."""
 
     def show(value: Any) -> str:
+        if isinstance(value, bool):  # as PostgreSQL prints it, like the database's rows
+            value = "t" if value else "f"
         return str(value) if isinstance(value, int) else json.dumps(value, ensure_ascii=False)
 
     return " ".join(f"{name}={show(value)}" for name, value in key.items())
@@ -154,7 +167,7 @@ def table_verdict(t: TableResult) -> str:
     if t.error:
         return "NOT VERIFIED"
     if t.unstable and not t.differences_total:
-        return f"{len(t.unstable):,} rows not verified (written to while compared)"
+        return f"{count(len(t.unstable), 'row')} not verified (written to while compared)"
     if t.consistent:
         return "ok"
     n = t.differences_total
@@ -214,7 +227,8 @@ def diff_facts(report: DiffReport) -> list[tuple[str, str]]:
         out.append(
             (
                 f"lag at {when}",
-                f"{lag['lag_seconds']} s, {lag['lag_bytes']:,} bytes ({lag['method']})",
+                f"{fmt_seconds(float(str(lag['lag_seconds'])))}, {lag['lag_bytes']:,} bytes"
+                f" ({lag['method']})",
             )
         )
     return out
@@ -240,7 +254,7 @@ def diff_verdict(report: DiffReport) -> str:
         verdict = "INCOMPLETE"
     else:
         verdict = "CONSISTENT" if report.status == "consistent" else "DIFFERENT"
-    return f"{verdict}: {diff_totals(report)} ({report.elapsed_s:.2f} s)"
+    return f"{verdict}: {diff_totals(report)} ({fmt_seconds(report.elapsed_s)})"
 
 
 # -- Markdown -----------------------------------------------------------------------------
@@ -462,13 +476,20 @@ def lag_notes(report: LagReport) -> list[str]:
     return [*report.notes, *interrupted]
 
 
-def lag_to_text(report: LagReport) -> str:
+def lag_samples_header() -> str:
+    """The column heads above :func:`lag_sample_line` lines."""
+    return f"{'at (source clock, UTC)':<23}  {'lag':>12}  {'WAL not replayed':>20}  method"
+
+
+def lag_to_text(report: LagReport, *, samples: bool = True) -> str:
+    """The text report; ``samples=False`` leaves the sample lines out (``--watch`` has
+    printed each already, under the same header)."""
     out = [f"source  {report.source}", f"target  {report.target}"]
     out += replication_lines(report.replication)
     out.append("")
-    shown = report.samples[-LAG_SAMPLES_SHOWN:]
+    shown = report.samples[-LAG_SAMPLES_SHOWN:] if samples else ()
     if shown:
-        out.append(f"{'at (source clock, UTC)':<23}  {'lag':>12}  {'WAL not replayed':>20}  method")
+        out.append(lag_samples_header())
         if len(report.samples) > len(shown):
             out.append(f"… {len(report.samples) - len(shown):,} earlier samples (--format json)")
         out += [lag_sample_line(s) for s in shown]
@@ -510,7 +531,11 @@ APPLIED = {True: "yes", False: "no", None: "cannot tell"}
 
 
 def _journal_json(value: object) -> Any:
-    """Journal values as JSON: exact numbers (Decimal) as their text."""
+    """Journal values as JSON: exact numbers (Decimal) as their text, booleans in
+    PostgreSQL's text form (``"t"``/``"f"``) as the database side is shown, so one value
+    has one presentation."""
+    if isinstance(value, bool):
+        return "t" if value else "f"
     if isinstance(value, dict):
         return {k: _journal_json(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -606,7 +631,9 @@ def fmt_values(values: dict[str, Any] | None) -> str:
         return "(row present)"
 
     def show(v: Any) -> str:
-        if isinstance(v, int) and not isinstance(v, bool):
+        if isinstance(v, bool):  # as PostgreSQL prints it, like the database's rows
+            v = "t" if v else "f"
+        if isinstance(v, int):
             return str(v)
         return json.dumps(v, ensure_ascii=False, default=str)
 
@@ -700,7 +727,7 @@ def reconcile_to_text(report: ReconcileReport) -> str:
 def reconcile_verdict(report: ReconcileReport) -> str:
     """The verdict line that ends the text report."""
     verdict = "LOSS" if report.status == "loss" else "NO LOSS"
-    return f"{verdict}: {_tally(report)} ({report.elapsed_s:.2f} s)"
+    return f"{verdict}: {_tally(report)} ({fmt_seconds(report.elapsed_s)})"
 
 
 def reconcile_to_markdown(report: ReconcileReport) -> str:

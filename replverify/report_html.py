@@ -391,7 +391,7 @@ def diff_to_html(report: DiffReport) -> str:
                 ),
                 ("differences", _n(summary["differences"]), diffs_bad),
                 ("rows compared", _n(summary["rows_compared"]), None),
-                ("seconds", f"{report.elapsed_s:.2f}", None),
+                ("seconds", f"{report.elapsed_s:.3f}", None),
             ]
         ),
         section("Run", facts(run)),
@@ -762,7 +762,7 @@ def gate_to_html(r: GateReport) -> str:
         ("target", r.target),
         ("relation", r.relation),
         ("fenced", _yes(r.fenced)),
-        ("caught up", f"{_yes(r.caught_up)} after {r.waited_s:.2f} s (timeout {r.timeout_s:g} s)"),
+        ("caught up", f"{_yes(r.caught_up)} after {r.waited_s:.3f} s (timeout {r.timeout_s:g} s)"),
         ("source LSN", doc["source_lsn"]),
         ("replay LSN", doc["replay_lsn"]),
         ("bytes behind at the end", _n(r.lag_bytes)),

@@ -11,7 +11,7 @@ from .files import FILES_SCHEMA, FilesReport
 from .gate import GateReport
 from .health import HEALTH_SCHEMA, HealthReport
 from .lsn import format_lsn
-from .report import diff_to_dict, fmt_key, iso_utc, md_cell, renderers
+from .report import count, diff_to_dict, fmt_key, fmt_seconds, iso_utc, md_cell, renderers
 
 __all__ = [
     "FAILBACK_RENDERERS",
@@ -69,17 +69,20 @@ def _gate_lines(r: GateReport) -> list[str]:
         f"target: {r.target}",
         f"relation: {r.relation}",
         f"fenced: {'yes' if r.fenced else 'no'}",
-        f"caught up: {'yes' if r.caught_up else 'no'} after {r.waited_s:.2f} s "
+        f"caught up: {'yes' if r.caught_up else 'no'} after {fmt_seconds(r.waited_s)} "
         f"(timeout {r.timeout_s:g} s, {r.lag_bytes if r.lag_bytes is not None else '?'} "
         "bytes behind at the end)",
     ]
     if r.diff is not None:
         d = r.diff
         total = sum(t.differences_total for t in d.tables)
-        out.append(f"diff: {d.status}, {len(d.tables)} tables, {total} differences")
+        out.append(
+            f"diff: {d.status}, {count(len(d.tables), 'table')}, {count(total, 'difference')}"
+        )
         for t in d.tables:
             if not t.consistent:
-                out.append(f"  {t.table}: {t.differences_total} differences{_err(t.error)}")
+                diffs = count(t.differences_total, "difference")
+                out.append(f"  {t.table}: {diffs}{_err(t.error)}")
     return out
 
 
@@ -149,8 +152,8 @@ def failback_verdict(r: FailbackReport) -> str:
         return "nothing on the old primary is missing from the new one"
     c = r.counts()
     return (
-        f"{c['old_only']} old-only, {c['conflict']} conflicting, {c['unknown']} unknown "
-        "rows: recover them before rewinding the old primary"
+        f"{count(c['old_only'], 'old-only row')}, {c['conflict']:,} conflicting, "
+        f"{c['unknown']:,} unknown: recover them before rewinding the old primary"
     )
 
 
