@@ -46,7 +46,7 @@ from .connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
 from .errors import UsageError
 from .replay import delete_statement, insert_statement, update_statement
 from .report import count
-from .sql import DIALECT, ident
+from .sql import DIALECT, ident, set_local
 from .types import Changed, DiffReport, Extra, Key, Missing, TableRef, TableResult
 
 __all__ = ["FAILBACK_SCHEMA", "FailbackReport", "FailbackRow", "failback", "replay_script"]
@@ -402,8 +402,7 @@ def replay_script(report: FailbackReport, *, now: _dt.datetime | None = None) ->
             lines.append(_comment(f"NOT replayed ({r.origin}): {r.table} {r.key}: {r.reason}"))
     lines += ["BEGIN;"]
     for name in ("TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits", "bytea_output"):
-        value = exp.Literal.string(PINNED_SETTINGS[name]).sql(DIALECT)
-        lines.append(f"SELECT set_config('{name}', {value}, true);")
+        lines.append(set_local(name, PINNED_SETTINGS[name]))
     lines.append("SET CONSTRAINTS ALL DEFERRED;")
     for r in report.rows:
         stmt = replay_statement(r)
