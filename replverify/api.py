@@ -68,8 +68,24 @@ class DiffOptions:
     #: compare a database with itself (both DSNs reach one server) instead of refusing
     allow_same_server: bool = False
 
+    def __post_init__(self) -> None:
+        # A str is a sequence of characters: DiffOptions(tables="public.orders") would
+        # select tables 'p', 'u', ... One string is taken as one pattern (or column).
+        for name in ("tables", "exclude", "key"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+            elif isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+
     def validate(self) -> None:
         problems = []
+        for name in ("tables", "exclude", "key"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                problems.append(f"{name} must be a string or a sequence of strings, not {value!r}")
+        if problems:  # the checks below assume the types are right
+            raise UsageError("; ".join(problems))
         if self.chunk_rows < 1:
             problems.append("--chunk-rows must be at least 1")
         if self.leaf_rows is not None and self.leaf_rows < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -263,6 +264,26 @@ def parse_table_pattern(pattern: str) -> tuple[str, str]:
     return ("public", parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
+def _table_hint(available: Sequence[TableRef], schema: str, name: str) -> str:
+    """``did you mean orders?`` for a near miss (difflib), else how to list tables."""
+    fallback = "names are case-sensitive; list tables with \\dt in psql"
+    if any(ch in schema + name for ch in "*?["):
+        return fallback
+    # Names within the schema asked for first (a shared "public." prefix would make every
+    # table look close), then schema-qualified names across schemas.
+    in_schema = [t.name for t in available if t.schema == schema]
+    close = difflib.get_close_matches(name, in_schema, n=3, cutoff=0.75)
+    if close:
+        shown = close if schema == "public" else [f"{schema}.{c}" for c in close]
+    else:
+        shown = difflib.get_close_matches(
+            f"{schema}.{name}", [t.qualified for t in available], n=3, cutoff=0.75
+        )
+    if not shown:
+        return fallback
+    return f"did you mean {' or '.join(shown)}?"
+
+
 def select_tables(
     available: Sequence[TableRef],
     include: Sequence[str] = (),
@@ -284,7 +305,7 @@ def select_tables(
             if not hits:
                 raise UsageError(
                     f"no table matches {pat!r} on the source",
-                    hint="names are case-sensitive; list tables with \\dt in psql",
+                    hint=_table_hint(available, schema, name),
                 )
             chosen.extend(h for h in hits if h not in chosen)
     else:
