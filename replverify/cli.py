@@ -117,7 +117,7 @@ VERDICT_COLORS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r" vs .*: (?P<v>(?:\d+ (?:missing|extra|changed|unreadable)(?:, )?)+)$", _RED),
         (_MISMATCHED + r"(?P<v>ok)$", _GREEN),
         (_MISMATCHED + r"(?P<v>[\d,]+ differences?|schema differs)$", _RED),
-        (_MISMATCHED + r"(?P<v>NOT VERIFIED|[\d,]+ rows not verified .*)$", _YELLOW),
+        (_MISMATCHED + r"(?P<v>NOT VERIFIED|[\d,]+ rows? not verified .*)$", _YELLOW),
         (r"^(?P<v>lost|conflict) +\S+ #\d+  ", _RED),
         (r"^(?P<v>in doubt) +\S+ #\d+  ", _YELLOW),
     )

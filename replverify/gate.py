@@ -128,7 +128,12 @@ async def gate(
     if report.caught_up:
         report.diff = await api.diff(source, target, options)
     else:
-        why = " (replay is paused on the target)" if report.replay_paused else ""
+        why = (
+            " (WAL replay is paused on the target: waiting cannot help; resume it on the "
+            "standby with SELECT pg_wal_replay_resume())"
+            if report.replay_paused
+            else ""
+        )
         report.notes.append(
             f"the target did not replay everything within {timeout:g} s{why}: "
             f"{report.lag_bytes or 0:,} bytes behind; no diff was run"

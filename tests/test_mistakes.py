@@ -89,6 +89,10 @@ def test_counts_are_pluralized() -> None:
     assert failback_verdict(report).startswith("1 old-only row, 0 conflicting, 0 unknown:")
     one = TableResult(ref, ("id",), "primary key", unstable=[(1,)])
     assert table_verdict(one).startswith("1 row not verified")
+    from replverify.cli import colorize
+
+    line = f"public.orders  [key (id)]  1 / 1 rows, 1 chunk (0 mismatched)  {table_verdict(one)}"
+    assert "\x1b[" in colorize(line)  # still coloured as "not verified" in the singular
 
 
 def test_one_value_has_one_presentation() -> None:
