@@ -65,9 +65,27 @@ class DiffOptions:
     confirm_rounds: int = 2
     #: a file recording verified chunks, so an interrupted run resumes (``--state``)
     state: str | None = None
+    #: compare a database with itself (both DSNs reach one server) instead of refusing
+    allow_same_server: bool = False
+
+    def __post_init__(self) -> None:
+        # A str is a sequence of characters: DiffOptions(tables="public.orders") would
+        # select tables 'p', 'u', ... One string is taken as one pattern (or column).
+        for name in ("tables", "exclude", "key"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+            elif isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
 
     def validate(self) -> None:
         problems = []
+        for name in ("tables", "exclude", "key"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                problems.append(f"{name} must be a string or a sequence of strings, not {value!r}")
+        if problems:  # the checks below assume the types are right
+            raise UsageError("; ".join(problems))
         if self.chunk_rows < 1:
             problems.append("--chunk-rows must be at least 1")
         if self.leaf_rows is not None and self.leaf_rows < 1:
@@ -186,7 +204,9 @@ async def diff(
 
     Raises :class:`~replverify.errors.ReplverifyError` for trouble (bad options,
     unreachable servers, unknown tables); never for a difference.
-    ``progress(table, rows_done, rows_estimated)`` is called as chunks complete.
+    ``progress(table, rows_done, rows_estimated)`` is called for every planned table with
+    0 rows done before the comparison starts, as chunks complete, and once more when a
+    table is done (``rows_done == rows_estimated``).
     """
     options = options or DiffOptions()
     options.validate()
@@ -234,6 +254,11 @@ async def _diff(
 ) -> DiffReport:
     async with src_pool.acquire() as sc, tgt_pool.acquire() as tc:
         src_server, tgt_server = await catalog.server_info(sc), await catalog.server_info(tc)
+        if not options.allow_same_server:
+            catalog.refuse_same_database(
+                src_server, tgt_server, src_ep, tgt_ep, "SOURCE and TARGET",
+                option="--allow-same-server",
+            )  # fmt: skip
         # read before the tables: a change after it shows when the table's comparison ends
         defined = await catalog.definitions(sc), await catalog.definitions(tc)
         src_tables, tgt_tables = await catalog.load_tables(sc), await catalog.load_tables(tc)
@@ -265,6 +290,10 @@ async def _diff(
     # run at once; a table that cannot be read is that table's trouble alone
     unreadable = [await _readable(src_pool, tgt_pool, s) for s in sqls]
 
+    if progress is not None:
+        # Every table first, so a progress display knows the whole run ("table 3/6").
+        for p in plans:
+            progress(p.ref, 0, p.estimated_rows)
     sem = asyncio.Semaphore(options.jobs)
     state = None
     if options.state:
@@ -302,6 +331,8 @@ async def _diff(
     report.tables.sort(key=lambda t: t.table)
     if standby:
         await _record_lag(report, "end", src_pool, tgt_pool, history)
+        if (note := _paused_note(report)) is not None:
+            report.notes.insert(0, note)
     report.elapsed_s = time.perf_counter() - started
     return report
 
@@ -446,7 +477,20 @@ async def _record_lag(
             "lag_bytes": sample.lag_bytes,
             "lag_seconds": round(sample.lag_seconds, 3),
             "method": sample.method,
+            "replay_paused": sample.replay_paused,
         }
+
+
+def _paused_note(report: DiffReport) -> str | None:
+    """A note when the standby's replay was paused at the start or end of the run."""
+    when = [w for w, lag in report.lag.items() if lag.get("replay_paused")]
+    if not when:
+        return None
+    return (
+        f"WAL replay was paused on the target at the {' and the '.join(when)} of the run: "
+        "it holds only what it replayed before the pause (resume it on the standby with "
+        "SELECT pg_wal_replay_resume())"
+    )
 
 
 async def compare_table(
@@ -489,6 +533,7 @@ async def compare_table(
         digest=DIGEST_DESCRIPTIONS[mode],
         digest_bits=64 if mode == "server" else 128,
     )
+    hint: str | None = None
     try:
         if plan.multiset:
             await compare_multiset(sql, source, target, machine, fence)
@@ -509,13 +554,16 @@ async def compare_table(
     except asyncpg.PostgresError as e:
         result.error = f"{quote_table(plan.ref)}: {type(e).__name__}: {e}"
     except ReplverifyError as e:
-        result.error = str(e)
+        result.error = e.message
+        hint = e.hint
     if result.error:
         stats = machine.stats
         result.error += (
             f" (stopped after verifying {stats.chunks:,} chunks, {stats.rows_source:,} source"
             " rows; the rest of the table was not checked)"
         )
+        if hint:
+            result.error += f"; hint: {hint}"
     stats = machine.stats
     result.rows_source, result.rows_target = stats.rows_source, stats.rows_target
     result.chunks, result.chunks_mismatched = stats.chunks, stats.chunks_mismatched
@@ -524,6 +572,8 @@ async def compare_table(
     result.truncated = machine.truncated
     result.unstable = machine.unstable
     result.elapsed_s = time.perf_counter() - started
+    if progress is not None:
+        progress(plan.ref, stats.rows_source, stats.rows_source)
     return result
 
 

@@ -36,7 +36,13 @@ from .errors import (
     ServerError,
 )
 from .lag import LagReport, LagSample, measure_lag
-from .report import DIFF_RENDERERS, LAG_RENDERERS, lag_sample_line
+from .report import (
+    DIFF_RENDERERS,
+    LAG_RENDERERS,
+    lag_sample_line,
+    lag_samples_header,
+    lag_to_text,
+)
 from .types import DiffReport, TableRef
 
 if TYPE_CHECKING:
@@ -169,7 +175,7 @@ VERDICT_COLORS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r" vs .*: (?P<v>(?:\d+ (?:missing|extra|changed|unreadable)(?:, )?)+)$", _RED),
         (_MISMATCHED + r"(?P<v>ok)$", _GREEN),
         (_MISMATCHED + r"(?P<v>[\d,]+ differences?|schema differs)$", _RED),
-        (_MISMATCHED + r"(?P<v>NOT VERIFIED|[\d,]+ rows not verified .*)$", _YELLOW),
+        (_MISMATCHED + r"(?P<v>NOT VERIFIED|[\d,]+ rows? not verified .*)$", _YELLOW),
         (r"^(?P<v>lost|conflict) +\S+ #\d+  ", _RED),
         (r"^(?P<v>in doubt) +\S+ #\d+  ", _YELLOW),
     )
@@ -207,31 +213,76 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         sys.exit(130)
 
 
+@dataclasses.dataclass
+class DiffProgress:
+    """Rows done and estimated per table, in the order the tables were announced (a
+    diff announces every planned table with 0 rows done before it starts), and the line
+    that shows them: pure, so it is tested without a terminal."""
+
+    tables: dict[TableRef, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    current: TableRef | None = None
+
+    def update(self, table: TableRef, done: int, estimate: int) -> None:
+        self.tables[table] = (done, max(estimate, done))
+        if done or self.current is None:
+            self.current = table
+
+    def line(self, elapsed: float) -> str:
+        """``table 3/6 public.orders  1,000 / 5,000 rows  ·  all: 9,000 / 20,000 rows,
+        4,500 rows/s, ETA 2 s``: the table last heard of, its count against its own
+        estimate, then the totals."""
+        if self.current is None:
+            return ""
+        order = list(self.tables)
+        done, estimate = self.tables[self.current]
+        rows = sum(d for d, _ in self.tables.values())
+        total = sum(e for _, e in self.tables.values())
+        rate = rows / max(elapsed, 1e-6)
+        eta = ""
+        if rate > 0 and total > rows:
+            eta = f", ETA {fmt_duration((total - rows) / rate)}"
+        return (
+            f"table {order.index(self.current) + 1}/{len(order)} {self.current}  "
+            f"{done:,} / {estimate:,} rows  ·  all: {rows:,} / {total:,} rows, "
+            f"{rate:,.0f} rows/s{eta}"
+        )
+
+
+def fmt_duration(seconds: float) -> str:
+    """A duration for people: ``42 s``, ``3 min 20 s``, ``2 h 05 min``."""
+    s = max(round(seconds), 0)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 class ProgressLine:
-    """``rows done, rate, ETA`` on stderr, redrawn in place; silent when not a terminal."""
+    """:class:`DiffProgress` on stderr, redrawn in place at most 5 times a second.
+
+    Hand-drawn rather than ``click.progressbar``: that bar has one label and one length,
+    and hides itself when stderr is not a terminal, which ``--progress`` must override.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.started = time.monotonic()
-        self.done: dict[TableRef, tuple[int, int]] = {}
+        self.state = DiffProgress()
         self.last = 0.0
 
     def __call__(self, table: TableRef, done: int, estimate: int) -> None:
         if not self.enabled:
             return
-        self.done[table] = (done, estimate)
+        self.state.update(table, done, estimate)
         now = time.monotonic()
-        if now - self.last < 0.2:
+        if now - self.last < 0.2 or not done:
             return
         self.last = now
-        rows = sum(d for d, _ in self.done.values())
-        total = sum(e for _, e in self.done.values())
-        rate = rows / max(now - self.started, 1e-6)
-        eta = f", ETA {max(total - rows, 0) / rate:.0f} s" if rate > 0 and total > rows else ""
-        click.echo(f"\r\033[K{table}  {rows:,} rows  {rate:,.0f} rows/s{eta}", err=True, nl=False)
+        click.echo(f"\r\033[K{self.state.line(now - self.started)}", err=True, nl=False)
 
     def close(self) -> None:
-        if self.enabled and self.done:
+        if self.enabled and self.state.tables:
             click.echo("\r\033[K", err=True, nl=False)
 
 
@@ -480,6 +531,12 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
     default=None,
     help="Progress on stderr (default: when stderr is a terminal).",
 )
+@click.option(
+    "--allow-same-server",
+    is_flag=True,
+    help="Compare even when SOURCE and TARGET reach one database of one server "
+    "(same system identifier, port and start time); otherwise that is refused (exit 2).",
+)
 @output_options
 def diff(
     source: str,
@@ -496,6 +553,7 @@ def diff(
     lag_timeout: float,
     state: str | None,
     progress: bool | None,
+    allow_same_server: bool,
     fmt: str,
     output: str | None,
 ) -> None:
@@ -518,6 +576,7 @@ def diff(
         fence=fence,
         lag_timeout=lag_timeout,
         state=state,
+        allow_same_server=allow_same_server,
     )
     show = sys.stderr.isatty() if progress is None else progress
     bar = ProgressLine(show)
@@ -651,12 +710,16 @@ def lag(
         click.echo(f"replverify: serving metrics at {server.url}", err=True)
     count = samples if samples is not None else (None if watch else 5)
     on_sample = None
+    to_stderr = fmt != "text" or output is not None
     if watch:
-        to_stderr = fmt != "text" or output is not None
+        printed: list[LagSample] = []
 
         def on_sample(sample: LagSample) -> None:
             if metrics is not None:
                 metrics.observe(sample)
+            if not printed:
+                click.echo(lag_samples_header(), err=to_stderr)
+            printed.append(sample)
             click.echo(lag_sample_line(sample), err=to_stderr)
 
     failures: list[ReplverifyError] = []
@@ -680,7 +743,11 @@ def lag(
     finally:
         if server is not None:
             server.close()
-    emit(LAG_RENDERERS[fmt](report), output)
+    if watch and not to_stderr:
+        # The samples are on the screen already, under their header: only the summary.
+        emit(lag_to_text(report, samples=False), output)
+    else:
+        emit(LAG_RENDERERS[fmt](report), output)
     # Lag was not measured while sampling failed: never 0 then.
     sys.exit(EXIT_TROUBLE if failures else lag_exit_code(report))
 
@@ -959,12 +1026,19 @@ def gate(
     "changes to NEW (INSERT ... ON CONFLICT DO NOTHING, UPDATE/DELETE ... WHERE the row "
     "is still what was observed).",
 )
+@click.option(
+    "--allow-same-server",
+    is_flag=True,
+    help="Compare even when OLD and NEW reach one database of one server; otherwise "
+    "that is refused (exit 2).",
+)
 @output_options
 def failback(
     old: str,
     new: str,
     tables: tuple[str, ...],
     replay_sql: str | None,
+    allow_same_server: bool,
     fmt: str,
     output: str | None,
 ) -> None:
@@ -979,7 +1053,7 @@ def failback(
     from .failback import replay_script
     from .report_ops import FAILBACK_RENDERERS
 
-    options = api.DiffOptions(tables=tables)
+    options = api.DiffOptions(tables=tables, allow_same_server=allow_same_server)
     report = run_async(run_failback(old, new, options=options))
     write_script_then_emit(
         replay_sql, lambda: replay_script(report), FAILBACK_RENDERERS[fmt](report), output

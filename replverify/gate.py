@@ -28,7 +28,7 @@ from typing import Literal
 
 import asyncpg
 
-from . import api
+from . import api, catalog
 from .connect import DB_ERRORS, Endpoint, connect, trouble
 from .errors import UsageError
 from .lag import ReplicationState, replication_state
@@ -110,6 +110,10 @@ async def gate(
     src, tgt = await connect(src_ep), None
     try:
         tgt = await connect(tgt_ep)
+        catalog.refuse_same_database(
+            await catalog.server_info(src), await catalog.server_info(tgt), src_ep, tgt_ep,
+            "SOURCE and TARGET", option="",
+        )  # fmt: skip
         state = await replication_state(src, tgt, src_ep)
         _require_standby(state)
         report.relation = state.description
@@ -129,7 +133,12 @@ async def gate(
     if report.caught_up:
         report.diff = await api.diff(source, target, options)
     else:
-        why = " (replay is paused on the target)" if report.replay_paused else ""
+        why = (
+            " (WAL replay is paused on the target: waiting cannot help; resume it on the "
+            "standby with SELECT pg_wal_replay_resume())"
+            if report.replay_paused
+            else ""
+        )
         report.notes.append(
             f"the target did not replay everything within {timeout:g} s{why}: "
             f"{report.lag_bytes or 0:,} bytes behind; no diff was run"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -18,6 +19,17 @@ from .types import Changed, Difference, DiffReport, Key, TableResult
 DIFF_SCHEMA = "replverify.diff/1"
 #: Differences shown per table in text and Markdown (JSON has all that were kept).
 SHOWN_PER_TABLE = 20
+
+
+def fmt_seconds(seconds: float) -> str:
+    """A measured duration, one format in every report: to the millisecond, ``0.000 s``,
+    ``18.460 s``. (Limits the user gave, such as an RPO, are echoed as given.)"""
+    return f"{seconds:,.3f} s"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``1 row``, ``2 rows``, ``1,000 rows``."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _key_names(t: TableResult) -> tuple[str, ...]:
@@ -83,7 +95,8 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
         "tables": tables,
         "summary": {
             "tables": len(report.tables),
-            "tables_different": sum(not t.consistent for t in report.tables),
+            "tables_different": report.tables_differing,
+            "tables_unverified": report.tables_unverified,
             "rows_compared": sum(rows_compared(t) for t in report.tables),
             "differences": sum(t.differences_total for t in report.tables),
             "elapsed_s": round(report.elapsed_s, 3),
@@ -127,6 +140,8 @@ def fmt_key(key: dict[str, Any]) -> str:
     """``col=value`` pairs of a JSON key for text reports (strings quoted, ints bare)."""
 
     def show(value: Any) -> str:
+        if isinstance(value, bool):  # as PostgreSQL prints it, like the database's rows
+            value = "t" if value else "f"
         return str(value) if isinstance(value, int) else json.dumps(value, ensure_ascii=False)
 
     return " ".join(f"{name}={show(value)}" for name, value in key.items())
@@ -152,7 +167,7 @@ def table_verdict(t: TableResult) -> str:
     if t.error:
         return "NOT VERIFIED"
     if t.unstable and not t.differences_total:
-        return f"{len(t.unstable):,} rows not verified (written to while compared)"
+        return f"{count(len(t.unstable), 'row')} not verified (written to while compared)"
     if t.consistent:
         return "ok"
     n = t.differences_total
@@ -185,42 +200,61 @@ def diff_to_text(report: DiffReport) -> str:
     return "\n".join(out) + "\n"
 
 
+def fmt_chance(p: float) -> str:
+    """A small probability, readable: ``3.4e-37 (about 2^-121)``."""
+    if p <= 0:
+        return "0"
+    if p >= 1e-4:
+        return f"{p:.2g}"
+    return f"{p:.1e} (about 2^{math.log2(p):.0f})"
+
+
+def miss_fact(report: DiffReport) -> str:
+    """The digest widths and the bound on a difference hiding in a digest collision."""
+    bits = "/".join(map(str, sorted({t.digest_bits for t in report.tables})))
+    if not any(t.chunks for t in report.tables):
+        return f"{bits}-bit; no chunk was compared, so no collision bound applies"
+    chance = fmt_chance(miss_probability(report))
+    return f"{bits}-bit; chance that a difference hid in a collision: at most {chance}"
+
+
 def diff_facts(report: DiffReport) -> list[tuple[str, str]]:
     """(name, value) lines about the run: digest width and miss chance, lag of a standby."""
     out = []
-    bits = sorted({t.digest_bits for t in report.tables})
-    if bits:
-        out.append(
-            (
-                "digests",
-                f"{'/'.join(map(str, bits))}-bit; chance that a difference hid in a "
-                f"collision: at most {miss_probability(report):.0e}",
-            )
-        )
+    if report.tables:
+        out.append(("digests", miss_fact(report)))
     for when, lag in report.lag.items():
         out.append(
             (
                 f"lag at {when}",
-                f"{lag['lag_seconds']} s, {lag['lag_bytes']:,} bytes ({lag['method']})",
+                f"{fmt_seconds(float(str(lag['lag_seconds'])))}, {lag['lag_bytes']:,} bytes"
+                f" ({lag['method']})",
             )
         )
     return out
 
 
-def diff_verdict(report: DiffReport) -> str:
-    """The verdict line that ends the text report."""
+def diff_totals(report: DiffReport) -> str:
+    """Tables, differing tables, tables not verified (when any), differences and rows:
+    the counts of every format's summary."""
     total = sum(t.differences_total for t in report.tables)
     rows = sum(rows_compared(t) for t in report.tables)
-    differing = sum(not t.consistent for t in report.tables)
+    unverified = report.tables_unverified
+    return (
+        f"{len(report.tables)} table{'s' if len(report.tables) != 1 else ''},"
+        f" {report.tables_differing} differing,"
+        + (f" {unverified} not verified," if unverified else "")
+        + f" {total:,} difference{'s' if total != 1 else ''} in {rows:,} rows"
+    )
+
+
+def diff_verdict(report: DiffReport) -> str:
+    """The verdict line that ends the text report."""
     if not report.complete:
         verdict = "INCOMPLETE"
     else:
         verdict = "CONSISTENT" if report.status == "consistent" else "DIFFERENT"
-    return (
-        f"{verdict}: {len(report.tables)} table{'s' if len(report.tables) != 1 else ''},"
-        f" {differing} differing, {total:,} difference{'s' if total != 1 else ''}"
-        f" in {rows:,} rows ({report.elapsed_s:.2f} s)"
-    )
+    return f"{verdict}: {diff_totals(report)} ({fmt_seconds(report.elapsed_s)})"
 
 
 # -- Markdown -----------------------------------------------------------------------------
@@ -239,6 +273,8 @@ def diff_to_markdown(report: DiffReport) -> str:
         f"### replverify diff: {status}",
         "",
         f"`{report.source}` → `{report.target}`",
+        "",
+        f"{diff_totals(report)}.",
         "",
         "| table | key | rows (source / target) | chunks mismatched | differences | verdict |",
         "| --- | --- | ---: | ---: | ---: | --- |",
@@ -440,13 +476,20 @@ def lag_notes(report: LagReport) -> list[str]:
     return [*report.notes, *interrupted]
 
 
-def lag_to_text(report: LagReport) -> str:
+def lag_samples_header() -> str:
+    """The column heads above :func:`lag_sample_line` lines."""
+    return f"{'at (source clock, UTC)':<23}  {'lag':>12}  {'WAL not replayed':>20}  method"
+
+
+def lag_to_text(report: LagReport, *, samples: bool = True) -> str:
+    """The text report; ``samples=False`` leaves the sample lines out (``--watch`` has
+    printed each already, under the same header)."""
     out = [f"source  {report.source}", f"target  {report.target}"]
     out += replication_lines(report.replication)
     out.append("")
-    shown = report.samples[-LAG_SAMPLES_SHOWN:]
+    shown = report.samples[-LAG_SAMPLES_SHOWN:] if samples else ()
     if shown:
-        out.append(f"{'at (source clock, UTC)':<23}  {'lag':>12}  {'WAL not replayed':>20}  method")
+        out.append(lag_samples_header())
         if len(report.samples) > len(shown):
             out.append(f"… {len(report.samples) - len(shown):,} earlier samples (--format json)")
         out += [lag_sample_line(s) for s in shown]
@@ -488,7 +531,11 @@ APPLIED = {True: "yes", False: "no", None: "cannot tell"}
 
 
 def _journal_json(value: object) -> Any:
-    """Journal values as JSON: exact numbers (Decimal) as their text."""
+    """Journal values as JSON: exact numbers (Decimal) as their text, booleans in
+    PostgreSQL's text form (``"t"``/``"f"``) as the database side is shown, so one value
+    has one presentation."""
+    if isinstance(value, bool):
+        return "t" if value else "f"
     if isinstance(value, dict):
         return {k: _journal_json(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -584,7 +631,9 @@ def fmt_values(values: dict[str, Any] | None) -> str:
         return "(row present)"
 
     def show(v: Any) -> str:
-        if isinstance(v, int) and not isinstance(v, bool):
+        if isinstance(v, bool):  # as PostgreSQL prints it, like the database's rows
+            v = "t" if v else "f"
+        if isinstance(v, int):
             return str(v)
         return json.dumps(v, ensure_ascii=False, default=str)
 
@@ -678,7 +727,7 @@ def reconcile_to_text(report: ReconcileReport) -> str:
 def reconcile_verdict(report: ReconcileReport) -> str:
     """The verdict line that ends the text report."""
     verdict = "LOSS" if report.status == "loss" else "NO LOSS"
-    return f"{verdict}: {_tally(report)} ({report.elapsed_s:.2f} s)"
+    return f"{verdict}: {_tally(report)} ({fmt_seconds(report.elapsed_s)})"
 
 
 def reconcile_to_markdown(report: ReconcileReport) -> str:

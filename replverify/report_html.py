@@ -385,9 +385,14 @@ def diff_to_html(report: DiffReport) -> str:
             [
                 ("tables", _n(summary["tables"]), None),
                 ("tables differing", _n(summary["tables_different"]), tables_bad),
+                (
+                    "tables not verified",
+                    _n(summary["tables_unverified"]),
+                    "warn" if summary["tables_unverified"] else None,
+                ),
                 ("differences", _n(summary["differences"]), diffs_bad),
                 ("rows compared", _n(summary["rows_compared"]), None),
-                ("seconds", f"{report.elapsed_s:.2f}", None),
+                ("seconds", f"{report.elapsed_s:.3f}", None),
             ]
         ),
         section("Run", facts(run)),
@@ -758,7 +763,7 @@ def gate_to_html(r: GateReport) -> str:
         ("target", r.target),
         ("relation", r.relation),
         ("fenced", _yes(r.fenced)),
-        ("caught up", f"{_yes(r.caught_up)} after {r.waited_s:.2f} s (timeout {r.timeout_s:g} s)"),
+        ("caught up", f"{_yes(r.caught_up)} after {r.waited_s:.3f} s (timeout {r.timeout_s:g} s)"),
         ("source LSN", doc["source_lsn"]),
         ("replay LSN", doc["replay_lsn"]),
         ("bytes behind at the end", _n(r.lag_bytes)),

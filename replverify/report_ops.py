@@ -11,7 +11,7 @@ from .files import FILES_SCHEMA, FilesReport
 from .gate import GateReport
 from .health import HEALTH_SCHEMA, HealthReport
 from .lsn import format_lsn
-from .report import diff_to_dict, fmt_key, iso_utc, md_cell, renderers
+from .report import count, diff_to_dict, fmt_key, fmt_seconds, iso_utc, md_cell, renderers
 
 __all__ = [
     "FAILBACK_RENDERERS",
@@ -72,7 +72,7 @@ def _gate_lines(r: GateReport) -> list[str]:
         f"target: {r.target}",
         f"relation: {r.relation}",
         f"fenced: {'yes' if r.fenced else 'no'}",
-        f"caught up: {'yes' if r.caught_up else 'no'} after {r.waited_s:.2f} s "
+        f"caught up: {'yes' if r.caught_up else 'no'} after {fmt_seconds(r.waited_s)} "
         f"(timeout {r.timeout_s:g} s, {r.lag_bytes if r.lag_bytes is not None else '?'} "
         "bytes behind at the end)",
     ]
@@ -81,15 +81,19 @@ def _gate_lines(r: GateReport) -> list[str]:
         total = sum(t.differences_total for t in d.tables)
         unverified = sum(not t.verified for t in d.tables)
         out.append(
-            f"diff: {d.status}, {len(d.tables)} tables, {total} differences"
+            f"diff: {d.status}, {count(len(d.tables), 'table')}, {count(total, 'difference')}"
             + (f", {unverified} not verified" if unverified else "")
         )
         for t in d.tables:
             if t.error:
-                found = f" ({t.differences_total} differences found)" if t.differences_total else ""
+                found = (
+                    f" ({count(t.differences_total, 'difference')} found)"
+                    if t.differences_total
+                    else ""
+                )
                 out.append(f"  {t.table}: not verified{found}: {t.error}")
             elif not t.consistent:
-                out.append(f"  {t.table}: {t.differences_total} differences")
+                out.append(f"  {t.table}: {count(t.differences_total, 'difference')}")
     return out
 
 
@@ -156,13 +160,14 @@ def failback_verdict(r: FailbackReport) -> str:
     if r.status == "nothing_to_recover":
         return "nothing on the old primary is missing from the new one"
     n = len(r.unverified)
-    unverified = f"{n} table{'s' if n != 1 else ''} could not be verified"
+    unverified = f"{count(n, 'table')} could not be verified"
     if r.status == "unverified":
         return f"{unverified}: the old primary may hold changes there that the new one lacks"
     c = r.counts()
     return (
-        f"{c['old_only']} old-only, {c['conflict']} conflicting, {c['unknown']} unknown "
-        "rows: recover them before rewinding the old primary" + (f"; {unverified}" if n else "")
+        f"{count(c['old_only'], 'old-only row')}, {c['conflict']:,} conflicting, "
+        f"{c['unknown']:,} unknown: recover them before rewinding the old primary"
+        + (f"; {unverified}" if n else "")
     )
 
 
