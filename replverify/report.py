@@ -582,13 +582,19 @@ def fmt_values(values: dict[str, Any] | None) -> str:
         return "(no row)"
     if not values:
         return "(row present)"
+    return " ".join(value_pairs(values).values())
+
+
+def value_pairs(values: dict[str, Any]) -> dict[str, str]:
+    """Each column's ``col=value`` pair as :func:`fmt_values` shows it (strings quoted,
+    ints bare), by column: for renderers that mark some columns."""
 
     def show(v: Any) -> str:
         if isinstance(v, int) and not isinstance(v, bool):
             return str(v)
         return json.dumps(v, ensure_ascii=False, default=str)
 
-    return " ".join(f"{name}={show(v)}" for name, v in values.items())
+    return {name: f"{name}={show(v)}" for name, v in values.items()}
 
 
 def _finding_head(f: Finding) -> str:
