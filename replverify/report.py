@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -258,47 +259,109 @@ def diff_verdict(report: DiffReport) -> str:
 
 
 # -- Markdown -----------------------------------------------------------------------------
+# Every Markdown report has one shape: a heading "### replverify KIND: ICON status", the
+# verdict (the totals) in bold, where it ran, the tables, notes as quotes. Names, keys,
+# values and paths go in code spans; other text from the report is escaped.
+
+#: The heading's icon for a report's tone.
+MD_ICONS = {"ok": "✅", "bad": "❌", "warn": "⚠️", "info": "ℹ️"}
+
+# backslash-escaped wherever they stand: all that can start inline markup or an entity
+_MD_ACTIVE = re.compile(r"([\\`*_\[\]<>|&~#])")
+# what would start a list, a heading underline or a numbered item at the start of a line
+_MD_LINE_START = re.compile(r"^([-+=]|\d+[.)])")
+
+
+def _one_line(text: str) -> str:
+    # a line break would end a table row or a list item
+    return " ".join(text.splitlines())
+
+
+def md_text(text: str) -> str:
+    """Plain text that CommonMark shows as is, on one line, also in a table cell."""
+    text = _MD_ACTIVE.sub(r"\\\1", _one_line(text))
+    # the mark itself is escaped (1\. not \1.: a backslash before a digit is no escape)
+    return _MD_LINE_START.sub(lambda m: m[0][:-1] + "\\" + m[0][-1], text)
+
+
 def md_cell(text: str) -> str:
-    """Text made safe for one Markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text made safe for one Markdown table cell (:func:`md_text`)."""
+    return md_text(text)
+
+
+def md_code(text: str, *, cell: bool = False) -> str:
+    """``text`` as one CommonMark code span, whatever it holds: the fence is one backtick
+    longer than the longest run inside, padded with a space when the text starts or ends
+    with a backtick or a space (CommonMark strips one such pair). Line breaks become the
+    spaces a code span shows anyway. ``cell``: inside a table row, where a pipe must be
+    escaped even in a code span (GFM)."""
+    text = _one_line(text)
+    if not text:
+        return ""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.strip(" ") and (text[0] in "` " or text[-1] in "` ") else ""
+    span = f"{fence}{pad}{text}{pad}{fence}"
+    return span.replace("|", "\\|") if cell else span
+
+
+def md_head(kind: str, tone: str, status: str, verdict: str, where: str) -> list[str]:
+    """The opening lines of every Markdown report: heading, verdict in bold, where."""
+    return [
+        f"### replverify {kind}: {MD_ICONS[tone]} {md_text(status)}",
+        "",
+        f"**{md_text(verdict)}**",
+        "",
+        where,
+    ]
+
+
+def md_pair(source: str, target: str) -> str:
+    return f"{md_code(source)} → {md_code(target)}"
+
+
+def md_notes(notes: list[str]) -> list[str]:
+    return [""] + [f"> {md_text(n)}" for n in notes] if notes else []
 
 
 def diff_to_markdown(report: DiffReport) -> str:
-    status = (
-        "✅ consistent"
-        if report.status == "consistent" and report.complete
-        else ("⚠️ incomplete" if not report.complete else "❌ different")
-    )
-    out = [
-        f"### replverify diff: {status}",
-        "",
-        f"`{report.source}` → `{report.target}`",
-        "",
-        f"{diff_totals(report)}.",
+    if not report.complete:
+        tone, status = "warn", "incomplete"
+    else:
+        tone = "ok" if report.status == "consistent" else "bad"
+        status = report.status
+    out = md_head("diff", tone, status, diff_verdict(report), md_pair(report.source, report.target))
+    out += [
         "",
         "| table | key | rows (source / target) | chunks mismatched | differences | verdict |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for t in report.tables:
         out.append(
-            f"| `{md_cell(t.table.qualified)}` | {md_cell(key_label(t))} |"
+            f"| {md_code(t.table.qualified, cell=True)} | {md_cell(key_label(t))} |"
             f" {t.rows_source:,} / {t.rows_target:,} | {t.chunks_mismatched:,} / {t.chunks:,} |"
             f" {t.differences_total:,} | {md_cell(table_verdict(t))} |"
         )
     for t in report.tables:
         if t.consistent:
             continue
-        out += ["", f"#### `{md_cell(t.table.qualified)}`", ""]
-        out += [f"- schema: {md_cell(n)}" for n in t.schema_differences]
+        out += ["", f"#### {md_code(t.table.qualified)}: {md_text(table_verdict(t))}", ""]
+        out += [f"- schema: {md_text(n)}" for n in t.schema_differences]
         if t.error:
-            out.append(f"- error: {md_cell(t.error)}")
-        out += [
-            f"- `{md_cell(describe_difference(t, d))}`" for d in t.differences[:SHOWN_PER_TABLE]
-        ]
-        hidden = t.differences_total - min(len(t.differences), SHOWN_PER_TABLE)
+            out.append(f"- error: {md_text(t.error)}")
+        shown = t.differences[:SHOWN_PER_TABLE]
+        if shown and (t.schema_differences or t.error):
+            out.append("")
+        if shown:
+            out += ["| kind | key | changed columns |", "| --- | --- | --- |"]
+        for d in shown:
+            columns = ", ".join(d.columns) if isinstance(d, Changed) else ""
+            key = md_code(fmt_key(key_dict(t, d)), cell=True)
+            out.append(f"| {d.kind} | {key} | {md_cell(columns)} |")
+        hidden = t.differences_total - len(shown)
         if hidden > 0:
-            out.append(f"- … and {hidden:,} more")
-    out += [""] + [f"> {n}" for n in report.notes]
+            out += ["", f"… and {hidden:,} more (--format json, --max-diffs)"]
+    out += md_notes(report.notes)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -499,23 +562,28 @@ def lag_to_text(report: LagReport, *, samples: bool = True) -> str:
     return "\n".join(out) + "\n"
 
 
+#: Tone and heading status of each lag status.
+_LAG_MD = {
+    "within": ("ok", "within RPO"),
+    "exceeded": ("bad", "RPO exceeded"),
+    "measured": ("info", "measured"),
+    "unknown": ("warn", "unknown"),
+}
+
+
 def lag_to_markdown(report: LagReport) -> str:
-    icon = {"within": "✅", "exceeded": "❌", "measured": "ℹ️", "unknown": "⚠️"}[report.status]
-    out = [
-        f"### replverify lag: {icon} {md_cell(lag_verdict(report))}",
-        "",
-        f"`{report.source}` → `{report.target}`",
-        "",
-        f"- replication: {md_cell(report.replication.description)}",
-        "",
-    ]
+    tone, status = _LAG_MD[report.status]
+    out = md_head("lag", tone, status, lag_verdict(report), md_pair(report.source, report.target))
+    out += ["", f"- replication: {md_text(report.replication.description)}", ""]
     shown = report.samples[-LAG_SAMPLES_SHOWN:]
     if shown:
+        if len(report.samples) > len(shown):
+            out += [f"… {len(report.samples) - len(shown):,} earlier samples (--format json)", ""]
         out += ["| at (UTC) | lag s | lag bytes | method |", "| --- | ---: | ---: | --- |"]
         out += [
             f"| {clock(s.at)} | {s.lag_seconds:.3f} | {s.lag_bytes:,} | {s.method} |" for s in shown
         ]
-    out += [""] + [f"> {md_cell(n)}" for n in report.notes]
+    out += md_notes(lag_notes(report))
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -629,6 +697,12 @@ def fmt_values(values: dict[str, Any] | None) -> str:
         return "(no row)"
     if not values:
         return "(row present)"
+    return " ".join(value_pairs(values).values())
+
+
+def value_pairs(values: dict[str, Any]) -> dict[str, str]:
+    """Each column's ``col=value`` pair as :func:`fmt_values` shows it (strings quoted,
+    ints bare), by column: for renderers that mark some columns."""
 
     def show(v: Any) -> str:
         if isinstance(v, bool):  # as PostgreSQL prints it, like the database's rows
@@ -637,7 +711,7 @@ def fmt_values(values: dict[str, Any] | None) -> str:
             return str(v)
         return json.dumps(v, ensure_ascii=False, default=str)
 
-    return " ".join(f"{name}={show(v)}" for name, v in values.items())
+    return {name: f"{name}={show(v)}" for name, v in values.items()}
 
 
 def _finding_head(f: Finding) -> str:
@@ -731,13 +805,13 @@ def reconcile_verdict(report: ReconcileReport) -> str:
 
 
 def reconcile_to_markdown(report: ReconcileReport) -> str:
-    status = "❌ loss" if report.status == "loss" else "✅ no loss"
+    tone, status = ("bad", "loss") if report.status == "loss" else ("ok", "no loss")
     c = report.counts
-    out = [
-        f"### replverify reconcile: {status}",
-        "",
-        f"journal `{md_cell(report.journal)}` against `{report.target}`"
-        + (f" (old primary `{report.source}`)" if report.source else ""),
+    where = f"journal {md_code(report.journal)} against {md_code(report.target)}"
+    if report.source:
+        where += f" (old primary {md_code(report.source)})"
+    out = md_head("reconcile", tone, status, reconcile_verdict(report), where)
+    out += [
         "",
         "| lost | conflict | in doubt | durable | superseded | aborted | writes |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -764,22 +838,23 @@ def reconcile_to_markdown(report: ReconcileReport) -> str:
             why = f.reason
             if f.verdict == "in_doubt":
                 why = f"applied: {APPLIED[f.applied]}; {why}"
+            journal = "delete" if f.write.op == "delete" else fmt_values(ex["journal"]["values"])
+            values = [journal, fmt_values(ex["target"])]
+            if with_source:
+                values.append(fmt_values(ex.get("source")))
             cells = [
-                str(d["txid"]),
+                md_code(str(d["txid"]), cell=True),
                 str(d["seq"]),
                 d["op"],
-                f"`{d['table']}`",
-                f"`{fmt_key(d['key'])}`",
-                why,
-                "delete" if f.write.op == "delete" else fmt_values(ex["journal"]["values"]),
-                fmt_values(ex["target"]),
+                md_code(d["table"], cell=True),
+                md_code(fmt_key(d["key"]), cell=True),
+                md_cell(why),
+                *(md_code(v, cell=True) for v in values),
             ]
-            if with_source:
-                cells.append(fmt_values(ex.get("source")))
-            out.append("| " + " | ".join(md_cell(x) for x in cells) + " |")
+            out.append("| " + " | ".join(cells) + " |")
         if len(items) > SHOWN_FINDINGS:
-            out.append(f"\n… and {len(items) - SHOWN_FINDINGS:,} more")
-    out += [""] + [f"> {md_cell(n)}" for n in report.notes]
+            out += ["", f"… and {len(items) - SHOWN_FINDINGS:,} more (--format json)"]
+    out += md_notes(report.notes)
     return "\n".join(out).rstrip() + "\n"
 
 
