@@ -150,7 +150,9 @@ def test_cli_exit_codes_and_json(trees: tuple[Path, Path]) -> None:
     assert result.exit_code == 1
     doc = json.loads(result.output)
     assert doc["schema"] == "replverify.files/1" and doc["status"] == "different"
-    assert doc["differences"] == [{"kind": "extra", "path": "extra.txt", "reason": "", "side": ""}]
+    assert doc["differences"] == [
+        {"kind": "extra", "path": "extra.txt", "reason": "", "side": "", "method": "listing"}
+    ]
     result = runner.invoke(main, ["files", str(a), str(b), "--format", "markdown"])
     assert result.exit_code == 1 and "extra.txt" in result.output
     result = runner.invoke(main, ["files", str(a / "missing"), str(b)])
