@@ -25,6 +25,7 @@ when such a location is given.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import os
 import stat
 import urllib.parse
@@ -177,7 +178,7 @@ class LocalStore:
 # == Azure =================================================================================
 def _azure() -> Any:
     try:
-        from azure.storage import blob
+        blob = importlib.import_module("azure.storage.blob")
     except ImportError:
         raise UsageError(f"az:// locations need azure-storage-blob: {BLOB_HINT}") from None
     return blob
@@ -291,7 +292,7 @@ class AzureStore:
 # == S3, GCS ===============================================================================
 def _obstore() -> Any:
     try:
-        import obstore
+        obstore = importlib.import_module("obstore")
     except ImportError:
         raise UsageError(f"s3:// and gs:// locations need obstore: {BLOB_HINT}") from None
     return obstore
