@@ -422,8 +422,33 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
     default=None,
     help="Progress on stderr (default: when stderr is a terminal).",
 )
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Verify again every SECONDS (from the start of one run to the next) until Ctrl-C, "
+    "one summary line per run on stderr; then the last report. An unreachable server is "
+    "counted and retried at the next interval.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="With --every: serve Prometheus metrics of the latest results per table at "
+    "http://ADDR:PORT/metrics (0: a free port, printed on stderr). Needs: "
+    "pip install 'replverify[metrics]'.",
+)
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDR",
+    help="Address the metrics endpoint listens on (with --metrics-port).",
+)
 @output_options
+@click.pass_context
 def diff(
+    ctx: click.Context,
     source: str,
     target: str,
     tables: tuple[str, ...],
@@ -438,6 +463,9 @@ def diff(
     lag_timeout: float,
     state: str | None,
     progress: bool | None,
+    every: float | None,
+    metrics_port: int | None,
+    metrics_addr: str,
     fmt: str,
     output: str | None,
 ) -> None:
@@ -461,6 +489,8 @@ def diff(
         lag_timeout=lag_timeout,
         state=state,
     )
+    if every is not None or metrics_port is not None:
+        _diff_every(ctx, source, target, options, every, metrics_port, metrics_addr, fmt, output)
     show = sys.stderr.isatty() if progress is None else progress
     bar = ProgressLine(show)
     try:
@@ -469,6 +499,125 @@ def diff(
         bar.close()
     emit(DIFF_RENDERERS[fmt](report), output)
     sys.exit(diff_exit_code(report))
+
+
+def _diff_every(
+    ctx: click.Context,
+    source: str,
+    target: str,
+    options: api.DiffOptions,
+    every: float | None,
+    metrics_port: int | None,
+    metrics_addr: str,
+    fmt: str,
+    output: str | None,
+) -> None:
+    """``diff --every``: verify until Ctrl-C, then render the last report and exit."""
+    from .metrics import DiffMetrics, MetricsServer, serve
+
+    if every is None:
+        raise click.BadOptionUsage("metrics_port", "--metrics-port needs --every", ctx)
+    if options.state is not None:
+        raise click.BadOptionUsage(
+            "state", "--state resumes one interrupted run; it cannot go with --every", ctx
+        )
+    metrics: DiffMetrics | None = None
+    server: MetricsServer | None = None
+    if metrics_port is not None:
+        metrics = DiffMetrics(source, target)
+        server = serve(metrics, addr=metrics_addr, port=metrics_port)
+        click.echo(f"replverify: serving metrics at {server.url}", err=True)
+    failures: list[ReplverifyError] = []
+
+    def on_report(report: DiffReport) -> None:
+        failures.clear()
+        if metrics is not None:
+            metrics.observe(report, ended_at=time.time())
+        click.echo(diff_run_line(report), err=True)
+
+    def on_failure(error: ReplverifyError) -> None:
+        failures.append(error)
+        if metrics is not None:
+            metrics.failed(ended_at=time.time())
+        click.echo(f"replverify: verification failed, retrying in {every:g} s: {error.message}",
+                   err=True)  # fmt: skip
+
+    try:
+        last = run_async(_diff_until_interrupt(source, target, options, every, on_report,
+                                               on_failure))  # fmt: skip
+    finally:
+        if server is not None:
+            server.close()
+    if last is None:
+        click.echo("replverify: stopped before any verification ended", err=True)
+        sys.exit(EXIT_TROUBLE)
+    emit(DIFF_RENDERERS[fmt](last), output)
+    # The latest attempt failed: the report shown is older than that; never 0 then.
+    sys.exit(EXIT_TROUBLE if failures else diff_exit_code(last))
+
+
+def diff_run_line(report: DiffReport) -> str:
+    """One line per ``--every`` run: when, the verdict, the counts."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows = sum(t.rows_source for t in report.tables)
+    diffs = sum(t.differences_total for t in report.tables)
+    trouble = sum(not t.verified for t in report.tables)
+    verdict = report.status if report.complete else "incomplete"
+    return (
+        f"{when}  {verdict}  {len(report.tables)} tables, {rows:,} rows, {diffs:,} "
+        f"differences, {trouble} not verified, {report.elapsed_s:.1f} s"
+    )
+
+
+async def _diff_until_interrupt(
+    source: str,
+    target: str,
+    options: api.DiffOptions,
+    every: float,
+    on_report: Callable[[DiffReport], None],
+    on_failure: Callable[[ReplverifyError], None],
+) -> DiffReport | None:
+    """Run ``api.diff`` every ``every`` seconds until the first Ctrl-C (which cancels a
+    run under way and keeps the last report); a second Ctrl-C interrupts at once.
+    Unreachable servers and lost connections are reported and retried; anything else
+    (bad options, unknown tables) ends the loop."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled = False
+
+    def first_interrupt() -> None:
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGINT, first_interrupt)
+        handled = True
+    last: DiffReport | None = None
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            started = loop.time()
+            run = asyncio.ensure_future(api.diff(source, target, options))
+            await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ReplverifyError):
+                    await run
+                break
+            try:
+                last = run.result()
+            except (ConnectError, ServerError) as e:
+                on_failure(e)
+            else:
+                on_report(last)
+            pause = max(every - (loop.time() - started), 0.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stopping), pause)
+    finally:
+        stopping.cancel()
+        if handled:
+            loop.remove_signal_handler(signal.SIGINT)
+    return last
 
 
 def diff_exit_code(report: DiffReport) -> int:
