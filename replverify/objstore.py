@@ -117,7 +117,10 @@ def open_store(location: str) -> ObjectStore:
         raise UsageError(f"{location}: name the container or bucket ({parts.scheme}://NAME/...)")
     prefix = parts.path.strip("/")
     if parts.scheme in ("az", "abfs", "azure"):
-        return AzureStore.from_environment(parts.netloc, prefix, display=location)
+        container, _, account = parts.netloc.partition("@")
+        return AzureStore.from_environment(
+            container, prefix, display=location, account=account or None
+        )
     if parts.scheme in ("s3", "gs"):
         return ObstoreStore.from_url(f"{parts.scheme}://{parts.netloc}", prefix, location)
     raise UsageError(
@@ -192,17 +195,26 @@ def _azure_error(what: str, e: Exception) -> StoreError:
 class AzureStore:
     """A container (and a prefix in it) of an Azure storage account."""
 
-    def __init__(self, service: Any, container: str, prefix: str, display: str) -> None:
-        self.service = service
-        self.container = service.get_container_client(container)
+    def __init__(
+        self, service: Any, container: str, prefix: str, display: str, *, reader: Any = None
+    ) -> None:
+        self.service = service  # the account's primary endpoint
+        self.reader = reader or service  # where the objects are read: primary or secondary
+        self.container = self.reader.get_container_client(container)
         self.prefix = prefix + "/" if prefix else ""
         self.display = display
 
     @classmethod
-    def from_environment(cls, container: str, prefix: str, *, display: str) -> AzureStore:
+    def from_environment(
+        cls, container: str, prefix: str, *, display: str, account: str | None = None
+    ) -> AzureStore:
         """Credentials as the Azure tools take them: ``AZURE_STORAGE_CONNECTION_STRING``,
         or ``AZURE_STORAGE_ACCOUNT_NAME`` with ``AZURE_STORAGE_ACCOUNT_KEY`` or
-        ``AZURE_STORAGE_SAS_TOKEN``."""
+        ``AZURE_STORAGE_SAS_TOKEN``.
+
+        ``account`` (``az://CONTAINER@ACCOUNT``) may name the credentials' account, or
+        ``ACCOUNT-secondary``: its read-access geo-secondary, read with the same
+        credentials (what a geo-redundant copy is compared against)."""
         blob = _azure()
         env = os.environ
         try:
@@ -227,7 +239,17 @@ class AzureStore:
                 )
         except ValueError as e:
             raise UsageError(f"{display}: bad Azure credentials: {e}") from None
-        return cls(service, container, prefix, display)
+        store = cls(service, container, prefix, display)
+        name = service.account_name
+        if account is None or account == name:
+            return store
+        if account != f"{name}-secondary":
+            raise UsageError(
+                f"{display}: the credentials are for account {name}: give az://{container} "
+                f"(its primary) or az://{container}@{name}-secondary (its geo-secondary)"
+            )
+        reader = blob.BlobServiceClient(store.secondary_url(), credential=service.credential)
+        return cls(service, container, prefix, display, reader=reader)
 
     def list(self) -> Iterator[ObjectInfo]:
         from azure.core.exceptions import AzureError

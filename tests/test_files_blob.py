@@ -220,6 +220,17 @@ def test_rpo_on_the_emulator_is_answered_but_cannot_mean_anything(
     assert "cannot tell a real RPO" in rpo["note"]
 
 
+def test_read_access_secondary_of_the_same_account(sides: tuple[Any, Any]) -> None:
+    primary, _ = sides
+    _fill(primary, BLOBS)
+    # Azurite serves its account's secondary at /ACCOUNT-secondary, mirrored at once.
+    code, doc = _json(["az://primary", f"az://primary@{ACCOUNT}-secondary", "--rpo", "600"])
+    assert code == 0 and doc["status"] == "identical", doc
+    assert doc["summary"]["compared"] == len(BLOBS) and doc["rpo"]["status"] == "live"
+    result = CliRunner().invoke(main, ["files", "az://primary", "az://primary@someoneelse"])
+    assert result.exit_code == 2 and f"{ACCOUNT}-secondary (its geo-secondary)" in result.output
+
+
 def test_rpo_where_no_store_can_tell(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["files", str(tmp_path), str(tmp_path), "--rpo", "60"])
     assert result.exit_code == 2
