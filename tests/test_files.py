@@ -157,3 +157,31 @@ def test_cli_exit_codes_and_json(trees: tuple[Path, Path]) -> None:
     assert result.exit_code == 1 and "extra.txt" in result.output
     result = runner.invoke(main, ["files", str(a / "missing"), str(b)])
     assert result.exit_code == 2
+
+
+def test_file_urls_progress_and_every_format(trees: tuple[Path, Path]) -> None:
+    a, b = trees
+    runner = CliRunner()
+    result = runner.invoke(main, ["files", f"file://{a}", f"file://{b}", "--progress"])
+    assert result.exit_code == 0, result.output
+    assert "objects" in result.output  # the progress line (stderr)
+    (b / "a.txt").write_bytes(b"ALPHA")
+    for fmt in ("text", "markdown", "html", "json"):
+        result = runner.invoke(main, ["files", f"file://{a}", str(b), "--format", fmt])
+        assert result.exit_code == 1 and "a.txt" in result.output, (fmt, result.output)
+    assert json.loads(result.output)["differences"][0]["method"] == "content"
+    result = runner.invoke(main, ["files", "file://elsewhere/x", str(b)])
+    assert result.exit_code == 2 and "names a path on this machine" in result.output
+
+
+def test_state_resumes_a_tree_comparison(trees: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = trees
+    (b / "same-size.txt").write_bytes(b"54321")
+    state = tmp_path / "tree.state"
+    runner = CliRunner()
+    args = ["files", str(a), str(b), "--state", str(state), "--format", "json"]
+    first, again = runner.invoke(main, args), runner.invoke(main, args)
+    assert first.exit_code == again.exit_code == 1
+    d1, d2 = json.loads(first.output), json.loads(again.output)
+    assert d1["differences"] == d2["differences"] and d1["summary"]["bytes_read"] > 0
+    assert d2["summary"]["bytes_read"] == 0 and d2["resumed_after"] == "x/y/z.txt"
