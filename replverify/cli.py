@@ -224,6 +224,9 @@ def config_key(param: click.Parameter) -> str:
 #: own table. (``fence = true`` meant for diff's fenced reads must not make gate fence
 #: the source.)
 CONFIG_COMMAND_ONLY = frozenset({"fence", "replay_sql"})
+#: Commands that take no shared profile keys, only their own table: ``files`` compares
+#: storage locations, not the profile's DSNs, and its ``--rpo`` judges a blob account.
+CONFIG_OWN_TABLE_ONLY = frozenset({"files"})
 
 
 def config_schema(group: click.Group) -> dict[str, dict[str, Param]]:
@@ -231,7 +234,7 @@ def config_schema(group: click.Group) -> dict[str, dict[str, Param]]:
     options: the CLI's)."""
     from .config import Kind, Param
 
-    def describe(p: click.Parameter) -> Param:
+    def describe(p: click.Parameter, own_table_only: bool) -> Param:
         assert p.name is not None
         t = p.type
         kind: Kind
@@ -254,10 +257,15 @@ def config_schema(group: click.Group) -> dict[str, dict[str, Param]]:
         choices = tuple(map(str, t.choices)) if isinstance(t, click.Choice) else ()
         numeric = kind in ("int", "float")
         shared = config_key(p) not in CONFIG_COMMAND_ONLY
-        return Param(p.name, kind, p.multiple, choices, check if numeric else None, shared)
+        check_ = check if numeric else None
+        return Param(p.name, kind, p.multiple, choices, check_, shared, own_table_only)
 
     return {
-        name: {config_key(p): describe(p) for p in command.params if p.name}
+        name: {
+            config_key(p): describe(p, name in CONFIG_OWN_TABLE_ONLY)
+            for p in command.params
+            if p.name
+        }
         for name, command in group.commands.items()
     }
 
@@ -1090,8 +1098,8 @@ def health(source: str, target: str, rpo: float | None, fmt: str, output: str | 
 
 
 @main.command()
-@click.argument("source")
-@click.argument("target")
+@click.argument("dir_a", metavar="SOURCE")
+@click.argument("dir_b", metavar="TARGET")
 @click.option(
     "--rpo",
     type=click.FloatRange(min=0),
@@ -1114,8 +1122,8 @@ def health(source: str, target: str, rpo: float | None, fmt: str, output: str | 
 )
 @output_options
 def files(
-    source: str,
-    target: str,
+    dir_a: str,
+    dir_b: str,
     rpo: float | None,
     state: str | None,
     progress: bool | None,
@@ -1133,6 +1141,7 @@ def files(
     target, directories as such). Exit 0 identical, 1 different or RPO exceeded, 2 when
     something could not be checked.
     """
+    source, target = dir_a, dir_b  # (the parameter names are the profile keys of old)
     from .errors import UsageError
     from .files import HashLedger, compare_objects, compare_trees
     from .objstore import StoreError, is_local, local_path, open_store

@@ -185,3 +185,18 @@ def test_state_resumes_a_tree_comparison(trees: tuple[Path, Path], tmp_path: Pat
     d1, d2 = json.loads(first.output), json.loads(again.output)
     assert d1["differences"] == d2["differences"] and d1["summary"]["bytes_read"] > 0
     assert d2["summary"]["bytes_read"] == 0 and d2["resumed_after"] == "x/y/z.txt"
+
+
+def test_profiles_shared_keys_do_not_reach_files(trees: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = trees
+    conf = tmp_path / "replverify.toml"
+    # A shared rpo (meant for lag/health) would make a local comparison fail: not taken.
+    conf.write_text(
+        f'[profiles.p]\nsource = "postgresql://db1/x"\nrpo = 30\n'
+        f'[profiles.p.files]\ndir_a = "{a}"\ndir_b = "{b}"\n'
+    )
+    result = CliRunner().invoke(main, ["--config", str(conf), "--profile", "p", "files"])
+    assert result.exit_code == 0, result.output
+    conf.write_text(f'[profiles.p]\ndir_a = "{a}"\n')
+    result = CliRunner().invoke(main, ["--config", str(conf), "--profile", "p", "files"])
+    assert result.exit_code == 2 and "set it in [profiles.p.files]" in result.output
