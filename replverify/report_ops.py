@@ -328,8 +328,8 @@ def files_to_text(r: FilesReport) -> str:
         f"{r.dir_a} vs {r.dir_b}: {files_verdict(r)}",
         f"{r.files_a} entries in A, {r.files_b} in B; {r.compared} files compared, "
         f"{r.by_listing} settled from the listings (size, Content-MD5), "
-        f"{r.hashed} by content ({r.bytes_read:,} bytes read), {r.symlinks} symlinks "
-        f"(compared by target, not followed)",
+        f"{r.hashed} by content ({r.bytes_read:,} bytes read)"
+        + (f", {r.symlinks} symlinks (compared by target, not followed)" if r.symlinks else ""),
     ]
     if r.resumed_after is not None:
         out.append(f"resumed: content read before up to {r.resumed_after} taken from --state")
