@@ -47,6 +47,7 @@ from .types import DiffReport, TableRef
 
 if TYPE_CHECKING:
     from .config import Param
+    from .files import FilesReport, RpoCheck
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -332,6 +333,9 @@ def config_key(param: click.Parameter) -> str:
 #: own table. (``fence = true`` meant for diff's fenced reads must not make gate fence
 #: the source.)
 CONFIG_COMMAND_ONLY = frozenset({"fence", "replay_sql"})
+#: Commands that take no shared profile keys, only their own table: ``files`` compares
+#: storage locations, not the profile's DSNs, and its ``--rpo`` judges a blob account.
+CONFIG_OWN_TABLE_ONLY = frozenset({"files"})
 
 
 def config_schema(group: click.Group) -> dict[str, dict[str, Param]]:
@@ -339,7 +343,7 @@ def config_schema(group: click.Group) -> dict[str, dict[str, Param]]:
     options: the CLI's)."""
     from .config import Kind, Param
 
-    def describe(p: click.Parameter) -> Param:
+    def describe(p: click.Parameter, own_table_only: bool) -> Param:
         assert p.name is not None
         t = p.type
         kind: Kind
@@ -362,10 +366,15 @@ def config_schema(group: click.Group) -> dict[str, dict[str, Param]]:
         choices = tuple(map(str, t.choices)) if isinstance(t, click.Choice) else ()
         numeric = kind in ("int", "float")
         shared = config_key(p) not in CONFIG_COMMAND_ONLY
-        return Param(p.name, kind, p.multiple, choices, check if numeric else None, shared)
+        check_ = check if numeric else None
+        return Param(p.name, kind, p.multiple, choices, check_, shared, own_table_only)
 
     return {
-        name: {config_key(p): describe(p) for p in command.params if p.name}
+        name: {
+            config_key(p): describe(p, name in CONFIG_OWN_TABLE_ONLY)
+            for p in command.params
+            if p.name
+        }
         for name, command in group.commands.items()
     }
 
@@ -537,8 +546,33 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
     help="Compare even when SOURCE and TARGET reach one database of one server "
     "(same system identifier, port and start time); otherwise that is refused (exit 2).",
 )
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Verify again every SECONDS (from the start of one run to the next) until Ctrl-C, "
+    "one summary line per run on stderr; then the last report. An unreachable server is "
+    "counted and retried at the next interval.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="With --every: serve Prometheus metrics of the latest results per table at "
+    "http://ADDR:PORT/metrics (0: a free port, printed on stderr). Needs: "
+    "pip install 'replverify[metrics]'.",
+)
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDR",
+    help="Address the metrics endpoint listens on (with --metrics-port).",
+)
 @output_options
+@click.pass_context
 def diff(
+    ctx: click.Context,
     source: str,
     target: str,
     tables: tuple[str, ...],
@@ -554,6 +588,9 @@ def diff(
     state: str | None,
     progress: bool | None,
     allow_same_server: bool,
+    every: float | None,
+    metrics_port: int | None,
+    metrics_addr: str,
     fmt: str,
     output: str | None,
 ) -> None:
@@ -578,6 +615,8 @@ def diff(
         state=state,
         allow_same_server=allow_same_server,
     )
+    if every is not None or metrics_port is not None:
+        _diff_every(ctx, source, target, options, every, metrics_port, metrics_addr, fmt, output)
     show = sys.stderr.isatty() if progress is None else progress
     bar = ProgressLine(show)
     try:
@@ -586,6 +625,125 @@ def diff(
         bar.close()
     emit(DIFF_RENDERERS[fmt](report), output)
     sys.exit(diff_exit_code(report))
+
+
+def _diff_every(
+    ctx: click.Context,
+    source: str,
+    target: str,
+    options: api.DiffOptions,
+    every: float | None,
+    metrics_port: int | None,
+    metrics_addr: str,
+    fmt: str,
+    output: str | None,
+) -> None:
+    """``diff --every``: verify until Ctrl-C, then render the last report and exit."""
+    from .metrics import DiffMetrics, MetricsServer, serve
+
+    if every is None:
+        raise click.BadOptionUsage("metrics_port", "--metrics-port needs --every", ctx)
+    if options.state is not None:
+        raise click.BadOptionUsage(
+            "state", "--state resumes one interrupted run; it cannot go with --every", ctx
+        )
+    metrics: DiffMetrics | None = None
+    server: MetricsServer | None = None
+    if metrics_port is not None:
+        metrics = DiffMetrics(source, target)
+        server = serve(metrics, addr=metrics_addr, port=metrics_port)
+        click.echo(f"replverify: serving metrics at {server.url}", err=True)
+    failures: list[ReplverifyError] = []
+
+    def on_report(report: DiffReport) -> None:
+        failures.clear()
+        if metrics is not None:
+            metrics.observe(report, ended_at=time.time())
+        click.echo(diff_run_line(report), err=True)
+
+    def on_failure(error: ReplverifyError) -> None:
+        failures.append(error)
+        if metrics is not None:
+            metrics.failed(ended_at=time.time())
+        click.echo(f"replverify: verification failed, retrying in {every:g} s: {error.message}",
+                   err=True)  # fmt: skip
+
+    try:
+        last = run_async(_diff_until_interrupt(source, target, options, every, on_report,
+                                               on_failure))  # fmt: skip
+    finally:
+        if server is not None:
+            server.close()
+    if last is None:
+        click.echo("replverify: stopped before any verification ended", err=True)
+        sys.exit(EXIT_TROUBLE)
+    emit(DIFF_RENDERERS[fmt](last), output)
+    # The latest attempt failed: the report shown is older than that; never 0 then.
+    sys.exit(EXIT_TROUBLE if failures else diff_exit_code(last))
+
+
+def diff_run_line(report: DiffReport) -> str:
+    """One line per ``--every`` run: when, the verdict, the counts."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows = sum(t.rows_source for t in report.tables)
+    diffs = sum(t.differences_total for t in report.tables)
+    trouble = sum(not t.verified for t in report.tables)
+    verdict = report.status if report.complete else "incomplete"
+    return (
+        f"{when}  {verdict}  {len(report.tables)} tables, {rows:,} rows, {diffs:,} "
+        f"differences, {trouble} not verified, {report.elapsed_s:.1f} s"
+    )
+
+
+async def _diff_until_interrupt(
+    source: str,
+    target: str,
+    options: api.DiffOptions,
+    every: float,
+    on_report: Callable[[DiffReport], None],
+    on_failure: Callable[[ReplverifyError], None],
+) -> DiffReport | None:
+    """Run ``api.diff`` every ``every`` seconds until the first Ctrl-C (which cancels a
+    run under way and keeps the last report); a second Ctrl-C interrupts at once.
+    Unreachable servers and lost connections are reported and retried; anything else
+    (bad options, unknown tables) ends the loop."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled = False
+
+    def first_interrupt() -> None:
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGINT, first_interrupt)
+        handled = True
+    last: DiffReport | None = None
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            started = loop.time()
+            run = asyncio.ensure_future(api.diff(source, target, options))
+            await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ReplverifyError):
+                    await run
+                break
+            try:
+                last = run.result()
+            except (ConnectError, ServerError) as e:
+                on_failure(e)
+            else:
+                on_report(last)
+            pause = max(every - (loop.time() - started), 0.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stopping), pause)
+    finally:
+        stopping.cancel()
+        if handled:
+            loop.remove_signal_handler(signal.SIGINT)
+    return last
 
 
 def diff_exit_code(report: DiffReport) -> int:
@@ -1090,26 +1248,151 @@ def health(source: str, target: str, rpo: float | None, fmt: str, output: str | 
 
 
 @main.command()
-@click.argument("dir_a", type=click.Path(file_okay=False))
-@click.argument("dir_b", type=click.Path(file_okay=False))
+@click.argument("dir_a", metavar="SOURCE")
+@click.argument("dir_b", metavar="TARGET")
+@click.option(
+    "--rpo",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Also judge the geo-secondary of an az:// account: its last sync time (Get Blob "
+    "Service Stats) must be at most SECONDS old. Exit 1 when older, 2 when the account "
+    "cannot tell (not read-access geo-redundant).",
+)
+@click.option(
+    "--state",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Record which objects' content was read and found equal; run again with the same "
+    "FILE to resume an interrupted run without reading them again.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress on stderr (default: when stderr is a terminal).",
+)
 @output_options
-def files(dir_a: str, dir_b: str, fmt: str, output: str | None) -> None:
-    """Compare two directory trees (attachment / blob copies): missing, extra, changed.
+def files(
+    dir_a: str,
+    dir_b: str,
+    rpo: float | None,
+    state: str | None,
+    progress: bool | None,
+    fmt: str,
+    output: str | None,
+) -> None:
+    """Compare attachment / blob copies: missing, extra, changed objects.
 
-    Sizes first, then xxh3-128 of the content read in blocks; symlinks are compared by
-    target, never followed; unreadable entries are reported. Exit 0 identical, 1
-    different, 2 when something could not be read.
+    SOURCE and TARGET: a directory, file:///DIR, az://CONTAINER[/PREFIX],
+    s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX] (credentials from each store's standard
+    environment: AZURE_STORAGE_CONNECTION_STRING, AWS_*, ...; object stores need
+    pip install 'replverify[blob]'). Objects are settled from the listings when the sizes
+    differ or both sides list a Content-MD5, otherwise their content is read and hashed
+    (xxh3-128); the report says which. Two directories are compared as trees (symlinks by
+    target, directories as such). Exit 0 identical, 1 different or RPO exceeded, 2 when
+    something could not be checked.
     """
+    source, target = dir_a, dir_b  # (the parameter names are the profile keys of old)
     from .errors import UsageError
-    from .files import compare_trees
+    from .files import HashLedger, compare_objects, compare_trees
+    from .objstore import StoreError, is_local, local_path, open_store
     from .report_ops import FILES_RENDERERS
 
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = FilesProgress(show)
+    ledger: HashLedger | None = None
     try:
-        report = compare_trees(dir_a, dir_b)
-    except UsageError as e:
-        click.echo(f"replverify: error: {e}", err=True)
-        sys.exit(EXIT_TROUBLE)
+        if rpo is not None:
+            rpo_check = _files_rpo(source, target, rpo)
+        if state is not None:
+            ledger = HashLedger(state, source, target)
+        if is_local(source) and is_local(target):
+            report = compare_trees(
+                local_path(source), local_path(target), progress=bar.path, ledger=ledger
+            )
+        else:
+            report = compare_objects(
+                open_store(source), open_store(target), progress=bar, ledger=ledger
+            )
+    except (UsageError, StoreError) as e:
+        bar.close()
+        fail(e)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    bar.close()
+    if rpo is not None:
+        report.rpo = rpo_check
     emit(FILES_RENDERERS[fmt](report), output)
     if not report.complete:
         sys.exit(EXIT_TROUBLE)
-    sys.exit(EXIT_OK if report.status == "identical" else EXIT_DIFFERENT)
+    if report.status != "identical" or report.within_rpo is False:
+        sys.exit(EXIT_DIFFERENT)
+    sys.exit(EXIT_OK)
+
+
+def _files_rpo(source: str, target: str, rpo: float) -> RpoCheck:
+    """Get Blob Service Stats of the az:// account among SOURCE and TARGET."""
+    import datetime as dt
+
+    from .errors import UsageError
+    from .files import RpoCheck
+    from .objstore import AzureStore, StoreError, open_store
+
+    for location in (source, target):
+        if location.startswith(("az://", "abfs://", "azure://")):
+            store = open_store(location)
+            assert isinstance(store, AzureStore)
+            now = dt.datetime.now(dt.timezone.utc)
+            try:
+                stats = store.geo_stats()
+            except StoreError as e:
+                return RpoCheck(rpo, now, note=f"cannot tell: {e.message}")
+            note = ""
+            if stats.emulator:
+                note = (
+                    "the storage emulator (Azurite) answers every request with status live "
+                    "and the request's own time as last sync: it cannot tell a real RPO"
+                )
+            elif stats.status != "live":
+                note = f"the secondary is {stats.status}: its last sync time does not bound loss"
+            return RpoCheck(rpo, now, stats.status, stats.last_sync, note)
+    raise UsageError(
+        "--rpo needs an az:// location: only an Azure read-access geo-redundant account "
+        "reports its secondary's last sync time; local directories, S3 and GCS cannot tell"
+    )
+
+
+class FilesProgress:
+    """``objects compared, bytes read`` on stderr, redrawn in place."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+        self.count = 0
+
+    def __call__(self, report: FilesReport) -> None:
+        self.count = max(report.files_a, report.files_b)
+        self._draw(report.bytes_read)
+
+    def path(self, _path: str) -> None:
+        self.count += 1
+        self._draw(None)
+
+    def _draw(self, bytes_read: int | None) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        rate = self.count / max(now - self.started, 1e-6)
+        read = "" if bytes_read is None else f"  {bytes_read / 2**20:,.1f} MiB read"
+        click.echo(f"\r\033[K{self.count:,} objects  {rate:,.0f}/s{read}", err=True, nl=False)
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("\r\033[K", err=True, nl=False)
+            self.shown = False

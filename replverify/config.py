@@ -108,6 +108,9 @@ class Param:
     choices: tuple[str, ...] = ()
     check: Callable[[object], str | None] | None = field(default=None, compare=False)
     shared: bool = True
+    #: the command takes this key from its own table only, never from the shared keys
+    #: (``files``: storage locations, not the profile's DSNs; its own ``--rpo``)
+    own_table_only: bool = False
 
 
 #: command name -> config key -> parameter.
@@ -303,7 +306,11 @@ def _profile(
         if key not in every_key:
             problems.append(_unknown(loc, key, every_key | set(schema), "an option or command"))
             continue
-        takers = [cmd for cmd, params in schema.items() if key in params]
+        takers = [c for c, ps in schema.items() if key in ps and not ps[key].own_table_only]
+        if not takers:
+            only = " or ".join(f"[profiles.{name}.{c}]" for c, ps in schema.items() if key in ps)
+            problems.append(f"{loc}: an option of one command only: set it in {only}")
+            continue
         if not all(schema[cmd][key].shared for cmd in takers):
             tables = " or ".join(f"[profiles.{name}.{cmd}]" for cmd in takers)
             problems.append(

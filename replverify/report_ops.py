@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .failback import FAILBACK_SCHEMA, FailbackReport, FailbackRow
-from .files import FILES_SCHEMA, FilesReport
+from .files import FILES_SCHEMA, FilesReport, RpoCheck
 from .gate import GateReport
 from .health import HEALTH_SCHEMA, HealthReport
 from .lsn import format_lsn
@@ -323,14 +323,23 @@ def files_to_dict(r: FilesReport) -> dict[str, Any]:
         "dir_a": r.dir_a,
         "dir_b": r.dir_b,
         "differences": [
-            {"kind": d.kind, "path": d.path, "reason": d.reason, "side": d.side}
+            {
+                "kind": d.kind,
+                "path": d.path,
+                "reason": d.reason,
+                "side": d.side,
+                "method": d.method,
+            }
             for d in r.differences
         ],
         "counts": r.counts(),
+        "rpo": _files_rpo_dict(r.rpo),
+        "resumed_after": r.resumed_after,
         "summary": {
             "files_a": r.files_a,
             "files_b": r.files_b,
             "compared": r.compared,
+            "by_listing": r.by_listing,
             "hashed": r.hashed,
             "bytes_read": r.bytes_read,
             "symlinks": r.symlinks,
@@ -339,26 +348,62 @@ def files_to_dict(r: FilesReport) -> dict[str, Any]:
     }
 
 
+def _files_rpo_dict(c: RpoCheck | None) -> dict[str, Any] | None:
+    if c is None:
+        return None
+    return {
+        "rpo_seconds": c.rpo_seconds,
+        "checked_at": c.checked_at.isoformat(),
+        "status": c.status,
+        "last_sync": None if c.last_sync is None else c.last_sync.isoformat(),
+        "lag_seconds": c.lag_seconds,
+        "within_rpo": c.within,
+        "note": c.note,
+    }
+
+
+def _files_rpo_line(c: RpoCheck) -> str:
+    if c.last_sync is None or c.lag_seconds is None:
+        head = f"RPO {c.rpo_seconds:g} s: cannot tell (status {c.status or 'unknown'})"
+    else:
+        verdict = {True: "within", False: "EXCEEDED", None: "cannot tell"}[c.within]
+        head = (
+            f"RPO {c.rpo_seconds:g} s: {verdict}; secondary {c.status}, last sync "
+            f"{c.last_sync.isoformat()} ({c.lag_seconds:.0f} s ago)"
+        )
+    return f"{head}; {c.note}" if c.note else head
+
+
 def _file_line(d: Any) -> str:
     side = f" ({d.side})" if d.side else ""
     reason = f": {d.reason}" if d.reason else ""
-    return f"{d.kind:<10} {d.path}{side}{reason}"
+    return f"{d.kind:<10} {d.path}{side}{reason} [{d.method}]"
 
 
 def files_verdict(r: FilesReport) -> str:
-    """``identical``, or how many entries differ in which way."""
-    if r.status == "identical":
-        return "identical"
-    return ", ".join(f"{v} {k}" for k, v in r.counts().items() if v)
+    """``identical``, or how many entries differ in which way (and the RPO verdict)."""
+    text = (
+        "identical"
+        if r.status == "identical"
+        else ", ".join(f"{v} {k}" for k, v in r.counts().items() if v)
+    )
+    if r.rpo is not None and r.rpo.within is False:
+        text += ", RPO exceeded"
+    return text
 
 
 def files_to_text(r: FilesReport) -> str:
     out = [
         f"{r.dir_a} vs {r.dir_b}: {files_verdict(r)}",
         f"{r.files_a} entries in A, {r.files_b} in B; {r.compared} files compared, "
-        f"{r.hashed} hashed ({r.bytes_read:,} bytes read), {r.symlinks} symlinks "
-        f"(compared by target, not followed)",
+        f"{r.by_listing} settled from the listings (size, Content-MD5), "
+        f"{r.hashed} by content ({r.bytes_read:,} bytes read)"
+        + (f", {r.symlinks} symlinks (compared by target, not followed)" if r.symlinks else ""),
     ]
+    if r.resumed_after is not None:
+        out.append(f"resumed: content read before up to {r.resumed_after} taken from --state")
+    if r.rpo is not None:
+        out.append(_files_rpo_line(r.rpo))
     out += [_file_line(d) for d in r.differences[:1000]]
     if len(r.differences) > 1000:
         out.append(f"... and {len(r.differences) - 1000} more (see --format json)")
@@ -370,11 +415,19 @@ def files_to_markdown(r: FilesReport) -> str:
     status = r.status if r.complete else "incomplete"
     where = f"{md_code(r.dir_a)} vs {md_code(r.dir_b)}"
     out = md_head("files", tone, status, files_verdict(r), where)
+    out += [
+        "",
+        f"{r.compared:,} compared: {r.by_listing:,} from the listings, {r.hashed:,} by content.",
+    ]
+    if r.rpo is not None:
+        out += ["", md_text(_files_rpo_line(r.rpo))]
     if r.differences:
-        out += ["", "| kind | path | side | detail |", "| --- | --- | --- | --- |"]
+        out += ["", "| kind | path | side | detail | found by |", "| --- | --- | --- | --- | --- |"]
         for d in r.differences[:1000]:
             path = md_code(d.path, cell=True)
-            out.append(f"| {d.kind} | {path} | {md_cell(d.side)} | {md_cell(d.reason)} |")
+            out.append(
+                f"| {d.kind} | {path} | {md_cell(d.side)} | {md_cell(d.reason)} | {d.method} |"
+            )
         if len(r.differences) > 1000:
             out += ["", f"… and {len(r.differences) - 1000:,} more (--format json)"]
     return "\n".join(out) + "\n"
