@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_compare import SOURCE_ROWS, TARGET_ROWS, V_TABLE, changed, fresh_pair
 
 from replverify.api import DiffOptions, diff
 from replverify.report import diff_to_dict
 from replverify.testing import Cluster
 from replverify.types import Changed
-
-from test_compare import SOURCE_ROWS, TARGET_ROWS, V_TABLE, changed, fresh_pair
 
 
 def _pg18_bindir(into: Path) -> Path:
