@@ -178,3 +178,29 @@ async def test_keyless_row_hashes_are_128_bit_on_the_server(
         await conn.close()
     assert info and len(rows) == 50
     assert all(isinstance(r[0], uuid.UUID) for r in rows)  # 128 bits, not a bigint
+
+
+async def test_failback_attributes_by_the_mode(v_pair: list[str]) -> None:
+    from replverify.failback import failback
+
+    src, tgt = v_pair
+    exact = await failback(src, tgt)
+    assert exact.diff is not None and exact.diff.compare == "exact"
+    assert sum(exact.counts().values()) == 2
+    semantic = await failback(src, tgt, options=DiffOptions(compare="semantic"))
+    assert semantic.diff is not None and semantic.diff.compare == "semantic"
+    assert sum(semantic.counts().values()) == 0
+
+
+@pytest.mark.parametrize("compare", ["exact", "semantic"])
+async def test_gate_and_fenced_standby_reads_in_both_modes(
+    shop: tuple[str, str, str], compare: str
+) -> None:
+    from replverify.gate import gate
+
+    primary, standby, _ = shop
+    options = DiffOptions(tables=("orders", "types_matrix", "events"), compare=compare)  # type: ignore[arg-type]
+    report = await gate(primary, standby, options=options)
+    assert report.diff is not None and report.diff.compare == compare
+    assert report.diff.status == "consistent"
+    assert any("streaming standby" in n for n in report.diff.notes)  # fenced reads
