@@ -256,6 +256,8 @@ def diff_to_markdown(report: DiffReport) -> str:
         "",
         f"`{report.source}` → `{report.target}`",
         "",
+        f"compare: {_COMPARE_FACTS.get(report.compare, report.compare)}",
+        "",
         "| table | key | rows (source / target) | chunks mismatched | differences | verdict |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]

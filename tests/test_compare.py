@@ -204,3 +204,49 @@ async def test_gate_and_fenced_standby_reads_in_both_modes(
     assert report.diff is not None and report.diff.compare == compare
     assert report.diff.status == "consistent"
     assert any("streaming standby" in n for n in report.diff.notes)  # fenced reads
+
+
+def test_cli_compare_option_exit_codes_and_every_format(v_pair: list[str]) -> None:
+    import subprocess
+    import sys
+
+    src, tgt = v_pair
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "replverify", "diff", src, tgt, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    exact = run("--format", "json")
+    assert exact.returncode == 1, exact.stderr
+    assert json.loads(exact.stdout)["compare"] == "exact"
+    semantic = run("--compare", "semantic", "--format", "json")
+    assert semantic.returncode == 0, semantic.stderr
+    assert json.loads(semantic.stdout)["compare"] == "semantic"
+    for fmt in ("text", "markdown", "html"):
+        out = run("--compare", "semantic", "--format", fmt)
+        assert out.returncode == 0 and "semantic (values equal when" in out.stdout, fmt
+    bad = run("--compare", "fuzzy")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_auto_digest_between_major_versions_is_copy_with_per_column_forms() -> None:
+    from replverify.align import copy_form
+    from replverify.api import choose_digest
+    from replverify.catalog import ServerInfo
+    from replverify.types import ColumnType
+
+    v15, v18 = ServerInfo(150010, False, "C", "UTF8"), ServerInfo(180001, False, "C", "UTF8")
+    mode, why = choose_digest("auto", v15, v18)
+    assert mode == "copy" and why is not None and "15 vs 18" in why
+    assert choose_digest("auto", v15, v15) == ("copy", None)
+    assert choose_digest("client", v15, v18) == ("client", None)
+    numeric, lsn = ColumnType("numeric", "numeric"), ColumnType("pg_lsn", "pg_lsn")
+    mood = ColumnType("mood", "mood", "enum")
+    assert [copy_form(t, False) for t in (numeric, lsn, mood)] == ["binary", "text", "binary"]
+    assert [copy_form(t, True) for t in (numeric, lsn, mood)] == ["binary"] * 3
+    moods = ColumnType("mood[]", "_mood", "array", element=mood)
+    assert copy_form(moods, True) == "text"  # embedded OIDs differ between servers
