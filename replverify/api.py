@@ -12,7 +12,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import asyncpg
@@ -24,7 +24,7 @@ from .canonical import Compare, encode_row
 from .catalog import ServerInfo, TableInfo
 from .connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
 from .copyscan import locate_chunk
-from .errors import ReplverifyError, UsageError
+from .errors import ReplverifyError, SchemaError, UsageError
 from .fence import Fence
 from .lag import LsnHistory
 from .lag import snapshot as lag_snapshot
@@ -81,9 +81,27 @@ class DiffOptions:
     confirm_rounds: int = 2
     #: a file recording verified chunks, so an interrupted run resumes (``--state``)
     state: str | None = None
+    #: compare a database with itself (both DSNs reach one server) instead of refusing
+    allow_same_server: bool = False
+
+    def __post_init__(self) -> None:
+        # A str is a sequence of characters: DiffOptions(tables="public.orders") would
+        # select tables 'p', 'u', ... One string is taken as one pattern (or column).
+        for name in ("tables", "exclude", "key"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+            elif isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
 
     def validate(self) -> None:
         problems = []
+        for name in ("tables", "exclude", "key"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                problems.append(f"{name} must be a string or a sequence of strings, not {value!r}")
+        if problems:  # the checks below assume the types are right
+            raise UsageError("; ".join(problems))
         if self.chunk_rows < 1:
             problems.append("--chunk-rows must be at least 1")
         if self.leaf_rows is not None and self.leaf_rows < 1:
@@ -149,14 +167,31 @@ def _forms_note(plans: Sequence[TablePlan]) -> str | None:
 _LAG_FAILURES: tuple[type[BaseException], ...] = (*DB_ERRORS, ReplverifyError)
 
 
-async def _check(pool: asyncpg.Pool, sql: TableSQL, side: str) -> None:
+async def _check(pool: asyncpg.Pool, sql: TableSQL, side: str) -> str | None:
+    """Why ``sql``'s table cannot be read on ``side`` (permission denied, a lock timeout,
+    gone since the catalog was read), or None. A ``--where`` that does not fit the table
+    is the user's mistake, not the table's trouble: raised as a UsageError."""
     text, params = sql.check()
     async with pool.acquire() as conn:
         try:
             await conn.fetch(text, *params)
         except asyncpg.PostgresError as e:
-            reason = str(e).replace(f"{ALIAS}.", "")
-            raise UsageError(f"cannot read {sql.plan.ref} on the {side}: {reason}") from e
+            reason = f"cannot read {sql.plan.ref} on the {side}: " + str(e).replace(f"{ALIAS}.", "")
+            if sql.where is None:
+                return reason
+            text, params = TableSQL(sql.plan, None).check()
+            try:
+                await conn.fetch(text, *params)
+            except asyncpg.PostgresError:
+                return reason
+            raise UsageError(reason) from e
+    return None
+
+
+async def _readable(src_pool: asyncpg.Pool, tgt_pool: asyncpg.Pool, sql: TableSQL) -> str | None:
+    """Why the table cannot be read on one side or both, or None."""
+    reasons = await asyncio.gather(_check(src_pool, sql, "source"), _check(tgt_pool, sql, "target"))
+    return "; ".join(r for r in reasons if r) or None
 
 
 def _plans(
@@ -178,12 +213,19 @@ def _plans(
                 TableResult(ref, (), "none", schema_differences=(f"table missing on the {where}",))
             )
             continue
-        key = options.key if options.key and all(s.column(k) for k in options.key) else ()
-        key_used = key_used or bool(key)
-        plans.append(plan_table(s, t, key=key, source_server=src_server, target_server=tgt_server))
+        plan = _plan(s, t, options, src_server, tgt_server)
+        key_used = key_used or plan.key_mode == "--key"
+        plans.append(plan)
     if options.key and not key_used:
         raise UsageError(f"--key {','.join(options.key)}: no selected table has those columns")
     return plans, absent
+
+
+def _plan(
+    s: TableInfo, t: TableInfo, options: DiffOptions, src_server: ServerInfo, tgt_server: ServerInfo
+) -> TablePlan:
+    key = options.key if options.key and all(s.column(k) for k in options.key) else ()
+    return plan_table(s, t, key=key, source_server=src_server, target_server=tgt_server)
 
 
 async def diff(
@@ -197,7 +239,9 @@ async def diff(
 
     Raises :class:`~replverify.errors.ReplverifyError` for trouble (bad options,
     unreachable servers, unknown tables); never for a difference.
-    ``progress(table, rows_done, rows_estimated)`` is called as chunks complete.
+    ``progress(table, rows_done, rows_estimated)`` is called for every planned table with
+    0 rows done before the comparison starts, as chunks complete, and once more when a
+    table is done (``rows_done == rows_estimated``).
     """
     options = options or DiffOptions()
     options.validate()
@@ -245,6 +289,13 @@ async def _diff(
 ) -> DiffReport:
     async with src_pool.acquire() as sc, tgt_pool.acquire() as tc:
         src_server, tgt_server = await catalog.server_info(sc), await catalog.server_info(tc)
+        if not options.allow_same_server:
+            catalog.refuse_same_database(
+                src_server, tgt_server, src_ep, tgt_ep, "SOURCE and TARGET",
+                option="--allow-same-server",
+            )  # fmt: skip
+        # read before the tables: a change after it shows when the table's comparison ends
+        defined = await catalog.definitions(sc), await catalog.definitions(tc)
         src_tables, tgt_tables = await catalog.load_tables(sc), await catalog.load_tables(tc)
     chosen = catalog.select_tables(list(src_tables), options.tables, options.exclude)
     if not options.tables:
@@ -273,9 +324,14 @@ async def _diff(
     elif options.fence:
         raise UsageError("--fence needs a target that is a streaming standby of the source")
     sqls = [TableSQL(p, where) for p in plans]  # type: ignore[arg-type]
-    for s in sqls:
-        await asyncio.gather(_check(src_pool, s, "source"), _check(tgt_pool, s, "target"))
+    # every table is checked before any is compared, so that a --where mistake stops the
+    # run at once; a table that cannot be read is that table's trouble alone
+    unreadable = [await _readable(src_pool, tgt_pool, s) for s in sqls]
 
+    if progress is not None:
+        # Every table first, so a progress display knows the whole run ("table 3/6").
+        for p in plans:
+            progress(p.ref, 0, p.estimated_rows)
     sem = asyncio.Semaphore(options.jobs)
     state = None
     if options.state:
@@ -294,22 +350,156 @@ async def _diff(
             },
         )
 
-    async def one(sql: TableSQL) -> TableResult:
+    tables = _TableRun(
+        src_pool, tgt_pool, mode, options, where, (src_server, tgt_server), progress, fence, state
+    )
+
+    async def one(sql: TableSQL, reason: str | None) -> TableResult:
+        ref = sql.plan.ref
         async with sem:
-            return await compare_table(
-                sql, src_pool, tgt_pool, mode, options, progress, fence, state
-            )
+            return await tables.verify(sql, reason, (defined[0].get(ref), defined[1].get(ref)))
 
     try:
-        report.tables.extend(await asyncio.gather(*(one(s) for s in sqls)))
+        report.tables.extend(
+            await asyncio.gather(*(one(s, r) for s, r in zip(sqls, unreadable, strict=True)))
+        )
+        report.notes.extend(tables.notes)
     finally:
         if state is not None:
             state.close()
     report.tables.sort(key=lambda t: t.table)
     if standby:
         await _record_lag(report, "end", src_pool, tgt_pool, history)
+        if (note := _paused_note(report)) is not None:
+            report.notes.insert(0, note)
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+#: How often a table is compared when its definition keeps changing while it is read.
+ATTEMPTS = 3
+Definition = tuple[str | None, str | None]  # source, target; None: no such table
+
+
+@dataclass
+class _TableRun:
+    """Verifies each table on its own, so that one table's trouble (it cannot be read, it
+    is dropped or altered while read) stays in that table's result.
+
+    A table is only reported from a comparison during which its definition stayed the
+    same on both sides: one altered meanwhile is planned and compared again, so a result
+    never mixes two definitions.
+    """
+
+    source: asyncpg.Pool
+    target: asyncpg.Pool
+    mode: DigestMode
+    options: DiffOptions
+    where: object
+    servers: tuple[ServerInfo, ServerInfo]
+    progress: Callable[[TableRef, int, int], None] | None
+    fence: Fence | None
+    state: StateFile | None
+    notes: list[str] = field(default_factory=list)
+
+    async def verify(
+        self, sql: TableSQL, unreadable: str | None, before: Definition
+    ) -> TableResult:
+        ref = sql.plan.ref
+        for attempt in range(1, ATTEMPTS + 1):
+            result: TableResult | None = None
+            failure: Exception | None = None
+            try:
+                if unreadable:
+                    result = _unverified(sql.plan, unreadable)
+                else:
+                    # chunks recorded by an earlier attempt saw another definition
+                    state = self.state if attempt == 1 else None
+                    result = await compare_table(
+                        sql,
+                        self.source,
+                        self.target,
+                        self.mode,
+                        self.options,
+                        self.progress,
+                        self.fence,
+                        state,
+                    )
+            except Exception as e:  # raised again below unless the table changed meanwhile
+                failure = e
+            try:
+                after = await self._definition(ref)
+            except DB_ERRORS as e:  # a side went away: its error is in the result already
+                if failure is not None:
+                    raise failure from e
+                assert result is not None
+                if not result.error:
+                    result.error = f"{ref}: its definition could not be read again: {e}"
+                return result
+            if after == before:
+                if failure is not None:
+                    raise failure
+                assert result is not None
+                return result
+            gone = [side for side, d in zip(("source", "target"), after, strict=True) if d is None]
+            if gone:
+                why = f"{ref} was dropped on the {' and the '.join(gone)} during the run"
+                return _unverified(sql.plan, why, result)
+            changed = [
+                side
+                for side, b, a in zip(("source", "target"), before, after, strict=True)
+                if a != b
+            ]
+            where = f"on the {' and the '.join(changed)}"
+            if attempt == ATTEMPTS:
+                why = (
+                    f"{ref}: its definition changed {where} during each of {ATTEMPTS} "
+                    "comparisons; not verified"
+                )
+                return _unverified(sql.plan, why)  # what it found may mix definitions
+            self.notes.append(
+                f"{ref}: its definition changed {where} during the run (altered or "
+                "re-created); it was planned and compared again from the start"
+            )
+            before = after
+            try:
+                sql = await self._replan(ref)
+            except ReplverifyError as e:
+                return _unverified(sql.plan, f"{ref}: cannot be compared again: {e}")
+            unreadable = await _readable(self.source, self.target, sql)
+        raise AssertionError("unreachable")
+
+    async def _definition(self, ref: TableRef) -> Definition:
+        async def one(pool: asyncpg.Pool) -> str | None:
+            async with pool.acquire() as conn:
+                return (await catalog.definitions(conn, ref)).get(ref)
+
+        s, t = await asyncio.gather(one(self.source), one(self.target))
+        return s, t
+
+    async def _replan(self, ref: TableRef) -> TableSQL:
+        infos = []
+        for pool in (self.source, self.target):  # one connection at a time: no pool waits
+            async with pool.acquire() as conn:  # on another while holding one
+                infos.append((await catalog.load_tables(conn)).get(ref))
+        s, t = infos
+        if s is None or t is None:
+            raise SchemaError(f"table missing on the {'source' if s is None else 'target'}")
+        return TableSQL(_plan(s, t, self.options, *self.servers), self.where)  # type: ignore[arg-type]
+
+
+def _unverified(plan: TablePlan, why: str, partial: TableResult | None = None) -> TableResult:
+    """The result of a table that could not be verified, keeping what a partial
+    comparison (``partial``) counted before it stopped."""
+    result = partial or TableResult(
+        plan.ref,
+        plan.key_names,
+        plan.key_mode,
+        schema_differences=plan.schema_differences,
+        columns=tuple(c.name for c in plan.columns),
+    )
+    result.error = why if partial is None or not partial.error else f"{why}; {partial.error}"
+    return result
 
 
 async def _record_lag(
@@ -326,7 +516,20 @@ async def _record_lag(
             "lag_bytes": sample.lag_bytes,
             "lag_seconds": round(sample.lag_seconds, 3),
             "method": sample.method,
+            "replay_paused": sample.replay_paused,
         }
+
+
+def _paused_note(report: DiffReport) -> str | None:
+    """A note when the standby's replay was paused at the start or end of the run."""
+    when = [w for w, lag in report.lag.items() if lag.get("replay_paused")]
+    if not when:
+        return None
+    return (
+        f"WAL replay was paused on the target at the {' and the '.join(when)} of the run: "
+        "it holds only what it replayed before the pause (resume it on the standby with "
+        "SELECT pg_wal_replay_resume())"
+    )
 
 
 async def compare_table(
@@ -372,6 +575,7 @@ async def compare_table(
         digest_bits=64 if mode == "server" and not plan.multiset else 128,
         column_forms=_column_forms(plan, mode),
     )
+    hint: str | None = None
     try:
         if plan.multiset:
             encoders = hasher.encoders
@@ -395,13 +599,16 @@ async def compare_table(
     except asyncpg.PostgresError as e:
         result.error = f"{quote_table(plan.ref)}: {type(e).__name__}: {e}"
     except ReplverifyError as e:
-        result.error = str(e)
+        result.error = e.message
+        hint = e.hint
     if result.error:
         stats = machine.stats
         result.error += (
             f" (stopped after verifying {stats.chunks:,} chunks, {stats.rows_source:,} source"
             " rows; the rest of the table was not checked)"
         )
+        if hint:
+            result.error += f"; hint: {hint}"
     stats = machine.stats
     result.rows_source, result.rows_target = stats.rows_source, stats.rows_target
     result.chunks, result.chunks_mismatched = stats.chunks, stats.chunks_mismatched
@@ -410,6 +617,8 @@ async def compare_table(
     result.truncated = machine.truncated
     result.unstable = machine.unstable
     result.elapsed_s = time.perf_counter() - started
+    if progress is not None:
+        progress(plan.ref, stats.rows_source, stats.rows_source)
     return result
 
 

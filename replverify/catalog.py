@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
+from .connect import Endpoint
 from .errors import UsageError
 from .types import Column, ColumnType, TableRef
 
 _TABLES_SQL = """
-SELECT n.nspname, c.relname, c.oid, greatest(c.reltuples, 0)::bigint AS estimate, c.relkind
+SELECT n.nspname, c.relname, c.oid,
+       -- reltuples is -1 until the first VACUUM/ANALYZE: then estimate from the heap's
+       -- size and a row width taken from the column types (32 bytes for a variable-
+       -- width one, as the planner assumes), plus tuple header and line pointer.
+       CASE WHEN c.reltuples >= 0 THEN c.reltuples
+            ELSE pg_relation_size(c.oid) / (
+                SELECT 28 + coalesce(sum(CASE WHEN t.typlen > 0 THEN t.typlen ELSE 32 END), 0)
+                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+       END::bigint AS estimate,
+       c.relkind
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -35,6 +48,25 @@ CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
 WHERE i.indisprimary AND i.indrelid = ANY($1::oid[])
 GROUP BY i.indrelid
+"""
+
+#: What a table's definition is, as one comparable text per table: its oid, every
+#: column slot (dropped ones too, with the xmin of its catalog row, so that an ALTER that
+#: is undone again still shows) and its primary key. A change between two readings
+#: means the table was altered, dropped or re-created in between.
+_DEFINITIONS_SQL = """
+SELECT n.nspname, c.relname, concat_ws(';', c.oid::text, (
+         SELECT string_agg(concat_ws(':', a.attnum, a.attname, a.atttypid, a.atttypmod,
+                                     a.attcollation, a.attnotnull, a.attisdropped, a.xmin),
+                           ',' ORDER BY a.attnum)
+         FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0),
+       (SELECT i.indkey::text FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+       ) AS definition
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname !~ '^pg_(toast|temp_)'
+  AND ($1::text IS NULL OR (n.nspname = $1 AND c.relname = $2))
 """
 
 #: ``"char"`` columns come back from asyncpg as bytes: read as text, so kinds compare.
@@ -75,6 +107,42 @@ class ServerInfo:
     datcollate: str
     encoding: str
     system_identifier: int = 0  # equal on a primary and its physical standbys
+    #: when the postmaster started, its port and the connected database: with the system
+    #: identifier they tell one running server from a copy of it (a standby, a promoted
+    #: standby, a restored backup share the identifier)
+    started_at: datetime | None = None
+    port: int | None = None
+    database: str = ""
+
+
+def same_server(a: ServerInfo, b: ServerInfo) -> bool:
+    """Whether two connections reached one running server (not a standby or copy)."""
+    return (
+        a.system_identifier == b.system_identifier != 0
+        and a.started_at is not None
+        and a.started_at == b.started_at
+        and a.port == b.port
+    )
+
+
+def refuse_same_database(
+    a: ServerInfo, b: ServerInfo, first: Endpoint, second: Endpoint, names: str, *, option: str
+) -> None:
+    """Raise :class:`UsageError` when ``first`` and ``second`` are one database of one
+    server: comparing it with itself verifies nothing. ``names`` says which arguments
+    (``SOURCE and TARGET``); ``option`` is the flag that allows it, or ``""``."""
+    if not same_server(a, b) or a.database != b.database:
+        return
+    shown = str(first) if str(first) == str(second) else f"{first} and {second}"
+    hint = "give the other server's DSN"
+    if option:
+        hint += f"; {option} compares it with itself anyway"
+    raise UsageError(
+        f"{names} are the same server: both reach database {a.database!r} of {shown} "
+        f"(system identifier {a.system_identifier}, port {a.port}, started "
+        f"{a.started_at:%Y-%m-%d %H:%M:%S %Z}); comparing it with itself verifies nothing",
+        hint=hint,
+    )
 
 
 def streams_from(source: ServerInfo, target: ServerInfo) -> bool:
@@ -90,11 +158,22 @@ async def server_info(conn: asyncpg.Connection) -> ServerInfo:
     row = await conn.fetchrow(
         "SELECT current_setting('server_version_num')::int AS v, pg_is_in_recovery() AS r,"
         " d.datcollate, pg_encoding_to_char(d.encoding) AS enc,"
-        " (SELECT system_identifier FROM pg_control_system()) AS sysid"
+        " (SELECT system_identifier FROM pg_control_system()) AS sysid,"
+        " pg_postmaster_start_time() AS started, current_setting('port')::int AS port,"
+        " d.datname"
         " FROM pg_database d WHERE d.datname = current_database()"
     )
     assert row is not None
-    return ServerInfo(row["v"], row["r"], row["datcollate"], row["enc"], row["sysid"] or 0)
+    return ServerInfo(
+        row["v"],
+        row["r"],
+        row["datcollate"],
+        row["enc"],
+        row["sysid"] or 0,
+        started_at=row["started"],
+        port=row["port"],
+        database=row["datname"],
+    )
 
 
 async def _resolve_types(conn: asyncpg.Connection, oids: set[int]) -> dict[int, ColumnType]:
@@ -178,6 +257,16 @@ async def load_tables(conn: asyncpg.Connection) -> dict[TableRef, TableInfo]:
     return out
 
 
+async def definitions(
+    conn: asyncpg.Connection, only: TableRef | None = None
+) -> dict[TableRef, str]:
+    """A fingerprint of each table's definition (or of ``only``): equal fingerprints
+    mean the table was not altered, dropped or re-created in between."""
+    schema, name = (only.schema, only.name) if only else (None, None)
+    rows = await conn.fetch(_DEFINITIONS_SQL, schema, name)
+    return {TableRef(r["nspname"], r["relname"]): r["definition"] for r in rows}
+
+
 def parse_table_pattern(pattern: str) -> tuple[str, str]:
     """``schema.table`` or ``table`` (schema ``public``); globs allowed in either part.
 
@@ -205,6 +294,26 @@ def parse_table_pattern(pattern: str) -> tuple[str, str]:
     return ("public", parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
+def _table_hint(available: Sequence[TableRef], schema: str, name: str) -> str:
+    """``did you mean orders?`` for a near miss (difflib), else how to list tables."""
+    fallback = "names are case-sensitive; list tables with \\dt in psql"
+    if any(ch in schema + name for ch in "*?["):
+        return fallback
+    # Names within the schema asked for first (a shared "public." prefix would make every
+    # table look close), then schema-qualified names across schemas.
+    in_schema = [t.name for t in available if t.schema == schema]
+    close = difflib.get_close_matches(name, in_schema, n=3, cutoff=0.75)
+    if close:
+        shown = close if schema == "public" else [f"{schema}.{c}" for c in close]
+    else:
+        shown = difflib.get_close_matches(
+            f"{schema}.{name}", [t.qualified for t in available], n=3, cutoff=0.75
+        )
+    if not shown:
+        return fallback
+    return f"did you mean {' or '.join(shown)}?"
+
+
 def select_tables(
     available: Sequence[TableRef],
     include: Sequence[str] = (),
@@ -226,7 +335,7 @@ def select_tables(
             if not hits:
                 raise UsageError(
                     f"no table matches {pat!r} on the source",
-                    hint="names are case-sensitive; list tables with \\dt in psql",
+                    hint=_table_hint(available, schema, name),
                 )
             chosen.extend(h for h in hits if h not in chosen)
     else:

@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import io
 import os
 import re
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Coroutine
@@ -30,11 +32,18 @@ from .errors import (
     EXIT_TROUBLE,
     ConfigError,
     ConnectError,
+    OutputError,
     ReplverifyError,
     ServerError,
 )
 from .lag import LagReport, LagSample, measure_lag
-from .report import DIFF_RENDERERS, LAG_RENDERERS, lag_sample_line
+from .report import (
+    DIFF_RENDERERS,
+    LAG_RENDERERS,
+    lag_sample_line,
+    lag_samples_header,
+    lag_to_text,
+)
 from .types import DiffReport, TableRef
 
 if TYPE_CHECKING:
@@ -46,11 +55,55 @@ T = TypeVar("T")
 FORMATS = click.Choice(["text", "json", "markdown", "html"])
 
 
+def unwritable(path: str) -> str | None:
+    """Why ``path`` cannot be written, or None; checked before the long work starts so
+    that a run's report is never lost at its end. Changes nothing on disk."""
+    p = Path(path)
+    if p.exists():
+        if p.is_dir():
+            return f"{path} is a directory"
+        try:  # appending nothing proves it opens for writing (a report, /dev/full)
+            with p.open("a", encoding="utf-8"):
+                pass
+        except OSError as e:
+            return f"cannot write {path}: {e.strerror}"
+        return None
+    parent = p.parent
+    if not parent.exists():
+        return f"directory {parent} does not exist"
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    try:  # an unnamed file: what creating one needs (permission, a writable file system)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        return f"cannot create files in {parent}: {e.strerror}"
+    return None
+
+
+def check_writable(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """click callback of every option naming a file to write: a usage error (exit 2) with
+    the reason, before any server is contacted."""
+    if value is not None and (problem := unwritable(value)) is not None:
+        raise click.BadParameter(problem)
+    return value
+
+
+def write_file(path: str, text: str, what: str) -> None:
+    """Write ``text`` to ``path``; a failure (a full disk, a file gone) is trouble (exit 2)
+    with the reason, never an exit code that reads as a verdict."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise OutputError(f"cannot write {what} to {path}: {e.strerror}") from None
+
+
 def output_options(f: F) -> F:
     f = click.option(
         "-o",
         "--output",
-        type=click.Path(dir_okay=False, writable=True),
+        type=click.Path(dir_okay=False),
+        callback=check_writable,
         help="Write the report to FILE instead of standard output.",
     )(f)
     f = click.option(
@@ -68,16 +121,27 @@ def emit(text: str, output: str | None) -> None:
     """Write a rendered report to ``output`` or standard output; the text format gets its
     verdicts coloured on a terminal (see :func:`use_color`)."""
     if output:
-        try:
-            Path(output).write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise click.FileError(output, hint=e.strerror) from None
+        write_file(output, text, "the report")
         return
     ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.params.get("fmt", "text") == "text" and use_color():
-        click.echo(colorize(text), nl=False, color=True)
-    else:
-        click.echo(text, nl=False)
+    try:
+        if ctx is not None and ctx.params.get("fmt", "text") == "text" and use_color():
+            click.echo(colorize(text), nl=False, color=True)
+        else:
+            click.echo(text, nl=False)
+        sys.stdout.flush()
+    except OSError as e:
+        _discard_stdout()
+        raise OutputError(f"cannot write the report to standard output: {e.strerror}") from None
+
+
+def _discard_stdout() -> None:
+    """After a failed write to stdout, send what is still buffered to /dev/null: Python's
+    own flush at exit would fail again and turn the exit code into 120."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def stdout_is_terminal() -> bool:
@@ -112,7 +176,7 @@ VERDICT_COLORS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r" vs .*: (?P<v>(?:\d+ (?:missing|extra|changed|unreadable)(?:, )?)+)$", _RED),
         (_MISMATCHED + r"(?P<v>ok)$", _GREEN),
         (_MISMATCHED + r"(?P<v>[\d,]+ differences?|schema differs)$", _RED),
-        (_MISMATCHED + r"(?P<v>NOT VERIFIED|[\d,]+ rows not verified .*)$", _YELLOW),
+        (_MISMATCHED + r"(?P<v>NOT VERIFIED|[\d,]+ rows? not verified .*)$", _YELLOW),
         (r"^(?P<v>lost|conflict) +\S+ #\d+  ", _RED),
         (r"^(?P<v>in doubt) +\S+ #\d+  ", _YELLOW),
     )
@@ -150,31 +214,76 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         sys.exit(130)
 
 
+@dataclasses.dataclass
+class DiffProgress:
+    """Rows done and estimated per table, in the order the tables were announced (a
+    diff announces every planned table with 0 rows done before it starts), and the line
+    that shows them: pure, so it is tested without a terminal."""
+
+    tables: dict[TableRef, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    current: TableRef | None = None
+
+    def update(self, table: TableRef, done: int, estimate: int) -> None:
+        self.tables[table] = (done, max(estimate, done))
+        if done or self.current is None:
+            self.current = table
+
+    def line(self, elapsed: float) -> str:
+        """``table 3/6 public.orders  1,000 / 5,000 rows  ·  all: 9,000 / 20,000 rows,
+        4,500 rows/s, ETA 2 s``: the table last heard of, its count against its own
+        estimate, then the totals."""
+        if self.current is None:
+            return ""
+        order = list(self.tables)
+        done, estimate = self.tables[self.current]
+        rows = sum(d for d, _ in self.tables.values())
+        total = sum(e for _, e in self.tables.values())
+        rate = rows / max(elapsed, 1e-6)
+        eta = ""
+        if rate > 0 and total > rows:
+            eta = f", ETA {fmt_duration((total - rows) / rate)}"
+        return (
+            f"table {order.index(self.current) + 1}/{len(order)} {self.current}  "
+            f"{done:,} / {estimate:,} rows  ·  all: {rows:,} / {total:,} rows, "
+            f"{rate:,.0f} rows/s{eta}"
+        )
+
+
+def fmt_duration(seconds: float) -> str:
+    """A duration for people: ``42 s``, ``3 min 20 s``, ``2 h 05 min``."""
+    s = max(round(seconds), 0)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 class ProgressLine:
-    """``rows done, rate, ETA`` on stderr, redrawn in place; silent when not a terminal."""
+    """:class:`DiffProgress` on stderr, redrawn in place at most 5 times a second.
+
+    Hand-drawn rather than ``click.progressbar``: that bar has one label and one length,
+    and hides itself when stderr is not a terminal, which ``--progress`` must override.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.started = time.monotonic()
-        self.done: dict[TableRef, tuple[int, int]] = {}
+        self.state = DiffProgress()
         self.last = 0.0
 
     def __call__(self, table: TableRef, done: int, estimate: int) -> None:
         if not self.enabled:
             return
-        self.done[table] = (done, estimate)
+        self.state.update(table, done, estimate)
         now = time.monotonic()
-        if now - self.last < 0.2:
+        if now - self.last < 0.2 or not done:
             return
         self.last = now
-        rows = sum(d for d, _ in self.done.values())
-        total = sum(e for _, e in self.done.values())
-        rate = rows / max(now - self.started, 1e-6)
-        eta = f", ETA {max(total - rows, 0) / rate:.0f} s" if rate > 0 and total > rows else ""
-        click.echo(f"\r\033[K{table}  {rows:,} rows  {rate:,.0f} rows/s{eta}", err=True, nl=False)
+        click.echo(f"\r\033[K{self.state.line(now - self.started)}", err=True, nl=False)
 
     def close(self) -> None:
-        if self.enabled and self.done:
+        if self.enabled and self.state.tables:
             click.echo("\r\033[K", err=True, nl=False)
 
 
@@ -423,6 +532,7 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option(
     "--state",
     type=click.Path(dir_okay=False),
+    callback=check_writable,
     metavar="FILE",
     help="Record verified chunks in FILE; run again with the same FILE to resume an "
     "interrupted diff where it stopped (same verdict as an uninterrupted run).",
@@ -431,6 +541,12 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
     "--progress/--no-progress",
     default=None,
     help="Progress on stderr (default: when stderr is a terminal).",
+)
+@click.option(
+    "--allow-same-server",
+    is_flag=True,
+    help="Compare even when SOURCE and TARGET reach one database of one server "
+    "(same system identifier, port and start time); otherwise that is refused (exit 2).",
 )
 @output_options
 def diff(
@@ -449,6 +565,7 @@ def diff(
     lag_timeout: float,
     state: str | None,
     progress: bool | None,
+    allow_same_server: bool,
     fmt: str,
     output: str | None,
 ) -> None:
@@ -472,6 +589,7 @@ def diff(
         fence=fence,
         lag_timeout=lag_timeout,
         state=state,
+        allow_same_server=allow_same_server,
     )
     show = sys.stderr.isatty() if progress is None else progress
     bar = ProgressLine(show)
@@ -490,7 +608,11 @@ def diff_exit_code(report: DiffReport) -> int:
 
 
 @main.command()
-@click.option("--keep", is_flag=True, help="Leave the clusters running and print their DSNs.")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave the clusters running; print their DSNs and the commands that stop them.",
+)
 @click.option(
     "--rows",
     type=click.IntRange(min=100),
@@ -601,12 +723,16 @@ def lag(
         click.echo(f"replverify: serving metrics at {server.url}", err=True)
     count = samples if samples is not None else (None if watch else 5)
     on_sample = None
+    to_stderr = fmt != "text" or output is not None
     if watch:
-        to_stderr = fmt != "text" or output is not None
+        printed: list[LagSample] = []
 
         def on_sample(sample: LagSample) -> None:
             if metrics is not None:
                 metrics.observe(sample)
+            if not printed:
+                click.echo(lag_samples_header(), err=to_stderr)
+            printed.append(sample)
             click.echo(lag_sample_line(sample), err=to_stderr)
 
     failures: list[ReplverifyError] = []
@@ -630,7 +756,11 @@ def lag(
     finally:
         if server is not None:
             server.close()
-    emit(LAG_RENDERERS[fmt](report), output)
+    if watch and not to_stderr:
+        # The samples are on the screen already, under their header: only the summary.
+        emit(lag_to_text(report, samples=False), output)
+    else:
+        emit(LAG_RENDERERS[fmt](report), output)
     # Lag was not measured while sampling failed: never 0 then.
     sys.exit(EXIT_TROUBLE if failures else lag_exit_code(report))
 
@@ -767,7 +897,8 @@ def lag_exit_code(report: LagReport) -> int:
 )
 @click.option(
     "--replay-sql",
-    type=click.Path(dir_okay=False, writable=True),
+    type=click.Path(dir_okay=False),
+    callback=check_writable,
     metavar="FILE",
     help="Write a script that restores the lost writes: one transaction, every statement "
     "guarded so it cannot overwrite newer data.",
@@ -799,13 +930,27 @@ def reconcile(
     except ReplverifyError as e:
         raise click.BadParameter(e.message, param_hint="--since") from None
     report = run_async(run_reconcile(journal, target, source_dsn=source, since=since_ts))
-    if replay_sql:
-        try:
-            Path(replay_sql).write_text(replay_script(report), encoding="utf-8")
-        except OSError as e:
-            raise click.FileError(replay_sql, hint=e.strerror) from None
-    emit(RECONCILE_RENDERERS[fmt](report), output)
+    write_script_then_emit(
+        replay_sql, lambda: replay_script(report), RECONCILE_RENDERERS[fmt](report), output
+    )
     sys.exit(EXIT_DIFFERENT if report.status == "loss" else EXIT_OK)
+
+
+def write_script_then_emit(
+    script_path: str | None, script: Callable[[], str], report: str, output: str | None
+) -> None:
+    """Write the replay script to ``script_path`` (if given), then the report; when the
+    script cannot be written the report still is, and then the script's error ends the
+    run (exit 2)."""
+    failure: OutputError | None = None
+    if script_path:
+        try:
+            write_file(script_path, script(), "the replay script")
+        except OutputError as e:
+            failure = e
+    emit(report, output)
+    if failure is not None:
+        fail(failure)
 
 
 # == failover toolkit: gate, failback, health, files =========================================
@@ -887,11 +1032,18 @@ def gate(
 )
 @click.option(
     "--replay-sql",
-    type=click.Path(dir_okay=False, writable=True),
+    type=click.Path(dir_okay=False),
+    callback=check_writable,
     metavar="FILE",
     help="Write a guarded one-transaction script that brings the old primary's own "
     "changes to NEW (INSERT ... ON CONFLICT DO NOTHING, UPDATE/DELETE ... WHERE the row "
     "is still what was observed).",
+)
+@click.option(
+    "--allow-same-server",
+    is_flag=True,
+    help="Compare even when OLD and NEW reach one database of one server; otherwise "
+    "that is refused (exit 2).",
 )
 @output_options
 def failback(
@@ -899,6 +1051,7 @@ def failback(
     new: str,
     tables: tuple[str, ...],
     replay_sql: str | None,
+    allow_same_server: bool,
     fmt: str,
     output: str | None,
 ) -> None:
@@ -913,14 +1066,11 @@ def failback(
     from .failback import replay_script
     from .report_ops import FAILBACK_RENDERERS
 
-    options = api.DiffOptions(tables=tables)
+    options = api.DiffOptions(tables=tables, allow_same_server=allow_same_server)
     report = run_async(run_failback(old, new, options=options))
-    if replay_sql:
-        try:
-            Path(replay_sql).write_text(replay_script(report), encoding="utf-8")
-        except OSError as e:
-            raise click.FileError(replay_sql, hint=e.strerror) from None
-    emit(FAILBACK_RENDERERS[fmt](report), output)
+    write_script_then_emit(
+        replay_sql, lambda: replay_script(report), FAILBACK_RENDERERS[fmt](report), output
+    )
     if not report.complete:
         sys.exit(EXIT_TROUBLE)
     sys.exit(EXIT_OK if report.status == "nothing_to_recover" else EXIT_DIFFERENT)

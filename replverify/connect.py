@@ -266,11 +266,28 @@ def _connect_kwargs(endpoint: Endpoint) -> dict[str, Any]:
     return kw
 
 
+def _password_hint(endpoint: Endpoint) -> str | None:
+    """For a refused password login when none was given: where libpq-style clients
+    (asyncpg too) look for one. asyncpg sends an empty password rather than saying that
+    none was found, so the server's "authentication failed" hides the cause."""
+    if endpoint.secret is not None or os.environ.get("PGPASSWORD"):
+        return None
+    passfile = os.environ.get("PGPASSFILE") or os.path.join("~", ".pgpass")
+    return (
+        "neither the DSN nor PGPASSWORD gives a password: set PGPASSWORD, or put a line "
+        f"host:port:database:user:password in {passfile} (mode 0600); passwords never "
+        "appear in replverify's output"
+    )
+
+
 def _explain(endpoint: Endpoint, exc: BaseException) -> ConnectError:
+    hint = None
     if isinstance(
         exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
     ):
         reason = f"login refused: {exc}"
+        if isinstance(exc, asyncpg.InvalidPasswordError):
+            hint = _password_hint(endpoint)
     elif isinstance(exc, socket.gaierror):
         reason = f"unknown host ({exc.strerror})"
     elif isinstance(exc, ConnectionRefusedError):
@@ -282,7 +299,7 @@ def _explain(endpoint: Endpoint, exc: BaseException) -> ConnectError:
     else:
         reason = str(exc) or type(exc).__name__
     return ConnectError(
-        endpoint.scrub(f"cannot connect to {endpoint.address} ({endpoint}): {reason}")
+        endpoint.scrub(f"cannot connect to {endpoint.address} ({endpoint}): {reason}"), hint=hint
     )
 
 

@@ -75,10 +75,13 @@ async def run_demo(*, rows: int = 20_000, keep: bool = False, echo: Echo = print
     """Run the story; returns the exit code (0 when the demo itself worked)."""
     clusters = testing.LocalClusters(use_env=False).start_empty()
     try:
-        return await _story(clusters, rows=rows, keep=keep, echo=echo)
+        code = await _story(clusters, rows=rows, keep=keep, echo=echo)
+        if keep:
+            stop = clusters.keep()
+            echo("to stop them and remove the directory:\n" + "\n".join(f"   {c}" for c in stop))
+        return code
     finally:
-        if not keep:
-            await asyncio.to_thread(clusters.close)
+        await asyncio.to_thread(clusters.close)  # after keep() there is nothing to close
 
 
 async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo: Echo) -> int:
@@ -145,12 +148,12 @@ async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo
     after = await diff(primary, standby)
     echo(_indent(_last_line(diff_to_text(after))) + "   (the unjournaled event row)")
 
+    echo(f"\ndemo finished in {time.monotonic() - t0:.1f} s")
     if keep:
         echo(
-            f"\nclusters kept running under {clusters.base_dir}:\n"
-            f"   old primary {primary}\n   new primary {standby}"
+            f"\nclusters kept running under {clusters.base_dir} (with {journal_path.name}"
+            f" and {replay_path.name}):\n   old primary {primary}\n   new primary {standby}"
         )
-    echo(f"\ndemo finished in {time.monotonic() - t0:.1f} s")
     return 0
 
 

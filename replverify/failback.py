@@ -30,6 +30,7 @@ running it twice is harmless. Conflicts and unknown rows are listed, never repla
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import time
 from collections.abc import Sequence
@@ -39,12 +40,13 @@ from typing import Any, Literal
 import asyncpg
 from sqlglot import exp
 
-from . import api
+from . import api, catalog
 from .canonical import jsonable
 from .connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
 from .errors import UsageError
 from .replay import delete_statement, insert_statement, update_statement
-from .sql import DIALECT, ident
+from .report import count
+from .sql import DIALECT, ident, set_local
 from .types import Changed, DiffReport, Extra, Key, Missing, TableRef, TableResult
 
 __all__ = ["FAILBACK_SCHEMA", "FailbackReport", "FailbackRow", "failback", "replay_script"]
@@ -89,8 +91,20 @@ class FailbackReport:
     timeline: int | None
     rows: list[FailbackRow] = field(default_factory=list)
     diff: DiffReport | None = None
+    #: tables whose differing rows could not be read for attribution, and why
+    trouble: list[tuple[TableRef, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+
+    @property
+    def unverified(self) -> list[tuple[TableRef, str]]:
+        """Tables the old primary may hold unseen changes in, and why: not verified by
+        the diff (could not be read, say), or their rows could not be attributed."""
+        tables = self.diff.tables if self.diff is not None else []
+        out = [
+            (t.table, t.error or "rows written to while compared") for t in tables if not t.verified
+        ]
+        return out + self.trouble
 
     @property
     def can_tell(self) -> bool:
@@ -100,16 +114,18 @@ class FailbackReport:
         return [r for r in self.rows if r.origin == origin]
 
     @property
-    def status(self) -> Literal["nothing_to_recover", "old_only_changes"]:
+    def status(self) -> Literal["nothing_to_recover", "old_only_changes", "unverified"]:
         risky = any(r.origin != "new_only" for r in self.rows)
         unnamed = self.diff is not None and any(
-            t.key_mode == "none" and not t.consistent for t in self.diff.tables
+            t.key_mode == "none" and not t.consistent and t.error is None for t in self.diff.tables
         )
-        return "old_only_changes" if risky or unnamed else "nothing_to_recover"
+        if risky or unnamed:
+            return "old_only_changes"
+        return "unverified" if self.unverified else "nothing_to_recover"
 
     @property
     def complete(self) -> bool:
-        return self.diff is None or self.diff.complete
+        return (self.diff is None or self.diff.complete) and not self.trouble
 
     def counts(self) -> dict[str, int]:
         out = {"old_only": 0, "new_only": 0, "conflict": 0, "unknown": 0}
@@ -125,24 +141,37 @@ async def failback(old: str, new: str, *, options: api.DiffOptions | None = None
     old_ep, new_ep = Endpoint.parse(old), Endpoint.parse(new)
     oc = await connect(old_ep)
     nc: asyncpg.Connection | None = None
+    options = options or api.DiffOptions()
     try:
         nc = await connect(new_ep)
+        old_info, new_info = await catalog.server_info(oc), await catalog.server_info(nc)
+        if not options.allow_same_server:
+            catalog.refuse_same_database(
+                old_info, new_info, old_ep, new_ep, "OLD and NEW", option="--allow-same-server"
+            )
+            options = dataclasses.replace(options, allow_same_server=True)
+        await _refuse_swapped(oc, nc, old_info, new_info)
         report = await _times(nc, str(old_ep), str(new_ep))
         diff = await api.diff(old, new, options)
         report.diff = diff
         for t in diff.tables:
-            if t.key_mode == "none" and not t.consistent:
+            if t.key_mode == "none" and not t.consistent and t.error is None:
                 report.notes.append(
                     f"{t.table}: no key, compared as a row multiset: its "
-                    f"{t.differences_total} differing rows cannot be attributed"
+                    f"{count(t.differences_total, 'differing row')} cannot be attributed"
                 )
             elif t.truncated:
                 report.notes.append(
                     f"{t.table}: only the first {len(t.differences)} of "
-                    f"{t.differences_total} differing rows are attributed (raise max_diffs)"
+                    f"{count(t.differences_total, 'differing row')} are attributed "
+                    "(raise max_diffs)"
                 )
             if t.key_mode != "none" and t.differences:
-                report.rows.extend(await _attribute(report, t, oc, nc))
+                try:
+                    report.rows.extend(await _attribute(report, t, oc, nc))
+                except asyncpg.PostgresError as e:  # this table's trouble alone
+                    why = old_ep.scrub(new_ep.scrub(str(e)))
+                    report.trouble.append((t.table, f"its differing rows cannot be read: {why}"))
     except DB_ERRORS as e:
         raise trouble(e, old_ep, new_ep) from e
     finally:
@@ -151,6 +180,53 @@ async def failback(old: str, new: str, *, options: api.DiffOptions | None = None
         )
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+_TIMELINE_SQL = """\
+SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS tli"""
+_READ_HISTORY_SQL = "SELECT pg_read_file($1)"
+
+
+def history_ancestors(text: str) -> set[int]:
+    """The parent timelines a ``pg_wal/<tli>.history`` file lists (its first column)."""
+    out = set()
+    for line in text.splitlines():
+        first = line.split("\t", 1)[0].strip()
+        if first.isdigit():
+            out.add(int(first))
+    return out
+
+
+async def _refuse_swapped(
+    oc: asyncpg.Connection,
+    nc: asyncpg.Connection,
+    old_info: catalog.ServerInfo,
+    new_info: catalog.ServerInfo,
+) -> None:
+    """Raise :class:`UsageError` when OLD is the promoted server and NEW the old primary:
+    of one cluster, the promoted server runs on the higher timeline, and the old
+    primary's timeline is an ancestor of it."""
+    if (
+        old_info.system_identifier != new_info.system_identifier
+        or old_info.in_recovery
+        or new_info.in_recovery
+    ):
+        return
+    old_tli, new_tli = int(await oc.fetchval(_TIMELINE_SQL)), int(await nc.fetchval(_TIMELINE_SQL))
+    if old_tli <= new_tli:
+        return
+    ancestry = ""
+    try:
+        history = await oc.fetchval(_READ_HISTORY_SQL, f"pg_wal/{old_tli:08X}.history")
+    except asyncpg.PostgresError:
+        history = None  # not readable without superuser or pg_read_server_files
+    if history is not None and new_tli in history_ancestors(history):
+        ancestry = f", and OLD's timeline history lists timeline {new_tli} as its ancestor"
+    raise UsageError(
+        f"OLD and NEW look swapped: OLD is on timeline {old_tli} and NEW on timeline "
+        f"{new_tli}{ancestry}; the promoted (new) primary is the one on the higher timeline",
+        hint="give the old primary first: replverify failback OLD NEW",
+    )
 
 
 async def _times(nc: asyncpg.Connection, old: str, new: str) -> FailbackReport:
@@ -344,8 +420,7 @@ def replay_script(report: FailbackReport, *, now: _dt.datetime | None = None) ->
             lines.append(_comment(f"NOT replayed ({r.origin}): {r.table} {r.key}: {r.reason}"))
     lines += ["BEGIN;"]
     for name in ("TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits", "bytea_output"):
-        value = exp.Literal.string(PINNED_SETTINGS[name]).sql(DIALECT)
-        lines.append(f"SELECT set_config('{name}', {value}, true);")
+        lines.append(set_local(name, PINNED_SETTINGS[name]))
     lines.append("SET CONSTRAINTS ALL DEFERRED;")
     for r in report.rows:
         stmt = replay_statement(r)

@@ -63,6 +63,18 @@ class LagTimeout(ReplverifyError):
     """The standby did not replay up to a fence within the lag timeout."""
 
 
+class ReplayPaused(LagTimeout):
+    """The standby's replay is paused: waiting for it to reach a fence cannot help."""
+
+
+#: The target's replay position and whether its replay is paused (or a pause requested):
+#: a paused standby never reaches a fence until someone resumes it.
+_TARGET_REPLAY_SQL = (
+    "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint AS replayed,"
+    " CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END AS paused"
+)
+
+
 async def retrying(
     call: Callable[[], Awaitable[T]], *, attempts: int = 5, first_delay: float = 0.05
 ) -> T:
@@ -107,11 +119,9 @@ class Fence:
         delay = 0.002
         while True:
             async with self.target.acquire() as conn:
-                replayed = int(
-                    await conn.fetchval(
-                        "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint"
-                    )
-                )
+                row = await conn.fetchrow(_TARGET_REPLAY_SQL)
+            assert row is not None
+            replayed, paused = int(row["replayed"]), bool(row["paused"])
             self.replayed = max(self.replayed, replayed)
             if replayed >= fence:
                 break
@@ -123,6 +133,13 @@ class Fence:
                 )
             if flushed < fence and replayed >= flushed:
                 break
+            if paused:
+                raise ReplayPaused(
+                    "WAL replay is paused on the target (pg_wal_replay_pause()), so it cannot "
+                    f"replay what the source read saw ({fence - replayed:,} bytes behind)",
+                    hint="resume replay on the standby: SELECT pg_wal_replay_resume(); "
+                    "or compare what it holds now with --no-fence",
+                )
             if time.monotonic() - started > self.timeout:
                 raise LagTimeout(
                     f"the target did not replay the source's WAL within {self.timeout:g} s "

@@ -13,8 +13,9 @@
 4. Run :func:`replverify.api.diff` on the pair (its reads are LSN-fenced on a standby).
 
 ``status``: ``safe`` (caught up and identical: a switch now loses nothing),
-``not_caught_up`` (the wait timed out), ``different``; the CLI maps these to 0 / 1 / 1,
-and an incomplete diff to 2.
+``not_caught_up`` (the wait timed out), ``different``, ``unverified`` (no difference
+found, but some table could not be verified: it could not be read, say); the CLI maps
+these to 0 / 1 / 1 / 2, and any incomplete diff to 2.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Literal
 
 import asyncpg
 
-from . import api
+from . import api, catalog
 from .connect import DB_ERRORS, Endpoint, connect, trouble
 from .errors import UsageError
 from .lag import ReplicationState, replication_state
@@ -46,7 +47,7 @@ _WRITERS_SQL = """\
 SELECT count(*) FROM pg_stat_activity
 WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"""
 
-GateStatus = Literal["safe", "not_caught_up", "different"]
+GateStatus = Literal["safe", "not_caught_up", "different", "unverified"]
 #: ``progress(lag_bytes, waited_s)`` while waiting for replay
 Progress = Callable[[int, float], None]
 
@@ -77,9 +78,13 @@ class GateReport:
     def status(self) -> GateStatus:
         if not self.caught_up:
             return "not_caught_up"
-        if self.diff is None or self.diff.status != "consistent":
+        if self.diff is None or any(
+            t.differences_total or t.schema_differences for t in self.diff.tables
+        ):
             return "different"
-        return "safe"
+        if not self.diff.complete:
+            return "unverified"
+        return "safe" if self.diff.status == "consistent" else "different"
 
     @property
     def complete(self) -> bool:
@@ -105,6 +110,10 @@ async def gate(
     src, tgt = await connect(src_ep), None
     try:
         tgt = await connect(tgt_ep)
+        catalog.refuse_same_database(
+            await catalog.server_info(src), await catalog.server_info(tgt), src_ep, tgt_ep,
+            "SOURCE and TARGET", option="",
+        )  # fmt: skip
         state = await replication_state(src, tgt, src_ep)
         _require_standby(state)
         report.relation = state.description
@@ -124,7 +133,12 @@ async def gate(
     if report.caught_up:
         report.diff = await api.diff(source, target, options)
     else:
-        why = " (replay is paused on the target)" if report.replay_paused else ""
+        why = (
+            " (WAL replay is paused on the target: waiting cannot help; resume it on the "
+            "standby with SELECT pg_wal_replay_resume())"
+            if report.replay_paused
+            else ""
+        )
         report.notes.append(
             f"the target did not replay everything within {timeout:g} s{why}: "
             f"{report.lag_bytes or 0:,} bytes behind; no diff was run"

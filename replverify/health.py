@@ -21,6 +21,7 @@ from typing import Literal
 
 import asyncpg
 
+from . import catalog
 from .connect import DB_ERRORS, Endpoint, connect
 from .errors import ReplverifyError
 from .lag import LsnHistory, ReplicationState, classify, snapshot, source_facts, target_facts
@@ -101,6 +102,11 @@ async def health(source: str, target: str, *, rpo: float | None = None) -> Healt
             src, tgt = opened
             assert isinstance(src, asyncpg.Connection) and isinstance(tgt, asyncpg.Connection)
             try:
+                # A server checked against itself is a mistake, not a finding: exit 2.
+                catalog.refuse_same_database(
+                    await catalog.server_info(src), await catalog.server_info(tgt), src_ep,
+                    tgt_ep, "SOURCE and TARGET", option="",
+                )  # fmt: skip
                 await _check_pair(report, src, tgt, src_ep)
             except DB_ERRORS as e:
                 report.add("query", "fail", src_ep.scrub(tgt_ep.scrub(f"check failed: {e}")))

@@ -89,6 +89,7 @@ turn it into a bad line in the middle of the file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import decimal
 import functools
@@ -111,7 +112,7 @@ from sqlglot.errors import SqlglotError
 
 from .canonical import pg_text
 from .catalog import TableInfo, parse_table_pattern
-from .errors import JournalError, UsageError
+from .errors import JournalError, OutputError, UsageError
 from .types import ColumnType, TableRef
 
 __all__ = [
@@ -1208,9 +1209,18 @@ class JournalWriter:
                 self._seq -= 1
                 raise UsageError(f"not a valid journal record: {e}") from None
             view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            try:
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+            except OSError as e:
+                self._seq -= 1
+                if len(view) < len(data):  # no torn line before the next record
+                    with contextlib.suppress(OSError):
+                        size = os.fstat(self._fd).st_size
+                        os.ftruncate(self._fd, size - (len(data) - len(view)))
+                # The caller must not run the write it could not journal.
+                raise OutputError(f"cannot append to journal {self.path}: {e.strerror}") from None
             self._appended += 1
             ticket = self._appended
         if (durable or self.fsync == "always") and self.fsync != "never":
@@ -1226,7 +1236,10 @@ class JournalWriter:
                 upto, fd = self._appended, self._fd
             if fd is None:
                 return
-            os.fsync(fd)
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                raise OutputError(f"cannot fsync journal {self.path}: {e.strerror}") from None
             self._synced = upto
 
     def new_txid(self) -> str:

@@ -62,12 +62,13 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Literal
 
 import asyncpg
 
+from .catalog import refuse_same_database, server_info
 from .connect import DB_ERRORS, Endpoint, connect, trouble
 from .errors import ReplverifyError, UsageError
 from .lsn import parse_lsn
@@ -1023,6 +1024,10 @@ async def _measure(
     poll: float,
 ) -> LagReport:
     src, tgt = conns[0], conns[1]
+    refuse_same_database(
+        await server_info(src), await server_info(tgt), src_ep, tgt_ep, "SOURCE and TARGET",
+        option="",
+    )  # fmt: skip
     state = await replication_state(src, tgt, src_ep)
     notes: list[str] = []
     if heartbeat:
@@ -1109,6 +1114,48 @@ def _method_notes(samples: Sequence[LagSample]) -> list[str]:
             "some samples are lower bounds (the target's true lag is at least this): "
             + "; ".join(f"{m}: {METHODS[m]}" for m in sorted(used & _LOWER))
         )
-    if any(s.replay_paused for s in samples):
-        notes.append("replay is paused on the target (pg_wal_replay_pause())")
+    if (note := paused_note(samples)) is not None:
+        notes.append(note)
     return notes
+
+
+def paused_runs(samples: Sequence[LagSample]) -> list[tuple[int, int]]:
+    """The runs of consecutive samples taken while replay was paused, as 0-based
+    ``(first, last)`` index pairs, in order."""
+    runs: list[tuple[int, int]] = []
+    for i, s in enumerate(samples):
+        if not s.replay_paused:
+            continue
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def paused_note(samples: Sequence[LagSample]) -> str | None:
+    """When replay was paused during sampling, and for which samples (numbered from 1),
+    and whether it still was at the last sample: a pause that ended while sampling must
+    not read as a pause now."""
+    runs = paused_runs(samples)
+    if not runs:
+        return None
+
+    def at(i: int) -> str:
+        return samples[i].at.astimezone(timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+
+    def span(first: int, last: int) -> str:
+        if first == last:
+            return f"sample {first + 1} ({at(first)})"
+        return f"samples {first + 1}-{last + 1} ({at(first)} to {at(last)})"
+
+    where = ", ".join(span(a, b) for a, b in runs)
+    end = (
+        "still paused at the last sample (resume with SELECT pg_wal_replay_resume() on the standby)"
+        if runs[-1][1] == len(samples) - 1
+        else f"replaying again from sample {runs[-1][1] + 2}"
+    )
+    return (
+        f"WAL replay was paused on the target (pg_wal_replay_pause()) at {where} of "
+        f"{len(samples)}, source clock UTC; {end}"
+    )

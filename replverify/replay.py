@@ -9,7 +9,7 @@ data newer than what reconcile saw:
 * a row that is absent is restored with ``INSERT ... ON CONFLICT DO NOTHING``;
 * a row that is present is changed with ``UPDATE``/``DELETE ... WHERE`` the row still
   equals what reconcile observed - every column, compared as text under the session
-  settings reconcile read it with, which the script pins (``set_config(..., true)``)
+  settings reconcile read it with, which the script pins (``SET LOCAL``)
   first. A guard that no longer holds makes its statement change nothing, so running
   the script twice is harmless.
 
@@ -34,7 +34,7 @@ from typing import Literal
 from sqlglot import exp
 
 from .reconcile import Detail, Finding, ReconcileReport
-from .sql import DIALECT, ident
+from .sql import DIALECT, ident, set_local
 from .types import TableRef
 
 __all__ = ["Step", "plan_replay", "replay_script"]
@@ -228,10 +228,7 @@ def _settings(report: ReconcileReport) -> list[str]:
     pinned["standard_conforming_strings"] = "on"
     for name in (*_PINNED, "standard_conforming_strings"):
         if name in pinned:
-            call = exp.func(
-                "set_config", exp.Literal.string(name), exp.Literal.string(pinned[name]), exp.true()
-            )
-            out.append(exp.select(call).sql(DIALECT) + ";")
+            out.append(set_local(name, pinned[name]))
     return out
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -18,6 +20,17 @@ from .types import Changed, Difference, DiffReport, Key, TableResult
 DIFF_SCHEMA = "replverify.diff/1"
 #: Differences shown per table in text and Markdown (JSON has all that were kept).
 SHOWN_PER_TABLE = 20
+
+
+def fmt_seconds(seconds: float) -> str:
+    """A measured duration, one format in every report: to the millisecond, ``0.000 s``,
+    ``18.460 s``. (Limits the user gave, such as an RPO, are echoed as given.)"""
+    return f"{seconds:,.3f} s"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``1 row``, ``2 rows``, ``1,000 rows``."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _key_names(t: TableResult) -> tuple[str, ...]:
@@ -93,7 +106,8 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
         "tables": tables,
         "summary": {
             "tables": len(report.tables),
-            "tables_different": sum(not t.consistent for t in report.tables),
+            "tables_different": report.tables_differing,
+            "tables_unverified": report.tables_unverified,
             "rows_compared": sum(rows_compared(t) for t in report.tables),
             "differences": sum(t.differences_total for t in report.tables),
             "elapsed_s": round(report.elapsed_s, 3),
@@ -137,6 +151,8 @@ def fmt_key(key: dict[str, Any]) -> str:
     """``col=value`` pairs of a JSON key for text reports (strings quoted, ints bare)."""
 
     def show(value: Any) -> str:
+        if isinstance(value, bool):  # as PostgreSQL prints it, like the database's rows
+            value = "t" if value else "f"
         return str(value) if isinstance(value, int) else json.dumps(value, ensure_ascii=False)
 
     return " ".join(f"{name}={show(value)}" for name, value in key.items())
@@ -162,7 +178,7 @@ def table_verdict(t: TableResult) -> str:
     if t.error:
         return "NOT VERIFIED"
     if t.unstable and not t.differences_total:
-        return f"{len(t.unstable):,} rows not verified (written to while compared)"
+        return f"{count(len(t.unstable), 'row')} not verified (written to while compared)"
     if t.consistent:
         return "ok"
     n = t.differences_total
@@ -201,60 +217,137 @@ _COMPARE_FACTS = {
 }
 
 
+def fmt_chance(p: float) -> str:
+    """A small probability, readable: ``3.4e-37 (about 2^-121)``."""
+    if p <= 0:
+        return "0"
+    if p >= 1e-4:
+        return f"{p:.2g}"
+    return f"{p:.1e} (about 2^{math.log2(p):.0f})"
+
+
+def miss_fact(report: DiffReport) -> str:
+    """The digest widths and the bound on a difference hiding in a digest collision."""
+    bits = "/".join(map(str, sorted({t.digest_bits for t in report.tables})))
+    if not any(t.chunks for t in report.tables):
+        return f"{bits}-bit; no chunk was compared, so no collision bound applies"
+    chance = fmt_chance(miss_probability(report))
+    return f"{bits}-bit; chance that a difference hid in a collision: at most {chance}"
+
+
 def diff_facts(report: DiffReport) -> list[tuple[str, str]]:
     """(name, value) lines about the run: digest width and miss chance, lag of a standby."""
     out = [("compare", _COMPARE_FACTS.get(report.compare, report.compare))]
-    bits = sorted({t.digest_bits for t in report.tables})
-    if bits:
-        out.append(
-            (
-                "digests",
-                f"{'/'.join(map(str, bits))}-bit; chance that a difference hid in a "
-                f"collision: at most {miss_probability(report):.0e}",
-            )
-        )
+    if report.tables:
+        out.append(("digests", miss_fact(report)))
     for when, lag in report.lag.items():
         out.append(
             (
                 f"lag at {when}",
-                f"{lag['lag_seconds']} s, {lag['lag_bytes']:,} bytes ({lag['method']})",
+                f"{fmt_seconds(float(str(lag['lag_seconds'])))}, {lag['lag_bytes']:,} bytes"
+                f" ({lag['method']})",
             )
         )
     return out
 
 
-def diff_verdict(report: DiffReport) -> str:
-    """The verdict line that ends the text report."""
+def diff_totals(report: DiffReport) -> str:
+    """Tables, differing tables, tables not verified (when any), differences and rows:
+    the counts of every format's summary."""
     total = sum(t.differences_total for t in report.tables)
     rows = sum(rows_compared(t) for t in report.tables)
-    differing = sum(not t.consistent for t in report.tables)
+    unverified = report.tables_unverified
+    return (
+        f"{len(report.tables)} table{'s' if len(report.tables) != 1 else ''},"
+        f" {report.tables_differing} differing,"
+        + (f" {unverified} not verified," if unverified else "")
+        + f" {total:,} difference{'s' if total != 1 else ''} in {rows:,} rows"
+    )
+
+
+def diff_verdict(report: DiffReport) -> str:
+    """The verdict line that ends the text report."""
     if not report.complete:
         verdict = "INCOMPLETE"
     else:
         verdict = "CONSISTENT" if report.status == "consistent" else "DIFFERENT"
-    return (
-        f"{verdict}: {len(report.tables)} table{'s' if len(report.tables) != 1 else ''},"
-        f" {differing} differing, {total:,} difference{'s' if total != 1 else ''}"
-        f" in {rows:,} rows ({report.elapsed_s:.2f} s)"
-    )
+    return f"{verdict}: {diff_totals(report)} ({fmt_seconds(report.elapsed_s)})"
 
 
 # -- Markdown -----------------------------------------------------------------------------
+# Every Markdown report has one shape: a heading "### replverify KIND: ICON status", the
+# verdict (the totals) in bold, where it ran, the tables, notes as quotes. Names, keys,
+# values and paths go in code spans; other text from the report is escaped.
+
+#: The heading's icon for a report's tone.
+MD_ICONS = {"ok": "✅", "bad": "❌", "warn": "⚠️", "info": "ℹ️"}
+
+# backslash-escaped wherever they stand: all that can start inline markup or an entity
+_MD_ACTIVE = re.compile(r"([\\`*_\[\]<>|&~#])")
+# what would start a list, a heading underline or a numbered item at the start of a line
+_MD_LINE_START = re.compile(r"^([-+=]|\d+[.)])")
+
+
+def _one_line(text: str) -> str:
+    # a line break would end a table row or a list item
+    return " ".join(text.splitlines())
+
+
+def md_text(text: str) -> str:
+    """Plain text that CommonMark shows as is, on one line, also in a table cell."""
+    text = _MD_ACTIVE.sub(r"\\\1", _one_line(text))
+    # the mark itself is escaped (1\. not \1.: a backslash before a digit is no escape)
+    return _MD_LINE_START.sub(lambda m: m[0][:-1] + "\\" + m[0][-1], text)
+
+
 def md_cell(text: str) -> str:
-    """Text made safe for one Markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text made safe for one Markdown table cell (:func:`md_text`)."""
+    return md_text(text)
+
+
+def md_code(text: str, *, cell: bool = False) -> str:
+    """``text`` as one CommonMark code span, whatever it holds: the fence is one backtick
+    longer than the longest run inside, padded with a space when the text starts or ends
+    with a backtick or a space (CommonMark strips one such pair). Line breaks become the
+    spaces a code span shows anyway. ``cell``: inside a table row, where a pipe must be
+    escaped even in a code span (GFM)."""
+    text = _one_line(text)
+    if not text:
+        return ""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.strip(" ") and (text[0] in "` " or text[-1] in "` ") else ""
+    span = f"{fence}{pad}{text}{pad}{fence}"
+    return span.replace("|", "\\|") if cell else span
+
+
+def md_head(kind: str, tone: str, status: str, verdict: str, where: str) -> list[str]:
+    """The opening lines of every Markdown report: heading, verdict in bold, where."""
+    return [
+        f"### replverify {kind}: {MD_ICONS[tone]} {md_text(status)}",
+        "",
+        f"**{md_text(verdict)}**",
+        "",
+        where,
+    ]
+
+
+def md_pair(source: str, target: str) -> str:
+    return f"{md_code(source)} → {md_code(target)}"
+
+
+def md_notes(notes: list[str]) -> list[str]:
+    return [""] + [f"> {md_text(n)}" for n in notes] if notes else []
 
 
 def diff_to_markdown(report: DiffReport) -> str:
-    status = (
-        "✅ consistent"
-        if report.status == "consistent" and report.complete
-        else ("⚠️ incomplete" if not report.complete else "❌ different")
-    )
-    out = [
-        f"### replverify diff: {status}",
-        "",
-        f"`{report.source}` → `{report.target}`",
+    if not report.complete:
+        tone, status = "warn", "incomplete"
+    else:
+        tone = "ok" if report.status == "consistent" else "bad"
+        status = report.status
+    out = md_head("diff", tone, status, diff_verdict(report), md_pair(report.source, report.target))
+    out += [
         "",
         f"compare: {_COMPARE_FACTS.get(report.compare, report.compare)}",
         "",
@@ -263,24 +356,30 @@ def diff_to_markdown(report: DiffReport) -> str:
     ]
     for t in report.tables:
         out.append(
-            f"| `{md_cell(t.table.qualified)}` | {md_cell(key_label(t))} |"
+            f"| {md_code(t.table.qualified, cell=True)} | {md_cell(key_label(t))} |"
             f" {t.rows_source:,} / {t.rows_target:,} | {t.chunks_mismatched:,} / {t.chunks:,} |"
             f" {t.differences_total:,} | {md_cell(table_verdict(t))} |"
         )
     for t in report.tables:
         if t.consistent:
             continue
-        out += ["", f"#### `{md_cell(t.table.qualified)}`", ""]
-        out += [f"- schema: {md_cell(n)}" for n in t.schema_differences]
+        out += ["", f"#### {md_code(t.table.qualified)}: {md_text(table_verdict(t))}", ""]
+        out += [f"- schema: {md_text(n)}" for n in t.schema_differences]
         if t.error:
-            out.append(f"- error: {md_cell(t.error)}")
-        out += [
-            f"- `{md_cell(describe_difference(t, d))}`" for d in t.differences[:SHOWN_PER_TABLE]
-        ]
-        hidden = t.differences_total - min(len(t.differences), SHOWN_PER_TABLE)
+            out.append(f"- error: {md_text(t.error)}")
+        shown = t.differences[:SHOWN_PER_TABLE]
+        if shown and (t.schema_differences or t.error):
+            out.append("")
+        if shown:
+            out += ["| kind | key | changed columns |", "| --- | --- | --- |"]
+        for d in shown:
+            columns = ", ".join(d.columns) if isinstance(d, Changed) else ""
+            key = md_code(fmt_key(key_dict(t, d)), cell=True)
+            out.append(f"| {d.kind} | {key} | {md_cell(columns)} |")
+        hidden = t.differences_total - len(shown)
         if hidden > 0:
-            out.append(f"- … and {hidden:,} more")
-    out += [""] + [f"> {n}" for n in report.notes]
+            out += ["", f"… and {hidden:,} more (--format json, --max-diffs)"]
+    out += md_notes(report.notes)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -458,13 +557,20 @@ def lag_notes(report: LagReport) -> list[str]:
     return [*report.notes, *interrupted]
 
 
-def lag_to_text(report: LagReport) -> str:
+def lag_samples_header() -> str:
+    """The column heads above :func:`lag_sample_line` lines."""
+    return f"{'at (source clock, UTC)':<23}  {'lag':>12}  {'WAL not replayed':>20}  method"
+
+
+def lag_to_text(report: LagReport, *, samples: bool = True) -> str:
+    """The text report; ``samples=False`` leaves the sample lines out (``--watch`` has
+    printed each already, under the same header)."""
     out = [f"source  {report.source}", f"target  {report.target}"]
     out += replication_lines(report.replication)
     out.append("")
-    shown = report.samples[-LAG_SAMPLES_SHOWN:]
+    shown = report.samples[-LAG_SAMPLES_SHOWN:] if samples else ()
     if shown:
-        out.append(f"{'at (source clock, UTC)':<23}  {'lag':>12}  {'WAL not replayed':>20}  method")
+        out.append(lag_samples_header())
         if len(report.samples) > len(shown):
             out.append(f"… {len(report.samples) - len(shown):,} earlier samples (--format json)")
         out += [lag_sample_line(s) for s in shown]
@@ -474,23 +580,28 @@ def lag_to_text(report: LagReport) -> str:
     return "\n".join(out) + "\n"
 
 
+#: Tone and heading status of each lag status.
+_LAG_MD = {
+    "within": ("ok", "within RPO"),
+    "exceeded": ("bad", "RPO exceeded"),
+    "measured": ("info", "measured"),
+    "unknown": ("warn", "unknown"),
+}
+
+
 def lag_to_markdown(report: LagReport) -> str:
-    icon = {"within": "✅", "exceeded": "❌", "measured": "ℹ️", "unknown": "⚠️"}[report.status]
-    out = [
-        f"### replverify lag: {icon} {md_cell(lag_verdict(report))}",
-        "",
-        f"`{report.source}` → `{report.target}`",
-        "",
-        f"- replication: {md_cell(report.replication.description)}",
-        "",
-    ]
+    tone, status = _LAG_MD[report.status]
+    out = md_head("lag", tone, status, lag_verdict(report), md_pair(report.source, report.target))
+    out += ["", f"- replication: {md_text(report.replication.description)}", ""]
     shown = report.samples[-LAG_SAMPLES_SHOWN:]
     if shown:
+        if len(report.samples) > len(shown):
+            out += [f"… {len(report.samples) - len(shown):,} earlier samples (--format json)", ""]
         out += ["| at (UTC) | lag s | lag bytes | method |", "| --- | ---: | ---: | --- |"]
         out += [
             f"| {clock(s.at)} | {s.lag_seconds:.3f} | {s.lag_bytes:,} | {s.method} |" for s in shown
         ]
-    out += [""] + [f"> {md_cell(n)}" for n in report.notes]
+    out += md_notes(lag_notes(report))
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -506,7 +617,11 @@ APPLIED = {True: "yes", False: "no", None: "cannot tell"}
 
 
 def _journal_json(value: object) -> Any:
-    """Journal values as JSON: exact numbers (Decimal) as their text."""
+    """Journal values as JSON: exact numbers (Decimal) as their text, booleans in
+    PostgreSQL's text form (``"t"``/``"f"``) as the database side is shown, so one value
+    has one presentation."""
+    if isinstance(value, bool):
+        return "t" if value else "f"
     if isinstance(value, dict):
         return {k: _journal_json(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -600,13 +715,21 @@ def fmt_values(values: dict[str, Any] | None) -> str:
         return "(no row)"
     if not values:
         return "(row present)"
+    return " ".join(value_pairs(values).values())
+
+
+def value_pairs(values: dict[str, Any]) -> dict[str, str]:
+    """Each column's ``col=value`` pair as :func:`fmt_values` shows it (strings quoted,
+    ints bare), by column: for renderers that mark some columns."""
 
     def show(v: Any) -> str:
-        if isinstance(v, int) and not isinstance(v, bool):
+        if isinstance(v, bool):  # as PostgreSQL prints it, like the database's rows
+            v = "t" if v else "f"
+        if isinstance(v, int):
             return str(v)
         return json.dumps(v, ensure_ascii=False, default=str)
 
-    return " ".join(f"{name}={show(v)}" for name, v in values.items())
+    return {name: f"{name}={show(v)}" for name, v in values.items()}
 
 
 def _finding_head(f: Finding) -> str:
@@ -696,17 +819,17 @@ def reconcile_to_text(report: ReconcileReport) -> str:
 def reconcile_verdict(report: ReconcileReport) -> str:
     """The verdict line that ends the text report."""
     verdict = "LOSS" if report.status == "loss" else "NO LOSS"
-    return f"{verdict}: {_tally(report)} ({report.elapsed_s:.2f} s)"
+    return f"{verdict}: {_tally(report)} ({fmt_seconds(report.elapsed_s)})"
 
 
 def reconcile_to_markdown(report: ReconcileReport) -> str:
-    status = "❌ loss" if report.status == "loss" else "✅ no loss"
+    tone, status = ("bad", "loss") if report.status == "loss" else ("ok", "no loss")
     c = report.counts
-    out = [
-        f"### replverify reconcile: {status}",
-        "",
-        f"journal `{md_cell(report.journal)}` against `{report.target}`"
-        + (f" (old primary `{report.source}`)" if report.source else ""),
+    where = f"journal {md_code(report.journal)} against {md_code(report.target)}"
+    if report.source:
+        where += f" (old primary {md_code(report.source)})"
+    out = md_head("reconcile", tone, status, reconcile_verdict(report), where)
+    out += [
         "",
         "| lost | conflict | in doubt | durable | superseded | aborted | writes |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -733,22 +856,23 @@ def reconcile_to_markdown(report: ReconcileReport) -> str:
             why = f.reason
             if f.verdict == "in_doubt":
                 why = f"applied: {APPLIED[f.applied]}; {why}"
+            journal = "delete" if f.write.op == "delete" else fmt_values(ex["journal"]["values"])
+            values = [journal, fmt_values(ex["target"])]
+            if with_source:
+                values.append(fmt_values(ex.get("source")))
             cells = [
-                str(d["txid"]),
+                md_code(str(d["txid"]), cell=True),
                 str(d["seq"]),
                 d["op"],
-                f"`{d['table']}`",
-                f"`{fmt_key(d['key'])}`",
-                why,
-                "delete" if f.write.op == "delete" else fmt_values(ex["journal"]["values"]),
-                fmt_values(ex["target"]),
+                md_code(d["table"], cell=True),
+                md_code(fmt_key(d["key"]), cell=True),
+                md_cell(why),
+                *(md_code(v, cell=True) for v in values),
             ]
-            if with_source:
-                cells.append(fmt_values(ex.get("source")))
-            out.append("| " + " | ".join(md_cell(x) for x in cells) + " |")
+            out.append("| " + " | ".join(cells) + " |")
         if len(items) > SHOWN_FINDINGS:
-            out.append(f"\n… and {len(items) - SHOWN_FINDINGS:,} more")
-    out += [""] + [f"> {md_cell(n)}" for n in report.notes]
+            out += ["", f"… and {len(items) - SHOWN_FINDINGS:,} more (--format json)"]
+    out += md_notes(report.notes)
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -16,6 +16,7 @@ import html
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import singledispatch
 from typing import Any, Literal
 
@@ -44,10 +45,12 @@ from .report import (
     replication_lines,
     row_history,
     table_verdict,
+    value_pairs,
 )
 from .report_ops import (
     GATE_VERDICT,
     ORIGIN_TITLES,
+    UNVERIFIED_TITLE,
     failback_to_dict,
     failback_verdict,
     files_to_dict,
@@ -165,11 +168,22 @@ def table(
     rows: Iterable[Sequence[Content]],
     *,
     num: Sequence[int] = (),
+    word: Sequence[int] = (),
+    wrap: Sequence[int] = (),
+    val: Sequence[int] = (),
     tones: Sequence[Tone | None] | None = None,
 ) -> Html:
-    """A table; columns at the indexes ``num`` are right-aligned numbers, ``tones`` marks
-    rows."""
-    cls = ["num" if i in num else None for i in range(len(head))]
+    """A table in a container that scrolls sideways when the table cannot fit.
+
+    Columns at the indexes ``num`` are right-aligned numbers, ``word`` short identifiers
+    (an op, a table name, an LSN) that never break, ``wrap`` keys and ``val`` row images
+    that wrap between their ``col=value`` pairs and break inside one only when it is wider
+    than the column's minimum (12 and 20 characters); ``tones`` marks rows. Other columns
+    wrap between words only.
+    """
+    kinds = {i: "wrap val" for i in val} | {i: "wrap" for i in wrap}
+    kinds |= {i: "word" for i in word} | {i: "num" for i in num}
+    cls = [kinds.get(i) for i in range(len(head))]
     body = [
         el(
             "tr",
@@ -179,9 +193,13 @@ def table(
         for r, row in enumerate(rows)
     ]
     return el(
-        "table",
-        el("thead", el("tr", [el("th", h, class_=cls[i]) for i, h in enumerate(head)])),
-        el("tbody", body),
+        "div",
+        el(
+            "table",
+            el("thead", el("tr", [el("th", h, class_=cls[i]) for i, h in enumerate(head)])),
+            el("tbody", body),
+        ),
+        class_="scroll",
     )
 
 
@@ -205,6 +223,27 @@ def code(value: str) -> Html:
     return el("code", value)
 
 
+def instant(iso: str | None) -> Html | None:
+    """An ISO 8601 instant that may break after its date (before the time), nowhere else."""
+    if iso is None:
+        return None
+    date, t, rest = iso.partition("T")
+    return Html(html.escape(date + t) + "<wbr>" + html.escape(rest)) if t else Html(iso)
+
+
+def image(values: dict[str, Any] | None, changed: Sequence[str] = ()) -> Html:
+    """A row's values as ``col=value`` pairs, the ``changed`` columns marked."""
+    if not values:
+        return code(fmt_values(values))
+    pairs = value_pairs(values)
+    parts: list[Content] = []
+    for name, pair in pairs.items():
+        if parts:
+            parts.append(" ")
+        parts.append(el("mark", pair) if name in changed else pair)
+    return el("code", parts)
+
+
 CSS = """
 :root { --ok: #1a7f37; --bad: #b42318; --warn: #b54708; --info: #175cd3;
   --muted: #667085; --line: #e4e7ec; --alt: #f8f9fb; }
@@ -218,6 +257,7 @@ header.warn { background: var(--warn); } header.info { background: var(--info); 
 header .kind { margin: 0; font-size: 12px; letter-spacing: .06em; text-transform: uppercase;
   opacity: .85; }
 header h1 { margin: 4px 0 0; font-size: 20px; font-weight: 600; overflow-wrap: anywhere; }
+header .generated { margin: 6px 0 0; font-size: 12px; opacity: .85; }
 main { padding: 4px 32px 24px; max-width: 1500px; }
 section { margin-top: 26px; }
 h2 { font-size: 15px; margin: 0 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
@@ -233,11 +273,23 @@ dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 3px 18px;
 dl.facts div { display: contents; }
 dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; overflow-wrap: anywhere; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
+.scroll { overflow-x: auto; }
+/* break-word, not anywhere: anywhere lets the table layout crush a column below its
+   longest word ("upd ate"); a table that cannot fit scrolls inside .scroll instead */
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line);
-  vertical-align: top; overflow-wrap: anywhere; }
+  vertical-align: top; overflow-wrap: break-word; }
 th { background: var(--alt); font-weight: 600; }
-th.num, td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
+td.word { white-space: nowrap; }
+/* a key or row image wraps between its pairs; only a pair longer than the column's
+   minimum breaks inside */
+td.wrap { min-width: 12ch; } td.wrap.val { min-width: 20ch; }
+td.wrap code { overflow-wrap: anywhere; }
+mark { background: #fef0c7; color: inherit; border-radius: 3px; padding: 0 2px; }
 td > p { margin: 0 0 4px; }
+/* values in a cell's facts (reconcile's explanation) keep a readable width */
+td dl.facts dd { min-width: 12ch; }
 tr.bad > td:first-child { box-shadow: inset 3px 0 var(--bad); }
 tr.warn > td:first-child { box-shadow: inset 3px 0 var(--warn); }
 code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "Liberation Mono",
@@ -263,6 +315,7 @@ figcaption span { margin-right: 16px; white-space: nowrap; }
   background: var(--info); margin-right: 5px; }
 .key.bound { background: #fff; border: 1.5px solid var(--info); }
 .key.over { background: var(--bad); }
+.key.bound.over { background: #fff; border: 2px solid var(--bad); }
 .key.rpo { width: 18px; height: 0; border-radius: 0; border-top: 2px dashed var(--bad);
   background: none; vertical-align: middle; }
 svg.chart { display: block; width: 100%; max-width: 1100px; height: auto; }
@@ -271,11 +324,15 @@ svg.chart .grid { stroke: var(--line); }
 svg.chart .axis { stroke: #98a2b3; }
 svg.chart .series { fill: none; stroke: var(--info); stroke-width: 1.5; }
 svg.chart .pt { fill: var(--info); }
-svg.chart .pt.bound { fill: #fff; stroke: var(--info); stroke-width: 1.5; }
 svg.chart .pt.over { fill: var(--bad); stroke: var(--bad); }
+svg.chart .pt.bound { fill: #fff; stroke: var(--info); stroke-width: 1.5; }
+svg.chart .pt.bound.over { fill: #fff; stroke: var(--bad); stroke-width: 2; }
 svg.chart .rpo { stroke: var(--bad); stroke-width: 1.5; stroke-dasharray: 6 4; }
 svg.chart text.rpo { fill: var(--bad); stroke: none; font-weight: 600; }
 footer { padding: 0 32px 24px; color: var(--muted); font-size: 12px; }
+h3 { font-size: 13px; margin: 14px 0 6px; }
+@media (max-width: 900px) { header.banner { padding: 14px 16px 16px; }
+  main { padding: 4px 16px 20px; } footer { padding: 0 16px 20px; } }
 @media print { header.banner, .badge, .stats { print-color-adjust: exact;
   -webkit-print-color-adjust: exact; } }
 """
@@ -284,8 +341,14 @@ footer { padding: 0 32px 24px; color: var(--muted); font-size: 12px; }
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'"
 
 
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def page(kind: str, tone: Tone, verdict: str, *body: Content) -> str:
-    """A whole document: a coloured banner with the verdict, then ``body``."""
+    """A whole document: a coloured banner with the verdict and when (UTC) and by which
+    replverify the page was made, then ``body``."""
+    made = _now().replace(microsecond=0)
     head = el(
         "head",
         void("meta", charset="utf-8"),
@@ -300,6 +363,13 @@ def page(kind: str, tone: Tone, verdict: str, *body: Content) -> str:
             "header",
             el("p", f"replverify {kind}", class_="kind"),
             el("h1", verdict),
+            el(
+                "p",
+                "generated ",
+                el("time", made.strftime("%Y-%m-%d %H:%M:%S UTC"), datetime=made.isoformat()),
+                f" by replverify {__version__}",
+                class_="generated",
+            ),
             class_=f"banner {tone}",
         ),
         el("main", *body),
@@ -338,7 +408,7 @@ def _diff_tables(report: DiffReport, doc: dict[str, Any]) -> list[Html]:
         for t, tone in zip(report.tables, tones, strict=True)
     ]
     head = ["table", "key", "rows source", "rows target", "chunks mismatched", "differences", ""]
-    out = [section("Tables", table(head, rows, num=(2, 3, 4, 5), tones=tones))]
+    out = [section("Tables", table(head, rows, num=(2, 3, 4, 5), word=(0, 6), tones=tones))]
     for t, d in zip(report.tables, doc["tables"], strict=True):
         if t.consistent and not t.unstable:
             continue
@@ -356,6 +426,8 @@ def _diff_tables(report: DiffReport, doc: dict[str, Any]) -> list[Html]:
                         [badge(x["kind"], "bad"), code(fmt_key(x["key"])), ", ".join(x["columns"])]
                         for x in shown
                     ],
+                    word=(0,),
+                    wrap=(1,),
                 )
             )
         parts.append(more(len(shown), len(d["differences"]), "differences"))
@@ -366,7 +438,9 @@ def _diff_tables(report: DiffReport, doc: dict[str, Any]) -> list[Html]:
             parts.append(
                 el("p", "Rows written to while compared (neither verified nor called different):")
             )
-            parts.append(table(["key"], [[code(fmt_key(k))] for k in d["unstable"][:SHOWN]]))
+            parts.append(
+                table(["key"], [[code(fmt_key(k))] for k in d["unstable"][:SHOWN]], wrap=(0,))
+            )
             parts.append(more(min(len(d["unstable"]), SHOWN), d["unstable_total"], "rows"))
         out.append(section(f"{t.table.qualified}: {table_verdict(t)}", *parts))
     return out
@@ -384,9 +458,14 @@ def diff_to_html(report: DiffReport) -> str:
             [
                 ("tables", _n(summary["tables"]), None),
                 ("tables differing", _n(summary["tables_different"]), tables_bad),
+                (
+                    "tables not verified",
+                    _n(summary["tables_unverified"]),
+                    "warn" if summary["tables_unverified"] else None,
+                ),
                 ("differences", _n(summary["differences"]), diffs_bad),
                 ("rows compared", _n(summary["rows_compared"]), None),
-                ("seconds", f"{report.elapsed_s:.2f}", None),
+                ("seconds", f"{report.elapsed_s:.3f}", None),
             ]
         ),
         section("Run", facts(run)),
@@ -512,10 +591,26 @@ def _panel(
         parts.append(void("polyline", points=line, class_="series"))
     # big enough to see alone, small enough that a thousand do not merge into a band
     r = 3.5 if len(points) <= 60 else 2.5 if len(points) <= 300 else 1.6
-    for (cx, cy), cls, title in zip(points, point_class, point_title, strict=True):
+
+    def layer(i: int) -> int:
+        # bounds last and never smaller than a readable ring: drawn first, the samples
+        # around them covered their hollow markers
+        return 2 if "bound" in point_class[i] else 1 if "over" in point_class[i] else 0
+
+    for i in sorted(range(len(points)), key=layer):
+        (cx, cy), cls = points[i], point_class[i]
         size = r + 1 if "over" in cls else r
+        if "bound" in cls:
+            size = max(size + 1, 4.0)
         parts.append(
-            el("circle", el("title", title), cx=f"{cx:.1f}", cy=f"{cy:.1f}", r=size, class_=cls)
+            el(
+                "circle",
+                el("title", point_title[i]),
+                cx=f"{cx:.1f}",
+                cy=f"{cy:.1f}",
+                r=f"{size:g}",
+                class_=cls,
+            )
         )
     return el(
         "svg",
@@ -555,6 +650,8 @@ def lag_chart(report: LagReport) -> Html:
     legend = [el("span", el("span", "", class_="key"), "sample")]
     if any("bound" in c for c in classes):
         legend.append(el("span", el("span", "", class_="key bound"), "a bound, not an estimate"))
+    if any("bound" in c and "over" in c for c in classes):
+        legend.append(el("span", el("span", "", class_="key bound over"), "a bound over the RPO"))
     if any("over" in c for c in classes):
         legend.append(el("span", el("span", "", class_="key over"), "over the RPO"))
     if rpo is not None:
@@ -604,11 +701,17 @@ def lag_to_html(report: LagReport) -> str:
     ]
     if report.samples:
         body.append(section("Lag over time", lag_chart(report)))
+    # the text report's "name  value" lines as facts, which wrap (a <pre> scrolled sideways)
+    replication = [
+        (name, value.strip())
+        for name, _, value in (
+            line.strip().partition(" ") for line in replication_lines(report.replication)
+        )
+    ]
     body.append(
         section(
             "Replication",
-            facts([("source", report.source), ("target", report.target)]),
-            el("pre", "\n".join(replication_lines(report.replication))),
+            facts([("source", report.source), ("target", report.target), *replication]),
         )
     )
     if doc["methods"]:
@@ -645,7 +748,7 @@ def lag_to_html(report: LagReport) -> str:
             el(
                 "details",
                 el("summary", f"Samples ({len(rows):,})"),
-                table(head, rows, num=(1, 3), tones=tones),
+                table(head, rows, num=(1, 3), word=(2, 4, 6, 7), tones=tones),
                 open=len(rows) <= 30,
             )
         )
@@ -700,14 +803,14 @@ def _findings(
                 d["op"],
                 code(d["table"]),
                 code(fmt_key(d["key"])),
-                [d["ts"], where],
+                [instant(d["ts"]), where],
                 _explain(f, d, report),
             ]
         )
     head = ["", "txid", "seq", "op", "table", "key", "ts", "explanation"]
     return section(
         f"{title} ({len(items):,})",
-        table(head, rows, num=(2,), tones=[tone] * len(rows)),
+        table(head, rows, num=(2,), word=(0, 1, 3, 4), wrap=(5,), tones=[tone] * len(rows)),
         more(len(rows), len(items), title.lower()),
     )
 
@@ -757,7 +860,7 @@ def gate_to_html(r: GateReport) -> str:
         ("target", r.target),
         ("relation", r.relation),
         ("fenced", _yes(r.fenced)),
-        ("caught up", f"{_yes(r.caught_up)} after {r.waited_s:.2f} s (timeout {r.timeout_s:g} s)"),
+        ("caught up", f"{_yes(r.caught_up)} after {r.waited_s:.3f} s (timeout {r.timeout_s:g} s)"),
         ("source LSN", doc["source_lsn"]),
         ("replay LSN", doc["replay_lsn"]),
         ("bytes behind at the end", _n(r.lag_bytes)),
@@ -773,6 +876,7 @@ def gate_to_html(r: GateReport) -> str:
 
 def failback_to_html(r: FailbackReport) -> str:
     doc = failback_to_dict(r)
+    c = doc["counts"]
     promotion = doc["promoted_at"] or "unknown"
     if r.promotion_source:
         promotion += f" ({r.promotion_source})"
@@ -783,32 +887,67 @@ def failback_to_html(r: FailbackReport) -> str:
         ("divergence", doc["divergence_at"] or "unknown"),
         ("promotion", promotion),
     ]
-    body: list[Content] = [section("Run", facts(run))]
+
+    def count(label: str, n: int, tone: Tone | None) -> tuple[str, str, Tone | None]:
+        return label, _n(n), tone if n else None
+
+    cards = [
+        count("old only", c["old_only"], "bad"),
+        count("conflicting", c["conflict"], "bad"),
+        count("unknown", c["unknown"], "warn"),
+        ("new only", _n(c["new_only"]), None),
+    ]
+    if r.diff is not None:
+        summary = doc_diff = diff_to_dict(r.diff)
+        cards.append(("tables", _n(summary["summary"]["tables"]), None))
+        cards.append(("rows compared", _n(summary["summary"]["rows_compared"]), None))
+    cards.append(("seconds", f"{r.elapsed_s:.2f}", None))
+    body: list[Content] = [stats(cards), section("Run", facts(run))]
+    if r.diff is not None:
+        # the per-table summary only: the differing rows are listed by origin below
+        body.append(_diff_tables(r.diff, doc_diff)[0])
+    if doc["unverified"]:
+        cells = [[code(x["table"]), x["reason"]] for x in doc["unverified"]]
+        body.append(
+            section(
+                f"{UNVERIFIED_TITLE}: {len(cells):,}",
+                table(["table", "why"], cells, tones=["warn"] * len(cells)),
+            )
+        )
+    head = ["key", "change", "columns", "old primary", "new primary", "why"]
     for origin, title in ORIGIN_TITLES.items():
         rows = [x for x in doc["rows"] if x["origin"] == origin]
         if not rows:
             continue
         tone: Tone | None = None if origin == "new_only" else "bad"
-        head = ["table", "key", "change", "columns", "old primary", "new primary", "why"]
-        cells = [
-            [
-                code(x["table"]),
-                code(fmt_key(x["key"])),
-                x["change"],
-                ", ".join(x["columns"]),
-                [code(fmt_values(x["old"])), el("span", x["old_commit"], class_="sub")],
-                [code(fmt_values(x["new"])), el("span", x["new_commit"], class_="sub")],
-                x["reason"],
+        parts: list[Content] = []
+        # one table per table name, as on the diff page: a name column took the width
+        # the row images need
+        for name in dict.fromkeys(x["table"] for x in rows):
+            of_table = [x for x in rows if x["table"] == name]
+            cells = [
+                [
+                    code(fmt_key(x["key"])),
+                    x["change"],
+                    ", ".join(x["columns"]),
+                    [
+                        image(x["old"], x["columns"]),
+                        el("span", instant(x["old_commit"]), class_="sub"),
+                    ],
+                    [
+                        image(x["new"], x["columns"]),
+                        el("span", instant(x["new_commit"]), class_="sub"),
+                    ],
+                    x["reason"],
+                ]
+                for x in of_table[:SHOWN]
             ]
-            for x in rows[:SHOWN]
-        ]
-        body.append(
-            section(
-                f"{title}: {len(rows):,}",
-                table(head, cells, tones=[tone] * len(cells)),
-                more(len(cells), len(rows), "rows"),
-            )
-        )
+            parts += [
+                el("h3", code(name), f": {len(of_table):,} row{'s' if len(of_table) != 1 else ''}"),
+                table(head, cells, word=(1,), wrap=(0,), val=(3, 4), tones=[tone] * len(cells)),
+                more(len(cells), len(of_table), "rows"),
+            ]
+        body.append(section(f"{title}: {len(rows):,}", *parts))
     body.append(notes(r.notes))
     tone_page = _outcome_tone(r.complete, r.status == "nothing_to_recover")
     return page("failback", tone_page, failback_verdict(r), *body)
@@ -833,7 +972,10 @@ def health_to_html(r: HealthReport) -> str:
     ]
     tones = [_LEVEL_TONES[f["level"]] if f["level"] != "ok" else None for f in doc["findings"]]
     body: list[Content] = [
-        section("Checks", table(["level", "side", "check", "finding"], rows, tones=tones)),
+        section(
+            "Checks",
+            table(["level", "side", "check", "finding"], rows, word=(0, 1, 2), tones=tones),
+        ),
         section("Pair", facts(run)),
     ]
     return page("health", _HEALTH_TONES[r.status], f"{r.status}: {r.source} → {r.target}", *body)
@@ -865,7 +1007,7 @@ def files_to_html(r: FilesReport) -> str:
         body.append(
             section(
                 f"Differences ({len(doc['differences']):,})",
-                table(["kind", "path", "side", "detail"], rows),
+                table(["kind", "path", "side", "detail"], rows, word=(0, 2), wrap=(1,)),
                 more(len(shown), len(doc["differences"]), "differences"),
             )
         )

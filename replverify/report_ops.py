@@ -11,7 +11,20 @@ from .files import FILES_SCHEMA, FilesReport
 from .gate import GateReport
 from .health import HEALTH_SCHEMA, HealthReport
 from .lsn import format_lsn
-from .report import diff_to_dict, fmt_key, iso_utc, md_cell, renderers
+from .report import (
+    count,
+    diff_to_dict,
+    fmt_key,
+    fmt_seconds,
+    iso_utc,
+    md_cell,
+    md_code,
+    md_head,
+    md_notes,
+    md_pair,
+    md_text,
+    renderers,
+)
 
 __all__ = [
     "FAILBACK_RENDERERS",
@@ -21,6 +34,7 @@ __all__ = [
     "GATE_VERDICT",
     "HEALTH_RENDERERS",
     "ORIGIN_TITLES",
+    "UNVERIFIED_TITLE",
     "failback_to_dict",
     "failback_verdict",
     "files_to_dict",
@@ -50,6 +64,7 @@ def gate_to_dict(r: GateReport) -> dict[str, Any]:
         "lag_bytes": r.lag_bytes,
         "replay_paused": r.replay_paused,
         "diff": None if r.diff is None else diff_to_dict(r.diff),
+        "complete": r.complete,
         "notes": r.notes,
         "elapsed_s": round(r.elapsed_s, 3),
     }
@@ -60,6 +75,7 @@ GATE_VERDICT = {
     "safe": "SAFE to switch: the target has replayed everything and holds the same data",
     "not_caught_up": "NOT SAFE: the target has not replayed everything the source wrote",
     "different": "NOT SAFE: the target's data differs from the source's",
+    "unverified": "NOT SAFE: some tables could not be verified",
 }
 
 
@@ -69,22 +85,29 @@ def _gate_lines(r: GateReport) -> list[str]:
         f"target: {r.target}",
         f"relation: {r.relation}",
         f"fenced: {'yes' if r.fenced else 'no'}",
-        f"caught up: {'yes' if r.caught_up else 'no'} after {r.waited_s:.2f} s "
+        f"caught up: {'yes' if r.caught_up else 'no'} after {fmt_seconds(r.waited_s)} "
         f"(timeout {r.timeout_s:g} s, {r.lag_bytes if r.lag_bytes is not None else '?'} "
         "bytes behind at the end)",
     ]
     if r.diff is not None:
         d = r.diff
         total = sum(t.differences_total for t in d.tables)
-        out.append(f"diff: {d.status}, {len(d.tables)} tables, {total} differences")
+        unverified = sum(not t.verified for t in d.tables)
+        out.append(
+            f"diff: {d.status}, {count(len(d.tables), 'table')}, {count(total, 'difference')}"
+            + (f", {unverified} not verified" if unverified else "")
+        )
         for t in d.tables:
-            if not t.consistent:
-                out.append(f"  {t.table}: {t.differences_total} differences{_err(t.error)}")
+            if t.error:
+                found = (
+                    f" ({count(t.differences_total, 'difference')} found)"
+                    if t.differences_total
+                    else ""
+                )
+                out.append(f"  {t.table}: not verified{found}: {t.error}")
+            elif not t.consistent:
+                out.append(f"  {t.table}: {count(t.differences_total, 'difference')}")
     return out
-
-
-def _err(error: str | None) -> str:
-    return f" (error: {error})" if error else ""
 
 
 def gate_to_text(r: GateReport) -> str:
@@ -93,10 +116,17 @@ def gate_to_text(r: GateReport) -> str:
     return "\n".join(out) + "\n"
 
 
+def _tone(complete: bool, ok: bool) -> str:
+    """A report's tone: ``warn`` when it did not finish, else ``ok`` or ``bad``."""
+    return "warn" if not complete else "ok" if ok else "bad"
+
+
 def gate_to_markdown(r: GateReport) -> str:
-    out = [f"## replverify gate: {r.status}", "", f"**{GATE_VERDICT[r.status]}**", ""]
-    out += [f"- {md_cell(line)}" for line in _gate_lines(r)]
-    out += [""] + [f"> {md_cell(n)}" for n in r.notes]
+    tone = _tone(r.complete, r.status == "safe")
+    status = r.status.replace("_", " ") if r.complete else "incomplete"
+    out = md_head("gate", tone, status, GATE_VERDICT[r.status], md_pair(r.source, r.target))
+    out += [""] + [f"- {md_text(line.strip())}" for line in _gate_lines(r)[2:]]
+    out += md_notes(r.notes)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -129,6 +159,8 @@ def failback_to_dict(r: FailbackReport) -> dict[str, Any]:
         "can_tell": r.can_tell,
         "counts": r.counts(),
         "rows": [_row_dict(x) for x in r.rows],
+        "complete": r.complete,
+        "unverified": [{"table": str(t), "reason": why} for t, why in r.unverified],
         "notes": r.notes,
         "elapsed_s": round(r.elapsed_s, 3),
     }
@@ -147,11 +179,20 @@ def failback_verdict(r: FailbackReport) -> str:
     """Nothing to recover, or how many rows of each origin need recovering."""
     if r.status == "nothing_to_recover":
         return "nothing on the old primary is missing from the new one"
+    n = len(r.unverified)
+    unverified = f"{count(n, 'table')} could not be verified"
+    if r.status == "unverified":
+        return f"{unverified}: the old primary may hold changes there that the new one lacks"
     c = r.counts()
     return (
-        f"{c['old_only']} old-only, {c['conflict']} conflicting, {c['unknown']} unknown "
-        "rows: recover them before rewinding the old primary"
+        f"{count(c['old_only'], 'old-only row')}, {c['conflict']:,} conflicting, "
+        f"{c['unknown']:,} unknown: recover them before rewinding the old primary"
+        + (f"; {unverified}" if n else "")
     )
+
+
+#: The section title of the tables a failback could not verify.
+UNVERIFIED_TITLE = "Not verified (the old primary may hold changes here)"
 
 
 def _fb_head(r: FailbackReport) -> list[str]:
@@ -167,6 +208,9 @@ def _fb_head(r: FailbackReport) -> list[str]:
 
 def failback_to_text(r: FailbackReport) -> str:
     out = _fb_head(r)
+    if r.unverified:
+        out += ["", f"{UNVERIFIED_TITLE}: {len(r.unverified)}"]
+        out += [f"  {t}: {why}" for t, why in r.unverified]
     for origin, title in ORIGIN_TITLES.items():
         rows = r.of(origin)  # type: ignore[arg-type]
         if not rows:
@@ -182,24 +226,34 @@ def failback_to_text(r: FailbackReport) -> str:
 
 
 def failback_to_markdown(r: FailbackReport) -> str:
-    head = _fb_head(r)
-    out = [f"## replverify {head[0]}", ""] + [f"- {md_cell(x)}" for x in head[1:]]
+    tone = _tone(r.complete, r.status == "nothing_to_recover")
+    status = r.status.replace("_", " ") if r.complete else "incomplete"
+    out = md_head("failback", tone, status, failback_verdict(r), md_pair(r.old, r.new))
+    timeline = "unknown" if r.timeline is None else r.timeline
+    out += ["", f"- timeline of the new primary: {timeline}"]
+    out += [f"- {md_text(x)}" for x in _fb_head(r)[3:]]
+    if r.unverified:
+        out += ["", f"#### {UNVERIFIED_TITLE}", "", "| table | why |", "| --- | --- |"]
+        out += [f"| {md_code(str(t), cell=True)} | {md_cell(why)} |" for t, why in r.unverified]
     for origin, title in ORIGIN_TITLES.items():
         rows = r.of(origin)  # type: ignore[arg-type]
         if not rows:
             continue
         out += [
             "",
-            f"### {title}",
+            f"#### {md_text(title)}: {len(rows):,}",
             "",
-            "| table | key | change | why |",
-            "| --- | --- | --- | --- |",
+            "| table | key | change | columns | why |",
+            "| --- | --- | --- | --- | --- |",
         ]
         out += [
-            f"| {row.table} | {md_cell(fmt_key(row.key))} | {row.change} | {md_cell(row.reason)} |"
+            f"| {md_code(str(row.table), cell=True)} | {md_code(fmt_key(row.key), cell=True)} |"
+            f" {row.change} | {md_cell(', '.join(row.columns))} | {md_cell(row.reason)} |"
             for row in rows[:SHOWN]
         ]
-    out += [""] + [f"> {md_cell(n)}" for n in r.notes]
+        if len(rows) > SHOWN:
+            out += ["", f"… and {len(rows) - SHOWN:,} more (--format json)"]
+    out += md_notes(r.notes)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -234,16 +288,29 @@ def health_to_text(r: HealthReport) -> str:
     return "\n".join(out) + "\n"
 
 
+_HEALTH_TONES = {"ok": "ok", "problem": "bad", "unknown": "warn"}
+
+
+def health_verdict(r: HealthReport) -> str:
+    """How many checks found what: ``3 checks: 1 ok, 1 warn, 1 fail``."""
+    levels = [f.level for f in r.findings]
+    counts = ", ".join(f"{levels.count(x)} {x}" for x in ("ok", "warn", "fail") if x in levels)
+    n = len(levels)
+    return f"{r.status}: {n} check{'s' if n != 1 else ''}" + (f": {counts}" if counts else "")
+
+
 def health_to_markdown(r: HealthReport) -> str:
-    out = [
-        f"## replverify health: {r.status}",
-        "",
-        f"{md_cell(r.source)} → {md_cell(r.target)}",
+    tone = _HEALTH_TONES[r.status]
+    out = md_head("health", tone, r.status, health_verdict(r), md_pair(r.source, r.target))
+    out += [
         "",
         "| level | side | check | finding |",
         "| --- | --- | --- | --- |",
     ]
-    out += [f"| {f.level} | {f.side} | {f.check} | {md_cell(f.message)} |" for f in r.findings]
+    out += [
+        f"| {f.level} | {md_cell(f.side)} | {md_cell(f.check)} | {md_cell(f.message)} |"
+        for f in r.findings
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -299,13 +366,17 @@ def files_to_text(r: FilesReport) -> str:
 
 
 def files_to_markdown(r: FilesReport) -> str:
-    out = [f"## replverify files: {r.status}", "", f"`{r.dir_a}` vs `{r.dir_b}`", ""]
+    tone = _tone(r.complete, r.status == "identical")
+    status = r.status if r.complete else "incomplete"
+    where = f"{md_code(r.dir_a)} vs {md_code(r.dir_b)}"
+    out = md_head("files", tone, status, files_verdict(r), where)
     if r.differences:
-        out += ["| kind | path | detail |", "| --- | --- | --- |"]
-        out += [
-            f"| {d.kind} | `{md_cell(d.path)}` | {md_cell(d.reason)} |"
-            for d in r.differences[:1000]
-        ]
+        out += ["", "| kind | path | side | detail |", "| --- | --- | --- | --- |"]
+        for d in r.differences[:1000]:
+            path = md_code(d.path, cell=True)
+            out.append(f"| {d.kind} | {path} | {md_cell(d.side)} | {md_cell(d.reason)} |")
+        if len(r.differences) > 1000:
+            out += ["", f"… and {len(r.differences) - 1000:,} more (--format json)"]
     return "\n".join(out) + "\n"
 
 

@@ -437,3 +437,13 @@ class TableSQL:
             )
         )
         return q.sql(DIALECT), params.values
+
+
+def set_local(name: str, value: str) -> str:
+    """``SET LOCAL name = 'value';`` for a script: unlike ``SELECT set_config(...)``, psql
+    prints no result table for it."""
+    item = exp.SetItem(
+        this=exp.EQ(this=exp.to_identifier(name), expression=exp.Literal.string(value)),
+        kind="LOCAL",
+    )
+    return exp.Set(expressions=[item]).sql(DIALECT) + ";"

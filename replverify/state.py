@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .canonical import Encoder, encode_row
-from .errors import UsageError
+from .errors import OutputError, UsageError
 from .plan import KeyRange
 from .types import Key
 
@@ -55,11 +55,11 @@ class StateFile:
             try:
                 p.write_text(json.dumps(header, sort_keys=True) + "\n", encoding="utf-8")
             except OSError as e:
-                raise UsageError(f"cannot write state file {p}: {e.strerror}") from None
+                raise OutputError(f"cannot write state file {p}: {e.strerror}") from None
         try:
             state._out = p.open("a", encoding="utf-8")
         except OSError as e:
-            raise UsageError(f"cannot write state file {p}: {e.strerror}") from None
+            raise OutputError(f"cannot write state file {p}: {e.strerror}") from None
         return state
 
     def _load(self) -> None:
@@ -93,8 +93,11 @@ class StateFile:
         if (table, rid) in self.verified or self._out is None:
             return
         self.verified[(table, rid)] = rows
-        self._out.write(json.dumps({"table": table, "range": rid, "rows": rows}) + "\n")
-        self._out.flush()
+        try:
+            self._out.write(json.dumps({"table": table, "range": rid, "rows": rows}) + "\n")
+            self._out.flush()
+        except OSError as e:
+            raise OutputError(f"cannot write state file {self.path}: {e.strerror}") from None
 
     def close(self) -> None:
         if self._out is not None:

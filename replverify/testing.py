@@ -13,7 +13,8 @@ ports:
 :meth:`LocalClusters.fresh_pair` makes a new primary + standby pair on demand for
 destructive tests (cut replication, promote, lose writes).  Everything is stopped
 (``pg_ctl stop -m immediate``) and removed by :meth:`LocalClusters.close`, and by an
-:mod:`atexit` hook if the process ends without closing.
+:mod:`atexit` hook if the process ends without closing; :meth:`LocalClusters.keep` leaves
+them running instead and says how to stop them.
 
 Server binaries come from ``$REPLVERIFY_PG_BINDIR`` or ``pg_config --bindir``.
 PostgreSQL refuses to run as root: when the effective uid is 0 its binaries run as the
@@ -44,6 +45,7 @@ import atexit
 import contextlib
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -84,6 +86,7 @@ __all__ = [
     "promote",
     "restore_replication",
     "resume_replay",
+    "stop_clusters_under",
     "wait_for_replay",
 ]
 
@@ -202,11 +205,15 @@ def _pg_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
+def _as_pg_user(cmd: Sequence[str | Path]) -> list[str]:
+    """``cmd`` as the user the clusters run as: ``postgres`` through runuser when root."""
+    argv = [str(c) for c in cmd]
+    return ["runuser", "-u", _PG_USER, "--", *argv] if _as_root() else argv
+
+
 def _run(cmd: Sequence[str | Path], *, what: str, cwd: Path, timeout: float = 120) -> str:
     """Run a PostgreSQL binary (as ``postgres`` when root); return its stdout."""
-    argv = [str(c) for c in cmd]
-    if _as_root():
-        argv = ["runuser", "-u", _PG_USER, "--", *argv]
+    argv = _as_pg_user(cmd)
     try:
         proc = subprocess.run(
             argv,
@@ -322,6 +329,22 @@ def _atexit_cleanup() -> None:
             c.stop("immediate")
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def stop_clusters_under(root: Path | str) -> int:
+    """Stop (``-m immediate``) every server whose data directory lies under ``root``:
+    what a kept or failed run left behind. Returns how many were stopped."""
+    bindir = find_bindir()
+    stopped = 0
+    for pid_file in Path(root).rglob("postmaster.pid"):
+        argv = _as_pg_user(
+            [bindir / "pg_ctl", "-D", pid_file.parent, "-m", "immediate", "-w", "stop"]
+        )
+        proc = subprocess.run(
+            argv, capture_output=True, timeout=90, stdin=subprocess.DEVNULL, check=False
+        )
+        stopped += proc.returncode == 0
+    return stopped
 
 
 # --------------------------------------------------------------------------- Cluster
@@ -506,6 +529,11 @@ class Cluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _unregister(cluster=self)
+
+    def pg_ctl_command(self, *args: str) -> list[str]:
+        """The command line of ``pg_ctl ARGS`` as the user the cluster runs as (through
+        runuser when root), for people and scripts; the methods here run it themselves."""
+        return _as_pg_user([self.bindir / "pg_ctl", *args])
 
     def promote(self) -> None:
         """``pg_ctl promote -w``: end recovery, become a primary."""
@@ -987,6 +1015,26 @@ class LocalClusters:
         return Pair(primary=primary, standby=standby, slot=slot)
 
     # ---- teardown
+
+    def keep(self) -> list[str]:
+        """Leave the clusters running and their directory in place when this process ends
+        (no atexit or SIGTERM cleanup; :meth:`close` then does nothing); return the shell
+        commands that stop the running ones and remove the directory, in order."""
+        with self._lock:
+            clusters, self._clusters = self._clusters[::-1], []
+        base, self.base_dir = self.base_dir, None
+        commands = [
+            shlex.join(c.pg_ctl_command("-D", str(c.datadir), "-m", "fast", "-w", "stop"))
+            for c in clusters
+            if c.running
+        ]
+        for c in clusters:
+            _unregister(cluster=c)
+        if base is not None:
+            _unregister(directory=base)
+            commands.append(shlex.join(["rm", "-rf", str(base)]))
+        self.started = False
+        return commands
 
     def close(self) -> None:
         """Stop every cluster (``pg_ctl stop -m immediate``) and remove the directory."""

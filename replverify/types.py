@@ -111,6 +111,12 @@ class TableResult:
     def consistent(self) -> bool:
         return self.error is None and self.differences_total == 0 and not self.schema_differences
 
+    @property
+    def differing(self) -> bool:
+        """Differences were found (rows or schema); a table that could not be verified is
+        not differing for that (see :attr:`verified`)."""
+        return self.differences_total > 0 or bool(self.schema_differences)
+
 
 @dataclass
 class DiffReport:
@@ -134,3 +140,14 @@ class DiffReport:
     @property
     def complete(self) -> bool:
         return all(t.verified for t in self.tables)
+
+    @property
+    def tables_differing(self) -> int:
+        """Tables where differences were found."""
+        return sum(t.differing for t in self.tables)
+
+    @property
+    def tables_unverified(self) -> int:
+        """Tables not (fully) verified: an error stopped them, or rows were still being
+        written to. Counted apart from :attr:`tables_differing`; a table can be both."""
+        return sum(not t.verified for t in self.tables)
