@@ -156,7 +156,7 @@ def run_replverify(args: argparse.Namespace) -> dict[str, Any]:
     from replverify.api import DiffOptions, diff
 
     options = DiffOptions(tables=(args.table,), digest=args.digest,  # validated by diff()
-                          jobs=args.jobs)
+                          jobs=args.jobs, compare=args.compare)
     traffic = Traffic()
     track_asyncpg(traffic)
     with Meter(traffic) as m:
@@ -175,6 +175,7 @@ def run_replverify(args: argparse.Namespace) -> dict[str, Any]:
         "chunks": sum(t.chunks for t in tables),
         "chunks_mismatched": sum(t.chunks_mismatched for t in tables),
         "digest": [t.digest for t in tables],
+        "compare": report.compare,
         "errors": [t.error for t in tables if t.error],
         "notes": report.notes,
         "report_elapsed_s": report.elapsed_s,
@@ -238,6 +239,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     rv = sub.add_parser("replverify")
     rv.add_argument("--digest", default="auto", help="auto, copy, server, client, ...")
     rv.add_argument("--jobs", type=int, default=2)
+    rv.add_argument("--compare", default="exact", help="exact or semantic")
     rv.add_argument("--table", default="public.t")
     for sp in (copy, rv):
         sp.add_argument("source")

@@ -323,9 +323,11 @@ def tools_for(args: argparse.Namespace, shape: Shape, servers: Servers,
         for fmt in ("binary", "text")
     ]
     for mode in args.digest:
-        tools.append(Tool(f"replverify {mode} j{args.jobs}", "replverify",
-                          (py, str(CHILD), "replverify", "--digest", mode,
-                           "--jobs", str(args.jobs), src, tgt)))
+        for compare in args.compare:
+            label = "" if args.compare == ["exact"] else f" {compare}"
+            tools.append(Tool(f"replverify {mode}{label} j{args.jobs}", "replverify",
+                              (py, str(CHILD), "replverify", "--digest", mode,
+                               "--compare", compare, "--jobs", str(args.jobs), src, tgt)))
     if reladiff_python is not None:
         keys = [a for k in shape.key for a in ("-k", k)]
         # reladiff runs SET TIME ZONE 'UTC' on one connection per database only; with
@@ -698,6 +700,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="replverify --jobs (and reladiff --threads in its second variant).")
     p.add_argument("--digest", default=",".join(digest_modes()),
                    help="replverify --digest modes to time, comma-separated.")
+    p.add_argument("--compare", default="exact",
+                   help="replverify --compare modes to time, comma-separated (exact, semantic).")
     p.add_argument("--tools", default="copy,replverify,reladiff",
                    help="Which of copy, replverify, reladiff to time.")
     p.add_argument("--reladiff", metavar="VENV_OR_PYTHON", default=None,
@@ -727,6 +731,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.digest = [d.strip() for d in args.digest.split(",") if d.strip()]
     args.tools = {t.strip() for t in args.tools.split(",") if t.strip()}
+    args.compare = [c.strip() for c in args.compare.split(",") if c.strip()]
+    if bad := set(args.compare) - {"exact", "semantic"}:
+        p.error(f"unknown --compare {', '.join(sorted(bad))}")
     if bad := args.tools - {"copy", "replverify", "reladiff"}:
         p.error(f"unknown --tools {', '.join(sorted(bad))}")
     if bad := set(args.digest) - {"auto", *digest_modes()}:
@@ -853,6 +860,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
         "config": {"rows": args.rows, "shape": shape.name, "diffs": args.diffs,
                    "repeat": args.repeat, "jobs": args.jobs, "digest": args.digest,
+                   "compare": args.compare,
                    "tools": sorted(args.tools), "reladiff_pgtz_utc": not args.reladiff_no_pgtz},
         "machine": machine,
         "table_mb": table_mb,

@@ -12,13 +12,34 @@ from typing import Literal
 
 from .catalog import ServerInfo, TableInfo
 from .errors import UsageError
-from .types import Column, TableRef
+from .types import Column, ColumnType, TableRef
 
 BYTE_ORDER_COLLATIONS = frozenset({"C", "POSIX", "ucs_basic"})
 BYTE_ORDER_LOCALES = frozenset({"C", "POSIX", "C.UTF-8", "C.utf8"})
 #: Types whose text output depends on a server setting we cannot pin everywhere; they are
 #: hashed and compared through a cast that does not.
 TEXT_CASTS = {"money": "numeric"}
+#: Types whose binary send form was verified byte-identical between PostgreSQL 15 and 18
+#: (DESIGN.md): between major versions these go into a COPY digest as binary, others as
+#: their text (pinned settings), so that a changed binary format cannot pass as a
+#: changed value; a chunk that then differs is settled by decoded values.
+BINARY_STABLE = frozenset(
+    {
+        *("int2", "int4", "int8", "oid", "bool", "char", "text", "varchar", "bpchar", "name"),
+        *("numeric", "float4", "float8", "money", "bytea", "uuid", "json", "jsonb"),
+        *("date", "time", "timetz", "timestamp", "timestamptz", "interval"),
+        *("inet", "cidr", "macaddr", "bit", "varbit", "point", "line", "box", "tsvector"),
+        *("hstore", "citext"),
+        *("int4range", "int8range", "numrange", "tsrange", "tstzrange", "daterange"),
+        *("int4multirange", "int8multirange", "nummultirange", "tsmultirange"),
+        *("tstzmultirange", "datemultirange"),
+    }
+)
+#: How a column goes into a binary COPY digest: ``binary`` (its send form), ``text`` (a
+#: cast: arrays and composites, whose binary form embeds type OIDs that differ between
+#: independently created servers, and types not verified identical across the major
+#: versions compared).
+CopyForm = Literal["binary", "text"]
 
 KeyMode = Literal["primary key", "--key", "none"]
 
@@ -40,6 +61,8 @@ class TablePlan:
     schema_differences: tuple[str, ...]
     estimated_rows: int
     whole_row_text: bool  # ``t::text`` is exactly the compared columns on both sides
+    #: per compared column, how it goes into a COPY digest (see :data:`CopyForm`)
+    copy_forms: tuple[CopyForm, ...] = ()
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -48,6 +71,19 @@ class TablePlan:
     @property
     def multiset(self) -> bool:
         return not self.key
+
+
+def copy_form(ctype: ColumnType, same_major: bool) -> CopyForm:
+    """How a column of type ``ctype`` goes into a COPY digest (pure)."""
+    if ctype.kind in ("array", "composite"):
+        return "text"
+    if same_major:
+        return "binary"
+    if ctype.kind == "enum":
+        return "binary"  # enum_send is the label
+    if ctype.kind == "range" and ctype.element is not None:
+        return copy_form(ctype.element, same_major)
+    return "binary" if ctype.base in BINARY_STABLE else "text"
 
 
 def _byte_ordered(collation: str | None, server: ServerInfo) -> bool:
@@ -126,6 +162,7 @@ def plan_table(
         )
         keys.append(KeyColumn(name, collate_c=not native))
 
+    same_major = source_server.version_num // 10000 == target_server.version_num // 10000
     whole = (
         [(c.name, c.type.name) for c in source.columns]
         == [(c.name, c.type.name) for c in target.columns]
@@ -140,4 +177,5 @@ def plan_table(
         schema_differences=tuple(notes),
         estimated_rows=max(source.estimated_rows, target.estimated_rows),
         whole_row_text=whole,
+        copy_forms=tuple(copy_form(c.type, same_major) for c in common),
     )

@@ -20,6 +20,7 @@ import asyncpg
 from . import catalog
 from .align import TablePlan, plan_table
 from .bisect import TableComparison
+from .canonical import Compare, encode_row
 from .catalog import ServerInfo, TableInfo
 from .connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
 from .copyscan import locate_chunk
@@ -39,6 +40,18 @@ DIGEST_DESCRIPTIONS: dict[DigestMode, str] = {
     "server": "server: hashtextextended of the row text with pinned settings, 64-bit sums",
     "client": "client: xxh3-128 of canonical values, 128-bit sums",
 }
+MULTISET_DIGEST = "multiset: md5 (128-bit) of each row's text with pinned settings, counted"
+
+
+def _column_forms(plan: TablePlan, mode: DigestMode) -> dict[str, str]:
+    """How each compared column is read for the digest: ``binary``, ``text`` or
+    ``decoded`` (client-side, from asyncpg's decoded value)."""
+    if mode == "client":
+        return {c.name: "decoded" for c in plan.columns}
+    if mode == "server" or plan.multiset:
+        return {c.name: "text" for c in plan.columns}
+    forms = plan.copy_forms or ("binary",) * len(plan.columns)
+    return {c.name: f for c, f in zip(plan.columns, forms, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,9 @@ class DiffOptions:
     jobs: int = 2
     max_diffs: int | None = 1_000
     digest: DigestChoice = "auto"
+    #: ``exact``: equal when the binary forms PostgreSQL sends are (what clients read);
+    #: ``semantic``: equal when the type's ``=`` says so
+    compare: Compare = "exact"
     #: ``None``: fence target reads when the target is a streaming standby of the source
     fence: bool | None = None
     #: seconds a fenced read may wait for the standby to replay
@@ -96,6 +112,8 @@ class DiffOptions:
             problems.append("--max-diffs must not be negative")
         if self.digest not in ("auto", "copy", "server", "client"):
             problems.append("--digest must be auto, copy, server or client")
+        if self.compare not in ("exact", "semantic"):
+            problems.append("--compare must be exact or semantic")
         if self.lag_timeout <= 0:
             problems.append("--lag-timeout must be positive")
         if self.confirm_rounds < 0:
@@ -109,23 +127,40 @@ class DiffOptions:
 def choose_digest(
     choice: DigestChoice, source: ServerInfo, target: ServerInfo
 ) -> tuple[DigestMode, str | None]:
-    """Binary COPY digests when both servers speak the same binary formats, else
-    canonical client-side hashing. Returns the mode and, when ``auto`` fell back, why.
+    """Binary COPY digests unless another mode is asked for. Returns the mode and, when
+    the servers' major versions differ, how the columns are read for it.
 
-    Equal bytes or equal text always mean equal values, so a fast digest can only err
-    towards "different"; such chunks are then settled row by row with canonical values.
+    Equal bytes or equal text always mean equal values, so a digest can only err towards
+    "different"; such chunks are then settled row by row with the comparison's encodings
+    of decoded values. Between major versions a COPY digest reads each column whose
+    binary form is the same on both versions as binary, and the others as text
+    (``TablePlan.copy_forms``): the cost of the slower path falls on those columns only.
     """
     if choice == "server" and min(source.version_num, target.version_num) < 110000:
         raise UsageError("--digest server needs PostgreSQL 11 or later on both sides")
-    if choice != "auto":
-        return choice, None
-    if source.version_num // 10000 != target.version_num // 10000:
-        return "client", (
-            f"servers differ in major version ({source.version_num // 10000} vs "
-            f"{target.version_num // 10000}): values are hashed client-side from their "
-            "decoded form, which is exact but slower"
-        )
-    return "copy", None
+    mode: DigestMode = "copy" if choice == "auto" else choice
+    if source.version_num // 10000 == target.version_num // 10000 or mode != "copy":
+        return mode, None
+    return mode, (
+        f"servers differ in major version ({source.version_num // 10000} vs "
+        f"{target.version_num // 10000}): COPY digests read as binary the columns whose "
+        "binary form is the same on both versions, and the others as text (see each "
+        "table's column forms); a chunk that differs is settled by decoded values"
+    )
+
+
+def _forms_note(plans: Sequence[TablePlan]) -> str | None:
+    """Which columns a COPY digest reads as text, when any besides arrays/composites."""
+    texts = [
+        f"{p.ref}.{c.name} ({c.type.name})"
+        for p in plans
+        for c, form in zip(p.columns, p.copy_forms, strict=False)
+        if form == "text" and c.type.kind not in ("array", "composite")
+    ]
+    if not texts:
+        return None
+    shown = ", ".join(texts[:10]) + (f" and {len(texts) - 10} more" if len(texts) > 10 else "")
+    return f"columns read as text in COPY digests (binary form not known to match): {shown}"
 
 
 #: A lag snapshot beside a diff may fail either way; the diff goes on.
@@ -268,9 +303,12 @@ async def _diff(
         chosen += [r for r in on_target if r not in src_tables]
     plans, results = _plans(src_tables, tgt_tables, chosen, options, src_server, tgt_server)
     mode, why = choose_digest(options.digest, src_server, tgt_server)
-    report = DiffReport(str(src_ep), str(tgt_ep), results)
+    report = DiffReport(str(src_ep), str(tgt_ep), results, compare=options.compare)
     if why:
         report.notes.append(why)
+        forms = _forms_note(plans)
+        if forms:
+            report.notes.append(forms)
     fence = None
     standby = catalog.streams_from(src_server, tgt_server)
     history = LsnHistory()
@@ -308,6 +346,7 @@ async def _diff(
                 "key": list(options.key),
                 "chunk_rows": options.chunk_rows,
                 "digest": mode,
+                "compare": options.compare,
             },
         )
 
@@ -506,7 +545,7 @@ async def compare_table(
     """Compare one planned table; server errors end up in ``TableResult.error``."""
     plan = sql.plan
     started = time.perf_counter()
-    hasher = RowHasher(plan)
+    hasher = RowHasher(plan, options.compare)
     names = [c.name for c in plan.columns]
     machine = TableComparison(
         hasher.differing_columns(names),
@@ -520,7 +559,8 @@ async def compare_table(
         walk_boundaries=plan.key_mode == "primary key" and not any(k.collate_c for k in plan.key),
         confirm_rounds=options.confirm_rounds if fence else 0,
     )
-    src_side, tgt_side = PostgresSource(source, sql, mode), PostgresSource(target, sql, mode)
+    src_side = PostgresSource(source, sql, mode, options.compare)
+    tgt_side = PostgresSource(target, sql, mode, options.compare)
     key_of = src_side.key_of
     if key_of is not None and plan.key_mode == "primary key":  # merging needs unique keys
         machine.locate = functools.partial(locate_chunk, key_of=key_of)
@@ -530,13 +570,18 @@ async def compare_table(
         plan.key_mode,
         schema_differences=plan.schema_differences,
         columns=tuple(names),
-        digest=DIGEST_DESCRIPTIONS[mode],
-        digest_bits=64 if mode == "server" else 128,
+        digest=MULTISET_DIGEST if plan.multiset else DIGEST_DESCRIPTIONS[mode],
+        # keyless tables always use 128-bit row hashes (see compare_multiset)
+        digest_bits=64 if mode == "server" and not plan.multiset else 128,
+        column_forms=_column_forms(plan, mode),
     )
     hint: str | None = None
     try:
         if plan.multiset:
-            await compare_multiset(sql, source, target, machine, fence)
+            encoders = hasher.encoders
+            await compare_multiset(
+                sql, source, target, machine, fence, encode=lambda v: encode_row(encoders, v)
+            )
         else:
             sides = Sides(src_side, tgt_side, fence)
             estimate = plan.estimated_rows

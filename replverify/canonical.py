@@ -37,6 +37,10 @@ Tags (the byte that starts every encoding)::
     K  jsonb text that does not parse: len + UTF-8
     x  anything else: len + UTF-8 of "module.qualname\\0str(value)" (deterministic only
        if ``str`` is: true of every type asyncpg decodes to)
+
+Exact encoders (``encoder_for(t, "exact")``) keep what the binary send form keeps and
+``=`` forgets: ``E`` numeric text with its scale (``1.10``), ``X`` float8 bits (``-0``),
+``w`` interval months, days and µs apart, ``s`` jsonb/bpchar/citext text as read.
 """
 
 from __future__ import annotations
@@ -51,11 +55,23 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal, cast
 
 from replverify.types import ColumnType
 
-__all__ = ["Encoder", "encode_row", "encoder_for", "generic_encode", "jsonable", "pg_text"]
+__all__ = [
+    "Compare",
+    "Encoder",
+    "encode_row",
+    "encoder_for",
+    "generic_encode",
+    "jsonable",
+    "pg_text",
+]
+
+#: ``semantic``: equal when PostgreSQL's ``=`` says so; ``exact``: equal when the binary
+#: form PostgreSQL sends is (``1.10`` and ``1.1``, ``-0`` and ``0`` then differ).
+Compare = Literal["exact", "semantic"]
 
 Encoder = Callable[[object], bytes]
 """Encodes one column value (``None`` for SQL NULL) to its canonical bytes."""
@@ -654,28 +670,106 @@ _RANGE_SUBTYPES: dict[str, str] = {
 }
 
 
+# Exact encoders: what the binary send form keeps that ``=`` forgets.
+
+
+def _enc_numeric_exact(v: Any) -> bytes:
+    # numeric_send carries the value and its display scale, which is what ``format(v,
+    # "f")`` spells (asyncpg gives the Decimal exponent -dscale); PostgreSQL has no -0.
+    if type(v) is int:
+        v = Decimal(v)
+    if type(v) is Decimal:
+        if not v.is_finite():
+            return _enc_decimal(v)
+        text = format(v if v else v.copy_abs(), "f").encode("ascii")
+        return _TAG_LEN(b"E", len(text)) + text
+    return _exact_generic(v)
+
+
+def _enc_float_exact(v: Any) -> bytes:
+    if type(v) is float:
+        return _TAG_F64(b"X", v)  # the IEEE bits: -0.0 is not 0.0
+    return _exact_generic(v)
+
+
+def _enc_interval_exact(v: Any) -> bytes:
+    if type(v) is tuple and len(v) == 3 and all(type(x) is int for x in v):
+        months, days, micros = v
+        try:
+            return b"w" + struct.pack(">iiq", months, days, micros)
+        except struct.error:
+            pass
+    return _exact_generic(v)
+
+
+def _exact_generic(v: object) -> bytes:
+    """:func:`generic_encode`, with floats and numerics (also inside geometric values,
+    records and lists of a type this module does not know) kept exactly."""
+    cls = type(v)
+    if cls is float:
+        return _enc_float_exact(v)
+    if cls is Decimal:
+        return _enc_numeric_exact(v)
+    if cls is list:
+        items = cast("list[Any]", v)
+        return _TAG_LEN(b"A", len(items)) + b"".join(_exact_generic(x) for x in items)
+    if cls is not str and _is_record_like(cls):
+        fields = list(cast("Sequence[Any]", v))
+        return _TAG_LEN(b"C", len(fields)) + b"".join(_exact_generic(x) for x in fields)
+    return generic_encode(v)
+
+
+def _enc_citext(v: Any) -> bytes:
+    # citext's ``=`` compares lower() of both sides
+    if type(v) is str:
+        return _enc_str(v.lower())
+    return generic_encode(v)
+
+
+_EXACT_BY_BASE: dict[str, Callable[[Any], bytes]] = {
+    "numeric": _enc_numeric_exact,
+    "float4": _enc_float_exact,
+    "float8": _enc_float_exact,
+    "interval": _enc_interval_exact,
+    "jsonb": _enc_text,  # jsonb_send: a version byte and jsonb's own (normalised) text
+    "bpchar": _enc_text,
+    "citext": _enc_text,
+}
+_SEMANTIC_ONLY: dict[str, Callable[[Any], bytes]] = {"citext": _enc_citext}
+
+
+def encoder_for(ctype: ColumnType, compare: Compare = "semantic") -> Encoder:
+    """The encoder for every value of a column of type ``ctype`` (chosen once per column):
+    equal encodings exactly when ``=`` (``semantic``) or the binary send form
+    (``exact``) says the values are equal."""
+    return _encoder_for(ctype, compare == "exact")
+
+
 @lru_cache(maxsize=1024)
-def encoder_for(ctype: ColumnType) -> Encoder:
-    """The encoder for every value of a column of type ``ctype`` (chosen once per column)."""
+def _encoder_for(ctype: ColumnType, exact: bool) -> Encoder:
     kind = ctype.kind
+    fallback: Encoder = _exact_generic if exact else generic_encode
     if kind == "array":
         element: Encoder = (
-            encoder_for(ctype.element) if ctype.element is not None else generic_encode
+            _encoder_for(ctype.element, exact) if ctype.element is not None else fallback
         )
         return _make_array(element)
     if kind == "composite":
         if not ctype.fields:
-            return generic_encode
-        return _make_composite([encoder_for(ft) for _, ft in ctype.fields])
+            return fallback
+        return _make_composite([_encoder_for(ft, exact) for _, ft in ctype.fields])
     if kind == "enum":
         return _enc_text
     if kind == "range" or ctype.base in _RANGE_SUBTYPES:
         if ctype.element is not None:
-            return _make_range(encoder_for(ctype.element))
+            return _make_range(_encoder_for(ctype.element, exact))
         sub = _RANGE_SUBTYPES.get(ctype.base)
-        sub_enc = _BY_BASE[sub] if sub is not None else generic_encode
-        return _make_range(sub_enc)
-    return _BY_BASE.get(ctype.base, generic_encode)
+        if sub is None:
+            return _make_range(fallback)
+        return _make_range(_encoder_for(ColumnType(sub, sub), exact))
+    if exact:
+        return _EXACT_BY_BASE.get(ctype.base) or _BY_BASE.get(ctype.base, fallback)
+    return _SEMANTIC_ONLY.get(ctype.base) or _BY_BASE.get(ctype.base, fallback)
 
 
 def encode_row(encoders: Sequence[Encoder], values: Sequence[object]) -> bytes:

@@ -69,9 +69,10 @@ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND ($1::text IS NULL OR (n.nspname = $1 AND c.relname = $2))
 """
 
+#: ``"char"`` columns come back from asyncpg as bytes: read as text, so kinds compare.
 _TYPES_SQL = """
-SELECT t.oid, t.typname, t.typtype, t.typbasetype, t.typelem, t.typrelid, t.typcategory,
-       format_type(t.oid, NULL) AS fmt, t.typlen
+SELECT t.oid, t.typname, t.typtype::text AS typtype, t.typbasetype, t.typelem, t.typrelid,
+       t.typcategory::text AS typcategory, format_type(t.oid, NULL) AS fmt, t.typlen
 FROM pg_type t WHERE t.oid = ANY($1::oid[])
 """
 

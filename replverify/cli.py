@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__, api
+from .canonical import Compare
 from .errors import (
     EXIT_DIFFERENT,
     EXIT_OK,
@@ -508,8 +509,18 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
     help="How equal chunks are recognised: copy = xxh3 of each chunk's binary COPY here "
     "(fastest, the table crosses the network); server = row-text hashes summed in the "
     "database (little transfer: use over slow links); client = canonical hashes of decoded "
-    "values (exact across major versions, slowest). auto = copy, or client when the "
-    "major versions differ.",
+    "values (slowest). auto = copy; between major versions it reads as text the columns "
+    "whose binary form is not known to be the same on both.",
+)
+@click.option(
+    "--compare",
+    type=click.Choice(["exact", "semantic"]),
+    default="exact",
+    show_default=True,
+    help="When two values are equal: exact = the binary forms PostgreSQL sends are equal "
+    "(numeric 1.10 vs 1.1, interval '1 day' vs '24 hours', float -0 vs 0 differ; one "
+    "instant in two time zones does not); semantic = the type's = says so (for migrations "
+    "that change representations on purpose).",
 )
 @click.option(
     "--fence/--no-fence",
@@ -583,6 +594,7 @@ def diff(
     jobs: int,
     max_diffs: int,
     digest: api.DigestChoice,
+    compare: Compare,
     fence: bool | None,
     lag_timeout: float,
     state: str | None,
@@ -610,6 +622,7 @@ def diff(
         jobs=jobs,
         max_diffs=max_diffs,
         digest=digest,
+        compare=compare,
         fence=fence,
         lag_timeout=lag_timeout,
         state=state,

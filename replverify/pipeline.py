@@ -8,8 +8,9 @@ request are read concurrently. Everything the driver learns goes back into the I
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
@@ -152,13 +153,17 @@ async def compare_multiset(
     target: asyncpg.Pool,
     machine: TableComparison,
     fence: Fence | None = None,
+    encode: Callable[[Sequence[object]], bytes] | None = None,
 ) -> TableComparison:
     """Compare a table without a key as a multiset of rows (duplicates count).
 
-    The two sides stream ``(row hash, count)`` in hash order and are merged here, so
-    memory stays flat; only rows whose counts differ are then read in full, and each
-    surplus copy is reported as missing or extra with the whole row as its key. On a
-    fenced (live standby) pair a surplus is confirmed by comparing again; one that keeps
+    The two sides stream ``(128-bit row hash, count)`` in hash order and are merged here,
+    so memory stays flat; only rows whose counts differ are then read in full, and each
+    surplus copy is reported as missing or extra with the whole row as its key. Row
+    hashes are of the row text, which can differ where the compared values do not (a
+    ``semantic`` comparison, another major version's output): surplus rows whose
+    ``encode`` (the comparison's encoding of the row) is equal cancel out. On a fenced
+    (live standby) pair a surplus is confirmed by comparing again; one that keeps
     changing marks the table's rows unstable instead.
     """
     surplus, rows_s, rows_t = await _surplus(sql, source, target, fence)
@@ -177,27 +182,40 @@ async def compare_multiset(
     stats.rows_source, stats.rows_target, stats.chunks = rows_s, rows_t, 1
     if not surplus:
         return machine
-    stats.chunks_mismatched = 1
     wanted = sorted(surplus)
-    images: dict[int, tuple[object, ...]] = {}
+    images: dict[uuid.UUID, tuple[object, ...]] = {}
+    values: dict[uuid.UUID, tuple[object, ...]] = {}
     for pool in (source, target):
         text, params = sql.rows_with_hashes(wanted)
         async with pool.acquire() as conn:
             for rec in await conn.fetch(text, *params):
-                images.setdefault(rec[0], tuple(hashable(v) for v in tuple(rec)[1:]))
+                if rec[0] not in images:
+                    values[rec[0]] = tuple(rec)[1:]
+                    images[rec[0]] = tuple(hashable(v) for v in tuple(rec)[1:])
+    net: dict[uuid.UUID, int] = {}  # a representative row hash per distinct encoding → count
+    by_encoding: dict[bytes, uuid.UUID] = {}
     for h in wanted:
-        n, image = surplus[h], images.get(h, ())
+        if encode is not None and h in values:
+            h_rep = by_encoding.setdefault(encode(values[h]), h)
+        else:
+            h_rep = h
+        net[h_rep] = net.get(h_rep, 0) + surplus[h]
+    if not any(net.values()):
+        return machine
+    stats.chunks_mismatched = 1
+    for h, n in net.items():
+        image = images.get(h, ())
         for _ in range(abs(n)):
             machine.record(Missing(image) if n > 0 else Extra(image))
     return machine
 
 
-Pair = tuple[int, int]
+Pair = tuple[uuid.UUID, int]  # a 128-bit row hash and its count
 
 
 async def _surplus(
     sql: TableSQL, source: asyncpg.Pool, target: asyncpg.Pool, fence: Fence | None
-) -> tuple[dict[int, int], int, int]:
+) -> tuple[dict[uuid.UUID, int], int, int]:
     """``{row hash: source count - target count}`` where they differ, and the row counts."""
     text, params = sql.hash_counts()
     snapshot_taken = asyncio.Event()
@@ -220,7 +238,7 @@ async def _surplus(
     qs: asyncio.Queue[list[Pair] | None] = asyncio.Queue(4)
     qt: asyncio.Queue[list[Pair] | None] = asyncio.Queue(4)
     tasks = [asyncio.ensure_future(stream(source, qs)), asyncio.ensure_future(fenced_target())]
-    surplus: dict[int, int] = {}
+    surplus: dict[uuid.UUID, int] = {}
     rows_s = rows_t = 0
     try:
         src_items, tgt_items = _items(qs), _items(qt)

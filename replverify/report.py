@@ -47,8 +47,16 @@ def _key_of(t: TableResult, key: Key) -> dict[str, Any]:
 
 def miss_probability(report: DiffReport) -> float:
     """Upper bound on the chance that some difference hid in a digest collision: every
-    chunk found equal could, with probability 2**-bits, have differed."""
-    return sum(collision_probability(t.chunks, t.digest_bits) for t in report.tables)
+    chunk found equal could, with probability 2**-bits, have differed. A table compared
+    as a multiset matches rows by their hashes: a differing row hides if its hash equals
+    that of any row on the other side, so every pair of rows is a chance."""
+    return sum(collision_probability(_chances(t), t.digest_bits) for t in report.tables)
+
+
+def _chances(t: TableResult) -> int:
+    if t.key_mode == "none":
+        return max(t.rows_source, 1) * max(t.rows_target, 1) if t.chunks else 0
+    return t.chunks
 
 
 def rows_compared(t: TableResult) -> int:
@@ -82,6 +90,7 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
             "unstable": [_key_of(t, k) for k in t.unstable],
             "digest": t.digest,
             "digest_bits": t.digest_bits,
+            "column_forms": t.column_forms,
             "verified": t.verified,
             "error": t.error,
             "elapsed_s": round(t.elapsed_s, 3),
@@ -91,6 +100,7 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
         "schema": DIFF_SCHEMA,
         "status": report.status,
         "complete": report.complete,
+        "compare": report.compare,
         "source": report.source,
         "target": report.target,
         "tables": tables,
@@ -201,6 +211,12 @@ def diff_to_text(report: DiffReport) -> str:
     return "\n".join(out) + "\n"
 
 
+_COMPARE_FACTS = {
+    "exact": "exact (values equal when the binary forms PostgreSQL sends are)",
+    "semantic": "semantic (values equal when the type's = says so)",
+}
+
+
 def fmt_chance(p: float) -> str:
     """A small probability, readable: ``3.4e-37 (about 2^-121)``."""
     if p <= 0:
@@ -221,7 +237,7 @@ def miss_fact(report: DiffReport) -> str:
 
 def diff_facts(report: DiffReport) -> list[tuple[str, str]]:
     """(name, value) lines about the run: digest width and miss chance, lag of a standby."""
-    out = []
+    out = [("compare", _COMPARE_FACTS.get(report.compare, report.compare))]
     if report.tables:
         out.append(("digests", miss_fact(report)))
     for when, lag in report.lag.items():
@@ -332,6 +348,8 @@ def diff_to_markdown(report: DiffReport) -> str:
         status = report.status
     out = md_head("diff", tone, status, diff_verdict(report), md_pair(report.source, report.target))
     out += [
+        "",
+        f"compare: {_COMPARE_FACTS.get(report.compare, report.compare)}",
         "",
         "| table | key | rows (source / target) | chunks mismatched | differences | verdict |",
         "| --- | --- | ---: | ---: | ---: | --- |",

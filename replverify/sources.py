@@ -15,7 +15,7 @@ import asyncpg
 import xxhash
 
 from .align import TablePlan
-from .canonical import Encoder, encode_row, encoder_for
+from .canonical import Compare, Encoder, encode_row, encoder_for
 from .copyscan import KeyOf, key_reader
 from .errors import SchemaError
 from .hashing import ChunkDigest, row_digest, to_unsigned64
@@ -48,10 +48,11 @@ def hashable(value: object) -> object:
 
 
 class RowHasher:
-    """Canonical encoding + xxh3 of decoded rows, encoders chosen once per column."""
+    """Canonical encoding + xxh3 of decoded rows, encoders chosen once per column:
+    ``exact`` (binary send forms) or ``semantic`` (``=``) equality."""
 
-    def __init__(self, plan: TablePlan) -> None:
-        self.encoders: list[Encoder] = [encoder_for(c.type) for c in plan.columns]
+    def __init__(self, plan: TablePlan, compare: Compare = "exact") -> None:
+        self.encoders: list[Encoder] = [encoder_for(c.type, compare) for c in plan.columns]
 
     def __call__(self, values: Sequence[object]) -> int:
         return row_digest(encode_row(self.encoders, values))
@@ -77,12 +78,14 @@ class PostgresSource:
     #: Most bytes of one chunk's COPY stream kept for narrowing (see ``_copy_digest``).
     keep_stream_bytes = 16 << 20
 
-    def __init__(self, pool: asyncpg.Pool, sql: TableSQL, mode: DigestMode) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, sql: TableSQL, mode: DigestMode, compare: Compare = "exact"
+    ) -> None:
         self.pool = pool
         self.sql = sql
         self.mode = mode
         self.nkey = len(sql.plan.key)
-        self.hasher = RowHasher(sql.plan)
+        self.hasher = RowHasher(sql.plan, compare)
         by_name = {c.name: c for c in sql.plan.columns}
         # keys are dict keys: only array keys need converting (lists are unhashable)
         self._plain_keys = all(by_name[k].type.kind != "array" for k in sql.plan.key_names)

@@ -265,6 +265,11 @@ class TableSQL:
     def row_hash(self) -> exp.Expr:
         return exp.func("hashtextextended", self.row_text(), exp.Literal.number(HASH_SEED))
 
+    def row_hash128(self) -> exp.Expr:
+        """A 128-bit hash of the row text (md5 as a uuid: groups and orders natively), for
+        tables compared as multisets, where a per-row hash is all that tells rows apart."""
+        return exp.cast(exp.func("md5", self.row_text()), "uuid")
+
     def _order(self) -> list[exp.Ordered]:
         return [exp.Ordered(this=self._key_expr(i)) for i in range(len(self.plan.key))]
 
@@ -283,15 +288,18 @@ class TableSQL:
     def copy_rows(self, rng: KeyRange) -> Statement:
         """The compared columns of ``rng`` in key order, for a binary COPY digest.
 
-        Arrays and composites go as text: their binary form embeds type OIDs, which differ
-        between independent clusters for user-defined types.
+        Columns go as the plan's ``copy_forms`` say: arrays and composites as text (their
+        binary form embeds type OIDs, which differ between independent clusters for
+        user-defined types), and between major versions, types whose binary form is not
+        known to be the same on both.
         """
+        forms = self.plan.copy_forms or ("binary",) * len(self.plan.columns)
 
         def build(params: Params) -> exp.Expr:
             projections = []
-            for c in self.plan.columns:
+            for c, form in zip(self.plan.columns, forms, strict=True):
                 value = self.value_expr(c.name, c.type.base)
-                if c.type.kind in ("array", "composite"):
+                if form == "text" or c.type.kind in ("array", "composite"):
                     value = exp.cast(value, "text")
                 projections.append(value)
             return self._select(projections, rng, params).order_by(*self._order())
@@ -405,26 +413,26 @@ class TableSQL:
 
     # multiset (keyless) tables
     def hash_counts(self) -> Statement:
-        """``hash, count`` per distinct row hash, ordered by hash."""
+        """``hash, count`` per distinct 128-bit row hash, ordered by hash."""
         params = Params()
-        h = exp.alias_(self.row_hash(), "_rv_h", quoted=True)
+        h = exp.alias_(self.row_hash128(), "_rv_h", quoted=True)
         q = self._select(
             [h, exp.alias_(exp.Count(this=exp.Star()), "_rv_c", quoted=True)], None, params
         )
         q = q.group_by(exp.column("_rv_h", quoted=True)).order_by(exp.column("_rv_h", quoted=True))
         return q.sql(DIALECT), params.values
 
-    def rows_with_hashes(self, hashes: Sequence[int]) -> Statement:
-        """``hash, compared columns...`` of the rows whose hash is in ``hashes``."""
+    def rows_with_hashes(self, hashes: Sequence[object]) -> Statement:
+        """``hash, compared columns...`` of the rows whose 128-bit hash is in ``hashes``."""
         params = Params()
         projections = [
-            self.row_hash(),
+            self.row_hash128(),
             *(self.value_expr(c.name, c.type.base) for c in self.plan.columns),
         ]
         q = self._select(projections, None, params)
         q = q.where(
             exp.EQ(
-                this=self.row_hash(),
+                this=self.row_hash128(),
                 expression=exp.Any(this=exp.Paren(this=params.add(list(hashes)))),
             )
         )

@@ -94,6 +94,8 @@ class TableResult:
     schema_differences: tuple[str, ...] = ()
     digest: str = ""  # how equal chunks were recognised (see pipeline)
     digest_bits: int = 128  # width of the chunk digests: the collision risk per chunk
+    #: per compared column, how the digest read it: ``binary``, ``text`` or ``decoded``
+    column_forms: dict[str, str] = field(default_factory=dict)
     columns: tuple[str, ...] = ()  # compared columns (row images of multiset differences)
     error: str | None = None  # set when the table could not be (fully) verified
     #: rows still being written to on the source after every confirmation read: neither
@@ -128,6 +130,8 @@ class DiffReport:
     #: replication lag of a standby target at the start and end of the run:
     #: ``{"start": {"lag_bytes", "lag_seconds", "method"}, "end": {...}}``
     lag: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: ``exact`` (binary send forms) or ``semantic`` (the type's ``=``): see ``--compare``
+    compare: str = "exact"
 
     @property
     def status(self) -> Literal["consistent", "different"]:
