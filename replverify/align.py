@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .catalog import ServerInfo, TableInfo
-from .errors import UsageError
-from .types import Column, ColumnType, TableRef
+from replverify.catalog import ServerInfo, TableInfo
+from replverify.errors import UsageError
+from replverify.types import Column, ColumnType, TableRef
 
 BYTE_ORDER_COLLATIONS = frozenset({"C", "POSIX", "ucs_basic"})
 BYTE_ORDER_LOCALES = frozenset({"C", "POSIX", "C.UTF-8", "C.utf8"})

@@ -17,22 +17,22 @@ from typing import Literal
 
 import asyncpg
 
-from . import catalog
-from .align import TablePlan, plan_table
-from .bisect import TableComparison
-from .canonical import Compare, encode_row
-from .catalog import ServerInfo, TableInfo
-from .connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
-from .copyscan import locate_chunk
-from .errors import ReplverifyError, SchemaError, UsageError
-from .fence import Fence
-from .lag import LsnHistory
-from .lag import snapshot as lag_snapshot
-from .pipeline import Sides, compare_multiset, run
-from .sources import DigestMode, PostgresSource, RowHasher
-from .sql import ALIAS, TableSQL, parse_where, quote_table
-from .state import StateFile, TableCheckpoint
-from .types import DiffReport, TableRef, TableResult
+from replverify import catalog
+from replverify.align import TablePlan, plan_table
+from replverify.bisect import TableComparison
+from replverify.catalog import ServerInfo, TableInfo
+from replverify.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
+from replverify.copyscan import locate_chunk
+from replverify.errors import ReplverifyError, SchemaError, UsageError
+from replverify.fence import Fence
+from replverify.lag import LsnHistory
+from replverify.lag import snapshot as lag_snapshot
+from replverify.pipeline import Sides, compare_multiset, run
+from replverify.sources import DigestMode, PostgresSource, RowHasher
+from replverify.sql import ALIAS, TableSQL, parse_where, quote_table
+from replverify.state import StateFile, TableCheckpoint
+from replverify.types import DiffReport, TableRef, TableResult
+from replverify.values.canonical import Compare, encode_row
 
 DigestChoice = Literal["auto", "copy", "server", "client"]
 DIGEST_DESCRIPTIONS: dict[DigestMode, str] = {

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, cast
 
-from .plan import KeyRange, split_step
-from .types import Changed, Difference, Extra, Key, Missing
+from replverify.plan import KeyRange, split_step
+from replverify.types import Changed, Difference, Extra, Key, Missing
 
 Side = Literal["source", "target"]
 Row = Sequence[object]

@@ -10,9 +10,9 @@ from datetime import datetime
 
 import asyncpg
 
-from .connect import Endpoint
-from .errors import UsageError
-from .types import Column, ColumnType, TableRef
+from replverify.connect import Endpoint
+from replverify.errors import UsageError
+from replverify.types import Column, ColumnType, TableRef
 
 _TABLES_SQL = """
 SELECT n.nspname, c.relname, c.oid,

@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import __version__, api
-from .canonical import Compare
-from .errors import (
+from replverify import __version__, api
+from replverify.errors import (
     EXIT_DIFFERENT,
     EXIT_OK,
     EXIT_TROUBLE,
@@ -36,19 +35,20 @@ from .errors import (
     ReplverifyError,
     ServerError,
 )
-from .lag import LagReport, LagSample, measure_lag
-from .report import (
+from replverify.lag import LagReport, LagSample, measure_lag
+from replverify.report import (
     DIFF_RENDERERS,
     LAG_RENDERERS,
     lag_sample_line,
     lag_samples_header,
     lag_to_text,
 )
-from .types import DiffReport, TableRef
+from replverify.types import DiffReport, TableRef
+from replverify.values.canonical import Compare
 
 if TYPE_CHECKING:
-    from .config import Param
-    from .files import FilesReport, RpoCheck
+    from replverify.config import Param
+    from replverify.files import FilesReport, RpoCheck
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -342,7 +342,7 @@ CONFIG_OWN_TABLE_ONLY = frozenset({"files"})
 def config_schema(group: click.Group) -> dict[str, dict[str, Param]]:
     """What each command accepts in a profile, from its click parameters (one list of
     options: the CLI's)."""
-    from .config import Kind, Param
+    from replverify.config import Kind, Param
 
     def describe(p: click.Parameter, own_table_only: bool) -> Param:
         assert p.name is not None
@@ -386,7 +386,7 @@ def profile_defaults(
     """``ctx.default_map`` for ``profile``: per command, per parameter, the value; one
     that names ``${VAR}`` is given as a callable, which click calls only for what the
     command line leaves out, so an unset variable matters only when its value is used."""
-    from .config import CONFIG_ENV, CONFIG_FILE, discover, load
+    from replverify.config import CONFIG_ENV, CONFIG_FILE, discover, load
 
     path = Path(config_file) if config_file else discover()
     if path is None:
@@ -440,7 +440,7 @@ def main(ctx: click.Context, profile: str | None, config_file: str | None) -> No
     if profile is not None:
         ctx.default_map = profile_defaults(main, profile, config_file)
     elif ctx.get_parameter_source("config_file") is click.core.ParameterSource.COMMANDLINE:
-        from .config import load
+        from replverify.config import load
 
         names = ", ".join(sorted(load(config_file or "", config_schema(main)).profiles))
         raise ConfigError(f"--config {config_file}: choose a profile with --profile ({names})")
@@ -652,7 +652,7 @@ def _diff_every(
     output: str | None,
 ) -> None:
     """``diff --every``: verify until Ctrl-C, then render the last report and exit."""
-    from .metrics import DiffMetrics, MetricsServer, serve
+    from replverify.metrics import DiffMetrics, MetricsServer, serve
 
     if every is None:
         raise click.BadOptionUsage("metrics_port", "--metrics-port needs --every", ctx)
@@ -784,7 +784,7 @@ def demo(keep: bool, rows: int) -> None:
     Needs the PostgreSQL 15 server binaries (pg_config --bindir). Everything runs in a
     temporary directory on loopback ports and is removed afterwards (unless --keep).
     """
-    from .demo import run_demo
+    from replverify.demo import run_demo
 
     sys.exit(run_async(run_demo(rows=rows, keep=keep, echo=click.echo)))
 
@@ -865,7 +865,7 @@ def lag(
     With --metrics-port the lag is also served to Prometheus (replverify_lag_seconds,
     replverify_lag_bytes, replverify_within_rpo, ...; see README, Lag).
     """
-    from .metrics import LagMetrics, MetricsServer, serve
+    from replverify.metrics import LagMetrics, MetricsServer, serve
 
     if metrics_port is None and (
         ctx.get_parameter_source("metrics_addr") is click.core.ParameterSource.COMMANDLINE
@@ -1078,10 +1078,10 @@ def reconcile(
     doubt (never settled; reported as applied or not). Exit 0 when nothing was lost, 1
     when writes were lost or conflict, 2 when something could not be checked.
     """
-    from .reconcile import parse_since
-    from .reconcile import reconcile as run_reconcile
-    from .replay import replay_script
-    from .report import RECONCILE_RENDERERS
+    from replverify.reconcile import parse_since
+    from replverify.reconcile import reconcile as run_reconcile
+    from replverify.replay import replay_script
+    from replverify.report import RECONCILE_RENDERERS
 
     try:
         since_ts = parse_since(since) if since else None
@@ -1153,8 +1153,8 @@ def gate(
     nothing (caught up and identical), 1 when not caught up within --timeout or
     different, 2 on trouble.
     """
-    from .gate import gate as run_gate
-    from .report_ops import GATE_RENDERERS
+    from replverify.gate import gate as run_gate
+    from replverify.report_ops import GATE_RENDERERS
 
     show = sys.stderr.isatty() if progress is None else progress
 
@@ -1220,9 +1220,9 @@ def failback(
     holds nothing NEW lacks, 1 when it does (or who wrote a row cannot be told), 2 on
     trouble.
     """
-    from .failback import failback as run_failback
-    from .failback import replay_script
-    from .report_ops import FAILBACK_RENDERERS
+    from replverify.failback import failback as run_failback
+    from replverify.failback import replay_script
+    from replverify.report_ops import FAILBACK_RENDERERS
 
     options = api.DiffOptions(tables=tables, allow_same_server=allow_same_server)
     report = run_async(run_failback(old, new, options=options))
@@ -1250,8 +1250,8 @@ def health(source: str, target: str, rpo: float | None, fmt: str, output: str | 
     Reachability, recovery state, WAL receiver, replication slot, replay, lag (against
     --rpo) and timelines. Exit 0 all ok, 1 a problem found, 2 could not check.
     """
-    from .health import health as run_health
-    from .report_ops import HEALTH_RENDERERS
+    from replverify.health import health as run_health
+    from replverify.report_ops import HEALTH_RENDERERS
 
     report = run_async(run_health(source, target, rpo=rpo))
     emit(HEALTH_RENDERERS[fmt](report), output)
@@ -1305,10 +1305,10 @@ def files(
     something could not be checked.
     """
     source, target = dir_a, dir_b  # (the parameter names are the profile keys of old)
-    from .errors import UsageError
-    from .files import HashLedger, compare_objects, compare_trees
-    from .objstore import StoreError, is_local, local_path, open_store
-    from .report_ops import FILES_RENDERERS
+    from replverify.errors import UsageError
+    from replverify.files import HashLedger, compare_objects, compare_trees
+    from replverify.objstore import StoreError, is_local, local_path, open_store
+    from replverify.report_ops import FILES_RENDERERS
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = FilesProgress(show)
@@ -1347,9 +1347,9 @@ def _files_rpo(source: str, target: str, rpo: float) -> RpoCheck:
     """Get Blob Service Stats of the az:// account among SOURCE and TARGET."""
     import datetime as dt
 
-    from .errors import UsageError
-    from .files import RpoCheck
-    from .objstore import AzureStore, StoreError, open_store
+    from replverify.errors import UsageError
+    from replverify.files import RpoCheck
+    from replverify.objstore import AzureStore, StoreError, open_store
 
     for location in (source, target):
         if location.startswith(("az://", "abfs://", "azure://")):

@@ -42,8 +42,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .connect import written_passwords
-from .errors import ConfigError
+from replverify.connect import written_passwords
+from replverify.errors import ConfigError
 
 __all__ = [
     "CONFIG_ENV",

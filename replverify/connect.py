@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from .errors import ConnectError, ReplverifyError, ServerError, UsageError
+from replverify.errors import ConnectError, ReplverifyError, ServerError, UsageError
 
 #: Session settings that make text output identical on both sides, and reads safe.
 PINNED_SETTINGS: Mapping[str, str] = {

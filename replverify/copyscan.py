@@ -20,8 +20,8 @@ from typing import Any, cast
 
 import xxhash
 
-from .hashing import ChunkDigest
-from .types import Key
+from replverify.hashing import ChunkDigest
+from replverify.types import Key
 
 #: The fixed start of a binary COPY stream (then 32-bit flags and a header extension).
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"

@@ -19,15 +19,15 @@ from decimal import Decimal
 
 import asyncpg
 
-from . import sample, testing
-from .api import DiffOptions, diff
-from .failback import failback
-from .journal import JournalWriter, render_sql
-from .lag import measure_lag
-from .reconcile import reconcile
-from .replay import replay_script
-from .report import diff_to_text, lag_to_text, reconcile_to_text
-from .report_ops import failback_to_text
+from replverify import sample, testing
+from replverify.api import DiffOptions, diff
+from replverify.failback import failback
+from replverify.journal import JournalWriter, render_sql
+from replverify.lag import measure_lag
+from replverify.reconcile import reconcile
+from replverify.replay import replay_script
+from replverify.report import diff_to_text, lag_to_text, reconcile_to_text
+from replverify.report_ops import failback_to_text
 
 Echo = Callable[[str], None]
 

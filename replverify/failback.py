@@ -40,14 +40,14 @@ from typing import Any, Literal
 import asyncpg
 from sqlglot import exp
 
-from . import api, catalog
-from .canonical import jsonable
-from .connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
-from .errors import UsageError
-from .replay import delete_statement, insert_statement, update_statement
-from .report import count
-from .sql import DIALECT, ident, set_local
-from .types import Changed, DiffReport, Extra, Key, Missing, TableRef, TableResult
+from replverify import api, catalog
+from replverify.connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
+from replverify.errors import UsageError
+from replverify.replay import delete_statement, insert_statement, update_statement
+from replverify.report import count
+from replverify.sql import DIALECT, ident, set_local
+from replverify.types import Changed, DiffReport, Extra, Key, Missing, TableRef, TableResult
+from replverify.values.canonical import jsonable
 
 __all__ = ["FAILBACK_SCHEMA", "FailbackReport", "FailbackRow", "failback", "replay_script"]
 

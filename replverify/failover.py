@@ -50,9 +50,9 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from .connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, redact_text
-from .errors import ConnectError, FailoverError, UsageError
-from .journal import FsyncPolicy, JournalTransaction, JournalWriter, definitely_failed
+from replverify.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, redact_text
+from replverify.errors import ConnectError, FailoverError, UsageError
+from replverify.journal import FsyncPolicy, JournalTransaction, JournalWriter, definitely_failed
 
 __all__ = [
     "EVENTS",

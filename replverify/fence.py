@@ -18,8 +18,8 @@ from typing import TypeVar
 
 import asyncpg
 
-from .connect import DB_ERRORS
-from .errors import ReplverifyError
+from replverify.connect import DB_ERRORS
+from replverify.errors import ReplverifyError
 
 T = TypeVar("T")
 

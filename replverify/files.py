@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 import xxhash
 
-from .errors import UsageError
-from .objstore import ObjectInfo, ObjectStore, StoreError
+from replverify.errors import UsageError
+from replverify.objstore import ObjectInfo, ObjectStore, StoreError
 
 __all__ = [
     "BLOCK_SIZE",

@@ -28,11 +28,11 @@ from typing import Literal
 
 import asyncpg
 
-from . import api, catalog
-from .connect import DB_ERRORS, Endpoint, connect, trouble
-from .errors import UsageError
-from .lag import ReplicationState, replication_state
-from .types import DiffReport
+from replverify import api, catalog
+from replverify.connect import DB_ERRORS, Endpoint, connect, trouble
+from replverify.errors import UsageError
+from replverify.lag import ReplicationState, replication_state
+from replverify.types import DiffReport
 
 __all__ = ["FENCE_SQL", "UNFENCE_SQL", "GateReport", "gate"]
 

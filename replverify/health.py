@@ -21,10 +21,17 @@ from typing import Literal
 
 import asyncpg
 
-from . import catalog
-from .connect import DB_ERRORS, Endpoint, connect
-from .errors import ReplverifyError
-from .lag import LsnHistory, ReplicationState, classify, snapshot, source_facts, target_facts
+from replverify import catalog
+from replverify.connect import DB_ERRORS, Endpoint, connect
+from replverify.errors import ReplverifyError
+from replverify.lag import (
+    LsnHistory,
+    ReplicationState,
+    classify,
+    snapshot,
+    source_facts,
+    target_facts,
+)
 
 __all__ = ["HEALTH_SCHEMA", "Finding", "HealthReport", "health"]
 
@@ -80,7 +87,7 @@ async def health(source: str, target: str, *, rpo: float | None = None) -> Healt
 
     Raises :class:`~replverify.errors.UsageError` only for a malformed DSN or RPO.
     """
-    from .errors import UsageError
+    from replverify.errors import UsageError
 
     if rpo is not None and rpo < 0:
         raise UsageError("--rpo must not be negative")

@@ -110,10 +110,10 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from .canonical import pg_text
-from .catalog import TableInfo, parse_table_pattern
-from .errors import JournalError, OutputError, UsageError
-from .types import ColumnType, TableRef
+from replverify.catalog import TableInfo, parse_table_pattern
+from replverify.errors import JournalError, OutputError, UsageError
+from replverify.types import ColumnType, TableRef
+from replverify.values.canonical import pg_text
 
 __all__ = [
     "FORMAT_VERSION",

@@ -68,10 +68,10 @@ from typing import Literal
 
 import asyncpg
 
-from .catalog import refuse_same_database, server_info
-from .connect import DB_ERRORS, Endpoint, connect, trouble
-from .errors import ReplverifyError, UsageError
-from .lsn import parse_lsn
+from replverify.catalog import refuse_same_database, server_info
+from replverify.connect import DB_ERRORS, Endpoint, connect, trouble
+from replverify.errors import ReplverifyError, UsageError
+from replverify.values.lsn import parse_lsn
 
 __all__ = [
     "HEARTBEAT_DDL",

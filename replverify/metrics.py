@@ -25,13 +25,13 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import __version__
-from .connect import Endpoint
-from .errors import MetricsError
-from .lag import LagSample, judge
+from replverify import __version__
+from replverify.connect import Endpoint
+from replverify.errors import MetricsError
+from replverify.lag import LagSample, judge
 
 if TYPE_CHECKING:
-    from .types import DiffReport
+    from replverify.types import DiffReport
 
 __all__ = [
     "DIFF_METRICS",

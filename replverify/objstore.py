@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import ReplverifyError, UsageError
+from replverify.errors import ReplverifyError, UsageError
 
 __all__ = [
     "BLOB_HINT",

@@ -16,7 +16,7 @@ from typing import TypeVar, cast
 
 import asyncpg
 
-from .bisect import (
+from replverify.bisect import (
     NeedBoundary,
     NeedDigest,
     NeedDigests,
@@ -26,12 +26,12 @@ from .bisect import (
     Request,
     TableComparison,
 )
-from .fence import Fence, read
-from .hashing import ChunkDigest
-from .sources import RowSource, hashable
-from .sql import TableSQL
-from .state import TableCheckpoint
-from .types import Extra, Missing
+from replverify.fence import Fence, read
+from replverify.hashing import ChunkDigest
+from replverify.sources import RowSource, hashable
+from replverify.sql import TableSQL
+from replverify.state import TableCheckpoint
+from replverify.types import Extra, Missing
 
 T = TypeVar("T")
 #: ``progress(rows_done_on_source)`` after each top-level chunk.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .types import Key
+from replverify.types import Key
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ whatever order their intents were journaled in. Aborted writes are counted, not 
 
 Verdicts (DESIGN.md). Values are compared type-aware: PostgreSQL itself reads the
 journal's values as the column types (``jsonb_populate_record`` of the table's row type),
-then both sides are compared with :mod:`replverify.canonical` encodings - ``"12.50"`` =
+then both sides are compared with :mod:`replverify.values.canonical` encodings - ``"12.50"`` =
 12.5, timestamps as instants, json by value, NULL = NULL:
 
 ``durable``     the target row equals the post-image on the judged columns (is absent,
@@ -68,12 +68,11 @@ import asyncpg
 import sqlglot
 from sqlglot import exp
 
-from . import catalog
-from .canonical import Encoder, encoder_for, jsonable, pg_text
-from .catalog import TableInfo
-from .connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
-from .errors import JournalError, SchemaError, UsageError
-from .journal import (
+from replverify import catalog
+from replverify.catalog import TableInfo
+from replverify.connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
+from replverify.errors import JournalError, SchemaError, UsageError
+from replverify.journal import (
     JournalReader,
     JSONValue,
     Marker,
@@ -84,8 +83,9 @@ from .journal import (
     TxId,
     WriteRecord,
 )
-from .sql import DIALECT, ident
-from .types import ColumnType, TableRef
+from replverify.sql import DIALECT, ident
+from replverify.types import ColumnType, TableRef
+from replverify.values.canonical import Encoder, encoder_for, jsonable, pg_text
 
 __all__ = [
     "BATCH_ROWS",

@@ -33,9 +33,9 @@ from typing import Literal
 
 from sqlglot import exp
 
-from .reconcile import Detail, Finding, ReconcileReport
-from .sql import DIALECT, ident, set_local
-from .types import TableRef
+from replverify.reconcile import Detail, Finding, ReconcileReport
+from replverify.sql import DIALECT, ident, set_local
+from replverify.types import TableRef
 
 __all__ = ["Step", "plan_replay", "replay_script"]
 

@@ -10,12 +10,12 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from .canonical import jsonable
-from .hashing import collision_probability
-from .lag import LAG_SCHEMA, METHODS, LagReport, LagSample, ReplicationState
-from .lsn import format_lsn
-from .reconcile import Detail, Finding, ReconcileReport
-from .types import Changed, Difference, DiffReport, Key, TableResult
+from replverify.hashing import collision_probability
+from replverify.lag import LAG_SCHEMA, METHODS, LagReport, LagSample, ReplicationState
+from replverify.reconcile import Detail, Finding, ReconcileReport
+from replverify.types import Changed, Difference, DiffReport, Key, TableResult
+from replverify.values.canonical import jsonable
+from replverify.values.lsn import format_lsn
 
 DIFF_SCHEMA = "replverify.diff/1"
 #: Differences shown per table in text and Markdown (JSON has all that were kept).
@@ -141,7 +141,7 @@ def renderers(
 def html_page(report: object) -> str:
     """Any report as one self-contained HTML page (:mod:`replverify.report_html`)."""
     # Imported here: report_html builds on this module's helpers.
-    from .report_html import to_html
+    from replverify.report_html import to_html
 
     return to_html(report)
 

@@ -20,14 +20,14 @@ from datetime import datetime, timezone
 from functools import singledispatch
 from typing import Any, Literal
 
-from . import __version__
-from .failback import FailbackReport
-from .files import FilesReport
-from .gate import GateReport
-from .health import HealthReport
-from .lag import LagReport
-from .reconcile import Finding, ReconcileReport
-from .report import (
+from replverify import __version__
+from replverify.failback import FailbackReport
+from replverify.files import FilesReport
+from replverify.gate import GateReport
+from replverify.health import HealthReport
+from replverify.lag import LagReport
+from replverify.reconcile import Finding, ReconcileReport
+from replverify.report import (
     APPLIED,
     clock,
     diff_facts,
@@ -47,7 +47,7 @@ from .report import (
     table_verdict,
     value_pairs,
 )
-from .report_ops import (
+from replverify.report_ops import (
     GATE_VERDICT,
     ORIGIN_TITLES,
     UNVERIFIED_TITLE,
@@ -58,7 +58,7 @@ from .report_ops import (
     gate_to_dict,
     health_to_dict,
 )
-from .types import DiffReport, TableResult
+from replverify.types import DiffReport, TableResult
 
 __all__ = [
     "Html",

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .failback import FAILBACK_SCHEMA, FailbackReport, FailbackRow
-from .files import FILES_SCHEMA, FilesReport, RpoCheck
-from .gate import GateReport
-from .health import HEALTH_SCHEMA, HealthReport
-from .lsn import format_lsn
-from .report import (
+from replverify.failback import FAILBACK_SCHEMA, FailbackReport, FailbackRow
+from replverify.files import FILES_SCHEMA, FilesReport, RpoCheck
+from replverify.gate import GateReport
+from replverify.health import HEALTH_SCHEMA, HealthReport
+from replverify.report import (
     count,
     diff_to_dict,
     fmt_key,
@@ -25,6 +24,7 @@ from .report import (
     md_text,
     renderers,
 )
+from replverify.values.lsn import format_lsn
 
 __all__ = [
     "FAILBACK_RENDERERS",

@@ -14,14 +14,14 @@ from typing import Literal, Protocol, cast
 import asyncpg
 import xxhash
 
-from .align import TablePlan
-from .canonical import Compare, Encoder, encode_row, encoder_for
-from .copyscan import KeyOf, key_reader
-from .errors import SchemaError
-from .hashing import ChunkDigest, row_digest, to_unsigned64
-from .plan import KeyRange
-from .sql import TableSQL
-from .types import Key
+from replverify.align import TablePlan
+from replverify.copyscan import KeyOf, key_reader
+from replverify.errors import SchemaError
+from replverify.hashing import ChunkDigest, row_digest, to_unsigned64
+from replverify.plan import KeyRange
+from replverify.sql import TableSQL
+from replverify.types import Key
+from replverify.values.canonical import Compare, Encoder, encode_row, encoder_for
 
 #: How equal chunks are recognised: ``copy`` streams each chunk's binary COPY into xxh3
 #: here (fastest; the whole table crosses the network), ``server`` sums row-text hashes in

@@ -14,10 +14,10 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
-from .align import TEXT_CASTS, TablePlan
-from .errors import UsageError
-from .plan import KeyRange
-from .types import Key, TableRef
+from replverify.align import TEXT_CASTS, TablePlan
+from replverify.errors import UsageError
+from replverify.plan import KeyRange
+from replverify.types import Key, TableRef
 
 DIALECT = "postgres"
 ALIAS = "_rv_t"

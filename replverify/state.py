@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .canonical import Encoder, encode_row
-from .errors import OutputError, UsageError
-from .plan import KeyRange
-from .types import Key
+from replverify.errors import OutputError, UsageError
+from replverify.plan import KeyRange
+from replverify.types import Key
+from replverify.values.canonical import Encoder, encode_row
 
 STATE_SCHEMA = "replverify.state/1"
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from .align import TablePlan
-from .connect import Endpoint, connect
-from .hashing import ChunkDigest
-from .plan import KeyRange
-from .sources import DigestMode, PostgresSource
-from .sql import TableSQL, parse_where
+from replverify.align import TablePlan
+from replverify.connect import Endpoint, connect
+from replverify.hashing import ChunkDigest
+from replverify.plan import KeyRange
+from replverify.sources import DigestMode, PostgresSource
+from replverify.sql import TableSQL, parse_where
 
 
 @dataclass(frozen=True)
