@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from replverify.catalog import TableInfo
+from replverify.db.catalog import TableInfo
 from replverify.journal import JournalReader, Marker, RowResolver
 from replverify.reconcile import Ledger, MemoryTarget, reconcile_with
 from replverify.types import Column, ColumnType, TableRef

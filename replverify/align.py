@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from replverify.catalog import ServerInfo, TableInfo
+from replverify.db.catalog import ServerInfo, TableInfo
 from replverify.errors import UsageError
 from replverify.types import Column, ColumnType, TableRef
 

@@ -17,12 +17,12 @@ from typing import Literal
 
 import asyncpg
 
-from replverify import catalog
 from replverify.align import TablePlan, plan_table
 from replverify.bisect import TableComparison
-from replverify.catalog import ServerInfo, TableInfo
-from replverify.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
 from replverify.copyscan import locate_chunk
+from replverify.db import catalog
+from replverify.db.catalog import ServerInfo, TableInfo
+from replverify.db.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
 from replverify.errors import ReplverifyError, SchemaError, UsageError
 from replverify.fence import Fence
 from replverify.lag import LsnHistory

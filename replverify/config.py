@@ -42,7 +42,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from replverify.connect import written_passwords
+from replverify.db.connect import written_passwords
 from replverify.errors import ConfigError
 
 __all__ = [

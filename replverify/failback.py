@@ -40,8 +40,9 @@ from typing import Any, Literal
 import asyncpg
 from sqlglot import exp
 
-from replverify import api, catalog
-from replverify.connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
+from replverify import api
+from replverify.db import catalog
+from replverify.db.connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
 from replverify.errors import UsageError
 from replverify.replay import delete_statement, insert_statement, update_statement
 from replverify.report import count

@@ -50,7 +50,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from replverify.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, redact_text
+from replverify.db.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, redact_text
 from replverify.errors import ConnectError, FailoverError, UsageError
 from replverify.journal import FsyncPolicy, JournalTransaction, JournalWriter, definitely_failed
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from replverify.connect import DB_ERRORS
+from replverify.db.connect import DB_ERRORS
 from replverify.errors import ReplverifyError
 
 T = TypeVar("T")

@@ -28,8 +28,9 @@ from typing import Literal
 
 import asyncpg
 
-from replverify import api, catalog
-from replverify.connect import DB_ERRORS, Endpoint, connect, trouble
+from replverify import api
+from replverify.db import catalog
+from replverify.db.connect import DB_ERRORS, Endpoint, connect, trouble
 from replverify.errors import UsageError
 from replverify.lag import ReplicationState, replication_state
 from replverify.types import DiffReport

@@ -21,8 +21,8 @@ from typing import Literal
 
 import asyncpg
 
-from replverify import catalog
-from replverify.connect import DB_ERRORS, Endpoint, connect
+from replverify.db import catalog
+from replverify.db.connect import DB_ERRORS, Endpoint, connect
 from replverify.errors import ReplverifyError
 from replverify.lag import (
     LsnHistory,

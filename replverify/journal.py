@@ -110,7 +110,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from replverify.catalog import TableInfo, parse_table_pattern
+from replverify.db.catalog import TableInfo, parse_table_pattern
 from replverify.errors import JournalError, OutputError, UsageError
 from replverify.types import ColumnType, TableRef
 from replverify.values.canonical import pg_text

@@ -68,8 +68,8 @@ from typing import Literal
 
 import asyncpg
 
-from replverify.catalog import refuse_same_database, server_info
-from replverify.connect import DB_ERRORS, Endpoint, connect, trouble
+from replverify.db.catalog import refuse_same_database, server_info
+from replverify.db.connect import DB_ERRORS, Endpoint, connect, trouble
 from replverify.errors import ReplverifyError, UsageError
 from replverify.values.lsn import parse_lsn
 

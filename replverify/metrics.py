@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from replverify import __version__
-from replverify.connect import Endpoint
+from replverify.db.connect import Endpoint
 from replverify.errors import MetricsError
 from replverify.lag import LagSample, judge
 

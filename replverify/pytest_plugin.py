@@ -125,7 +125,7 @@ class ClusterPair:
 
     def __repr__(self) -> str:
         # pytest prints fixture values in failure reports: never a password
-        from replverify.connect import Endpoint, redact_text
+        from replverify.db.connect import Endpoint, redact_text
         from replverify.errors import UsageError
 
         def show(dsn: str) -> str:

@@ -68,9 +68,9 @@ import asyncpg
 import sqlglot
 from sqlglot import exp
 
-from replverify import catalog
-from replverify.catalog import TableInfo
-from replverify.connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
+from replverify.db import catalog
+from replverify.db.catalog import TableInfo
+from replverify.db.connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
 from replverify.errors import JournalError, SchemaError, UsageError
 from replverify.journal import (
     JournalReader,

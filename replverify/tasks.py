@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass
 
 from replverify.align import TablePlan
-from replverify.connect import Endpoint, connect
+from replverify.db.connect import Endpoint, connect
 from replverify.hashing import ChunkDigest
 from replverify.plan import KeyRange
 from replverify.sources import DigestMode, PostgresSource

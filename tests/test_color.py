@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from replverify import cli
-from replverify.catalog import TableInfo
 from replverify.cli import colorize, main
+from replverify.db.catalog import TableInfo
 from replverify.failback import FailbackReport
 from replverify.files import FileDifference, FilesReport
 from replverify.gate import GateReport

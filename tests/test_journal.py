@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from replverify import journal as journal_mod
-from replverify.catalog import TableInfo
+from replverify.db.catalog import TableInfo
 from replverify.errors import JournalError, UsageError
 from replverify.journal import (
     JournalReader,

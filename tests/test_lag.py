@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from replverify.cli import lag_exit_code, main
-from replverify.connect import Endpoint, connect
+from replverify.db.connect import Endpoint, connect
 from replverify.errors import UsageError
 from replverify.lag import (
     HEARTBEAT_DDL,

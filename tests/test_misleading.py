@@ -148,9 +148,9 @@ def test_progress_line_labels_each_table_with_its_own_count() -> None:
 
 
 async def test_progress_of_a_whole_database_before_analyze(clusters, make_db) -> None:  # type: ignore[no-untyped-def]
-    from replverify import catalog
     from replverify.api import DiffOptions, diff
     from replverify.cli import DiffProgress
+    from replverify.db import catalog
 
     src, tgt = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=300, matrix_rows=10)
     for dsn in (src, tgt):

@@ -22,8 +22,8 @@ from click.testing import CliRunner
 
 from replverify import testing
 from replverify.api import DiffOptions, diff
-from replverify.catalog import TableInfo
 from replverify.cli import main
+from replverify.db.catalog import TableInfo
 from replverify.errors import JournalError
 from replverify.journal import JournalWriter
 from replverify.reconcile import Finding, MemoryTarget, ReconcileReport, reconcile, reconcile_with

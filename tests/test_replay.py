@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import sqlglot
 
-from replverify.catalog import TableInfo
+from replverify.db.catalog import TableInfo
 from replverify.reconcile import MemoryTarget, ReconcileReport, reconcile, reconcile_with
 from replverify.replay import plan_replay, replay_script
 from replverify.sql import ident, quote_table

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from replverify.catalog import TableInfo
 from replverify.cli import main
+from replverify.db.catalog import TableInfo
 from replverify.failback import FailbackReport, FailbackRow
 from replverify.files import FileDifference, FilesReport
 from replverify.gate import GateReport

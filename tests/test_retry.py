@@ -61,7 +61,7 @@ def test_a_query_on_a_connection_the_server_just_terminated_is_a_lost_connection
     """asyncpg raises InternalClientError (not InterfaceError) when a query is sent on a
     connection whose termination it has not processed yet; seen in ``lag --watch`` after
     pg_terminate_backend. It must be caught as a connection failure, never a crash."""
-    from replverify.connect import DB_ERRORS, trouble
+    from replverify.db.connect import DB_ERRORS, trouble
     from replverify.errors import ConnectError
 
     exc = asyncpg.exceptions.InternalClientError(

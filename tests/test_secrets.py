@@ -5,7 +5,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from replverify.cli import main
-from replverify.connect import Endpoint
+from replverify.db.connect import Endpoint
 from replverify.journal import JournalWriter
 
 SECRET = "S3cr3t-pw-9q"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pickle
 
-from replverify import catalog
 from replverify.align import plan_table
-from replverify.connect import Endpoint, connect
+from replverify.db import catalog
+from replverify.db.connect import Endpoint, connect
 from replverify.plan import KeyRange
 from replverify.tasks import ChunkTask
 from replverify.types import TableRef

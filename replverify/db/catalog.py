@@ -10,7 +10,7 @@ from datetime import datetime
 
 import asyncpg
 
-from replverify.connect import Endpoint
+from replverify.db.connect import Endpoint
 from replverify.errors import UsageError
 from replverify.types import Column, ColumnType, TableRef
 
