@@ -17,20 +17,20 @@ from typing import Literal
 
 import asyncpg
 
-from replverify.align import TablePlan, plan_table
-from replverify.bisect import TableComparison
-from replverify.copyscan import locate_chunk
 from replverify.db import catalog
 from replverify.db.catalog import ServerInfo, TableInfo
 from replverify.db.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
+from replverify.diff.align import TablePlan, plan_table
+from replverify.diff.copyscan import locate_chunk
+from replverify.diff.driver import Sides, compare_multiset, run
+from replverify.diff.fence import Fence
+from replverify.diff.machine import TableComparison
+from replverify.diff.sources import DigestMode, PostgresSource, RowHasher
+from replverify.diff.sql import ALIAS, TableSQL, parse_where, quote_table
+from replverify.diff.state import StateFile, TableCheckpoint
 from replverify.errors import ReplverifyError, SchemaError, UsageError
-from replverify.fence import Fence
 from replverify.lag import LsnHistory
 from replverify.lag import snapshot as lag_snapshot
-from replverify.pipeline import Sides, compare_multiset, run
-from replverify.sources import DigestMode, PostgresSource, RowHasher
-from replverify.sql import ALIAS, TableSQL, parse_where, quote_table
-from replverify.state import StateFile, TableCheckpoint
 from replverify.types import DiffReport, TableRef, TableResult
 from replverify.values.canonical import Compare, encode_row
 

@@ -71,6 +71,7 @@ from sqlglot import exp
 from replverify.db import catalog
 from replverify.db.catalog import TableInfo
 from replverify.db.connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
+from replverify.diff.sql import DIALECT, ident
 from replverify.errors import JournalError, SchemaError, UsageError
 from replverify.journal import (
     JournalReader,
@@ -83,7 +84,6 @@ from replverify.journal import (
     TxId,
     WriteRecord,
 )
-from replverify.sql import DIALECT, ident
 from replverify.types import ColumnType, TableRef
 from replverify.values.canonical import Encoder, encoder_for, jsonable, pg_text
 

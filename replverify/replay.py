@@ -33,8 +33,8 @@ from typing import Literal
 
 from sqlglot import exp
 
+from replverify.diff.sql import DIALECT, ident, set_local
 from replverify.reconcile import Detail, Finding, ReconcileReport
-from replverify.sql import DIALECT, ident, set_local
 from replverify.types import TableRef
 
 __all__ = ["Step", "plan_replay", "replay_script"]

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from replverify.hashing import collision_probability
+from replverify.diff.hashing import collision_probability
 from replverify.lag import LAG_SCHEMA, METHODS, LagReport, LagSample, ReplicationState
 from replverify.reconcile import Detail, Finding, ReconcileReport
 from replverify.types import Changed, Difference, DiffReport, Key, TableResult

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from replverify.align import TablePlan
 from replverify.db.connect import Endpoint, connect
-from replverify.hashing import ChunkDigest
-from replverify.plan import KeyRange
-from replverify.sources import DigestMode, PostgresSource
-from replverify.sql import TableSQL, parse_where
+from replverify.diff.align import TablePlan
+from replverify.diff.hashing import ChunkDigest
+from replverify.diff.ranges import KeyRange
+from replverify.diff.sources import DigestMode, PostgresSource
+from replverify.diff.sql import TableSQL, parse_where
 
 
 @dataclass(frozen=True)

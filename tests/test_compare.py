@@ -164,9 +164,9 @@ async def test_keyless_row_hashes_are_128_bit_on_the_server(
     conn = await asyncpg.connect(src)
     try:
         (info,) = await conn.fetch("SELECT oid FROM pg_class WHERE relname = 'm'")
-        from replverify.align import plan_table
         from replverify.db import catalog
-        from replverify.sql import TableSQL
+        from replverify.diff.align import plan_table
+        from replverify.diff.sql import TableSQL
 
         server = await catalog.server_info(conn)
         tables = await catalog.load_tables(conn)
@@ -234,9 +234,9 @@ def test_cli_compare_option_exit_codes_and_every_format(v_pair: list[str]) -> No
 
 
 def test_auto_digest_between_major_versions_is_copy_with_per_column_forms() -> None:
-    from replverify.align import copy_form
     from replverify.api import choose_digest
     from replverify.db.catalog import ServerInfo
+    from replverify.diff.align import copy_form
     from replverify.types import ColumnType
 
     v15, v18 = ServerInfo(150010, False, "C", "UTF8"), ServerInfo(180001, False, "C", "UTF8")

@@ -24,12 +24,12 @@ from replverify import testing
 from replverify.api import DiffOptions, diff
 from replverify.cli import main
 from replverify.db.catalog import TableInfo
+from replverify.diff.sql import ident, quote_table
 from replverify.errors import JournalError
 from replverify.journal import JournalWriter
 from replverify.reconcile import Finding, MemoryTarget, ReconcileReport, reconcile, reconcile_with
 from replverify.replay import replay_script
 from replverify.report import reconcile_to_dict
-from replverify.sql import ident, quote_table
 from replverify.types import Column, ColumnType, TableRef
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "journals"

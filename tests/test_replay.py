@@ -9,9 +9,9 @@ import asyncpg
 import sqlglot
 
 from replverify.db.catalog import TableInfo
+from replverify.diff.sql import ident, quote_table
 from replverify.reconcile import MemoryTarget, ReconcileReport, reconcile, reconcile_with
 from replverify.replay import plan_replay, replay_script
-from replverify.sql import ident, quote_table
 from replverify.types import Column, ColumnType, TableRef
 
 ORDERS = TableRef("public", "orders")

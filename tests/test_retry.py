@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from replverify.fence import ReadError, read, retrying, transient
+from replverify.diff.fence import ReadError, read, retrying, transient
 
 
 def flaky(errors: list[BaseException], result: object = "ok"):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pickle
 
-from replverify.align import plan_table
 from replverify.db import catalog
 from replverify.db.connect import Endpoint, connect
-from replverify.plan import KeyRange
+from replverify.diff.align import plan_table
+from replverify.diff.ranges import KeyRange
 from replverify.tasks import ChunkTask
 from replverify.types import TableRef
 

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import xxhash
 
-from replverify.hashing import ChunkDigest
+from replverify.diff.hashing import ChunkDigest
 from replverify.types import Key
 
 #: The fixed start of a binary COPY stream (then 32-bit flags and a header extension).

@@ -14,9 +14,9 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
-from replverify.align import TEXT_CASTS, TablePlan
+from replverify.diff.align import TEXT_CASTS, TablePlan
+from replverify.diff.ranges import KeyRange
 from replverify.errors import UsageError
-from replverify.plan import KeyRange
 from replverify.types import Key, TableRef
 
 DIALECT = "postgres"

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from replverify.diff.ranges import KeyRange
 from replverify.errors import OutputError, UsageError
-from replverify.plan import KeyRange
 from replverify.types import Key
 from replverify.values.canonical import Encoder, encode_row
 

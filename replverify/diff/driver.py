@@ -2,7 +2,7 @@
 
 Requests of one table run concurrently up to ``jobs`` at a time; the two sides of each
 request are read concurrently. Everything the driver learns goes back into the I/O-free
-:class:`~replverify.bisect.TableComparison`.
+:class:`~replverify.diff.machine.TableComparison`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import TypeVar, cast
 
 import asyncpg
 
-from replverify.bisect import (
+from replverify.diff.fence import Fence, read
+from replverify.diff.hashing import ChunkDigest
+from replverify.diff.machine import (
     NeedBoundary,
     NeedDigest,
     NeedDigests,
@@ -26,11 +28,9 @@ from replverify.bisect import (
     Request,
     TableComparison,
 )
-from replverify.fence import Fence, read
-from replverify.hashing import ChunkDigest
-from replverify.sources import RowSource, hashable
-from replverify.sql import TableSQL
-from replverify.state import TableCheckpoint
+from replverify.diff.sources import RowSource, hashable
+from replverify.diff.sql import TableSQL
+from replverify.diff.state import TableCheckpoint
 from replverify.types import Extra, Missing
 
 T = TypeVar("T")

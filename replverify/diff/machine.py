@@ -2,12 +2,12 @@
 
 The machine never touches a database. It hands out *requests* ("the digest of this key
 range on both sides", "split this range", "the row hashes of this range", "the rows with
-these keys") and is fed the answers; :mod:`replverify.pipeline` runs the requests against
+these keys") and is fed the answers; :mod:`replverify.diff.driver` runs the requests against
 PostgreSQL, tests run them against in-memory sources or scripted answers.
 
 Narrowing: a chunk whose digests match is done. When the digests of a mismatching chunk
 say which keys differ (a ``locate`` function given the COPY streams they were hashed
-from, see :mod:`replverify.copyscan`), just those rows are read. Otherwise a range larger
+from, see :mod:`replverify.diff.copyscan`), just those rows are read. Otherwise a range larger
 than ``leaf_rows`` is split into ``split_factor`` parts at keys taken from the side that
 holds more rows, and the parts are digested again together (one grouped query per side);
 a small one is resolved with its (key, row hash) pairs, and only the rows whose hashes
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, cast
 
-from replverify.plan import KeyRange, split_step
+from replverify.diff.ranges import KeyRange, split_step
 from replverify.types import Changed, Difference, Extra, Key, Missing
 
 Side = Literal["source", "target"]
@@ -109,7 +109,7 @@ class NeedRows:
 Request = NeedDigest | NeedDigests | NeedSplit | NeedBoundary | NeedRowHashes | NeedRows
 RowComparer = Callable[[Row, Row], tuple[str, ...]]
 #: ``locate(source_digest, target_digest)``: the keys two top-level chunks differ in, when
-#: the digests can tell (see :mod:`replverify.copyscan`), else ``None``.
+#: the digests can tell (see :mod:`replverify.diff.copyscan`), else ``None``.
 Locator = Callable[[object, object], "Sequence[Key] | None"]
 
 

@@ -14,12 +14,12 @@ from typing import Literal, Protocol, cast
 import asyncpg
 import xxhash
 
-from replverify.align import TablePlan
-from replverify.copyscan import KeyOf, key_reader
+from replverify.diff.align import TablePlan
+from replverify.diff.copyscan import KeyOf, key_reader
+from replverify.diff.hashing import ChunkDigest, row_digest, to_unsigned64
+from replverify.diff.ranges import KeyRange
+from replverify.diff.sql import TableSQL
 from replverify.errors import SchemaError
-from replverify.hashing import ChunkDigest, row_digest, to_unsigned64
-from replverify.plan import KeyRange
-from replverify.sql import TableSQL
 from replverify.types import Key
 from replverify.values.canonical import Compare, Encoder, encode_row, encoder_for
 
@@ -156,7 +156,7 @@ class PostgresSource:
     async def _copy_digest(self, rng: KeyRange) -> ChunkDigest:
         # Order-dependent, so the rows come in key order; the count is COPY's status.
         # The pieces are kept (by reference: asyncpg hands over a new buffer each time)
-        # so that a mismatch can be located in them; see replverify.copyscan.
+        # so that a mismatch can be located in them; see replverify.diff.copyscan.
         # A chunk of wide rows is not kept beyond ``keep_stream_bytes``, so memory stays
         # bounded by the chunks in flight whatever the rows hold; such a chunk is
         # narrowed by splitting instead.
