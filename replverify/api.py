@@ -29,8 +29,8 @@ from replverify.diff.sources import DigestMode, PostgresSource, RowHasher
 from replverify.diff.sql import ALIAS, TableSQL, parse_where, quote_table
 from replverify.diff.state import StateFile, TableCheckpoint
 from replverify.errors import ReplverifyError, SchemaError, UsageError
-from replverify.lag import LsnHistory
-from replverify.lag import snapshot as lag_snapshot
+from replverify.lag.sampler import LsnHistory
+from replverify.lag.sampler import snapshot as lag_snapshot
 from replverify.types import DiffReport, TableRef, TableResult
 from replverify.values.canonical import Compare, encode_row
 

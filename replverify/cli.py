@@ -35,7 +35,7 @@ from replverify.errors import (
     ReplverifyError,
     ServerError,
 )
-from replverify.lag import LagReport, LagSample, measure_lag
+from replverify.lag.sampler import LagReport, LagSample, measure_lag
 from replverify.report import (
     DIFF_RENDERERS,
     LAG_RENDERERS,
@@ -652,7 +652,7 @@ def _diff_every(
     output: str | None,
 ) -> None:
     """``diff --every``: verify until Ctrl-C, then render the last report and exit."""
-    from replverify.metrics import DiffMetrics, MetricsServer, serve
+    from replverify.lag.metrics import DiffMetrics, MetricsServer, serve
 
     if every is None:
         raise click.BadOptionUsage("metrics_port", "--metrics-port needs --every", ctx)
@@ -865,7 +865,7 @@ def lag(
     With --metrics-port the lag is also served to Prometheus (replverify_lag_seconds,
     replverify_lag_bytes, replverify_within_rpo, ...; see README, Lag).
     """
-    from replverify.metrics import LagMetrics, MetricsServer, serve
+    from replverify.lag.metrics import LagMetrics, MetricsServer, serve
 
     if metrics_port is None and (
         ctx.get_parameter_source("metrics_addr") is click.core.ParameterSource.COMMANDLINE

@@ -23,7 +23,7 @@ from replverify import sample, testing
 from replverify.api import DiffOptions, diff
 from replverify.failback import failback
 from replverify.journal import JournalWriter, render_sql
-from replverify.lag import measure_lag
+from replverify.lag.sampler import measure_lag
 from replverify.reconcile import reconcile
 from replverify.replay import replay_script
 from replverify.report import diff_to_text, lag_to_text, reconcile_to_text

@@ -32,7 +32,7 @@ from replverify import api
 from replverify.db import catalog
 from replverify.db.connect import DB_ERRORS, Endpoint, connect, trouble
 from replverify.errors import UsageError
-from replverify.lag import ReplicationState, replication_state
+from replverify.lag.sampler import ReplicationState, replication_state
 from replverify.types import DiffReport
 
 __all__ = ["FENCE_SQL", "UNFENCE_SQL", "GateReport", "gate"]

@@ -2,7 +2,7 @@
 per line (ok / warn / fail).
 
 Checks: each side reachable; which side is in recovery (exactly the target should be);
-how the target relates to the source (:func:`replverify.lag.classify`); the target's WAL
+how the target relates to the source (:func:`replverify.lag.sampler.classify`); the target's WAL
 receiver; the source's replication slot for it; replay paused; lag (bytes and seconds)
 against an RPO; and timelines (a primary's from its current WAL file name, a standby's
 from ``pg_stat_wal_receiver.received_tli`` or ``pg_control_checkpoint()``).
@@ -24,7 +24,7 @@ import asyncpg
 from replverify.db import catalog
 from replverify.db.connect import DB_ERRORS, Endpoint, connect
 from replverify.errors import ReplverifyError
-from replverify.lag import (
+from replverify.lag.sampler import (
     LsnHistory,
     ReplicationState,
     classify,

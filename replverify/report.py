@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from replverify.diff.hashing import collision_probability
-from replverify.lag import LAG_SCHEMA, METHODS, LagReport, LagSample, ReplicationState
+from replverify.lag.sampler import LAG_SCHEMA, METHODS, LagReport, LagSample, ReplicationState
 from replverify.reconcile import Detail, Finding, ReconcileReport
 from replverify.types import Changed, Difference, DiffReport, Key, TableResult
 from replverify.values.canonical import jsonable

@@ -25,7 +25,7 @@ from replverify.failback import FailbackReport
 from replverify.files import FilesReport
 from replverify.gate import GateReport
 from replverify.health import HealthReport
-from replverify.lag import LagReport
+from replverify.lag.sampler import LagReport
 from replverify.reconcile import Finding, ReconcileReport
 from replverify.report import (
     APPLIED,

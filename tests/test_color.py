@@ -18,7 +18,7 @@ from replverify.failback import FailbackReport
 from replverify.files import FileDifference, FilesReport
 from replverify.gate import GateReport
 from replverify.health import Finding, HealthReport
-from replverify.lag import LagReport, LagSample, ReplicationState
+from replverify.lag.sampler import LagReport, LagSample, ReplicationState
 from replverify.reconcile import MemoryTarget, reconcile_with
 from replverify.report import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
 from replverify.report_ops import (

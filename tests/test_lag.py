@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from replverify.cli import lag_exit_code, main
 from replverify.db.connect import Endpoint, connect
 from replverify.errors import UsageError
-from replverify.lag import (
+from replverify.lag.sampler import (
     HEARTBEAT_DDL,
     METHODS,
     HeartbeatWrite,

@@ -32,7 +32,7 @@ from replverify.files import FileDifference, FilesReport
 from replverify.gate import GateReport
 from replverify.health import Finding as HealthFinding
 from replverify.health import HealthReport
-from replverify.lag import LagReport, LagSample, ReplicationState
+from replverify.lag.sampler import LagReport, LagSample, ReplicationState
 from replverify.reconcile import MemoryTarget, ReconcileReport, reconcile_with
 from replverify.report import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
 from replverify.report_html import ticks
