@@ -8,7 +8,7 @@ records, a few in-doubt intents) over ``--rows`` distinct rows, and a target tha
 the last value of every row except a few lost ones. Then, each in its own process so
 peak RSS is its own:
 
-* ``read``      - :class:`~replverify.journal.JournalReader`: decode and validate every line;
+* ``read``      - :class:`~replverify.journal.records.JournalReader`: decode and validate every line;
 * ``reconcile`` - the whole :func:`~replverify.reconcile.reconcile_with` (three passes,
   batched lookups) against a :class:`~replverify.reconcile.MemoryTarget`;
 * ``ledger``    - pass 1 of reconcile alone (validate, resolve, settle; the per-row
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from replverify.db.catalog import TableInfo
-from replverify.journal import JournalReader, Marker, RowResolver
+from replverify.journal.records import JournalReader, Marker, RowResolver
 from replverify.reconcile import Ledger, MemoryTarget, reconcile_with
 from replverify.types import Column, ColumnType, TableRef
 

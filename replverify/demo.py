@@ -22,7 +22,7 @@ import asyncpg
 from replverify import sample, testing
 from replverify.api import DiffOptions, diff
 from replverify.failback import failback
-from replverify.journal import JournalWriter, render_sql
+from replverify.journal.records import JournalWriter, render_sql
 from replverify.lag.sampler import measure_lag
 from replverify.reconcile import reconcile
 from replverify.replay import replay_script

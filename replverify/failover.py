@@ -23,7 +23,7 @@ cause one switch: events fire once each, in order.
 Journaling. Each INSERT / UPDATE / DELETE / INSERT ... ON CONFLICT sent through
 :meth:`FailoverPool.execute` (or ``fetch*`` with RETURNING) is one journaled transaction:
 an ``intent`` carrying the statement rendered with literal values (``"sql"``, via
-:func:`replverify.journal.render_sql`) is appended before it runs; ``committed`` after
+:func:`replverify.journal.records.render_sql`) is appended before it runs; ``committed`` after
 the server confirmed it, ``aborted`` when the server refused it; when the endpoint failed
 mid-statement nothing is appended, so the intent stays *in doubt* - the truth: it may or
 may not have committed before the primary died. The retry on the other endpoint is a new
@@ -52,7 +52,12 @@ from sqlglot.errors import SqlglotError
 
 from replverify.db.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, redact_text
 from replverify.errors import ConnectError, FailoverError, UsageError
-from replverify.journal import FsyncPolicy, JournalTransaction, JournalWriter, definitely_failed
+from replverify.journal.records import (
+    FsyncPolicy,
+    JournalTransaction,
+    JournalWriter,
+    definitely_failed,
+)
 
 __all__ = [
     "EVENTS",

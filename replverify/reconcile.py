@@ -73,7 +73,7 @@ from replverify.db.catalog import TableInfo
 from replverify.db.connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
 from replverify.diff.sql import DIALECT, ident
 from replverify.errors import JournalError, SchemaError, UsageError
-from replverify.journal import (
+from replverify.journal.records import (
     JournalReader,
     JSONValue,
     Marker,

@@ -20,7 +20,7 @@ import click
 import pytest
 
 from replverify.cli import main
-from replverify.journal import JournalReader, Marker, WriteRecord
+from replverify.journal.records import JournalReader, Marker, WriteRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -16,10 +16,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from replverify import journal as journal_mod
 from replverify.db.catalog import TableInfo
 from replverify.errors import JournalError, UsageError
-from replverify.journal import (
+from replverify.journal import records as journal_mod
+from replverify.journal.records import (
     JournalReader,
     JournalWriter,
     Marker,

@@ -1,6 +1,6 @@
 """``reconcile`` against real PostgreSQL: a failover with real loss, fixtures, errors, CLI.
 
-The failover test journals writes with :class:`~replverify.journal.JournalWriter` while it
+The failover test journals writes with :class:`~replverify.journal.records.JournalWriter` while it
 runs them on a fresh primary, cuts the standby off, writes more, promotes the standby,
 edits one row by hand there, and checks that reconcile names exactly what was lost;
 then it applies the replay script and checks that nothing is lost any more and that
@@ -26,7 +26,7 @@ from replverify.cli import main
 from replverify.db.catalog import TableInfo
 from replverify.diff.sql import ident, quote_table
 from replverify.errors import JournalError
-from replverify.journal import JournalWriter
+from replverify.journal.records import JournalWriter
 from replverify.reconcile import Finding, MemoryTarget, ReconcileReport, reconcile, reconcile_with
 from replverify.replay import replay_script
 from replverify.report import reconcile_to_dict

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from replverify.cli import main
 from replverify.db.connect import Endpoint
-from replverify.journal import JournalWriter
+from replverify.journal.records import JournalWriter
 
 SECRET = "S3cr3t-pw-9q"
 

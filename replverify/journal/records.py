@@ -139,7 +139,7 @@ __all__ = [
     "row_writes",
 ]
 
-log = logging.getLogger("replverify.journal")
+log = logging.getLogger("replverify.journal.records")
 
 FORMAT_VERSION = 1
 #: Longest line the reader accepts (a longer one is an error, not a memory spike).
