@@ -9,8 +9,8 @@ the last value of every row except a few lost ones. Then, each in its own proces
 peak RSS is its own:
 
 * ``read``      - :class:`~replverify.journal.records.JournalReader`: decode and validate every line;
-* ``reconcile`` - the whole :func:`~replverify.reconcile.reconcile_with` (three passes,
-  batched lookups) against a :class:`~replverify.reconcile.MemoryTarget`;
+* ``reconcile`` - the whole :func:`~replverify.reconcile.run.reconcile_with` (three passes,
+  batched lookups) against a :class:`~replverify.reconcile.run.MemoryTarget`;
 * ``ledger``    - pass 1 of reconcile alone (validate, resolve, settle; the per-row
   state), without a target, so its peak memory is its own.
 
@@ -40,7 +40,7 @@ from typing import Any
 
 from replverify.db.catalog import TableInfo
 from replverify.journal.records import JournalReader, Marker, RowResolver
-from replverify.reconcile import Ledger, MemoryTarget, reconcile_with
+from replverify.reconcile.run import Ledger, MemoryTarget, reconcile_with
 from replverify.types import Column, ColumnType, TableRef
 
 REF = TableRef("public", "orders")

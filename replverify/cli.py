@@ -1078,9 +1078,9 @@ def reconcile(
     doubt (never settled; reported as applied or not). Exit 0 when nothing was lost, 1
     when writes were lost or conflict, 2 when something could not be checked.
     """
-    from replverify.reconcile import parse_since
-    from replverify.reconcile import reconcile as run_reconcile
-    from replverify.replay import replay_script
+    from replverify.reconcile.replay import replay_script
+    from replverify.reconcile.run import parse_since
+    from replverify.reconcile.run import reconcile as run_reconcile
     from replverify.report import RECONCILE_RENDERERS
 
     try:

@@ -24,8 +24,8 @@ from replverify.api import DiffOptions, diff
 from replverify.failback import failback
 from replverify.journal.records import JournalWriter, render_sql
 from replverify.lag.sampler import measure_lag
-from replverify.reconcile import reconcile
-from replverify.replay import replay_script
+from replverify.reconcile.replay import replay_script
+from replverify.reconcile.run import reconcile
 from replverify.report import diff_to_text, lag_to_text, reconcile_to_text
 from replverify.report_ops import failback_to_text
 

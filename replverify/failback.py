@@ -45,7 +45,7 @@ from replverify.db import catalog
 from replverify.db.connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
 from replverify.diff.sql import DIALECT, ident, set_local
 from replverify.errors import UsageError
-from replverify.replay import delete_statement, insert_statement, update_statement
+from replverify.reconcile.replay import delete_statement, insert_statement, update_statement
 from replverify.report import count
 from replverify.types import Changed, DiffReport, Extra, Key, Missing, TableRef, TableResult
 from replverify.values.canonical import jsonable

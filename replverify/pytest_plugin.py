@@ -44,7 +44,7 @@ import pytest
 
 if TYPE_CHECKING:
     from replverify.api import DiffOptions
-    from replverify.reconcile import Finding, ReconcileReport
+    from replverify.reconcile.run import Finding, ReconcileReport
     from replverify.testing import LocalClusters, Pair
     from replverify.types import DiffReport, TableResult
 
@@ -418,7 +418,7 @@ async def _no_data_loss(
     max_shown: int,
 ) -> tuple[ReconcileReport, str | None]:
     """The reconcile report and why it fails (None: it passes), for both variants."""
-    from replverify.reconcile import reconcile
+    from replverify.reconcile.run import reconcile
 
     report = await reconcile(journal, target, source_dsn=source, since=since)
     return report, reconcile_failure(report, allow_in_doubt=allow_in_doubt, max_shown=max_shown)

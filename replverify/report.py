@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from replverify.diff.hashing import collision_probability
 from replverify.lag.sampler import LAG_SCHEMA, METHODS, LagReport, LagSample, ReplicationState
-from replverify.reconcile import Detail, Finding, ReconcileReport
+from replverify.reconcile.run import Detail, Finding, ReconcileReport
 from replverify.types import Changed, Difference, DiffReport, Key, TableResult
 from replverify.values.canonical import jsonable
 from replverify.values.lsn import format_lsn

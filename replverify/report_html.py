@@ -26,7 +26,7 @@ from replverify.files import FilesReport
 from replverify.gate import GateReport
 from replverify.health import HealthReport
 from replverify.lag.sampler import LagReport
-from replverify.reconcile import Finding, ReconcileReport
+from replverify.reconcile.run import Finding, ReconcileReport
 from replverify.report import (
     APPLIED,
     clock,

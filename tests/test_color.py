@@ -19,7 +19,7 @@ from replverify.files import FileDifference, FilesReport
 from replverify.gate import GateReport
 from replverify.health import Finding, HealthReport
 from replverify.lag.sampler import LagReport, LagSample, ReplicationState
-from replverify.reconcile import MemoryTarget, reconcile_with
+from replverify.reconcile.run import MemoryTarget, reconcile_with
 from replverify.report import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
 from replverify.report_ops import (
     FAILBACK_RENDERERS,

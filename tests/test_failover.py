@@ -11,7 +11,7 @@ import pytest
 
 from replverify.errors import ConnectError, FailoverError, UsageError
 from replverify.failover import FailoverEvent, FailoverPool, alternate_dsn, is_outage
-from replverify.reconcile import reconcile
+from replverify.reconcile.run import reconcile
 from replverify.testing import LocalClusters, execute, free_port, promote, wait_for_replay
 
 # --------------------------------------------------------------------------- alternate_dsn

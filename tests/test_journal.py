@@ -33,7 +33,7 @@ from replverify.journal.records import (
     render_sql,
     row_writes,
 )
-from replverify.reconcile import MemoryTarget, reconcile_with
+from replverify.reconcile.run import MemoryTarget, reconcile_with
 from replverify.types import Column, ColumnType, TableRef
 
 ORDERS = TableRef("public", "orders")

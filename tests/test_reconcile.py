@@ -27,8 +27,14 @@ from replverify.db.catalog import TableInfo
 from replverify.diff.sql import ident, quote_table
 from replverify.errors import JournalError
 from replverify.journal.records import JournalWriter
-from replverify.reconcile import Finding, MemoryTarget, ReconcileReport, reconcile, reconcile_with
-from replverify.replay import replay_script
+from replverify.reconcile.replay import replay_script
+from replverify.reconcile.run import (
+    Finding,
+    MemoryTarget,
+    ReconcileReport,
+    reconcile,
+    reconcile_with,
+)
 from replverify.report import reconcile_to_dict
 from replverify.types import Column, ColumnType, TableRef
 
@@ -528,7 +534,7 @@ async def run_fixture_memory(name: str) -> dict:
     tables = memory_catalog(target)
     rows = {TableRef(*t["table"].split(".")): t["rows"] for t in target["tables"]}
     since = target.get("since")
-    from replverify.reconcile import parse_since
+    from replverify.reconcile.run import parse_since
 
     report = await reconcile_with(
         FIXTURES / f"{name}.jsonl",

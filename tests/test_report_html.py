@@ -33,7 +33,7 @@ from replverify.gate import GateReport
 from replverify.health import Finding as HealthFinding
 from replverify.health import HealthReport
 from replverify.lag.sampler import LagReport, LagSample, ReplicationState
-from replverify.reconcile import MemoryTarget, ReconcileReport, reconcile_with
+from replverify.reconcile.run import MemoryTarget, ReconcileReport, reconcile_with
 from replverify.report import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
 from replverify.report_html import ticks
 from replverify.report_ops import (

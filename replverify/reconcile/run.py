@@ -4,7 +4,7 @@
 ...                          source_dsn="postgresql://app@old-primary/shop")
 >>> report.status, report.counts
 ('loss', {'durable': 40, 'lost': 3, 'superseded': 12, 'conflict': 1, 'in_doubt': 1, ...})
->>> print(replay_script(report))          # replverify.replay
+>>> print(replay_script(report))          # replverify.reconcile.replay
 
 Each written row (table + key) is judged once, by its *last settled write*; earlier
 writes to it are ``superseded``. "Last" is the order in which writes were settled: a
@@ -1102,7 +1102,7 @@ async def reconcile(
     """Check every journaled write against ``target_dsn`` (the surviving database).
 
     With ``source_dsn`` (the old primary, when reachable) each reported row also shows
-    what the old primary holds, and :func:`replverify.replay.replay_script` takes row
+    what the old primary holds, and :func:`replverify.reconcile.replay.replay_script` takes row
     images from there. ``since`` considers only writes journaled at or after it (naive:
     UTC). Raises :class:`~replverify.errors.ReplverifyError` for trouble (a bad journal
     line, an unreachable server); lost writes are results, never exceptions.
