@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from replverify.errors import ConnectError, FailoverError, UsageError
-from replverify.failover import FailoverEvent, FailoverPool, alternate_dsn, is_outage
+from replverify.failover.pool import FailoverEvent, FailoverPool, alternate_dsn, is_outage
 from replverify.reconcile.run import reconcile
 from replverify.testing import LocalClusters, execute, free_port, promote, wait_for_replay
 
