@@ -1,7 +1,7 @@
 """Peak memory of ``replverify files`` over streamed listings of many objects.
 
 Each case runs in a fresh child process (so peak RSS is that case's own) and merges two
-listings of N objects through :func:`replverify.files.compare_objects`:
+listings of N objects through :func:`replverify.ops.files.compare_objects`:
 
 * ``memory``: two in-memory listings generated as they are read (what an object store's
   paged listing looks like to the merge), every object with a Content-MD5, equal;
@@ -42,7 +42,7 @@ class Generated:
         self.display = f"memory:{n}"
 
     def list(self) -> Iterator[object]:
-        from replverify.objstore import ObjectInfo
+        from replverify.ops.objstore import ObjectInfo
 
         for i in range(self.n):
             key = f"attachments/{i // 1000:06d}/{i:09d}.pdf"
@@ -58,8 +58,8 @@ def rss_mib() -> float:
 
 
 def child(case: str, n: int) -> dict[str, object]:
-    from replverify.files import compare_objects
-    from replverify.objstore import LocalStore
+    from replverify.ops.files import compare_objects
+    from replverify.ops.objstore import LocalStore
 
     base = rss_mib()
     started = time.perf_counter()

@@ -48,7 +48,7 @@ from replverify.values.canonical import Compare
 
 if TYPE_CHECKING:
     from replverify.config import Param
-    from replverify.files import FilesReport, RpoCheck
+    from replverify.ops.files import FilesReport, RpoCheck
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -1153,7 +1153,7 @@ def gate(
     nothing (caught up and identical), 1 when not caught up within --timeout or
     different, 2 on trouble.
     """
-    from replverify.gate import gate as run_gate
+    from replverify.ops.gate import gate as run_gate
     from replverify.report_ops import GATE_RENDERERS
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -1220,8 +1220,8 @@ def failback(
     holds nothing NEW lacks, 1 when it does (or who wrote a row cannot be told), 2 on
     trouble.
     """
-    from replverify.failback import failback as run_failback
-    from replverify.failback import replay_script
+    from replverify.ops.failback import failback as run_failback
+    from replverify.ops.failback import replay_script
     from replverify.report_ops import FAILBACK_RENDERERS
 
     options = api.DiffOptions(tables=tables, allow_same_server=allow_same_server)
@@ -1250,7 +1250,7 @@ def health(source: str, target: str, rpo: float | None, fmt: str, output: str | 
     Reachability, recovery state, WAL receiver, replication slot, replay, lag (against
     --rpo) and timelines. Exit 0 all ok, 1 a problem found, 2 could not check.
     """
-    from replverify.health import health as run_health
+    from replverify.ops.health import health as run_health
     from replverify.report_ops import HEALTH_RENDERERS
 
     report = run_async(run_health(source, target, rpo=rpo))
@@ -1306,8 +1306,8 @@ def files(
     """
     source, target = dir_a, dir_b  # (the parameter names are the profile keys of old)
     from replverify.errors import UsageError
-    from replverify.files import HashLedger, compare_objects, compare_trees
-    from replverify.objstore import StoreError, is_local, local_path, open_store
+    from replverify.ops.files import HashLedger, compare_objects, compare_trees
+    from replverify.ops.objstore import StoreError, is_local, local_path, open_store
     from replverify.report_ops import FILES_RENDERERS
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -1348,8 +1348,8 @@ def _files_rpo(source: str, target: str, rpo: float) -> RpoCheck:
     import datetime as dt
 
     from replverify.errors import UsageError
-    from replverify.files import RpoCheck
-    from replverify.objstore import AzureStore, StoreError, open_store
+    from replverify.ops.files import RpoCheck
+    from replverify.ops.objstore import AzureStore, StoreError, open_store
 
     for location in (source, target):
         if location.startswith(("az://", "abfs://", "azure://")):

@@ -21,9 +21,9 @@ import asyncpg
 
 from replverify import sample, testing
 from replverify.api import DiffOptions, diff
-from replverify.failback import failback
 from replverify.journal.records import JournalWriter, render_sql
 from replverify.lag.sampler import measure_lag
+from replverify.ops.failback import failback
 from replverify.reconcile.replay import replay_script
 from replverify.reconcile.run import reconcile
 from replverify.report import diff_to_text, lag_to_text, reconcile_to_text

@@ -21,11 +21,11 @@ from functools import singledispatch
 from typing import Any, Literal
 
 from replverify import __version__
-from replverify.failback import FailbackReport
-from replverify.files import FilesReport
-from replverify.gate import GateReport
-from replverify.health import HealthReport
 from replverify.lag.sampler import LagReport
+from replverify.ops.failback import FailbackReport
+from replverify.ops.files import FilesReport
+from replverify.ops.gate import GateReport
+from replverify.ops.health import HealthReport
 from replverify.reconcile.run import Finding, ReconcileReport
 from replverify.report import (
     APPLIED,

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from replverify.failback import FAILBACK_SCHEMA, FailbackReport, FailbackRow
-from replverify.files import FILES_SCHEMA, FilesReport, RpoCheck
-from replverify.gate import GateReport
-from replverify.health import HEALTH_SCHEMA, HealthReport
+from replverify.ops.failback import FAILBACK_SCHEMA, FailbackReport, FailbackRow
+from replverify.ops.files import FILES_SCHEMA, FilesReport, RpoCheck
+from replverify.ops.gate import GateReport
+from replverify.ops.health import HEALTH_SCHEMA, HealthReport
 from replverify.report import (
     count,
     diff_to_dict,

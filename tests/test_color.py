@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from replverify import cli
 from replverify.cli import colorize, main
 from replverify.db.catalog import TableInfo
-from replverify.failback import FailbackReport
-from replverify.files import FileDifference, FilesReport
-from replverify.gate import GateReport
-from replverify.health import Finding, HealthReport
 from replverify.lag.sampler import LagReport, LagSample, ReplicationState
+from replverify.ops.failback import FailbackReport
+from replverify.ops.files import FileDifference, FilesReport
+from replverify.ops.gate import GateReport
+from replverify.ops.health import Finding, HealthReport
 from replverify.reconcile.run import MemoryTarget, reconcile_with
 from replverify.report import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
 from replverify.report_ops import (

@@ -181,7 +181,7 @@ async def test_keyless_row_hashes_are_128_bit_on_the_server(
 
 
 async def test_failback_attributes_by_the_mode(v_pair: list[str]) -> None:
-    from replverify.failback import failback
+    from replverify.ops.failback import failback
 
     src, tgt = v_pair
     exact = await failback(src, tgt)
@@ -196,7 +196,7 @@ async def test_failback_attributes_by_the_mode(v_pair: list[str]) -> None:
 async def test_gate_and_fenced_standby_reads_in_both_modes(
     shop: tuple[str, str, str], compare: str
 ) -> None:
-    from replverify.gate import gate
+    from replverify.ops.gate import gate
 
     primary, standby, _ = shop
     options = DiffOptions(tables=("orders", "types_matrix", "events"), compare=compare)  # type: ignore[arg-type]

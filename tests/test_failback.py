@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from replverify.api import DiffOptions
 from replverify.cli import main
-from replverify.failback import failback, replay_script
+from replverify.ops.failback import failback, replay_script
 from replverify.testing import LocalClusters, cut_replication, execute, promote, wait_for_replay
 
 

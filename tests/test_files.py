@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from replverify.cli import main
 from replverify.errors import UsageError
-from replverify.files import compare_trees, file_digest, walk
+from replverify.ops.files import compare_trees, file_digest, walk
 
 
 def _tree(root: Path, files: dict[str, bytes]) -> Path:
@@ -94,7 +94,7 @@ def test_symlinks_are_compared_not_followed(trees: tuple[Path, Path]) -> None:
 def test_unreadable_file_is_reported_not_raised(
     trees: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import replverify.files as files
+    import replverify.ops.files as files
 
     real = files.file_digest
 

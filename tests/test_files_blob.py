@@ -28,8 +28,8 @@ from click.testing import CliRunner
 
 from replverify.cli import main
 from replverify.errors import UsageError
-from replverify.files import HashLedger, compare_objects
-from replverify.objstore import LocalStore, ObjectInfo, ObstoreStore, StoreError, open_store
+from replverify.ops.files import HashLedger, compare_objects
+from replverify.ops.objstore import LocalStore, ObjectInfo, ObstoreStore, StoreError, open_store
 
 ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (public, documented by Microsoft).
@@ -239,7 +239,7 @@ def test_rpo_where_no_store_can_tell(tmp_path: Path) -> None:
 
 def test_rpo_on_an_account_without_a_secondary(azurite: str, monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:  # fmt: skip
-    from replverify.objstore import AzureStore
+    from replverify.ops.objstore import AzureStore
 
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
     store = open_store("az://primary")
@@ -284,7 +284,7 @@ def test_unreachable_store_is_trouble(monkeypatch: pytest.MonkeyPatch, tmp_path:
         f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
         f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};",
     )
-    monkeypatch.setattr("replverify.objstore.AZURE_PAGE", 10)
+    monkeypatch.setattr("replverify.ops.objstore.AZURE_PAGE", 10)
     from azure.storage.blob import BlobServiceClient
 
     orig = BlobServiceClient.from_connection_string

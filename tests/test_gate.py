@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from replverify.api import DiffOptions
 from replverify.cli import main
 from replverify.errors import UsageError
-from replverify.gate import gate
+from replverify.ops.gate import gate
 from replverify.testing import LocalClusters, pause_replay, resume_replay
 
 

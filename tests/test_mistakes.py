@@ -73,7 +73,7 @@ async def test_failback_with_old_and_new_swapped_is_refused(clusters, make_db) -
 
 
 def test_counts_are_pluralized() -> None:
-    from replverify.failback import FailbackReport, FailbackRow
+    from replverify.ops.failback import FailbackReport, FailbackRow
     from replverify.report import count, table_verdict
     from replverify.report_ops import failback_verdict
     from replverify.types import TableRef, TableResult

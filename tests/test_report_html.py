@@ -27,12 +27,12 @@ from click.testing import CliRunner
 
 from replverify.cli import main
 from replverify.db.catalog import TableInfo
-from replverify.failback import FailbackReport, FailbackRow
-from replverify.files import FileDifference, FilesReport
-from replverify.gate import GateReport
-from replverify.health import Finding as HealthFinding
-from replverify.health import HealthReport
 from replverify.lag.sampler import LagReport, LagSample, ReplicationState
+from replverify.ops.failback import FailbackReport, FailbackRow
+from replverify.ops.files import FileDifference, FilesReport
+from replverify.ops.gate import GateReport
+from replverify.ops.health import Finding as HealthFinding
+from replverify.ops.health import HealthReport
 from replverify.reconcile.run import MemoryTarget, ReconcileReport, reconcile_with
 from replverify.report import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
 from replverify.report_html import ticks

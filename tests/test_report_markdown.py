@@ -27,7 +27,7 @@ from test_report_html import (
     reconcile_report,
 )
 
-from replverify.failback import FailbackReport, FailbackRow
+from replverify.ops.failback import FailbackReport, FailbackRow
 from replverify.report import (
     DIFF_RENDERERS,
     LAG_RENDERERS,

@@ -11,11 +11,11 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from replverify import failback as failback_module
 from replverify.api import DiffOptions, diff
 from replverify.cli import diff_exit_code, main
-from replverify.failback import failback
-from replverify.gate import gate
+from replverify.ops import failback as failback_module
+from replverify.ops.failback import failback
+from replverify.ops.gate import gate
 from replverify.report import diff_to_dict, diff_to_markdown, diff_to_text
 from replverify.report_html import to_html
 from replverify.report_ops import (

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import xxhash
 
 from replverify.errors import UsageError
-from replverify.objstore import ObjectInfo, ObjectStore, StoreError
+from replverify.ops.objstore import ObjectInfo, ObjectStore, StoreError
 
 __all__ = [
     "BLOCK_SIZE",
@@ -360,7 +360,7 @@ def _compare(
 
 
 # == objects: any two stores ===============================================================
-FILES_STATE_SCHEMA = "replverify.files-state/1"
+FILES_STATE_SCHEMA = "replverify.ops.files-state/1"
 
 
 class HashLedger:
@@ -489,7 +489,7 @@ def compare_objects(
     A pair is settled from the listings when the sizes differ or both carry a
     Content-MD5; otherwise both are read and hashed (xxh3-128). Each difference says
     which (``method``). A listing or read that fails raises
-    :class:`~replverify.objstore.StoreError`; an entry that is no object (a local symlink)
+    :class:`~replverify.ops.objstore.StoreError`; an entry that is no object (a local symlink)
     is reported ``unreadable``.
     """
     started = time.perf_counter()
