@@ -26,8 +26,8 @@ from replverify.lag.sampler import measure_lag
 from replverify.ops.failback import failback
 from replverify.reconcile.replay import replay_script
 from replverify.reconcile.run import reconcile
-from replverify.report import diff_to_text, lag_to_text, reconcile_to_text
-from replverify.report_ops import failback_to_text
+from replverify.reports.common import diff_to_text, lag_to_text, reconcile_to_text
+from replverify.reports.ops import failback_to_text
 
 Echo = Callable[[str], None]
 

@@ -20,8 +20,8 @@ from replverify.ops.files import FileDifference, FilesReport
 from replverify.ops.gate import GateReport
 from replverify.ops.health import Finding, HealthReport
 from replverify.reconcile.run import MemoryTarget, reconcile_with
-from replverify.report import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
-from replverify.report_ops import (
+from replverify.reports.common import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
+from replverify.reports.ops import (
     FAILBACK_RENDERERS,
     FILES_RENDERERS,
     GATE_RENDERERS,

@@ -44,7 +44,7 @@ from replverify.lag.sampler import (
     percentile,
     snapshot,
 )
-from replverify.report import LAG_RENDERERS, lag_to_dict
+from replverify.reports.common import LAG_RENDERERS, lag_to_dict
 from replverify.testing import (
     cut_replication,
     pause_replay,

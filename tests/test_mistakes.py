@@ -74,8 +74,8 @@ async def test_failback_with_old_and_new_swapped_is_refused(clusters, make_db) -
 
 def test_counts_are_pluralized() -> None:
     from replverify.ops.failback import FailbackReport, FailbackRow
-    from replverify.report import count, table_verdict
-    from replverify.report_ops import failback_verdict
+    from replverify.reports.common import count, table_verdict
+    from replverify.reports.ops import failback_verdict
     from replverify.types import TableRef, TableResult
 
     assert (count(1, "row"), count(2, "row"), count(1000, "entry", "entries")) == (
@@ -96,7 +96,7 @@ def test_counts_are_pluralized() -> None:
 
 
 def test_one_value_has_one_presentation() -> None:
-    from replverify.report import _journal_json, fmt_key, fmt_values
+    from replverify.reports.common import _journal_json, fmt_key, fmt_values
 
     # the journal's JSON false and the database's text f are the same boolean
     assert fmt_values({"paid": False}) == fmt_values({"paid": "f"}) == 'paid="f"'
@@ -105,7 +105,7 @@ def test_one_value_has_one_presentation() -> None:
 
 
 def test_measured_durations_have_one_format() -> None:
-    from replverify.report import diff_facts, diff_verdict, fmt_seconds
+    from replverify.reports.common import diff_facts, diff_verdict, fmt_seconds
     from replverify.types import DiffReport
 
     report = DiffReport("a", "b", [], elapsed_s=18.4567)

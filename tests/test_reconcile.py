@@ -35,7 +35,7 @@ from replverify.reconcile.run import (
     reconcile,
     reconcile_with,
 )
-from replverify.report import reconcile_to_dict
+from replverify.reports.common import reconcile_to_dict
 from replverify.types import Column, ColumnType, TableRef
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "journals"

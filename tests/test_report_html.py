@@ -34,9 +34,9 @@ from replverify.ops.gate import GateReport
 from replverify.ops.health import Finding as HealthFinding
 from replverify.ops.health import HealthReport
 from replverify.reconcile.run import MemoryTarget, ReconcileReport, reconcile_with
-from replverify.report import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
-from replverify.report_html import ticks
-from replverify.report_ops import (
+from replverify.reports.common import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
+from replverify.reports.html import ticks
+from replverify.reports.ops import (
     FAILBACK_RENDERERS,
     FILES_RENDERERS,
     GATE_RENDERERS,
@@ -540,7 +540,7 @@ def test_real_diff_as_html_in_chromium(shop, tmp_path):
 
 # ================================================================ layout (issue 12, item 9)
 def _css_rule(selector: str) -> str:
-    from replverify.report_html import CSS
+    from replverify.reports.html import CSS
 
     start = CSS.index(selector + " {")
     return CSS[start : CSS.index("}", start)]

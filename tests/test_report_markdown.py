@@ -28,7 +28,7 @@ from test_report_html import (
 )
 
 from replverify.ops.failback import FailbackReport, FailbackRow
-from replverify.report import (
+from replverify.reports.common import (
     DIFF_RENDERERS,
     LAG_RENDERERS,
     RECONCILE_RENDERERS,
@@ -36,7 +36,7 @@ from replverify.report import (
     md_code,
     md_text,
 )
-from replverify.report_ops import (
+from replverify.reports.ops import (
     FAILBACK_RENDERERS,
     FILES_RENDERERS,
     GATE_RENDERERS,

@@ -1,6 +1,6 @@
 """Renderers for the failover toolkit: gate, failback, health and files, each as text,
 JSON (``replverify.<name>/1``) and Markdown. The diff inside a gate or failback report
-uses :mod:`replverify.report`'s own ``replverify.diff/1`` form."""
+uses :mod:`replverify.reports.common`'s own ``replverify.diff/1`` form."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from replverify.ops.failback import FAILBACK_SCHEMA, FailbackReport, FailbackRow
 from replverify.ops.files import FILES_SCHEMA, FilesReport, RpoCheck
 from replverify.ops.gate import GateReport
 from replverify.ops.health import HEALTH_SCHEMA, HealthReport
-from replverify.report import (
+from replverify.reports.common import (
     count,
     diff_to_dict,
     fmt_key,

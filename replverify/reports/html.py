@@ -3,7 +3,7 @@
 A page carries its CSS inline and draws the lag chart as inline SVG; it has no scripts and
 loads nothing (its Content-Security-Policy tells the browser so too). The pages show
 what the text and JSON reports show, through the same helpers of
-:mod:`replverify.report` and :mod:`replverify.report_ops`.
+:mod:`replverify.reports.common` and :mod:`replverify.reports.ops`.
 
 Escaping has one rule: :func:`el` escapes every ``str`` it is given (table names, keys,
 values, DSNs, notes) with :func:`html.escape`; only :class:`Html`, made by :func:`el`
@@ -27,7 +27,7 @@ from replverify.ops.files import FilesReport
 from replverify.ops.gate import GateReport
 from replverify.ops.health import HealthReport
 from replverify.reconcile.run import Finding, ReconcileReport
-from replverify.report import (
+from replverify.reports.common import (
     APPLIED,
     clock,
     diff_facts,
@@ -47,7 +47,7 @@ from replverify.report import (
     table_verdict,
     value_pairs,
 )
-from replverify.report_ops import (
+from replverify.reports.ops import (
     GATE_VERDICT,
     ORIGIN_TITLES,
     UNVERIFIED_TITLE,
@@ -1018,7 +1018,7 @@ def files_to_html(r: FilesReport) -> str:
 # == dispatch =============================================================================
 @singledispatch
 def to_html(report: object) -> str:
-    """The page of any report (the ``html`` entry of :func:`replverify.report.renderers`)."""
+    """The page of any report (the ``html`` entry of :func:`replverify.reports.common.renderers`)."""
     raise TypeError(f"no HTML page for {type(report).__name__}")
 
 

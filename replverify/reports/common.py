@@ -139,9 +139,9 @@ def renderers(
 
 
 def html_page(report: object) -> str:
-    """Any report as one self-contained HTML page (:mod:`replverify.report_html`)."""
+    """Any report as one self-contained HTML page (:mod:`replverify.reports.html`)."""
     # Imported here: report_html builds on this module's helpers.
-    from replverify.report_html import to_html
+    from replverify.reports.html import to_html
 
     return to_html(report)
 
