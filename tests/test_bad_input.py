@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import main
+from replverify.cli.main import main
 
 
 def run(*args: str):

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import main
+from replverify.cli.main import main
 
 
 def run(*args: str):

@@ -1,6 +1,6 @@
 """Text reports get colour on a terminal: the verdicts and nothing else, never with
 NO_COLOR (no-color.org), never in ``-o`` files or other formats. The renderers stay plain;
-:func:`replverify.cli.colorize` styles their output."""
+:func:`replverify.cli.main.colorize` styles their output."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from replverify import cli
-from replverify.cli import colorize, main
+from replverify.cli import main as cli
+from replverify.cli.main import colorize, main
 from replverify.db.catalog import TableInfo
 from replverify.lag.sampler import LagReport, LagSample, ReplicationState
 from replverify.ops.failback import FailbackReport

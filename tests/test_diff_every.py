@@ -19,7 +19,7 @@ import asyncpg
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.lag.metrics import DIFF_METRICS, LAG_METRICS, DiffMetrics, LagMetrics
 from replverify.lag.sampler import LagSample
 from replverify.testing import free_port

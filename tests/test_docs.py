@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import pytest
 
-from replverify.cli import main
+from replverify.cli.main import main
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 

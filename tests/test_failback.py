@@ -10,7 +10,7 @@ import asyncpg
 from click.testing import CliRunner
 
 from replverify.api import DiffOptions
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.ops.failback import failback, replay_script
 from replverify.testing import LocalClusters, cut_replication, execute, promote, wait_for_replay
 

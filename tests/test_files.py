@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.errors import UsageError
 from replverify.ops.files import compare_trees, file_digest, walk
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.errors import UsageError
 from replverify.ops.files import HashLedger, compare_objects
 from replverify.ops.objstore import LocalStore, ObjectInfo, ObstoreStore, StoreError, open_store

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from replverify.api import DiffOptions
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.errors import UsageError
 from replverify.ops.gate import gate
 from replverify.testing import LocalClusters, pause_replay, resume_replay

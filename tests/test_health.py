@@ -7,7 +7,7 @@ import json
 
 from click.testing import CliRunner
 
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.ops.health import health
 from replverify.testing import LocalClusters, cut_replication, free_port, restore_replication
 

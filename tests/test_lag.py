@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import lag_exit_code, main
+from replverify.cli.main import lag_exit_code, main
 from replverify.db.connect import Endpoint, connect
 from replverify.errors import UsageError
 from replverify.lag.sampler import (

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.lag.metrics import LagMetrics, endpoint_label, serve
 from replverify.lag.sampler import LagSample
 from replverify.testing import free_port, wait_for_replay

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.reports.common import fmt_chance
 from replverify.testing import pause_replay, resume_replay
 
@@ -126,7 +126,7 @@ def test_paused_note_still_paused_at_the_end() -> None:
 
 
 def test_progress_line_labels_each_table_with_its_own_count() -> None:
-    from replverify.cli import DiffProgress, fmt_duration
+    from replverify.cli.main import DiffProgress, fmt_duration
     from replverify.types import TableRef
 
     a, b, c = TableRef("public", "a"), TableRef("public", "b"), TableRef("public", "c")
@@ -149,7 +149,7 @@ def test_progress_line_labels_each_table_with_its_own_count() -> None:
 
 async def test_progress_of_a_whole_database_before_analyze(clusters, make_db) -> None:  # type: ignore[no-untyped-def]
     from replverify.api import DiffOptions, diff
-    from replverify.cli import DiffProgress
+    from replverify.cli.main import DiffProgress
     from replverify.db import catalog
 
     src, tgt = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=300, matrix_rows=10)

@@ -9,7 +9,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.testing import cut_replication, execute, promote, wait_for_replay
 
 
@@ -89,7 +89,7 @@ def test_counts_are_pluralized() -> None:
     assert failback_verdict(report).startswith("1 old-only row, 0 conflicting, 0 unknown:")
     one = TableResult(ref, ("id",), "primary key", unstable=[(1,)])
     assert table_verdict(one).startswith("1 row not verified")
-    from replverify.cli import colorize
+    from replverify.cli.main import colorize
 
     line = f"public.orders  [key (id)]  1 / 1 rows, 1 chunk (0 mismatched)  {table_verdict(one)}"
     assert "\x1b[" in colorize(line)  # still coloured as "not verified" in the singular

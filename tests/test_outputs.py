@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.errors import OutputError
 from replverify.journal.records import JournalWriter
 from replverify.testing import cut_replication, execute, promote, wait_for_replay

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from replverify import testing
 from replverify.api import DiffOptions, diff
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.db.catalog import TableInfo
 from replverify.diff.sql import ident, quote_table
 from replverify.errors import JournalError

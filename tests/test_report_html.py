@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.db.catalog import TableInfo
 from replverify.lag.sampler import LagReport, LagSample, ReplicationState
 from replverify.ops.failback import FailbackReport, FailbackRow

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from replverify.api import DiffOptions, diff
-from replverify.cli import diff_exit_code, main
+from replverify.cli.main import diff_exit_code, main
 from replverify.ops import failback as failback_module
 from replverify.ops.failback import failback
 from replverify.ops.gate import gate

@@ -47,7 +47,7 @@ from replverify.types import DiffReport, TableRef
 from replverify.values.canonical import Compare
 
 if TYPE_CHECKING:
-    from replverify.config import Param
+    from replverify.cli.config import Param
     from replverify.ops.files import FilesReport, RpoCheck
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -342,7 +342,7 @@ CONFIG_OWN_TABLE_ONLY = frozenset({"files"})
 def config_schema(group: click.Group) -> dict[str, dict[str, Param]]:
     """What each command accepts in a profile, from its click parameters (one list of
     options: the CLI's)."""
-    from replverify.config import Kind, Param
+    from replverify.cli.config import Kind, Param
 
     def describe(p: click.Parameter, own_table_only: bool) -> Param:
         assert p.name is not None
@@ -386,7 +386,7 @@ def profile_defaults(
     """``ctx.default_map`` for ``profile``: per command, per parameter, the value; one
     that names ``${VAR}`` is given as a callable, which click calls only for what the
     command line leaves out, so an unset variable matters only when its value is used."""
-    from replverify.config import CONFIG_ENV, CONFIG_FILE, discover, load
+    from replverify.cli.config import CONFIG_ENV, CONFIG_FILE, discover, load
 
     path = Path(config_file) if config_file else discover()
     if path is None:
@@ -440,7 +440,7 @@ def main(ctx: click.Context, profile: str | None, config_file: str | None) -> No
     if profile is not None:
         ctx.default_map = profile_defaults(main, profile, config_file)
     elif ctx.get_parameter_source("config_file") is click.core.ParameterSource.COMMANDLINE:
-        from replverify.config import load
+        from replverify.cli.config import load
 
         names = ", ".join(sorted(load(config_file or "", config_schema(main)).profiles))
         raise ConfigError(f"--config {config_file}: choose a profile with --profile ({names})")
