@@ -37,7 +37,7 @@ from typing import Any, get_args
 import asyncpg
 from shapes import SHAPES, TABLE, Plan, Shape, load, parse_diffs, plan_differences, plant
 
-from replverify.testing import OTHER_SETTINGS, Cluster, LocalClusters
+from replverify.testing.clusters import OTHER_SETTINGS, Cluster, LocalClusters
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

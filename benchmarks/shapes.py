@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from replverify.sample import BENCH_SQL
+from replverify.testing.sample import BENCH_SQL
 
 TABLE = "t"
 
@@ -58,7 +58,7 @@ class Shape:
 NARROW = Shape(
     name="narrow",
     description="t(id bigint primary key, a int, b text, c numeric(12,2), d timestamptz, "
-    "e jsonb, f boolean) - replverify.sample.BENCH_SQL",
+    "e jsonb, f boolean) - replverify.testing.sample.BENCH_SQL",
     key=("id",),
     create_sql=BENCH_SQL.replace("{name}", TABLE),
     key_of_i=("i",),

@@ -15,8 +15,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from replverify.demo import run_demo
-from replverify.testing import ENV_TMPDIR, cluster_tmp_root, stop_clusters_under
+from replverify.testing.clusters import ENV_TMPDIR, cluster_tmp_root, stop_clusters_under
+from replverify.testing.demo import run_demo
 
 
 async def test_demo_runs_the_whole_story():

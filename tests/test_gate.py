@@ -13,7 +13,7 @@ from replverify.api import DiffOptions
 from replverify.cli.main import main
 from replverify.errors import UsageError
 from replverify.ops.gate import gate
-from replverify.testing import LocalClusters, pause_replay, resume_replay
+from replverify.testing.clusters import LocalClusters, pause_replay, resume_replay
 
 
 def _db(dsn: str, db: str) -> str:

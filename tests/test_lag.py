@@ -45,7 +45,7 @@ from replverify.lag.sampler import (
     snapshot,
 )
 from replverify.reports.common import LAG_RENDERERS, lag_to_dict
-from replverify.testing import (
+from replverify.testing.clusters import (
     cut_replication,
     pause_replay,
     promote,

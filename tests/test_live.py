@@ -9,7 +9,7 @@ import asyncpg
 
 from replverify.api import DiffOptions, diff
 from replverify.reports.common import diff_to_dict
-from replverify.testing import wait_for_replay
+from replverify.testing.clusters import wait_for_replay
 
 
 def on(dsn: str, db: str) -> str:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from replverify.cli.main import main
 from replverify.reports.common import fmt_chance
-from replverify.testing import pause_replay, resume_replay
+from replverify.testing.clusters import pause_replay, resume_replay
 
 
 def _db(dsn: str, db: str) -> str:
@@ -46,7 +46,7 @@ def _invoke(*args: str):  # type: ignore[no-untyped-def]
 async def test_fenced_diff_on_a_paused_standby_says_replay_is_paused(pair, make_db) -> None:  # type: ignore[no-untyped-def]
     (primary,) = await make_db(pair.primary_dsn, rows=200, matrix_rows=10)
     standby = _db(pair.standby_dsn, primary.rsplit("/", 1)[1])
-    from replverify.testing import wait_for_replay
+    from replverify.testing.clusters import wait_for_replay
 
     await wait_for_replay(pair.primary_dsn, pair.standby_dsn)
     await pause_replay(pair.standby_dsn)

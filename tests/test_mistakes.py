@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from replverify.cli.main import main
-from replverify.testing import cut_replication, execute, promote, wait_for_replay
+from replverify.testing.clusters import cut_replication, execute, promote, wait_for_replay
 
 
 def _db(dsn: str, db: str) -> str:

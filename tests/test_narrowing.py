@@ -10,7 +10,7 @@ import pytest
 from replverify import api
 from replverify.api import DiffOptions, diff
 from replverify.diff.machine import TableComparison
-from replverify.testing import execute
+from replverify.testing.clusters import execute
 from replverify.types import Changed, Extra, Missing
 
 

@@ -20,7 +20,6 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from replverify import testing
 from replverify.api import DiffOptions, diff
 from replverify.cli.main import main
 from replverify.db.catalog import TableInfo
@@ -36,6 +35,7 @@ from replverify.reconcile.run import (
     reconcile_with,
 )
 from replverify.reports.common import reconcile_to_dict
+from replverify.testing import clusters as testing
 from replverify.types import Column, ColumnType, TableRef
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "journals"

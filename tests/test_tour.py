@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from replverify.testing import ENV_TMPDIR, cluster_tmp_root, stop_clusters_under
+from replverify.testing.clusters import ENV_TMPDIR, cluster_tmp_root, stop_clusters_under
 
 TOUR = Path(__file__).resolve().parent.parent / "docs" / "tour.md"
 

@@ -24,7 +24,7 @@ from replverify.reports.ops import (
     failback_to_dict,
     gate_to_dict,
 )
-from replverify.testing import execute, wait_for_replay
+from replverify.testing.clusters import execute, wait_for_replay
 from replverify.types import Missing
 
 

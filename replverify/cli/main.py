@@ -784,7 +784,7 @@ def demo(keep: bool, rows: int) -> None:
     Needs the PostgreSQL 15 server binaries (pg_config --bindir). Everything runs in a
     temporary directory on loopback ports and is removed afterwards (unless --keep).
     """
-    from replverify.demo import run_demo
+    from replverify.testing.demo import run_demo
 
     sys.exit(run_async(run_demo(rows=rows, keep=keep, echo=click.echo)))
 

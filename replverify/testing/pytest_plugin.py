@@ -6,12 +6,12 @@ for a fixture:
 ``replverify_clusters``  (session) a primary + streaming hot standby shared by the
                          session: servers named by ``REPLVERIFY_TEST_PRIMARY_DSN`` and
                          ``REPLVERIFY_TEST_STANDBY_DSN`` (e.g. containers), else a local
-                         pair started with :mod:`replverify.testing`. Give each test its
+                         pair started with :mod:`replverify.testing.clusters`. Give each test its
                          own database (:meth:`ClusterPair.database`); cutting replication
                          and promoting are refused here.
 ``replverify_pair``      (function) a new local pair for one test that fails over: cut
                          replication, write, promote; stopped and deleted afterwards.
-``replverify_local_clusters`` (session) the :class:`~replverify.testing.LocalClusters`
+``replverify_local_clusters`` (session) the :class:`~replverify.testing.clusters.LocalClusters`
                          that makes the local pairs.
 
 Without PostgreSQL a fixture fails the test with the reason; it never skips.
@@ -45,7 +45,7 @@ import pytest
 if TYPE_CHECKING:
     from replverify.api import DiffOptions
     from replverify.reconcile.run import Finding, ReconcileReport
-    from replverify.testing import LocalClusters, Pair
+    from replverify.testing.clusters import LocalClusters, Pair
     from replverify.types import DiffReport, TableResult
 
 # Heavy imports (asyncpg, sqlglot) are deferred into the functions: this module is loaded
@@ -105,7 +105,7 @@ class ClusterPair:
     """A primary and its streaming hot standby, driven from tests.
 
     The methods are synchronous (see the module docstring for async tests); the async
-    helpers of :mod:`replverify.testing` take :attr:`primary_dsn` / :attr:`standby_dsn`
+    helpers of :mod:`replverify.testing.clusters` take :attr:`primary_dsn` / :attr:`standby_dsn`
     too. After :meth:`promote`, :attr:`standby_dsn` is the new primary.
     """
 
@@ -184,7 +184,7 @@ class ClusterPair:
 
     def wait_for_replay(self, timeout: float = 30) -> str:
         """Wait until the standby has replayed the primary's current WAL position."""
-        from replverify import testing
+        from replverify.testing import clusters as testing
 
         return _run_sync(
             lambda: testing.wait_for_replay(self.primary_dsn, self.standby_dsn, timeout)
@@ -192,19 +192,19 @@ class ClusterPair:
 
     def pause_replay(self) -> None:
         """The standby keeps receiving WAL but stops applying it (lag grows)."""
-        from replverify import testing
+        from replverify.testing import clusters as testing
 
         _run_sync(lambda: testing.pause_replay(self.standby_dsn))
 
     def resume_replay(self) -> None:
-        from replverify import testing
+        from replverify.testing import clusters as testing
 
         _run_sync(lambda: testing.resume_replay(self.standby_dsn))
 
     def cut_replication(self, timeout: float = 30) -> None:
         """Stop the standby receiving WAL: what the primary commits from now on is what a
         failover loses. Undo with :meth:`restore_replication`."""
-        from replverify import testing
+        from replverify.testing import clusters as testing
 
         self._destructive("cut_replication")
         if self.state != "streaming":
@@ -214,7 +214,7 @@ class ClusterPair:
 
     def restore_replication(self, timeout: float = 30) -> None:
         """Reconnect the standby after :meth:`cut_replication`; wait until it streams."""
-        from replverify import testing
+        from replverify.testing import clusters as testing
 
         self._destructive("restore_replication")
         if self.state != "cut":
@@ -226,7 +226,7 @@ class ClusterPair:
     def promote(self, timeout: int = 60) -> None:
         """Promote the standby (``pg_promote``); it replays the WAL it has, then takes
         writes. The old primary keeps running (compare it with the new one)."""
-        from replverify import testing
+        from replverify.testing import clusters as testing
 
         self._destructive("promote")
         _run_sync(lambda: testing.promote(self.standby_dsn, timeout))
@@ -275,7 +275,7 @@ def _set_up(
 def _env_pair() -> tuple[str, str] | None:
     """The primary and standby DSNs from the environment, None when neither is set."""
     from replverify.errors import ClusterError
-    from replverify.testing import ENV_PRIMARY_DSN, ENV_STANDBY_DSN
+    from replverify.testing.clusters import ENV_PRIMARY_DSN, ENV_STANDBY_DSN
 
     primary = os.environ.get(ENV_PRIMARY_DSN, "")
     standby = os.environ.get(ENV_STANDBY_DSN, "")
@@ -296,7 +296,7 @@ _LOCAL_HINT = (
 @pytest.fixture(scope="session")
 def replverify_local_clusters() -> Iterator[LocalClusters]:
     """Maker of local PostgreSQL pairs (``.fresh_pair()``); all removed after the session."""
-    from replverify.testing import LocalClusters
+    from replverify.testing.clusters import LocalClusters
 
     lc = LocalClusters(use_env=False)
     _set_up(lc.start_empty, "use local PostgreSQL clusters", _LOCAL_HINT + ".", cleanup=lc.close)

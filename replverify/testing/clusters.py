@@ -132,7 +132,7 @@ _BASE_SETTINGS: dict[str, str] = {
     "autovacuum": "off",
 }
 _HBA = """\
-# written by replverify.testing: trust everything on loopback
+# written by replverify.testing.clusters: trust everything on loopback
 local   all             all                                     trust
 host    all             all             127.0.0.1/32            trust
 host    replication     all             127.0.0.1/32            trust
@@ -476,7 +476,7 @@ class Cluster:
         conf["cluster_name"] = f"'{self.cluster_name}'"
         conf.update(self.settings)
         body = "".join(f"{k} = {v}\n" for k, v in conf.items())
-        (self.datadir / _CONF_FILE).write_text("# written by replverify.testing\n" + body)
+        (self.datadir / _CONF_FILE).write_text("# written by replverify.testing.clusters\n" + body)
 
     # ---- lifecycle
 

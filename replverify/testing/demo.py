@@ -19,7 +19,6 @@ from decimal import Decimal
 
 import asyncpg
 
-from replverify import sample, testing
 from replverify.api import DiffOptions, diff
 from replverify.journal.records import JournalWriter, render_sql
 from replverify.lag.sampler import measure_lag
@@ -28,6 +27,8 @@ from replverify.reconcile.replay import replay_script
 from replverify.reconcile.run import reconcile
 from replverify.reports.common import diff_to_text, lag_to_text, reconcile_to_text
 from replverify.reports.ops import failback_to_text
+from replverify.testing import clusters as testing
+from replverify.testing import sample
 
 Echo = Callable[[str], None]
 
