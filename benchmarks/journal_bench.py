@@ -8,7 +8,8 @@ records, a few in-doubt intents) over ``--rows`` distinct rows, and a target tha
 the last value of every row except a few lost ones. Then, each in its own process so
 peak RSS is its own:
 
-* ``read``      - :class:`~replverify.journal.records.JournalReader`: decode and validate every line;
+* ``read``      - :class:`~replverify.journal.records.JournalReader`: decode and validate
+  every line;
 * ``reconcile`` - the whole :func:`~replverify.reconcile.run.reconcile_with` (three passes,
   batched lookups) against a :class:`~replverify.reconcile.run.MemoryTarget`;
 * ``ledger``    - pass 1 of reconcile alone (validate, resolve, settle; the per-row

@@ -1,4 +1,4 @@
-"""The local PostgreSQL clusters of :mod:`replverify.testing.clusters` really replicate and fail over."""
+"""The local clusters of :mod:`replverify.testing.clusters` really replicate and fail over."""
 
 from __future__ import annotations
 

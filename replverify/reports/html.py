@@ -1018,7 +1018,8 @@ def files_to_html(r: FilesReport) -> str:
 # == dispatch =============================================================================
 @singledispatch
 def to_html(report: object) -> str:
-    """The page of any report (the ``html`` entry of :func:`replverify.reports.common.renderers`)."""
+    """The page of any report (the ``html`` entry of
+    :func:`replverify.reports.common.renderers`)."""
     raise TypeError(f"no HTML page for {type(report).__name__}")
 
 
