@@ -76,7 +76,9 @@ __all__ = [
     "ENV_PRIMARY_DSN",
     "ENV_STANDBY_DSN",
     "ENV_TMPDIR",
+    "LOGICAL_SETTINGS",
     "OTHER_SETTINGS",
+    "UPGRADE_SETTINGS",
     "Binaries",
     "Cluster",
     "Endpoint",
@@ -95,7 +97,10 @@ __all__ = [
     "restore_replication",
     "resume_replay",
     "server_version",
+    "subscribe",
+    "unsubscribe",
     "wait_for_replay",
+    "wait_for_subscription",
 ]
 
 ENV_PG_BINDIR = "REPLVERIFY_PG_BINDIR"
@@ -117,6 +122,15 @@ OTHER_SETTINGS: dict[str, str] = {
     "extra_float_digits": "0",
     "bytea_output": "'escape'",
 }
+
+#: Server defaults of the PostgreSQL 18 cluster of the cross-version (upgrade) tests: a
+#: subscriber in another country, so text output differs from the source's.
+UPGRADE_SETTINGS: dict[str, str] = {
+    "TimeZone": "'America/Sao_Paulo'",
+    "DateStyle": "'SQL, DMY'",
+}
+#: A publisher for logical replication.
+LOGICAL_SETTINGS: dict[str, str] = {"wal_level": "logical"}
 
 _INSTALL_HINT = (
     "install PostgreSQL 15 server binaries (Debian: apt-get install postgresql-15) or the "
@@ -985,6 +999,96 @@ async def resume_replay(standby: Endpoint) -> None:
         await conn.close()
 
 
+async def subscribe(
+    publisher: Endpoint,
+    subscriber: Endpoint,
+    name: str,
+    *,
+    tables: Sequence[str] | None = None,
+    timeout: float = 60,
+) -> None:
+    """Logical replication of ``publisher``'s database to ``subscriber``'s (an upgrade).
+
+    Creates publication ``name`` (of ``tables``, default ``FOR ALL TABLES``) on the
+    publisher, which needs ``wal_level=logical`` (:data:`LOGICAL_SETTINGS`), and
+    subscription ``name`` (slot ``name``) on the subscriber, whose tables must exist
+    already (logical replication copies no DDL); returns once the initial copy is done
+    and the subscriber has caught up.
+    """
+    pub = await _connect(publisher)
+    try:
+        target = "FOR ALL TABLES"
+        if tables:
+            quoted = await pub.fetchval(
+                "SELECT string_agg(format('%I.%I', t[1], t[2]), ', ') FROM "
+                "(SELECT parse_ident(x) AS t FROM unnest($1::text[]) AS x) AS s",
+                [t if "." in t else f"public.{t}" for t in tables],
+            )
+            target = f"FOR TABLE {quoted}"
+        ident = await pub.fetchval("SELECT format('%I', $1::text)", name)
+        await pub.execute(f"CREATE PUBLICATION {ident} {target}")
+    finally:
+        await pub.close()
+    sub = await _connect(subscriber)
+    try:
+        stmt = await sub.fetchval(
+            "SELECT format('CREATE SUBSCRIPTION %I CONNECTION %L PUBLICATION %I', "
+            "$1::text, $2::text, $1::text)",
+            name,
+            _dsn(publisher),
+        )
+        await sub.execute(stmt)
+
+        async def synced() -> bool:
+            pending = await sub.fetchval(
+                "SELECT count(*) FROM pg_subscription_rel AS r "
+                "JOIN pg_subscription AS s ON s.oid = r.srsubid "
+                "WHERE s.subname = $1 AND r.srsubstate <> 'r'",
+                name,
+            )
+            return bool(pending == 0)
+
+        await _poll(synced, timeout=timeout, what=f"the initial copy of subscription {name}")
+    finally:
+        await sub.close()
+    await wait_for_subscription(publisher, name, timeout=timeout)
+
+
+async def wait_for_subscription(publisher: Endpoint, slot: str, timeout: float = 30) -> str:
+    """Wait until logical slot ``slot`` on ``publisher`` has confirmed (the subscriber
+    has applied and flushed) the publisher's current WAL position; return it."""
+    conn = await _connect(publisher)
+    try:
+        target: str = await conn.fetchval("SELECT pg_current_wal_lsn()::text")
+
+        async def confirmed() -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT coalesce(confirmed_flush_lsn >= $2::text::pg_lsn, false) "
+                    "FROM pg_replication_slots WHERE slot_name = $1",
+                    slot,
+                    target,
+                )
+            )
+
+        await _poll(confirmed, timeout=timeout, what=f"slot {slot} to confirm {target}")
+    finally:
+        await conn.close()
+    return target
+
+
+async def unsubscribe(subscriber: Endpoint, name: str) -> None:
+    """Drop subscription ``name`` (and its slot on the publisher) if it exists."""
+    conn = await _connect(subscriber)
+    try:
+        stmt = await conn.fetchval(
+            "SELECT format('DROP SUBSCRIPTION IF EXISTS %I', $1::text)", name
+        )
+        await conn.execute(stmt)
+    finally:
+        await conn.close()
+
+
 # --------------------------------------------------------------------------- LocalClusters
 
 
@@ -1157,23 +1261,49 @@ class LocalClusters:
             self._clusters.append(cluster)
         return cluster
 
+    def cluster(
+        self,
+        name: str,
+        *,
+        bindir: Path | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> Cluster:
+        """A NEW started cluster ``name`` from the binaries in ``bindir`` (default: ours),
+        e.g. another major version; stopped and removed with us.
+
+        Blocking (about a second); from async code use :func:`asyncio.to_thread`.
+        """
+        base = self._local_base("cluster()")
+        with self._lock:
+            self._pair_count += 1
+            n = self._pair_count
+        cluster = Cluster.init(
+            base, f"c{n}-{name}", settings=settings, bindir=bindir or self._bindir
+        )
+        self._track(cluster).start()
+        return cluster
+
+    def _local_base(self, what: str) -> Path:
+        if self.from_environment or not self.started or self.base_dir is None:
+            raise ClusterError(
+                f"{what} needs local clusters: destructive (failover) tests need local "
+                "PostgreSQL binaries, not the servers given in "
+                f"{ENV_PRIMARY_DSN}/{ENV_STANDBY_DSN}/{ENV_OTHER_DSN}",
+                hint=f"unset those variables and {_INSTALL_HINT}",
+            )
+        return self.base_dir
+
     def fresh_pair(self, slot: str = DEFAULT_SLOT) -> Pair:
         """A NEW primary + streaming standby, for destructive tests; closed with us.
 
         Blocking (about a second); from async code use ``await
         asyncio.to_thread(lc.fresh_pair)``.
         """
-        if self.from_environment or not self.started or self.base_dir is None:
-            raise ClusterError(
-                "fresh_pair() needs local clusters: destructive (failover) tests need local "
-                "PostgreSQL binaries, not the servers given in "
-                f"{ENV_PRIMARY_DSN}/{ENV_STANDBY_DSN}/{ENV_OTHER_DSN}",
-                hint=f"unset those variables and {_INSTALL_HINT}",
-            )
+        base = self._local_base("fresh_pair()")
         with self._lock:
             self._pair_count += 1
             n = self._pair_count
-        base, bindir = self.base_dir, self._bindir
+        bindir = self._bindir
         primary = self._track(Cluster.init(base, f"pair{n}-primary", bindir=bindir))
         primary.start()
         standby = self._track(Cluster.standby_of(primary, base, f"pair{n}-standby", slot))
