@@ -5,17 +5,20 @@ non-default TimeZone and DateStyle. ``diff``, ``lag`` and ``health`` on that pai
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
 import pytest
+from click.testing import CliRunner
 
 from replverify.api import diff
+from replverify.cli import main
 from replverify.health import health
 from replverify.lag import HEARTBEAT_DDL, measure_lag
-from replverify.report import lag_to_dict
+from replverify.report import lag_to_dict, lag_to_text
 from replverify.testing import (
     Cluster,
     execute,
@@ -216,6 +219,15 @@ async def test_lag_of_a_caught_up_subscriber_is_about_zero_from_its_slot(
     doc = lag_to_dict(report)
     assert doc["samples"][0]["method"] in ("caught-up", "slot-lsn-history")
     assert doc["replication"]["slot"]["name"] == up.name
+    assert doc["replication"]["subscription"]["enabled"] is True
+    text = lag_to_text(report)
+    assert f"subscription {up.name} (enabled, worker pid" in text
+    assert "confirmed_flush_lsn" in text  # the note says how it was measured
+
+    args = ["lag", up.source, up.target, "--samples", "2", "--interval", "0.2", "--rpo", "10"]
+    result = await asyncio.to_thread(CliRunner().invoke, main, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["replication"]["relation"] == "subscriber"
 
 
 async def test_lag_grows_while_the_subscription_is_disabled(upgrade: MakeUpgrade) -> None:
@@ -277,6 +289,11 @@ async def test_health_knows_a_subscriber_from_a_standby(upgrade: MakeUpgrade) ->
     assert checks["slot"].level == "ok" and up.name in checks["slot"].message
     assert checks["lag"].level == "ok"
     assert "timeline" not in checks  # timelines of two clusters mean nothing together
+    assert "wal_receiver" not in checks and "replay" not in checks
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, ["health", up.source, up.target, "--rpo", "30"]
+    )
+    assert result.exit_code == 0, result.output
 
 
 async def test_health_of_a_disabled_subscription_is_a_problem(upgrade: MakeUpgrade) -> None:
@@ -287,3 +304,14 @@ async def test_health_of_a_disabled_subscription_is_a_problem(upgrade: MakeUpgra
     assert report.status == "problem"
     assert levels["subscription"] == "fail"
     assert levels["slot"] == "warn"  # inactive: it holds WAL on the publisher
+    result = await asyncio.to_thread(CliRunner().invoke, main, ["health", up.source, up.target])
+    assert result.exit_code == 1, result.output
+    assert "disabled" in result.output
+
+
+async def test_gate_refuses_a_subscriber_with_the_reason(upgrade: MakeUpgrade) -> None:
+    up = await upgrade(rows=20)
+    args = ["gate", up.source, up.target, "--timeout", "5"]
+    result = await asyncio.to_thread(CliRunner().invoke, main, args)
+    assert result.exit_code == 2, result.output
+    assert "logical replication subscriber" in result.output
