@@ -807,13 +807,14 @@ SELECT clock_timestamp() AS at,
        (SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')
         FROM pg_replication_slots WHERE slot_name = $1) AS confirmed,
        EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1) AS slot_exists"""
-# subconninfo is readable by superusers only: a column of its own, tried separately.
+# The leader apply worker only: table sync workers have a relid, parallel apply workers
+# (16+) a leader_pid. subconninfo is readable by superusers only: tried separately.
 _SUBSCRIPTIONS_SQL = """\
 SELECT s.subname, s.subenabled, s.subslotname,
        w.pid AS worker_pid, pg_wal_lsn_diff(w.received_lsn, '0/0') AS received_lsn
 FROM pg_subscription AS s
 LEFT JOIN pg_stat_subscription AS w ON w.subid = s.oid AND w.relid IS NULL
-  AND w.pid IS NOT NULL AND to_jsonb(w) ->> 'worker_type' IS DISTINCT FROM 'parallel apply'
+  AND w.pid IS NOT NULL AND to_jsonb(w) ->> 'leader_pid' IS NULL
 WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 ORDER BY s.subname"""
 _CONNINFO_SQL = "SELECT subname, subconninfo FROM pg_subscription"
