@@ -153,7 +153,12 @@ FsyncPolicy = Literal["commit", "always", "never"]
 
 OPS: tuple[Op, ...] = ("insert", "update", "delete", "upsert")
 _WRITE_FIELDS = frozenset(
-    {"v", "txid", "seq", "ts", "state", "op", "table", "key", "values", "before", "sql", "meta"}
+    {"v", "txid", "seq", "ts", "state", "op", "table", "key", "values", "before", "sql", "meta",
+     "of"}
+)  # fmt: skip
+#: a statement intent (a write journaled by its effect): the statement, not its rows
+_STMT_FIELDS = frozenset(
+    {"v", "txid", "seq", "ts", "state", "op", "table", "stmt", "params", "meta"}
 )
 _MARKER_FIELDS = frozenset({"v", "txid", "seq", "ts", "state", "meta"})
 _DIALECT = "postgres"
@@ -202,6 +207,12 @@ class WriteRecord:
     before: Mapping[str, JSONValue] | None
     sql: str | None = None
     statement: Statement | None = None
+    #: a statement intent (journaled by effect): the statement as the application sent
+    #: it, with ``$n`` parameters; its rows follow in their own records (``of``)
+    stmt: str | None = None
+    params: tuple[JSONValue, ...] = ()
+    #: a row record of an effect: the ``seq`` of its statement intent
+    of: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +389,8 @@ def _record_from(obj: object, line: int) -> Record:
             raise _Bad('a marker\'s "state" must be "committed" or "aborted"')
         seq = obj.get("seq")
         return Marker(line, txid, state, ts, ts_text, None if seq is None else _parse_seq(seq))
+    if "stmt" in obj:
+        return _statement_intent(obj, line, txid, ts, ts_text, state)
     unknown = obj.keys() - _WRITE_FIELDS
     if unknown:
         raise _Bad(f"unknown field(s) {_names(unknown)}")
@@ -385,8 +398,11 @@ def _record_from(obj: object, line: int) -> Record:
         raise _Bad('a write\'s "state" must be "intent" or "committed"')
     seq = _parse_seq(obj.get("seq"))
     before = _parse_image(obj, "before")
+    of = obj.get("of")
+    if of is not None and ("sql" in obj or not isinstance(of, int) or isinstance(of, bool)):
+        raise _Bad('"of" must be the seq of a statement intent, on a record with "key"')
     common = {"line": line, "txid": txid, "seq": seq, "ts": ts, "ts_text": ts_text,
-              "state": state, "before": before}  # fmt: skip
+              "state": state, "before": before, "stmt": None, "params": (), "of": of}  # fmt: skip
     op = obj.get("op")
     if op is not None and op not in OPS:
         raise _Bad(f'"op" must be one of {", ".join(OPS)}, not {op!r}')
@@ -425,6 +441,35 @@ def _record_from(obj: object, line: int) -> Record:
         WriteRecord,
         {**common, "op": op, "table": table, "key": key, "values": values, "sql": None,
          "statement": None},
+    )  # fmt: skip
+
+
+def _statement_intent(
+    obj: Mapping[str, Any], line: int, txid: TxId, ts: _dt.datetime, ts_text: str, state: object
+) -> WriteRecord:
+    """A statement intent: ``stmt`` (with ``$n`` parameters), ``params``, ``op``, ``table``."""
+    unknown = obj.keys() - _STMT_FIELDS
+    if unknown:
+        raise _Bad(f"unknown field(s) {_names(unknown)} in a statement intent")
+    if state != "intent":
+        raise _Bad('a statement record ("stmt") is an intent: its rows settle with the marker')
+    stmt = obj["stmt"]
+    if not isinstance(stmt, str) or not stmt.strip():
+        raise _Bad('"stmt" must be the statement text')
+    op = obj.get("op")
+    if op not in OPS:
+        raise _Bad(f'"op" must be one of {", ".join(OPS)}, not {op!r}')
+    if not isinstance(obj.get("table"), str):
+        raise _Bad('"table" must be a string: schema.table or table')
+    params = obj.get("params", [])
+    if not isinstance(params, list):
+        raise _Bad('"params" must be an array of the statement\'s parameter values')
+    return _build(
+        WriteRecord,
+        {"line": line, "txid": txid, "seq": _parse_seq(obj.get("seq")), "ts": ts,
+         "ts_text": ts_text, "state": "intent", "op": op, "table": _table(obj["table"]),
+         "key": {}, "values": None, "before": None, "sql": None, "statement": None,
+         "stmt": stmt, "params": tuple(params), "of": None},
     )  # fmt: skip
 
 
@@ -873,6 +918,8 @@ class RowResolver:
         return known
 
     def _row_writes(self, record: WriteRecord) -> list[RowWrite]:
+        if record.stmt is not None:
+            return []  # a statement intent: its rows are records of their own
         info = self.tables.get(record.table)
         if info is None:
             raise _Bad(f"table {record.table} does not exist on the target")
@@ -1193,29 +1240,38 @@ class JournalWriter:
 
     def _append(self, fields: dict[str, Any], *, durable: bool) -> int:
         """Append one record (seq and ts filled in under the lock); return its seq."""
+        return self._append_many([fields], durable=durable)
+
+    def _append_many(self, batch: Sequence[dict[str, Any]], *, durable: bool) -> int:
+        """Append records as one ``write(2)`` (consecutive seqs); return the first seq."""
         with self._lock:
             if self._fd is None:
                 raise UsageError(f"journal {self.path} is closed")
-            seq = self._seq
-            self._seq += 1
-            record: dict[str, Any] = {"v": FORMAT_VERSION, "txid": fields.pop("txid"), "seq": seq}
-            record["ts"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-            record.update(fields)
-            data = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-            try:
-                _record_from(_loads(data), 0)  # never write what the reader would refuse
-            except _Bad as e:
-                self._seq -= 1
-                raise UsageError(f"not a valid journal record: {e}") from None
-            view = memoryview(data)
+            first = self._seq
+            ts = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            lines = []
+            for n, fields in enumerate(batch):
+                fields = dict(fields)
+                record: dict[str, Any] = {"v": FORMAT_VERSION, "txid": fields.pop("txid"),
+                                          "seq": first + n, "ts": ts}  # fmt: skip
+                record.update(fields)
+                line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+                data = line.encode()
+                try:
+                    _record_from(_loads(data), 0)  # never write what the reader would refuse
+                except _Bad as e:
+                    raise UsageError(f"not a valid journal record: {e}") from None
+                lines.append(data)
+            view = memoryview(b"".join(lines))
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
-            self._appended += 1
+            self._seq = first + len(batch)
+            self._appended += len(batch)
             ticket = self._appended
         if (durable or self.fsync == "always") and self.fsync != "never":
             self._sync_to(ticket)
-        return seq
+        return first
 
     def _sync_to(self, ticket: int) -> None:
         """fsync unless an fsync that started after record ``ticket`` already covered it."""
@@ -1350,6 +1406,47 @@ class JournalTransaction:
         if meta is not None:
             fields["meta"] = journal_value(dict(meta))
         return self._intent(fields)
+
+    def intent_statement(
+        self,
+        op: Op,
+        table: str,
+        stmt: str,
+        params: Sequence[object] = (),
+        *,
+        meta: Mapping[str, object] | None = None,
+    ) -> int:
+        """Append the intent of a write journaled by its effect: the statement and its
+        parameters (call it before the statement runs); its rows follow with
+        :meth:`effect_rows`. Returns its seq."""
+        fields: dict[str, Any] = {"op": op, "table": table, "stmt": stmt}
+        fields["params"] = [journal_value(a) for a in params]
+        if meta is not None:
+            fields["meta"] = journal_value(dict(meta))
+        return self._intent(fields)
+
+    def effect_rows(
+        self,
+        of: int,
+        op: Op,
+        table: str,
+        rows: Iterable[tuple[Mapping[str, object], Mapping[str, object] | None]],
+    ) -> int:
+        """Append the post-images ``(key, values)`` of rows statement intent ``of``
+        touched (``values`` None for a delete), all in one write; how many."""
+        if self.state != "open":
+            raise UsageError(f"transaction {self.txid} is already {self.state}")
+        batch = []
+        for key, values in rows:
+            fields = _write_fields(op, table, key, values, None, None)
+            fields["txid"] = self.txid
+            fields["state"] = "intent"
+            fields["of"] = of
+            batch.append(fields)
+        if batch:
+            self.writer._append_many(batch, durable=False)
+            self.intents += len(batch)
+        return len(batch)
 
     def _intent(self, fields: dict[str, Any]) -> int:
         if self.state != "open":

@@ -148,11 +148,15 @@ async def test_pool_survives_primary_loss_and_journal_reconciles(
 
     records = [json.loads(line) for line in journal.read_text().splitlines()]
     states = [r["state"] for r in records]
-    # 1, 2, the update, the duplicate, 3 on the dying primary (left in doubt), 3 again
-    assert states.count("intent") == 6 - 1 and states.count("committed") == 4
-    assert states.count("aborted") == 1  # the duplicate key
-    assert all("$" not in r.get("sql", "") for r in records)
-    assert records[-2]["meta"] == {"endpoint": "alternate"}
+    # 1, 2, the update and 3 (on the alternate) committed; each a statement intent and
+    # the post-image of its row (from RETURNING)
+    assert states.count("committed") == 4
+    assert "aborted" in states  # the duplicate key (and 3, if BEGIN reached the dying primary)
+    statements = [r for r in records if "stmt" in r]
+    assert statements[0]["params"] == [1, "one", 1.5]
+    rows = [r for r in records if "key" in r]
+    assert rows[0]["values"] == {"v": "one", "amount": "1.50"} and rows[0]["of"] == 0
+    assert records[-3]["meta"] == {"endpoint": "alternate"} and "stmt" in records[-3]
 
     report = await reconcile(journal, pair.standby_dsn)
     assert report.status == "no_loss", report
@@ -231,10 +235,12 @@ async def test_multi_statement_transactions_are_journaled_as_one(
     for r in records:
         by_tx.setdefault(r["txid"], []).append(r["state"])
     assert list(by_tx.values()) == [
-        ["intent", "intent", "committed"],
-        ["intent", "aborted"],
-        ["intent", "intent", "aborted"],  # intents come first; no COMMIT was ever sent
-        ["intent", "intent", "committed"],
+        # each write: its statement intent, then its row's post-image (RETURNING)
+        ["intent"] * 4 + ["committed"],
+        ["intent", "intent", "aborted"],
+        # the second UPDATE's intent is written before it runs; no COMMIT was ever sent
+        ["intent"] * 3 + ["aborted"],
+        ["intent"] * 4 + ["committed"],
     ]
     report = await reconcile(journal, pair.standby_dsn)
     assert report.status == "no_loss", report
