@@ -18,6 +18,7 @@ from replverify.reconcile import reconcile
 from replverify.testing import (
     LocalClusters,
     cut_replication,
+    execute,
     find_bindir,
     promote,
     wait_for_replay,
@@ -51,6 +52,15 @@ async def test_tpcb_failover_mid_load_reconciles_exactly(
 ) -> None:
     pair = await asyncio.to_thread(clusters.fresh_pair)
     await asyncio.to_thread(pgbench_init, pair.primary_dsn)
+    # a COMMIT that takes seconds (a deferred trigger), so that the kill surely lands
+    # while one transaction waits for its COMMIT answer
+    await execute(
+        pair.primary_dsn,
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF NEW.filler LIKE 'slow%' THEN PERFORM pg_sleep(3); END IF; RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON pgbench_history"
+        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+    )
     await wait_for_replay(pair.primary_dsn, pair.standby_dsn)
     journal = tmp_path / "writes.jsonl"
     events: list[str] = []
@@ -70,6 +80,7 @@ async def test_tpcb_failover_mid_load_reconciles_exactly(
     in_doubt: set[object] = set()
     after_switch = 0
     stop = asyncio.Event()
+    slow = asyncio.Event()  # client 0's next transaction gets the slow COMMIT
 
     async def client(n: int) -> None:
         nonlocal after_switch
@@ -82,6 +93,9 @@ async def test_tpcb_failover_mid_load_reconciles_exactly(
             bid = rng.randint(1, SCALE)
             delta = rng.randint(-5000, 5000)
             tag = f"c{n}-{i}"
+            if n == 0 and slow.is_set():
+                slow.clear()
+                tag = f"slow-{i}"
             txid = None
             try:
                 async with pool.transaction() as tx:
@@ -111,6 +125,8 @@ async def test_tpcb_failover_mid_load_reconciles_exactly(
         await cut_replication(pair.standby_dsn)
         await asyncio.sleep(1.5)  # these commits never reach the standby
         cut = len(acknowledged)
+        slow.set()
+        await asyncio.sleep(1.5)  # the slow transaction is in its COMMIT now
         await asyncio.to_thread(pair.primary.stop, "immediate")  # killed mid-load
         deadline = asyncio.get_running_loop().time() + 60
         while after_switch < 50 and asyncio.get_running_loop().time() < deadline:
@@ -141,7 +157,7 @@ async def test_tpcb_failover_mid_load_reconciles_exactly(
     doubted = {f.write.record.txid for f in report.in_doubt}
     assert lost == lacking, (len(lost), len(lacking), lost ^ lacking)
     assert not report.conflicts, report.conflicts[:3]
-    assert doubted == in_doubt, (doubted, in_doubt)
+    assert in_doubt and doubted == in_doubt, (doubted, in_doubt)
     assert report.status == "loss"
     print(
         f"acknowledged {len(acknowledged)}, lost {len(lost)}, in doubt {len(in_doubt)},"
