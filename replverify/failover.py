@@ -219,6 +219,8 @@ class Effect:
     table: TableMeta
     sql: str
     returned: tuple[str, ...]  # our columns, the last ones of each returned row
+    #: at most this many rows (keyed UPDATE/DELETE, INSERT ... VALUES); None: unbounded
+    bound: int | None = None
 
     def row(self, record: Any) -> tuple[dict[str, object], dict[str, object] | None]:
         width = len(self.returned)
@@ -320,7 +322,32 @@ def bind_effect(plan: WritePlan, table: TableMeta) -> Effect:
         column = exp.Column(this=exp.to_identifier(c, quoted=True), table=plan.qualifier.copy())
         items.append(exp.alias_(column, f"_rv_{i}"))
     tree.set("returning", exp.Returning(expressions=items))
-    return Effect(plan, table, tree.sql("postgres"), tuple(cols))
+    return Effect(plan, table, tree.sql("postgres"), tuple(cols), _row_bound(plan, key))
+
+
+def _row_bound(plan: WritePlan, key: tuple[str, ...]) -> int | None:
+    """How many rows the statement can touch at most, when its text says so: INSERT ...
+    VALUES (one per row), UPDATE/DELETE pinning every key column to a parameter or a
+    literal (one). None: a range, a subquery, INSERT ... SELECT - stream it."""
+    tree = plan.tree
+    if isinstance(tree, exp.Insert):
+        values = tree.expression
+        return len(values.expressions) if isinstance(values, exp.Values) else None
+    where = tree.args.get("where")
+    if not key or not isinstance(where, exp.Where) or tree.args.get("from_") or tree.args.get(
+        "using"
+    ):
+        return None
+    conds = where.this.flatten() if isinstance(where.this, exp.And) else [where.this]
+    pinned = set()
+    for c in conds:
+        if isinstance(c, exp.EQ):
+            col, val = (c.this, c.expression) if isinstance(c.this, exp.Column) else (
+                c.expression, c.this
+            )
+            if isinstance(col, exp.Column) and isinstance(val, (exp.Parameter, exp.Literal)):
+                pinned.add(_ident_name(col.this))
+    return 1 if pinned.issuperset(key) else None
 
 
 def safe_to_repeat(query: str, args: tuple[object, ...], key: tuple[str, ...]) -> bool:
@@ -339,6 +366,16 @@ def safe_to_repeat(query: str, args: tuple[object, ...], key: tuple[str, ...]) -
         pinned = {c for c, _ in stmt.where}
         return bool(key) and pinned.issuperset(key)
     return False  # a plain INSERT: a second run adds a row (or fails on the key)
+
+
+async def _each(records: Any) -> Any:
+    """Iterate a list or an asyncpg cursor alike."""
+    if isinstance(records, list):
+        for r in records:
+            yield r
+    else:
+        async for r in records:
+            yield r
 
 
 @dataclass
@@ -630,8 +667,12 @@ class FailoverPool(_Rows):
         kept: list[asyncpg.Record] = []
         batch: list[tuple[dict[str, object], dict[str, object] | None]] = []
         count = 0
-        cursor = conn.cursor(effect.sql, *args, prefetch=EFFECT_BATCH, timeout=timeout)
-        async for record in cursor:
+        if effect.bound is not None and effect.bound <= EFFECT_BATCH:
+            # a handful of rows at most: one round trip (a portal would need a second)
+            records: Any = await conn.fetch(effect.sql, *args, timeout=timeout)
+        else:
+            records = conn.cursor(effect.sql, *args, prefetch=EFFECT_BATCH, timeout=timeout)
+        async for record in _each(records):
             count += 1
             batch.append(effect.row(record))
             if keep:
