@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from replverify.errors import ConnectError, FailoverError, UsageError
+from replverify.errors import ConnectError, FailoverError, InDoubtError, UsageError
 from replverify.failover import FailoverEvent, FailoverPool, alternate_dsn, is_outage
 from replverify.reconcile import reconcile
 from replverify.testing import LocalClusters, execute, free_port, promote, wait_for_replay
@@ -247,3 +247,48 @@ async def test_multi_statement_transactions_are_journaled_as_one(
     # the inserts were overwritten by the last transaction's updates: superseded, not lost
     assert report.counts["lost"] == 0 and report.counts["conflict"] == 0
     assert report.counts["durable"] + report.counts["superseded"] == 4, report.counts
+
+
+async def test_a_write_whose_commit_answer_is_lost_is_not_run_twice(
+    clusters: LocalClusters, tmp_path: Path
+) -> None:
+    """``bal = bal + 1`` whose COMMIT answer the dying primary never sent: in doubt (the
+    txid named), not retried on the alternate; a keyed literal write is retried."""
+    pair = await asyncio.to_thread(clusters.fresh_pair)
+    await execute(
+        pair.primary_dsn,
+        "CREATE TABLE acc (id int PRIMARY KEY, bal int)",
+        "INSERT INTO acc VALUES (1, 100), (2, 100)",
+        # a COMMIT that takes seconds, so that the primary dies while it is answered
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " PERFORM pg_sleep(2); RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON acc DEFERRABLE INITIALLY DEFERRED"
+        " FOR EACH ROW EXECUTE FUNCTION slow()",
+    )
+    await wait_for_replay(pair.primary_dsn, pair.standby_dsn)
+    journal = tmp_path / "writes.jsonl"
+    pool = FailoverPool(pair.primary_dsn, pair.standby_dsn, journal=journal, connect_timeout=3)
+    pool.on("endpoint_switch_required", lambda e: promote(pair.standby_dsn))
+    await pool.start()
+    try:
+
+        async def kill_soon() -> None:
+            await asyncio.sleep(1)
+            await asyncio.to_thread(pair.primary.stop, "immediate")
+
+        killer = asyncio.ensure_future(kill_soon())
+        with pytest.raises(InDoubtError) as info:
+            await pool.execute("UPDATE acc SET bal = bal + $1 WHERE id = $2", 1, 1)
+        await killer
+        assert info.value.txid is not None and str(info.value.txid) in str(info.value)
+        assert pool.active == "alternate" and pool.switches == 1
+        # not run again: the new primary never saw it
+        assert await pool.fetchval("SELECT bal FROM acc WHERE id = 1") == 100
+        # a keyed write with literal values is safe to repeat: it would have been retried
+        await pool.execute("UPDATE acc SET bal = $1 WHERE id = $2", 7, 2)
+        assert await pool.fetchval("SELECT bal FROM acc WHERE id = 2") == 7
+    finally:
+        await pool.close()
+    report = await reconcile(journal, pair.standby_dsn)
+    assert [f.write.record.txid for f in report.in_doubt] == [info.value.txid]
+    assert report.in_doubt[0].applied is False and report.status == "no_loss"
