@@ -146,7 +146,8 @@ async def test_reconcile_judges_post_images_and_names_in_doubt_statements(
     with JournalWriter(path) as w:
         t1 = w.transaction("t-1")  # committed, on the target: durable
         of = t1.intent_statement("update", "public.acc", stmt, [5, 0])
-        t1.effect_rows(of, "update", "public.acc", [({"id": 1}, {"bal": 15}), ({"id": 2}, {"bal": 25})])
+        rows = [({"id": 1}, {"bal": 15}), ({"id": 2}, {"bal": 25})]
+        t1.effect_rows(of, "update", "public.acc", rows)
         t1.commit()
         t2 = w.transaction("t-2")  # committed, the target lacks it: lost
         of = t2.intent_statement("insert", "public.acc", "INSERT INTO acc VALUES ($1, $2, $3)",
