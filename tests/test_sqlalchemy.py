@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,20 @@ async def test_a_write_it_cannot_journal_is_refused_before_it_runs(
     finally:
         await engine.dispose()
         hooks.journal.close()
+
+
+async def test_the_documented_example_runs(
+    clusters: LocalClusters, make_db, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "sqlalchemy_journal", Path(__file__).parent.parent / "examples" / "sqlalchemy_journal.py"
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    sys.modules["sqlalchemy_journal"] = example  # the ORM resolves annotations through it
+    spec.loader.exec_module(example)
+    (dsn,) = await make_db(clusters.primary_dsn, rows=10, matrix_rows=1)
+    out = await example.run(dsn, tmp_path / "writes.jsonl")
+    assert out.startswith("no_loss") and "'durable': 2" in out, out
