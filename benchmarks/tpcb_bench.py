@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -186,6 +185,58 @@ async def mode_sqlalchemy(
     return out
 
 
+RANGE_UPDATE = "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid <= $2"
+
+
+def _hwm_kib() -> int:
+    """Peak resident set size since the last reset (Linux VmHWM), KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_hwm() -> int:
+    """Reset the peak to the current RSS (``clear_refs`` 5); the current RSS, KiB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _hwm_kib()
+
+
+async def range_update(dsn: str, standby: str, rows: int, tmp: Path) -> dict[str, Any]:
+    """One UPDATE touching ``rows`` rows: plain asyncpg (``execute``, no rows back), and
+    through the journaling pool (every post-image journaled, streamed 1000 at a time)."""
+    out: dict[str, Any] = {"rows": rows}
+    conn = await asyncpg.connect(dsn)
+    try:
+        base = _reset_hwm()
+        t0 = time.perf_counter()
+        await conn.execute(RANGE_UPDATE, 1, rows)
+        out["asyncpg_s"] = time.perf_counter() - t0
+        out["asyncpg_peak_kib"] = _hwm_kib() - base
+    finally:
+        await conn.close()
+    path = tmp / "range.jsonl"
+    pool = await FailoverPool.connect(dsn, standby, journal=path)
+    try:
+        base = _reset_hwm()
+        t0 = time.perf_counter()
+        await pool.execute(RANGE_UPDATE, 1, rows)
+        out["journaled_s"] = time.perf_counter() - t0
+        out["journaled_peak_kib"] = _hwm_kib() - base
+    finally:
+        await pool.close()
+    out["journal_bytes"] = path.stat().st_size
+    out["journal_lines"] = sum(1 for _ in path.open("rb"))
+    path.unlink()
+    print(
+        f"range UPDATE of {rows} rows: asyncpg {out['asyncpg_s']:.2f} s"
+        f" (+{out['asyncpg_peak_kib']} KiB peak), journaled {out['journaled_s']:.2f} s"
+        f" (+{out['journaled_peak_kib']} KiB peak, {out['journal_lines']} lines)",
+        flush=True,
+    )
+    return out
+
+
 MODES = ("asyncpg", "failover", "failover+journal", "sqlalchemy", "sqlalchemy+journal")
 
 
@@ -215,6 +266,7 @@ async def bench(a: argparse.Namespace) -> dict[str, Any]:
                     f"  p50 {res['p50_ms']:6.2f} ms  p99 {res['p99_ms']:6.2f} ms",
                     flush=True,
                 )
+        ranged = await range_update(dsn, standby, a.range_rows, tmp) if a.range_rows else None
         os.rmdir(tmp)
     finally:
         lc.close()
@@ -243,6 +295,7 @@ async def bench(a: argparse.Namespace) -> dict[str, Any]:
         },
         "medians": medians,
         "rounds": rounds,
+        "range_update": ranged,
     }
 
 
@@ -267,6 +320,16 @@ def markdown(doc: dict[str, Any]) -> str:
             f" {'' if cost is None else f'{100 * cost:+.1f}%'} |"
             f" {'' if jb is None else f'{jb:.0f}'} | {', '.join(map(str, r['tps_all']))} |"
         )
+    r = doc.get("range_update")
+    if r:
+        lines += [
+            "",
+            f"One `UPDATE ... WHERE aid <= {r['rows']}` ({r['rows']:,} rows):"
+            f" plain asyncpg {r['asyncpg_s']:.2f} s; through the journaling pool"
+            f" {r['journaled_s']:.2f} s, {r['journal_lines']:,} journal lines"
+            f" ({r['journal_bytes'] / 2**20:.1f} MiB), peak memory growth"
+            f" {r['journaled_peak_kib'] / 1024:.1f} MiB (rows streamed 1000 at a time).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -278,6 +341,7 @@ def main() -> None:
     p.add_argument("--scale", type=int, default=8)
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--journal-dir", default=None, help="where the journals go (default /tmp)")
+    p.add_argument("--range-rows", type=int, default=100_000, help="0: skip the range UPDATE")
     p.add_argument("--fsync", default="commit", choices=["commit", "always", "never"])
     p.add_argument("--no-save", action="store_true")
     a = p.parse_args()

@@ -334,16 +334,19 @@ def _row_bound(plan: WritePlan, key: tuple[str, ...]) -> int | None:
         values = tree.expression
         return len(values.expressions) if isinstance(values, exp.Values) else None
     where = tree.args.get("where")
-    if not key or not isinstance(where, exp.Where) or tree.args.get("from_") or tree.args.get(
-        "using"
+    if (
+        not key
+        or not isinstance(where, exp.Where)
+        or tree.args.get("from_")
+        or tree.args.get("using")
     ):
         return None
     conds = where.this.flatten() if isinstance(where.this, exp.And) else [where.this]
     pinned = set()
     for c in conds:
         if isinstance(c, exp.EQ):
-            col, val = (c.this, c.expression) if isinstance(c.this, exp.Column) else (
-                c.expression, c.this
+            col, val = (
+                (c.this, c.expression) if isinstance(c.this, exp.Column) else (c.expression, c.this)
             )
             if isinstance(col, exp.Column) and isinstance(val, (exp.Parameter, exp.Literal)):
                 pinned.add(_ident_name(col.this))
@@ -563,7 +566,9 @@ class FailoverPool(_Rows):
             )
 
     async def _call(
-        self, run: Callable[[asyncpg.Connection, _Progress], Awaitable[T]], query: str,
+        self,
+        run: Callable[[asyncpg.Connection, _Progress], Awaitable[T]],
+        query: str,
         args: tuple[object, ...],
     ) -> T:
         """``run(conn, progress)`` on the active endpoint; on an outage switch, and retry
@@ -603,9 +608,7 @@ class FailoverPool(_Rows):
                 ) from e
             first = e
         await self._switch(generation, first)
-        if progress.ambiguous and (
-            query is None or not safe_to_repeat(query, args, progress.key)
-        ):
+        if progress.ambiguous and (query is None or not safe_to_repeat(query, args, progress.key)):
             ep = self._endpoints[side]
             txid = progress.txid
             raise InDoubtError(

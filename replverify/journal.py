@@ -1265,7 +1265,7 @@ class JournalWriter:
                 record: dict[str, Any] = {"v": FORMAT_VERSION, "txid": fields.pop("txid"),
                                           "seq": first + n, "ts": ts}  # fmt: skip
                 record.update(fields)
-                line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+                line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
                 data = line.encode()
                 if shape is None or shape not in self._shapes:
                     try:
