@@ -282,6 +282,8 @@ class RowWrite:
     before: Mapping[str, JSONValue] | None
     #: upsert: columns overwritten when the row exists (empty for ON CONFLICT DO NOTHING)
     on_conflict: tuple[str, ...] = ()
+    #: the table has no primary key: ``key`` is the row's whole (non-null) image
+    whole_row_key: bool = False
 
     @property
     def line(self) -> int:
@@ -1054,6 +1056,7 @@ class RowResolver:
                 "check": check,
                 "before": dict(before) if before is not None else None,
                 "on_conflict": on_conflict,
+                "whole_row_key": not info.primary_key,
             },
         )
 

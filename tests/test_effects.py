@@ -184,3 +184,12 @@ def test_a_record_of_a_new_shape_is_still_checked_by_the_reader(tmp_path: Path) 
         with pytest.raises(UsageError, match="key"):  # an array as a key: a new shape
             tx.effect_rows(of, "update", "public.acc", [({"id": [1, 2]}, {"bal": 2})])
     assert len(list(JournalReader(tmp_path / "j.jsonl"))) == 3
+
+
+def test_a_keyless_row_is_replayed_only_where_absent() -> None:
+    from replverify.replay import insert_absent_statement
+
+    sql = insert_absent_statement(TableRef("public", "h"), {"tid": "3", "filler": None})
+    head = """INSERT INTO "public"."h" ("tid", "filler") SELECT '3', NULL WHERE NOT EXISTS"""
+    guard = """(SELECT 1 FROM "public"."h" WHERE CAST("tid" AS TEXT) IS NOT DISTINCT FROM '3'"""
+    assert sql == head + guard + ' AND "filler" IS NULL)'
