@@ -20,16 +20,24 @@ switch. Without auto-switch an endpoint failure raises
 :class:`~replverify.errors.ConnectError` at once. Concurrent calls that fail together
 cause one switch: events fire once each, in order.
 
-Journaling. Each INSERT / UPDATE / DELETE / INSERT ... ON CONFLICT sent through
-:meth:`FailoverPool.execute` (or ``fetch*`` with RETURNING) is one journaled transaction:
-an ``intent`` carrying the statement rendered with literal values (``"sql"``, via
-:func:`replverify.journal.render_sql`) is appended before it runs; ``committed`` after
-the server confirmed it, ``aborted`` when the server refused it; when the endpoint failed
-mid-statement nothing is appended, so the intent stays *in doubt* - the truth: it may or
-may not have committed before the primary died. The retry on the other endpoint is a new
-journaled transaction. ``replverify reconcile`` checks the journal later. A write
-statement the journal cannot describe (e.g. ``SET v = v + 1``) is refused with
-:class:`~replverify.errors.UsageError` before it runs, so no write goes unjournaled.
+Journaling, by effect. Each INSERT / UPDATE / DELETE / INSERT ... ON CONFLICT sent
+through :meth:`FailoverPool.execute`, ``fetch*`` or a :meth:`FailoverPool.transaction`
+is journaled by what it did, whatever its values (``bal = bal + $1``, a range WHERE, a
+subquery, ``CURRENT_TIMESTAMP``): a statement intent (the statement and its parameters)
+before it runs; the statement goes with a ``RETURNING`` of the key and the written
+columns (the whole row for INSERT), added through sqlglot (:func:`bind_effect`); the
+post-images of the rows it touched are journaled as they arrive (1000 at a time, through
+a portal, so memory stays bounded) before COMMIT is sent; ``committed`` after the server
+confirmed the COMMIT, ``aborted`` when it refused or no COMMIT was sent. A COMMIT whose
+answer was lost settles nothing: the transaction is *in doubt*, the truth.
+
+Never twice. :meth:`FailoverPool.execute` runs a write in a transaction of its own; after
+an endpoint failure the call runs again on the other endpoint only if that cannot apply
+it twice: the failure came before COMMIT was sent, or the statement is idempotent by
+construction (:func:`safe_to_repeat`). Otherwise :class:`~replverify.errors.InDoubtError`
+names the journal txid. A write the journal cannot describe (MERGE, a write inside WITH,
+several statements in one string) is refused with :class:`~replverify.errors.UsageError`
+before it runs, so no write goes unjournaled.
 """
 
 from __future__ import annotations
