@@ -182,7 +182,7 @@ _WRITES = (exp.Insert, exp.Update, exp.Delete)
 EFFECT_BATCH = 1000
 #: the table's schema, name, columns and primary key (a constant query; the table's name
 #: as the statement wrote it is the parameter, resolved through the search_path)
-_TABLE_SQL = (
+TABLE_SQL = (
     "SELECT n.nspname::text, c.relname::text,"
     " ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid"
     "  AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),"
@@ -644,7 +644,7 @@ class FailoverPool(_Rows):
     async def _table_meta(self, conn: asyncpg.Connection, plan: WritePlan) -> TableMeta:
         meta = self._tables.get(plan.table_text)
         if meta is None:
-            row = await conn.fetchrow(_TABLE_SQL, plan.table_text)
+            row = await conn.fetchrow(TABLE_SQL, plan.table_text)
             if row is None:
                 raise UsageError(f"cannot journal a write of {plan.table_text}: no such table")
             meta = TableMeta(TableRef(row[0], row[1]), tuple(row[2]), tuple(row[3]))

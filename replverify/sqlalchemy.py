@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_
 
 from .errors import UsageError
-from .failover import _TABLE_SQL, Effect, TableMeta, bind_effect, is_outage, plan_write
+from .failover import TABLE_SQL, Effect, TableMeta, bind_effect, is_outage, plan_write
 from .journal import FsyncPolicy, JournalTransaction, JournalWriter, definitely_failed
 from .types import TableRef
 
@@ -67,7 +67,7 @@ class EngineJournal:
         if effect is None:
             meta = self._tables.get(plan.table_text)
             if meta is None:
-                cursor.execute(_TABLE_SQL, (plan.table_text,))
+                cursor.execute(TABLE_SQL, (plan.table_text,))
                 row = cursor.fetchone()
                 if row is None:
                     raise UsageError(f"cannot journal a write of {plan.table_text}: no such table")
