@@ -1350,16 +1350,21 @@ class JournalWriter:
         await asyncio.to_thread(self.close)
 
 
-def _kinds(value: object) -> Hashable:
-    """The shape of a record's JSON: its keys and the kinds of its values, recursively
-    (what the reader's verdict on a record depends on, apart from the statement text)."""
-    if isinstance(value, dict):
-        return tuple((k, _kinds(v)) for k, v in value.items())
-    if isinstance(value, list):
-        return ("[]", *(_kinds(v) for v in value))
-    if isinstance(value, str):
-        return "s" if value else "''"
-    return type(value).__name__
+def _kinds(fields: Mapping[str, object]) -> Hashable:
+    """The shape of a record: what the reader's verdict on it depends on. Its fields;
+    for an object field (``key``, ``values``) its column names and the JSON kind of each
+    value (the reader looks no deeper: a key must be a scalar, a value any JSON); for a
+    string whether it is empty; the literal text of ``op``/``table``/``stmt`` is part of
+    the caller's shape."""
+    out: list[object] = []
+    for name, v in fields.items():
+        if isinstance(v, dict):
+            out.append((name, tuple([(k, type(x)) for k, x in v.items()])))
+        elif isinstance(v, list):
+            out.append((name, len(v) > 0))
+        else:
+            out.append((name, type(v), v == ""))
+    return tuple(out)
 
 
 def _fsync_dir(path: str) -> None:
