@@ -878,7 +878,15 @@ def gate(
     metavar="FILE",
     help="Write a guarded one-transaction script that brings the old primary's own "
     "changes to NEW (INSERT ... ON CONFLICT DO NOTHING, UPDATE/DELETE ... WHERE the row "
-    "is still what was observed).",
+    "is still what was observed; keyless rows by their number of copies). It covers "
+    "every old-only row, whatever --max-diffs lists.",
+)
+@click.option(
+    "--max-diffs",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Rows listed per table; every row is still attributed, counted and replayed.",
 )
 @output_options
 def failback(
@@ -886,27 +894,42 @@ def failback(
     new: str,
     tables: tuple[str, ...],
     replay_sql: str | None,
+    max_diffs: int,
     fmt: str,
     output: str | None,
 ) -> None:
     """What the old primary OLD holds that the new primary NEW lacks (before a rewind).
 
     Rows changed on OLD after the divergence are told apart from writes made on NEW
-    after its promotion by commit timestamps (track_commit_timestamp). Exit 0 when OLD
-    holds nothing NEW lacks, 1 when it does (or who wrote a row cannot be told), 2 on
-    trouble.
+    after its promotion by the xid horizon of NEW's promotion (read from NEW's WAL: needs
+    superuser or pg_read_server_files on NEW), checked against commit timestamps when
+    track_commit_timestamp is on. Exit 0 when OLD holds nothing NEW lacks, 1 when it
+    does (or who wrote a row cannot be told), 2 on trouble.
     """
+    from .connect import Endpoint
+    from .failback import ReplayFile
     from .failback import failback as run_failback
-    from .failback import replay_script
     from .report_ops import FAILBACK_RENDERERS
 
-    options = api.DiffOptions(tables=tables)
-    report = run_async(run_failback(old, new, options=options))
+    options = api.DiffOptions(tables=tables, max_diffs=max_diffs)
     if replay_sql:
+        partial = Path(replay_sql + ".partial")
         try:
-            Path(replay_sql).write_text(replay_script(report), encoding="utf-8")
+            handle = partial.open("w", encoding="utf-8")
         except OSError as e:
             raise click.FileError(replay_sql, hint=e.strerror) from None
+        with handle:
+            replay = ReplayFile(handle, str(Endpoint.parse(old)), str(Endpoint.parse(new)))
+            try:
+                report = run_async(run_failback(old, new, options=options, replay=replay))
+            except BaseException:
+                handle.close()
+                partial.unlink(missing_ok=True)
+                raise
+            replay.close()
+        partial.replace(replay_sql)
+    else:
+        report = run_async(run_failback(old, new, options=options))
     emit(FAILBACK_RENDERERS[fmt](report), output)
     if not report.complete:
         sys.exit(EXIT_TROUBLE)

@@ -63,6 +63,7 @@ import asyncpg
 from replverify.errors import ClusterError
 
 __all__ = [
+    "DEFAULT_LIKE_SETTINGS",
     "DEFAULT_SLOT",
     "ENV_OTHER_DSN",
     "ENV_PG_BINDIR",
@@ -81,6 +82,7 @@ __all__ = [
     "find_bindir",
     "free_port",
     "pause_replay",
+    "pgbench",
     "promote",
     "restore_replication",
     "resume_replay",
@@ -119,6 +121,8 @@ _BASE_SETTINGS: dict[str, str] = {
     "shared_buffers": "'128MB'",
     "max_connections": "100",
     "track_commit_timestamp": "on",
+    # pg_rewind (failback) needs hint bits WAL-logged on the rewound server
+    "wal_log_hints": "on",
     "log_min_messages": "warning",
     "logging_collector": "off",
     # A standby whose primary_conninfo was just restored reconnects within 200ms
@@ -127,6 +131,23 @@ _BASE_SETTINGS: dict[str, str] = {
     # No background WAL: an idle pair must really be idle for the lag tests (tests load
     # data and ANALYZE it themselves).
     "autovacuum": "off",
+}
+def pgbench(port: int, *args: str, dbname: str = "postgres", timeout: float = 300) -> str:
+    """Run ``pgbench`` (from the server binaries) against the local cluster on ``port``."""
+    return _run(
+        [find_bindir() / "pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", _PG_USER, *args,
+         dbname],
+        what=f"pgbench {' '.join(args)}",
+        cwd=Path(tempfile.gettempdir()),
+        timeout=timeout,
+    )  # fmt: skip
+
+
+#: The settings a user has by default where the test clusters differ from them
+#: (commit timestamps off, full page writes on: pg_rewind needs them on its source).
+DEFAULT_LIKE_SETTINGS: dict[str, str] = {
+    "track_commit_timestamp": "off",
+    "full_page_writes": "on",
 }
 _HBA = """\
 # written by replverify.testing: trust everything on loopback
@@ -506,6 +527,25 @@ class Cluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _unregister(cluster=self)
+
+    def rewind_onto(self, primary: Cluster, *, timeout: float = 60) -> None:
+        """Stop this (old primary), ``pg_rewind`` it onto ``primary`` (the promoted one)
+        and start it as ``primary``'s streaming standby. Needs ``wal_log_hints`` (or
+        data checksums) here and ``full_page_writes`` on ``primary``."""
+        self.stop("fast")
+        _run(
+            [
+                self.bindir / "pg_rewind", "-D", self.datadir, "-R",
+                f"--source-server=host=127.0.0.1 port={primary.port} user=postgres dbname=postgres",
+            ],
+            what=f"pg_rewind of {self.name} onto {primary.name}",
+            cwd=self.datadir.parent,
+            timeout=300,
+        )  # fmt: skip
+        # pg_rewind copied the source's configuration files (its port, its name)
+        self.write_config()
+        self.start()
+        self._wait_streaming(primary, timeout)
 
     def promote(self) -> None:
         """``pg_ctl promote -w``: end recovery, become a primary."""
@@ -964,8 +1004,10 @@ class LocalClusters:
             self._clusters.append(cluster)
         return cluster
 
-    def fresh_pair(self, slot: str = DEFAULT_SLOT) -> Pair:
+    def fresh_pair(self, slot: str = DEFAULT_SLOT, settings: dict[str, str] | None = None) -> Pair:
         """A NEW primary + streaming standby, for destructive tests; closed with us.
+        ``settings`` (verbatim configuration values) apply to both, e.g.
+        :data:`DEFAULT_LIKE_SETTINGS`.
 
         Blocking (about a second); from async code use ``await
         asyncio.to_thread(lc.fresh_pair)``.
@@ -981,7 +1023,9 @@ class LocalClusters:
             self._pair_count += 1
             n = self._pair_count
         base, bindir = self.base_dir, self._bindir
-        primary = self._track(Cluster.init(base, f"pair{n}-primary", bindir=bindir))
+        primary = self._track(
+            Cluster.init(base, f"pair{n}-primary", bindir=bindir, settings=settings)
+        )
         primary.start()
         standby = self._track(Cluster.standby_of(primary, base, f"pair{n}-standby", slot))
         return Pair(primary=primary, standby=standby, slot=slot)
