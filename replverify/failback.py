@@ -226,6 +226,11 @@ class ReplayFile:
             self.out.write(_comment(f"{row.table} {row.key}: {row.change} - {row.reason}") + "\n")
             self.out.write(stmt + ";\n")
 
+    def statement(self, stmt: str) -> None:
+        self.statements += 1
+        self.out.write(_comment("the keyless rows above: insert the copies NEW lacks") + "\n")
+        self.out.write(stmt + ";\n")
+
     def close(self) -> None:
         self.out.write(
             _comment(
@@ -323,8 +328,12 @@ async def failback(
         for t in diff.tables:
             shown = 0
 
-            def emit(row: FailbackRow, stmt: str | None) -> None:
+            def emit(row: FailbackRow | None, stmt: str | None) -> None:
                 nonlocal shown
+                if row is None:  # a statement restoring several rows listed before it
+                    if replay is not None and stmt is not None:
+                        replay.statement(stmt)
+                    return
                 report.totals[row.origin] += 1
                 if listed is None or shown < listed:
                     report.rows.append(row)
@@ -334,7 +343,7 @@ async def failback(
 
             if t.error is not None or t.consistent:
                 continue
-            rows: AsyncIterator[tuple[FailbackRow, str | None]]
+            rows: AsyncIterator[tuple[FailbackRow | None, str | None]]
             if t.key_mode == "none":
                 if t.table not in plans:
                     continue
@@ -501,7 +510,7 @@ async def _lookup(
 
 async def _keyed(
     t: TableResult, oc: asyncpg.Connection, nc: asyncpg.Connection, ctx: _Context
-) -> AsyncIterator[tuple[FailbackRow, str | None]]:
+) -> AsyncIterator[tuple[FailbackRow | None, str | None]]:
     diffs = t.differences
     for start in range(0, len(diffs), BATCH):
         batch = diffs[start : start + BATCH]
@@ -661,7 +670,7 @@ async def _groups(conn: asyncpg.Connection, sql: TableSQL, text: str) -> AsyncIt
 
 async def _keyless(
     t: TableResult, sql: TableSQL, oc: asyncpg.Connection, nc: asyncpg.Connection, ctx: _Context
-) -> AsyncIterator[tuple[FailbackRow, str | None]]:
+) -> AsyncIterator[tuple[FailbackRow | None, str | None]]:
     """Merge both sides' row images in hash order; attribute each image whose number of
     copies differs. Memory holds a batch of differing images, not the table."""
     text = _groups_sql(sql)
@@ -672,12 +681,15 @@ async def _keyless(
     sc = await connect(ctx.new_ep)
     try:
 
-        async def flush() -> AsyncIterator[tuple[FailbackRow, str | None]]:
+        async def flush() -> AsyncIterator[tuple[FailbackRow | None, str | None]]:
             await ctx.resolve(sc, (x for og, _ in pending if og for x in og[2]))
+            inserts: list[tuple[dict[str, str | None], int]] = []
             for og, ng in pending:
-                for item in _attribute_image(ctx, sql, og, ng):
+                for item in _attribute_image(ctx, sql, og, ng, inserts):
                     yield item
             pending.clear()
+            if inserts:
+                yield None, keyless_inserts(sql.plan.ref, sql.plan.columns, inserts)
 
         o, n = await anext(o_it, None), await anext(n_it, None)
         while o is not None or n is not None:
@@ -701,7 +713,11 @@ async def _keyless(
 
 
 def _attribute_image(
-    ctx: _Context, sql: TableSQL, og: _Group | None, ng: _Group | None
+    ctx: _Context,
+    sql: TableSQL,
+    og: _Group | None,
+    ng: _Group | None,
+    inserts: list[tuple[dict[str, str | None], int]],
 ) -> list[tuple[FailbackRow, str | None]]:
     old_x = og[2] if og else []
     new_x = ng[2] if ng else []
@@ -747,50 +763,101 @@ def _attribute_image(
         keyless=True,
     )
     stmt = None
-    if origin == "old_only":
-        stmt = keyless_statement(sql.plan.ref, sql.plan.columns, image, a)
+    if origin == "old_only" and change == "delete":
+        stmt = keyless_delete(sql.plan.ref, image, a)
+    elif origin == "old_only":
+        inserts.append((image, a))
     return [(row, stmt if i == 0 else None) for i in range(count)]
 
 
-def keyless_statement(
-    ref: TableRef, columns: Sequence[Column], image: dict[str, str | None], copies: int
+def _plain(ref: TableRef) -> exp.Table:
+    return exp.Table(this=ident(ref.name), db=ident(ref.schema))
+
+
+def _row_text(columns: Sequence[exp.Expr]) -> exp.Expr:
+    return exp.cast(exp.Anonymous(this="ROW", expressions=list(columns)), "text")
+
+
+def keyless_inserts(
+    ref: TableRef, columns: Sequence[Column], images: Sequence[tuple[dict[str, str | None], int]]
 ) -> str:
-    """Make NEW hold ``copies`` copies of a keyless row ``image`` (guarded by the number
-    it holds, so it is idempotent): an INSERT ... SELECT of the missing copies, or a
-    DELETE of the surplus ones."""
-    tbl = exp.Table(this=ident(ref.name), db=ident(ref.schema))
-    match = guard((), image)
-    held = exp.Subquery(
-        this=exp.select(exp.Count(this=exp.Star())).from_(tbl.copy()).where(match.copy())
+    """One INSERT that makes NEW hold, of each keyless row image, as many copies as
+    OLD holds (``images``: image as text, OLD's copies). Guarded by the copies NEW holds
+    (one scan, hash-joined on the row's text), so running it again inserts nothing."""
+    names = [f"_rv_c{i}" for i in range(len(columns))]
+    w, have = ident("_rv_w"), ident("_rv_have")
+
+    def lit(v: str | None) -> exp.Expr:
+        return exp.cast(exp.Null() if v is None else exp.Literal.string(v), "text")
+
+    values = exp.Values(
+        expressions=[
+            exp.Tuple(expressions=[*(lit(img[c.name]) for c in columns), exp.Literal.number(n)])
+            for img, n in images
+        ],
+        alias=exp.TableAlias(this=w, columns=[ident(x) for x in (*names, "_rv_n")]),
     )
-    surplus = exp.Sub(this=held, expression=exp.Literal.number(copies))
-    missing = exp.Sub(this=exp.Literal.number(copies), expression=held.copy())
-    values = [
-        exp.Null()
-        if image[c.name] is None
-        else exp.cast(
-            exp.Literal.string(image[c.name]),
+    typed = [
+        exp.cast(
+            exp.column(ident(n), table=w.copy()),
             exp.DataType.build(c.type.name, dialect=DIALECT, udt=True),
         )
-        for c in columns
+        for n, c in zip(names, columns, strict=True)
     ]
-    insert = exp.Insert(
-        this=exp.Schema(this=tbl.copy(), expressions=[ident(c.name) for c in columns]),
-        expression=exp.select(*values).from_(
-            exp.func("generate_series", exp.Literal.number(1), missing)
+    held = (
+        exp.select(
+            exp.alias_(
+                _row_text([exp.column(ident(c.name), table=ident(ALIAS)) for c in columns]), "_rv_r"
+            ),
+            exp.alias_(exp.Count(this=exp.Star()), "_rv_k"),
+        )
+        .from_(aliased_table(ref))
+        .group_by(exp.Literal.number(1))
+        .subquery(have.copy())
+    )
+    on = exp.EQ(
+        this=exp.column("_rv_r", table=have.copy()), expression=_row_text([t.copy() for t in typed])
+    )
+    missing = exp.Sub(
+        this=exp.column(ident("_rv_n"), table=w.copy()),
+        expression=exp.func(
+            "COALESCE", exp.column("_rv_k", table=have.copy()), exp.Literal.number(0)
         ),
+    )
+    copies = exp.Lateral(
+        this=exp.func("generate_series", exp.Literal.number(1), missing),
+        alias=exp.TableAlias(this=ident("_rv_g")),
+    )
+    select = (
+        exp.select(*typed)
+        .from_(values)
+        .join(held, on=on, join_type="left")
+        .join(copies, on=exp.true())
+    )
+    return exp.Insert(
+        this=exp.Schema(this=_plain(ref), expressions=[ident(c.name) for c in columns]),
+        expression=select,
     ).sql(DIALECT)
+
+
+def keyless_delete(ref: TableRef, image: dict[str, str | None], copies: int) -> str:
+    """DELETE the copies of a keyless row ``image`` NEW holds beyond ``copies`` (as many
+    as OLD holds): guarded by the count, so running it again deletes nothing."""
+    match = guard((), image)
+    held = exp.Subquery(
+        this=exp.select(exp.Count(this=exp.Star())).from_(_plain(ref)).where(match.copy())
+    )
+    surplus = exp.Sub(this=held, expression=exp.Literal.number(copies))
     ctid = exp.column("ctid")
     doomed = (
         exp.select(ctid.copy())
-        .from_(tbl.copy())
+        .from_(_plain(ref))
         .where(match.copy())
         .limit(exp.func("GREATEST", exp.Literal.number(0), surplus))
     )
-    delete = exp.Delete(this=tbl.copy(), where=exp.Where(this=exp.In(this=ctid, query=doomed))).sql(
-        DIALECT
-    )
-    return insert + ";\n" + delete
+    return exp.Delete(
+        this=_plain(ref), where=exp.Where(this=exp.In(this=ctid, query=exp.Subquery(this=doomed)))
+    ).sql(DIALECT)
 
 
 # --------------------------------------------------------------------------- replay
