@@ -532,7 +532,12 @@ class Cluster:
         """Stop this (old primary), ``pg_rewind`` it onto ``primary`` (the promoted one)
         and start it as ``primary``'s streaming standby. Needs ``wal_log_hints`` (or
         data checksums) here and ``full_page_writes`` on ``primary``."""
+        # PostgreSQL 15's pg_rewind reads the source's timeline from its control file,
+        # which shows the new timeline only after a checkpoint: without one, a recently
+        # promoted source looks like "no rewind required"
+        primary.psql("CHECKPOINT")
         self.stop("fast")
+        _give_to_postgres(self.datadir / _CONF_FILE)  # pg_rewind overwrites it
         _run(
             [
                 self.bindir / "pg_rewind", "-D", self.datadir, "-R",
@@ -542,8 +547,14 @@ class Cluster:
             cwd=self.datadir.parent,
             timeout=300,
         )  # fmt: skip
-        # pg_rewind copied the source's configuration files (its port, its name)
+        # pg_rewind copied the source's configuration files (its port, its name, and the
+        # slot pg_basebackup -R named in postgresql.auto.conf, created here on the source)
         self.write_config()
+        primary.psql(
+            "SELECT pg_create_physical_replication_slot(s) FROM (VALUES ('"
+            + DEFAULT_SLOT
+            + "')) AS v(s) WHERE s NOT IN (SELECT slot_name FROM pg_replication_slots)"
+        )
         self.start()
         self._wait_streaming(primary, timeout)
 
