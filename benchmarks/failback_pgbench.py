@@ -30,7 +30,7 @@ from replverify.testing import (
 )
 
 
-async def run(scale: int, seconds: int) -> dict[str, object]:
+async def run(scale: int, seconds: int, profile: str | None = None) -> dict[str, object]:
     lc = LocalClusters(use_env=False).start_empty()
     try:
         pair = await asyncio.to_thread(lc.fresh_pair, settings=DEFAULT_LIKE_SETTINGS)
@@ -54,7 +54,8 @@ async def run(scale: int, seconds: int) -> dict[str, object]:
         out = Path(tempfile.mkdtemp()) / "failback.sql"
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "replverify", "failback", old, new,
+            [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []),
+             "-m", "replverify", "failback", old, new,
              "--replay-sql", str(out), "--format", "json"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
@@ -89,8 +90,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--profile", metavar="FILE", help="cProfile the failback child into FILE")
     args = ap.parse_args()
-    print(json.dumps(asyncio.run(run(args.scale, args.seconds)), indent=2))
+    print(json.dumps(asyncio.run(run(args.scale, args.seconds, args.profile)), indent=2))
 
 
 if __name__ == "__main__":

@@ -175,6 +175,20 @@ async def test_d_old_restarted_after_the_failover(clusters: LocalClusters) -> No
     assert counts["old_only"] > 0 and counts["unknown"] == 0, (counts, report.notes)
     assert counts["new_only"] == counts["conflict"] == 0
 
+    # a role that cannot read NEW's WAL: the horizon is unknown, so is every row
+    await execute(
+        f.new,
+        "CREATE ROLE reader LOGIN",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader",
+    )
+    blind = await failback(f.old, f.new.replace("postgres@", "reader@"))
+    assert blind.horizon is None and not blind.can_tell
+    assert blind.counts() == {
+        "old_only": 0, "new_only": 0, "conflict": 0, "unknown": sum(counts.values()),
+    }  # fmt: skip
+    assert any("cannot be read from NEW's WAL" in n for n in blind.notes), blind.notes
+    assert {r.reason for r in blind.rows} >= {"the xid horizon of the promotion is unknown"}
+
 
 async def test_e_commit_timestamps_on_give_the_same_answer(clusters: LocalClusters) -> None:
     on = dict(DEFAULT_LIKE_SETTINGS, track_commit_timestamp="on")
