@@ -41,7 +41,7 @@ async def run(scale: int, seconds: int, profile: str | None = None) -> dict[str,
         await wait_for_replay(pair.primary_dsn, pair.standby_dsn)
         await cut_replication(pair.standby_dsn)
         await asyncio.to_thread(
-            pgbench, port, "-n", "-c", "4", "-T", str(seconds), dbname="bench"
+            pgbench, port, "-n", "-c", "8", "-j", "2", "-T", str(seconds), dbname="bench"
         )
         await promote(pair.standby_dsn)
         await drop_slot(pair.primary_dsn, pair.slot)

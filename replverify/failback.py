@@ -785,17 +785,32 @@ def keyless_inserts(
     """One INSERT that makes NEW hold, of each keyless row image, as many copies as
     OLD holds (``images``: image as text, OLD's copies). Guarded by the copies NEW holds
     (one scan, hash-joined on the row's text), so running it again inserts nothing."""
+    width = len(columns)
+    template = _SHAPES.get(("k", ref, tuple(columns)))
+    if template is None:
+        template = _keyless_template(ref, columns)
+        _SHAPES[("k", ref, tuple(columns))] = template
+    one = "(" + ", ".join(f"'\x01{i}\x01'" for i in range(width + 1)) + ")"
+    rows = ", ".join(
+        "(" + ", ".join([*(_quote(img[c.name]) for c in columns), _quote(str(n))]) + ")"
+        for img, n in images
+    )
+    return template.replace(one, rows, 1)
+
+
+def _quote(v: str | None) -> str:
+    """A text literal as sqlglot writes one (standard_conforming_strings)."""
+    return "NULL" if v is None else "'" + v.replace("'", "''") + "'"
+
+
+def _keyless_template(ref: TableRef, columns: Sequence[Column]) -> str:
+    """keyless_inserts' statement with one row of marker values (see :func:`_shaped`):
+    the rows' values are text (or NULL) literals, cast to the columns' types in it."""
     names = [f"_rv_c{i}" for i in range(len(columns))]
     w, have = ident("_rv_w"), ident("_rv_have")
-
-    def lit(v: str | None) -> exp.Expr:
-        return exp.cast(exp.Null() if v is None else exp.Literal.string(v), "text")
-
+    marks = [exp.Literal.string(f"\x01{i}\x01") for i in range(len(columns) + 1)]
     values = exp.Values(
-        expressions=[
-            exp.Tuple(expressions=[*(lit(img[c.name]) for c in columns), exp.Literal.number(n)])
-            for img, n in images
-        ],
+        expressions=[exp.Tuple(expressions=marks)],
         alias=exp.TableAlias(this=w, columns=[ident(x) for x in (*names, "_rv_n")]),
     )
     typed = [
@@ -805,13 +820,9 @@ def keyless_inserts(
         )
         for n, c in zip(names, columns, strict=True)
     ]
+    row_t = _row_text([exp.column(ident(c.name), table=ident(ALIAS)) for c in columns])
     held = (
-        exp.select(
-            exp.alias_(
-                _row_text([exp.column(ident(c.name), table=ident(ALIAS)) for c in columns]), "_rv_r"
-            ),
-            exp.alias_(exp.Count(this=exp.Star()), "_rv_k"),
-        )
+        exp.select(exp.alias_(row_t, "_rv_r"), exp.alias_(exp.Count(this=exp.Star()), "_rv_k"))
         .from_(aliased_table(ref))
         .group_by(exp.Literal.number(1))
         .subquery(have.copy())
@@ -820,7 +831,7 @@ def keyless_inserts(
         this=exp.column("_rv_r", table=have.copy()), expression=_row_text([t.copy() for t in typed])
     )
     missing = exp.Sub(
-        this=exp.column(ident("_rv_n"), table=w.copy()),
+        this=exp.cast(exp.column(ident("_rv_n"), table=w.copy()), "int"),
         expression=exp.func(
             "COALESCE", exp.column("_rv_k", table=have.copy()), exp.Literal.number(0)
         ),
@@ -835,10 +846,14 @@ def keyless_inserts(
         .join(held, on=on, join_type="left")
         .join(copies, on=exp.true())
     )
-    return exp.Insert(
+    text = exp.Insert(
         this=exp.Schema(this=_plain(ref), expressions=[ident(c.name) for c in columns]),
         expression=select,
     ).sql(DIALECT)
+    one = "(" + ", ".join(f"'\x01{i}\x01'" for i in range(len(columns) + 1)) + ")"
+    if one not in text:
+        raise AssertionError(f"keyless insert template without its marker row: {text}")
+    return text
 
 
 def keyless_delete(ref: TableRef, image: dict[str, str | None], copies: int) -> str:
