@@ -410,7 +410,9 @@ async def _horizon(
         assert wal is not None
         seg, block = int(wal["seg"]), int(wal["block"])
         name = segment_name(tli, switch, seg)
-        data = await nc.fetchval(_READ_SQL, f"pg_wal/{name}", 0, seg)
+        # OLD's records from the segment's start up to the switch, and NEW's first MiB
+        upto = min(seg, (switch % seg) + (1 << 20))
+        data = await nc.fetchval(_READ_SQL, f"pg_wal/{name}", 0, upto - upto % block)
     except asyncpg.PostgresError as e:
         notes.append(
             "the xid horizon of the promotion cannot be read from NEW's WAL around its "
@@ -418,7 +420,7 @@ async def _horizon(
             f"in pg_wal): {e}"
         )
         return None
-    scan = scan_segment(bytes(data), switch - switch % seg, switch, block, next_new)
+    scan = scan_segment(data, switch - switch % seg, switch, block, next_new)
     hi = next_new if scan.hi is None else min(scan.hi, next_new)
     lo = scan.lo if scan.lo is not None else 0
     if lo > hi:
