@@ -65,9 +65,11 @@ class Traffic:
                 self.sample(key, get_sock())
         if not self.sampled:
             return None
-        return {"bytes_in": sum(r for r, _ in self.sampled.values()),
-                "bytes_out": sum(s for _, s in self.sampled.values()),
-                "connections": len(self.sampled)}
+        return {
+            "bytes_in": sum(r for r, _ in self.sampled.values()),
+            "bytes_out": sum(s for _, s in self.sampled.values()),
+            "connections": len(self.sampled),
+        }
 
 
 def track_asyncpg(traffic: Traffic) -> None:
@@ -155,8 +157,12 @@ def run_replverify(args: argparse.Namespace) -> dict[str, Any]:
 
     from replverify.api import DiffOptions, diff
 
-    options = DiffOptions(tables=(args.table,), digest=args.digest,  # validated by diff()
-                          jobs=args.jobs)
+    options = DiffOptions(
+        tables=(args.table,),
+        digest=args.digest,  # validated by diff()
+        jobs=args.jobs,
+        compare=args.compare,
+    )
     traffic = Traffic()
     track_asyncpg(traffic)
     with Meter(traffic) as m:
@@ -166,19 +172,22 @@ def run_replverify(args: argparse.Namespace) -> dict[str, Any]:
     for t in tables:
         for d in t.differences:
             kinds[d.kind] = kinds.get(d.kind, 0) + 1
-    return m.result(**{
-        "differences": sum(t.differences_total for t in tables),
-        "differences_by_kind_kept": kinds,
-        "truncated": any(t.truncated for t in tables),
-        "rows_source": sum(t.rows_source for t in tables),
-        "rows_target": sum(t.rows_target for t in tables),
-        "chunks": sum(t.chunks for t in tables),
-        "chunks_mismatched": sum(t.chunks_mismatched for t in tables),
-        "digest": [t.digest for t in tables],
-        "errors": [t.error for t in tables if t.error],
-        "notes": report.notes,
-        "report_elapsed_s": report.elapsed_s,
-    })
+    return m.result(
+        **{
+            "differences": sum(t.differences_total for t in tables),
+            "differences_by_kind_kept": kinds,
+            "truncated": any(t.truncated for t in tables),
+            "rows_source": sum(t.rows_source for t in tables),
+            "rows_target": sum(t.rows_target for t in tables),
+            "chunks": sum(t.chunks for t in tables),
+            "chunks_mismatched": sum(t.chunks_mismatched for t in tables),
+            "digest": [t.digest for t in tables],
+            "compare": report.compare,
+            "errors": [t.error for t in tables if t.error],
+            "notes": report.notes,
+            "report_elapsed_s": report.elapsed_s,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- reladiff
@@ -238,6 +247,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     rv = sub.add_parser("replverify")
     rv.add_argument("--digest", default="auto", help="auto, copy, server, client, ...")
     rv.add_argument("--jobs", type=int, default=2)
+    rv.add_argument("--compare", default="exact", help="exact or semantic")
     rv.add_argument("--table", default="public.t")
     for sp in (copy, rv):
         sp.add_argument("source")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from replverify.api import DiffOptions, diff
-from replverify.testing import (
+from replverify.testing.clusters import (
     DEFAULT_LIKE_SETTINGS,
     LocalClusters,
     cut_replication,

@@ -8,9 +8,10 @@ records, a few in-doubt intents) over ``--rows`` distinct rows, and a target tha
 the last value of every row except a few lost ones. Then, each in its own process so
 peak RSS is its own:
 
-* ``read``      - :class:`~replverify.journal.JournalReader`: decode and validate every line;
-* ``reconcile`` - the whole :func:`~replverify.reconcile.reconcile_with` (three passes,
-  batched lookups) against a :class:`~replverify.reconcile.MemoryTarget`;
+* ``read``      - :class:`~replverify.journal.records.JournalReader`: decode and validate
+  every line;
+* ``reconcile`` - the whole :func:`~replverify.reconcile.run.reconcile_with` (three passes,
+  batched lookups) against a :class:`~replverify.reconcile.run.MemoryTarget`;
 * ``ledger``    - pass 1 of reconcile alone (validate, resolve, settle; the per-row
   state), without a target, so its peak memory is its own.
 
@@ -38,9 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from replverify.catalog import TableInfo
-from replverify.journal import JournalReader, Marker, RowResolver
-from replverify.reconcile import Ledger, MemoryTarget, reconcile_with
+from replverify.db.catalog import TableInfo
+from replverify.journal.records import JournalReader, Marker, RowResolver
+from replverify.reconcile.run import Ledger, MemoryTarget, reconcile_with
 from replverify.types import Column, ColumnType, TableRef
 
 REF = TableRef("public", "orders")

@@ -37,7 +37,7 @@ from typing import Any, get_args
 import asyncpg
 from shapes import SHAPES, TABLE, Plan, Shape, load, parse_diffs, plan_differences, plant
 
-from replverify.testing import OTHER_SETTINGS, Cluster, LocalClusters
+from replverify.testing.clusters import OTHER_SETTINGS, Cluster, LocalClusters
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -81,11 +81,18 @@ def local_servers(shared_buffers: str, plain_target: bool) -> Iterator[Servers]:
         for c in (source, target):
             c.start()
             started.append(c)
-        yield Servers(source.dsn(), target.dsn(), (source, target),
-                      f"two local PostgreSQL clusters in {lc.base_dir}, shared_buffers="
-                      f"{shared_buffers}, fsync=off; target settings: "
-                      + ("as source" if plain_target else
-                         ", ".join(f"{k}={v}" for k, v in OTHER_SETTINGS.items())))
+        yield Servers(
+            source.dsn(),
+            target.dsn(),
+            (source, target),
+            f"two local PostgreSQL clusters in {lc.base_dir}, shared_buffers="
+            f"{shared_buffers}, fsync=off; target settings: "
+            + (
+                "as source"
+                if plain_target
+                else ", ".join(f"{k}={v}" for k, v in OTHER_SETTINGS.items())
+            ),
+        )
     finally:
         for c in reversed(started):
             with contextlib.suppress(Exception):
@@ -224,8 +231,14 @@ class Run:
 _current_child: subprocess.Popen[bytes] | None = None
 
 
-def run_child(tool: str, argv: Sequence[str], servers: Servers, timeout: float,
-              workdir: Path, env: dict[str, str] | None = None) -> tuple[Run, Path]:
+def run_child(
+    tool: str,
+    argv: Sequence[str],
+    servers: Servers,
+    timeout: float,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+) -> tuple[Run, Path]:
     """Run ``argv`` (a ``child.py`` invocation, writing to ``$RV_BENCH_RESULT``), measure it with
     ``wait4`` (peak RSS and CPU of exactly that process tree) and return the Run and
     the path of its captured stdout."""
@@ -237,8 +250,13 @@ def run_child(tool: str, argv: Sequence[str], servers: Servers, timeout: float,
     busy0 = busy_cpu()
     with out_path.open("wb") as out, err_path.open("wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **(env or {}), RESULT_ENV: str(result)})
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {}), RESULT_ENV: str(result)},
+        )
         _current_child = proc
         killed = threading.Event()
 
@@ -276,18 +294,23 @@ def run_child(tool: str, argv: Sequence[str], servers: Servers, timeout: float,
         client_cpu_s=usage.ru_utime + usage.ru_stime,
         server_cpu_s=(server_s := (after[0] - before[0]) if before and after else None),
         other_cpu_s=max(0.0, busy1 - busy0 - usage.ru_utime - usage.ru_stime - server_s)
-        if server_s is not None else None,
+        if server_s is not None
+        else None,
         bytes_in=data.get("bytes_in"),
         differences=data.get("differences"),
-        detail={k: v for k, v in data.items()
-                if k not in ("work_s", "bytes_in", "differences", "errors")},
+        detail={
+            k: v
+            for k, v in data.items()
+            if k not in ("work_s", "bytes_in", "differences", "errors")
+        },
         error="; ".join(errors) or None,
     )
     return run, out_path
 
 
-def _settled_server_cpu(servers: Servers,
-                        before: tuple[float, int] | None) -> tuple[float, int] | None:
+def _settled_server_cpu(
+    servers: Servers, before: tuple[float, int] | None
+) -> tuple[float, int] | None:
     """Server CPU once the child's backends have exited (their time is then in the
     postmaster's cutime)."""
     if before is None:
@@ -313,19 +336,41 @@ class Tool:
     env: tuple[tuple[str, str], ...] = ()
 
 
-def tools_for(args: argparse.Namespace, shape: Shape, servers: Servers,
-              reladiff_python: Path | None) -> list[Tool]:
+def tools_for(
+    args: argparse.Namespace, shape: Shape, servers: Servers, reladiff_python: Path | None
+) -> list[Tool]:
     py = sys.executable
     src, tgt = servers.source_dsn, servers.target_dsn
     tools = [
-        Tool(f"COPY {fmt}", "copy",
-             (py, str(CHILD), "copy", "--format", fmt, "--order-by", shape.order_by, src, tgt))
+        Tool(
+            f"COPY {fmt}",
+            "copy",
+            (py, str(CHILD), "copy", "--format", fmt, "--order-by", shape.order_by, src, tgt),
+        )
         for fmt in ("binary", "text")
     ]
     for mode in args.digest:
-        tools.append(Tool(f"replverify {mode} j{args.jobs}", "replverify",
-                          (py, str(CHILD), "replverify", "--digest", mode,
-                           "--jobs", str(args.jobs), src, tgt)))
+        for compare in args.compare:
+            label = "" if args.compare == ["exact"] else f" {compare}"
+            tools.append(
+                Tool(
+                    f"replverify {mode}{label} j{args.jobs}",
+                    "replverify",
+                    (
+                        py,
+                        str(CHILD),
+                        "replverify",
+                        "--digest",
+                        mode,
+                        "--compare",
+                        compare,
+                        "--jobs",
+                        str(args.jobs),
+                        src,
+                        tgt,
+                    ),
+                )
+            )
     if reladiff_python is not None:
         keys = [a for k in shape.key for a in ("-k", k)]
         # reladiff runs SET TIME ZONE 'UTC' on one connection per database only; with
@@ -333,11 +378,30 @@ def tools_for(args: argparse.Namespace, shape: Shape, servers: Servers,
         # timestamptz differs falsely when that is not UTC. PGTZ applies to all of them.
         env = () if args.reladiff_no_pgtz else (("PGTZ", "UTC"),)
         for threads in sorted({1, args.jobs}):
-            tools.append(Tool(
-                f"reladiff j{threads}" + (" (default)" if threads == 1 else ""), "reladiff",
-                (str(reladiff_python), str(CHILD), "reladiff", "--",
-                 src, TABLE, tgt, TABLE, *keys, "-c", "%", "--json", "-j", str(threads)),
-                parse_stdout=True, env=env))
+            tools.append(
+                Tool(
+                    f"reladiff j{threads}" + (" (default)" if threads == 1 else ""),
+                    "reladiff",
+                    (
+                        str(reladiff_python),
+                        str(CHILD),
+                        "reladiff",
+                        "--",
+                        src,
+                        TABLE,
+                        tgt,
+                        TABLE,
+                        *keys,
+                        "-c",
+                        "%",
+                        "--json",
+                        "-j",
+                        str(threads),
+                    ),
+                    parse_stdout=True,
+                    env=env,
+                )
+            )
     return tools
 
 
@@ -366,8 +430,7 @@ def reladiff_differences(stdout: Path, nkey: int) -> tuple[int, dict[str, int]]:
 
 def measure(tool: Tool, servers: Servers, shape: Shape, timeout: float) -> Run:
     with tempfile.TemporaryDirectory(prefix="rv-bench-") as tmp:
-        run, stdout = run_child(tool.name, tool.argv, servers, timeout, Path(tmp),
-                                dict(tool.env))
+        run, stdout = run_child(tool.name, tool.argv, servers, timeout, Path(tmp), dict(tool.env))
         if tool.parse_stdout and run.ok:
             run.differences, kinds = reladiff_differences(stdout, len(shape.key))
             run.detail["differences_by_kind"] = kinds
@@ -384,8 +447,11 @@ def verify(run: Run, plan: Plan) -> str:
         return ""
     if run.differences != plan.total:
         return f"MISMATCH: found {run.differences}, planted {plan.total}"
-    expected = {"missing": len(plan.missing), "extra": len(plan.extra),
-                "changed": len(plan.changed)}
+    expected = {
+        "missing": len(plan.missing),
+        "extra": len(plan.extra),
+        "changed": len(plan.changed),
+    }
     kinds = run.detail.get("differences_by_kind")
     if kinds is None and not run.detail.get("truncated"):
         kinds = run.detail.get("differences_by_kind_kept")
@@ -401,8 +467,19 @@ def verify(run: Run, plan: Plan) -> str:
 
 def profile(tool: Tool, servers: Servers, py_spy: Path, out: Path, timeout: float) -> str:
     """Record ``tool`` once under py-spy (idle samples included) and summarise."""
-    argv = [str(py_spy), "record", "--idle", "--rate", "200", "--format", "raw",
-            "-o", str(out), "--", *tool.argv]
+    argv = [
+        str(py_spy),
+        "record",
+        "--idle",
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "-o",
+        str(out),
+        "--",
+        *tool.argv,
+    ]
     with tempfile.TemporaryDirectory(prefix="rv-prof-") as tmp:
         run, _ = run_child(f"profile {tool.name}", argv, servers, timeout, Path(tmp))
     if not out.exists():
@@ -444,10 +521,15 @@ def summarise_profile(path: Path, top: int = 15) -> str:
             best = [(k, v) for k, v in best if v < 0.97 * total]
         return [f"  {100 * n / total:5.1f}%  {name}" for name, n in best[:top]]
 
-    return "\n".join([
-        f"{total} samples in the work phase ({everything} in all, incl. start-up); "
-        "idle samples included. Top functions by self time:",
-        *rows(self_n), "Top functions by inclusive time:", *rows(incl_n, skip_outer=True)])
+    return "\n".join(
+        [
+            f"{total} samples in the work phase ({everything} in all, incl. start-up); "
+            "idle samples included. Top functions by self time:",
+            *rows(self_n),
+            "Top functions by inclusive time:",
+            *rows(incl_n, skip_outer=True),
+        ]
+    )
 
 
 # =========================================================================== reladiff venv
@@ -476,10 +558,20 @@ def ensure_reladiff(spec: str | None) -> tuple[Path | None, str]:
         return None, f"reladiff skipped: {python} cannot import reladiff and psycopg2"
     log(f"installing {RELADIFF_REQUIREMENT} into {venv} ...")
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
-                       capture_output=True, text=True, timeout=300)
-        p = subprocess.run([str(python), "-m", "pip", "install", "-q", RELADIFF_REQUIREMENT],
-                           capture_output=True, text=True, timeout=900, check=False)
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(venv)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        p = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", RELADIFF_REQUIREMENT],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"reladiff skipped: creating {venv} failed: {e}"
     v = version()
@@ -501,8 +593,9 @@ def _read(path: str) -> str:
 
 def _git(*args: str) -> str:
     try:
-        p = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                           timeout=30, check=False)
+        p = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30, check=False
+        )
     except OSError:
         return ""
     return p.stdout.strip() if p.returncode == 0 else ""
@@ -520,14 +613,29 @@ async def _server_versions(servers: Servers) -> list[str]:
 
 
 def describe_machine(servers: Servers, reladiff_note: str) -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
-    mem_kb = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines()
-                   if line.startswith("MemTotal:")), 0)
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    mem_kb = next(
+        (
+            int(line.split()[1])
+            for line in _read("/proc/meminfo").splitlines()
+            if line.startswith("MemTotal:")
+        ),
+        0,
+    )
     commit = _git("rev-parse", "HEAD")
-    changed = sorted({*_git("diff", "--name-only", "HEAD", "--", "replverify").split(),
-                      *_git("ls-files", "--others", "--exclude-standard", "--",
-                            "replverify").split()})
+    changed = sorted(
+        {
+            *_git("diff", "--name-only", "HEAD", "--", "replverify").split(),
+            *_git("ls-files", "--others", "--exclude-standard", "--", "replverify").split(),
+        }
+    )
     import replverify
 
     return {
@@ -541,8 +649,11 @@ def describe_machine(servers: Servers, reladiff_note: str) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "asyncpg": asyncpg.__version__,
         "replverify": getattr(replverify, "__version__", "?"),
-        "replverify_commit": (commit[:12] + (f" + uncommitted changes to {', '.join(changed)}"
-                                             if changed else "")) if commit else "unknown",
+        "replverify_commit": (
+            commit[:12] + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
+        )
+        if commit
+        else "unknown",
         "reladiff": reladiff_note,
     }
 
@@ -575,8 +686,10 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 
 def summarise(case: str, plan: Plan, rows_source: int, runs: dict[str, list[Run]]) -> list[Row]:
-    seconds = {t: _median([r.work_s if r.work_s is not None else r.proc_s
-                           for r in rs if r.ok]) for t, rs in runs.items()}
+    seconds = {
+        t: _median([r.work_s if r.work_s is not None else r.proc_s for r in rs if r.ok])
+        for t, rs in runs.items()
+    }
     copy_s = seconds.get("COPY binary")
     reladiff_s = [s for t, s in seconds.items() if t.startswith("reladiff") and s is not None]
     best_reladiff = min(reladiff_s) if reladiff_s else None
@@ -586,28 +699,44 @@ def summarise(case: str, plan: Plan, rows_source: int, runs: dict[str, list[Run]
         good = [r for r in rs if r.ok] or rs
         checks = sorted({c for r in rs if (c := verify(r, plan))})
         diffs = sorted({r.differences for r in good if r.differences is not None})
-        out.append(Row(
-            case=case,
-            tool=tool,
-            seconds=s,
-            rows_per_s=rows_source / s if s else None,
-            x_copy=s / copy_s if s and copy_s else None,
-            x_reladiff=s / best_reladiff if s and best_reladiff else None,
-            max_rss_mb=max(r.max_rss_mb for r in rs),
-            differences=diffs[0] if len(diffs) == 1 else None,
-            proc_s=statistics.median(r.proc_s for r in good),
-            client_cpu_s=statistics.median(r.client_cpu_s for r in good),
-            server_cpu_s=_median([r.server_cpu_s for r in good]),
-            other_cpu_s=_median([r.other_cpu_s for r in good]),
-            mb_in=_median([r.bytes_in / 1e6 if r.bytes_in is not None else None for r in good]),
-            check="; ".join(checks) or ("ok" if diffs else ""),
-            runs=len(rs),
-        ))
+        out.append(
+            Row(
+                case=case,
+                tool=tool,
+                seconds=s,
+                rows_per_s=rows_source / s if s else None,
+                x_copy=s / copy_s if s and copy_s else None,
+                x_reladiff=s / best_reladiff if s and best_reladiff else None,
+                max_rss_mb=max(r.max_rss_mb for r in rs),
+                differences=diffs[0] if len(diffs) == 1 else None,
+                proc_s=statistics.median(r.proc_s for r in good),
+                client_cpu_s=statistics.median(r.client_cpu_s for r in good),
+                server_cpu_s=_median([r.server_cpu_s for r in good]),
+                other_cpu_s=_median([r.other_cpu_s for r in good]),
+                mb_in=_median([r.bytes_in / 1e6 if r.bytes_in is not None else None for r in good]),
+                check="; ".join(checks) or ("ok" if diffs else ""),
+                runs=len(rs),
+            )
+        )
     return out
 
 
-COLUMNS = ("case", "tool / mode", "s", "rows/s", "× COPY bin", "× reladiff", "peak RSS MB",
-           "diffs", "proc s", "client CPU s", "server CPU s", "other CPU s", "MB in", "check")
+COLUMNS = (
+    "case",
+    "tool / mode",
+    "s",
+    "rows/s",
+    "× COPY bin",
+    "× reladiff",
+    "peak RSS MB",
+    "diffs",
+    "proc s",
+    "client CPU s",
+    "server CPU s",
+    "other CPU s",
+    "MB in",
+    "check",
+)
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -615,12 +744,22 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def cells(r: Row) -> list[str]:
-    return [r.case, r.tool, _fmt(r.seconds, ".2f"), _fmt(r.rows_per_s, ",.0f"),
-            _fmt(r.x_copy, ".2f"), _fmt(r.x_reladiff, ".2f"), f"{r.max_rss_mb:.0f}",
-            "-" if r.differences is None else str(r.differences), f"{r.proc_s:.2f}",
-            f"{r.client_cpu_s:.2f}", _fmt(r.server_cpu_s, ".2f"), _fmt(r.other_cpu_s, ".2f"),
-            _fmt(r.mb_in, ".1f"),
-            r.check if len(r.check) <= 90 else r.check[:87] + "..."]
+    return [
+        r.case,
+        r.tool,
+        _fmt(r.seconds, ".2f"),
+        _fmt(r.rows_per_s, ",.0f"),
+        _fmt(r.x_copy, ".2f"),
+        _fmt(r.x_reladiff, ".2f"),
+        f"{r.max_rss_mb:.0f}",
+        "-" if r.differences is None else str(r.differences),
+        f"{r.proc_s:.2f}",
+        f"{r.client_cpu_s:.2f}",
+        _fmt(r.server_cpu_s, ".2f"),
+        _fmt(r.other_cpu_s, ".2f"),
+        _fmt(r.mb_in, ".1f"),
+        r.check if len(r.check) <= 90 else r.check[:87] + "...",
+    ]
 
 
 def text_table(rows: Sequence[Row]) -> str:
@@ -629,8 +768,12 @@ def text_table(rows: Sequence[Row]) -> str:
     numeric = set(range(2, len(COLUMNS) - 1))
     lines = []
     for n, line in enumerate(grid):
-        lines.append("  ".join(c.rjust(w) if i in numeric else c.ljust(w)
-                               for i, (c, w) in enumerate(zip(line, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                c.rjust(w) if i in numeric else c.ljust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
@@ -640,10 +783,12 @@ def markdown_table(rows: Sequence[Row]) -> str:
     def esc(c: str) -> str:
         return c.replace("|", "\\|")
 
-    lines = ["| " + " | ".join(COLUMNS) + " |",
-             "|" + "|".join("---" if i in (0, 1, len(COLUMNS) - 1) else "---:"
-                            for i in range(len(COLUMNS)))
-             + "|"]
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|"
+        + "|".join("---" if i in (0, 1, len(COLUMNS) - 1) else "---:" for i in range(len(COLUMNS)))
+        + "|",
+    ]
     lines += ["| " + " | ".join(esc(c) for c in cells(r)) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -671,9 +816,12 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row], profiles: dict[str, str]
         "",
         "## Cases",
         "",
-        *[f"- `{c['label']}`: {c['planted']} planted differences (missing {c['missing']}, "
-          f"changed {c['changed']}, extra {c['extra']}); source {c['rows_source']:,} rows, "
-          f"target {c['rows_target']:,} rows" for c in meta["cases"]],
+        *[
+            f"- `{c['label']}`: {c['planted']} planted differences (missing {c['missing']}, "
+            f"changed {c['changed']}, extra {c['extra']}); source {c['rows_source']:,} rows, "
+            f"target {c['rows_target']:,} rows"
+            for c in meta["cases"]
+        ],
     ]
     if profiles:
         parts += ["", "## Profiles (py-spy, replverify child)", ""]
@@ -688,45 +836,100 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row], profiles: dict[str, str]
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--rows", type=int, default=1_000_000, help="Rows generated per side.")
     p.add_argument("--shape", choices=sorted(SHAPES), default="narrow")
-    p.add_argument("--diffs", default="0,10,1%",
-                   help="Cases: planted differences per case, a count or a percentage.")
+    p.add_argument(
+        "--diffs",
+        default="0,10,1%",
+        help="Cases: planted differences per case, a count or a percentage.",
+    )
     p.add_argument("--repeat", type=int, default=3, help="Timed runs per tool and case.")
-    p.add_argument("--jobs", type=int, default=2,
-                   help="replverify --jobs (and reladiff --threads in its second variant).")
-    p.add_argument("--digest", default=",".join(digest_modes()),
-                   help="replverify --digest modes to time, comma-separated.")
-    p.add_argument("--tools", default="copy,replverify,reladiff",
-                   help="Which of copy, replverify, reladiff to time.")
-    p.add_argument("--reladiff", metavar="VENV_OR_PYTHON", default=None,
-                   help=f"Virtualenv (or its python) with reladiff; default "
-                        f"{DEFAULT_RELADIFF_VENV}, created on first use; 'none' to skip.")
-    p.add_argument("--reladiff-no-pgtz", action="store_true",
-                   help="Do not give reladiff PGTZ=UTC (see README: without it, reladiff "
-                        "--threads > 1 reports false differences against a non-UTC server).")
-    p.add_argument("--source", metavar="DSN", help="Use this server instead of a local cluster "
-                   "(table t is DROPPED and recreated: use a scratch database).")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="replverify --jobs (and reladiff --threads in its second variant).",
+    )
+    p.add_argument(
+        "--digest",
+        default=",".join(digest_modes()),
+        help="replverify --digest modes to time, comma-separated.",
+    )
+    p.add_argument(
+        "--compare",
+        default="exact",
+        help="replverify --compare modes to time, comma-separated (exact, semantic).",
+    )
+    p.add_argument(
+        "--tools",
+        default="copy,replverify,reladiff",
+        help="Which of copy, replverify, reladiff to time.",
+    )
+    p.add_argument(
+        "--reladiff",
+        metavar="VENV_OR_PYTHON",
+        default=None,
+        help=f"Virtualenv (or its python) with reladiff; default "
+        f"{DEFAULT_RELADIFF_VENV}, created on first use; 'none' to skip.",
+    )
+    p.add_argument(
+        "--reladiff-no-pgtz",
+        action="store_true",
+        help="Do not give reladiff PGTZ=UTC (see README: without it, reladiff "
+        "--threads > 1 reports false differences against a non-UTC server).",
+    )
+    p.add_argument(
+        "--source",
+        metavar="DSN",
+        help="Use this server instead of a local cluster "
+        "(table t is DROPPED and recreated: use a scratch database).",
+    )
     p.add_argument("--target", metavar="DSN", help="See --source.")
-    p.add_argument("--shared-buffers", default="2GB",
-                   help="shared_buffers of the local clusters (the data set must fit).")
-    p.add_argument("--plain-target", action="store_true",
-                   help="Give the local target default settings instead of the 'other' "
-                        "cluster's TimeZone/DateStyle/IntervalStyle/extra_float_digits.")
+    p.add_argument(
+        "--shared-buffers",
+        default="2GB",
+        help="shared_buffers of the local clusters (the data set must fit).",
+    )
+    p.add_argument(
+        "--plain-target",
+        action="store_true",
+        help="Give the local target default settings instead of the 'other' "
+        "cluster's TimeZone/DateStyle/IntervalStyle/extra_float_digits.",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="Seconds per timed run.")
-    p.add_argument("--quiet-wait", type=float, default=30, metavar="S",
-                   help="Before each run, wait up to S seconds for other processes on the "
-                        "machine to go (nearly) idle.")
-    p.add_argument("--profile", action="store_true",
-                   help="Also record each replverify mode once per case under py-spy.")
-    p.add_argument("--py-spy", metavar="PATH", default=None,
-                   help="py-spy binary (default: on PATH, else /tmp/bench-tools/bin/py-spy).")
-    p.add_argument("--results", type=Path, default=HERE / "results",
-                   help="Directory for the Markdown and JSON results.")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30,
+        metavar="S",
+        help="Before each run, wait up to S seconds for other processes on the "
+        "machine to go (nearly) idle.",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="Also record each replverify mode once per case under py-spy.",
+    )
+    p.add_argument(
+        "--py-spy",
+        metavar="PATH",
+        default=None,
+        help="py-spy binary (default: on PATH, else /tmp/bench-tools/bin/py-spy).",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=HERE / "results",
+        help="Directory for the Markdown and JSON results.",
+    )
     args = p.parse_args(argv)
     args.digest = [d.strip() for d in args.digest.split(",") if d.strip()]
     args.tools = {t.strip() for t in args.tools.split(",") if t.strip()}
+    args.compare = [c.strip() for c in args.compare.split(",") if c.strip()]
+    if bad := set(args.compare) - {"exact", "semantic"}:
+        p.error(f"unknown --compare {', '.join(sorted(bad))}")
     if bad := args.tools - {"copy", "replverify", "reladiff"}:
         p.error(f"unknown --tools {', '.join(sorted(bad))}")
     if bad := set(args.digest) - {"auto", *digest_modes()}:
@@ -765,8 +968,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     shape = SHAPES[args.shape]
     started = dt.datetime.now().astimezone()
-    reladiff_python, reladiff_note = (ensure_reladiff(args.reladiff) if "reladiff" in args.tools
-                                      else (None, "reladiff not run (--tools)"))
+    reladiff_python, reladiff_note = (
+        ensure_reladiff(args.reladiff)
+        if "reladiff" in args.tools
+        else (None, "reladiff not run (--tools)")
+    )
     log(reladiff_note)
     py_spy = find_py_spy(args.py_spy) if args.profile else None
     if args.profile and py_spy is None:
@@ -774,8 +980,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     servers_cm: contextlib.AbstractContextManager[Servers]
     if args.source:
-        servers_cm = contextlib.nullcontext(Servers(args.source, args.target, None,
-                                                    "given by --source/--target"))
+        servers_cm = contextlib.nullcontext(
+            Servers(args.source, args.target, None, "given by --source/--target")
+        )
     else:
         log(f"starting two local clusters (shared_buffers={args.shared_buffers}) ...")
         servers_cm = local_servers(args.shared_buffers, args.plain_target)
@@ -788,8 +995,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with servers_cm as servers:
             machine = describe_machine(servers, reladiff_note)
-            tools = [t for t in tools_for(args, shape, servers, reladiff_python)
-                     if t.kind in args.tools]
+            tools = [
+                t for t in tools_for(args, shape, servers, reladiff_python) if t.kind in args.tools
+            ]
             for label, count in args.cases:
                 plan = plan_differences(label, count, args.rows)
                 case = f"{label} diffs"
@@ -797,16 +1005,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 counts = asyncio.run(prepare(servers, shape, args.rows, plan))
                 table_mb = counts["bytes_source"] / 1e6
-                log(f"  loaded in {time.perf_counter() - t0:.1f} s; source "
+                log(
+                    f"  loaded in {time.perf_counter() - t0:.1f} s; source "
                     f"{counts['rows_source']:,} rows ({table_mb:.0f} MB), target "
-                    f"{counts['rows_target']:,} rows; warm-up read ...")
-                warm = Tool("warm-up", "copy", (sys.executable, str(CHILD), "copy", "--format",
-                                                "binary", "--order-by", shape.order_by,
-                                                servers.source_dsn, servers.target_dsn))
+                    f"{counts['rows_target']:,} rows; warm-up read ..."
+                )
+                warm = Tool(
+                    "warm-up",
+                    "copy",
+                    (
+                        sys.executable,
+                        str(CHILD),
+                        "copy",
+                        "--format",
+                        "binary",
+                        "--order-by",
+                        shape.order_by,
+                        servers.source_dsn,
+                        servers.target_dsn,
+                    ),
+                )
                 measure(warm, servers, shape, args.timeout)
-                cases_meta.append({"label": case, "planted": plan.total,
-                                   "missing": len(plan.missing), "changed": len(plan.changed),
-                                   "extra": len(plan.extra), **counts})
+                cases_meta.append(
+                    {
+                        "label": case,
+                        "planted": plan.total,
+                        "missing": len(plan.missing),
+                        "changed": len(plan.changed),
+                        "extra": len(plan.extra),
+                        **counts,
+                    }
+                )
                 runs: dict[str, list[Run]] = {t.name: [] for t in tools}
                 for rep in range(args.repeat):
                     for tool in tools:
@@ -816,12 +1045,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         runs[tool.name].append(run)
                         problem = verify(run, plan)
                         s = run.work_s if run.work_s is not None else run.proc_s
-                        noise = (f"  other CPU {run.other_cpu_s:.1f} s"
-                                 if run.other_cpu_s and run.other_cpu_s > 0.1 * s else "")
-                        log(f"  [{rep + 1}/{args.repeat}] {tool.name:<22} {s:8.2f} s  "
+                        noise = (
+                            f"  other CPU {run.other_cpu_s:.1f} s"
+                            if run.other_cpu_s and run.other_cpu_s > 0.1 * s
+                            else ""
+                        )
+                        log(
+                            f"  [{rep + 1}/{args.repeat}] {tool.name:<22} {s:8.2f} s  "
                             f"rss {run.max_rss_mb:4.0f} MB  diffs "
                             f"{'-' if run.differences is None else run.differences}{noise}"
-                            + (f"  {problem}" if problem else ""))
+                            + (f"  {problem}" if problem else "")
+                        )
                         if problem.startswith("MISMATCH"):
                             log(f"  !!!!! MISMATCH !!!!! {tool.name}: {problem}")
                 rows = summarise(case, plan, counts["rows_source"], runs)
@@ -836,7 +1070,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         log(f"  profiling {name} ...")
                         prof = Path(tempfile.gettempdir()) / (
                             f"rv-profile-{shape.name}-{args.rows}-{label.replace('%', 'pct')}-"
-                            f"{tool.name.replace(' ', '-')}.txt")
+                            f"{tool.name.replace(' ', '-')}.txt"
+                        )
                         profiles[name] = profile(tool, servers, py_spy, prof, args.timeout)
                         profiles[name] += f"\n(collapsed stacks: {prof})"
                         print(f"--- profile {name}\n{profiles[name]}", flush=True)
@@ -851,9 +1086,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "schema": "replverify.bench/1",
         "started": started.isoformat(timespec="seconds"),
         "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
-        "config": {"rows": args.rows, "shape": shape.name, "diffs": args.diffs,
-                   "repeat": args.repeat, "jobs": args.jobs, "digest": args.digest,
-                   "tools": sorted(args.tools), "reladiff_pgtz_utc": not args.reladiff_no_pgtz},
+        "config": {
+            "rows": args.rows,
+            "shape": shape.name,
+            "diffs": args.diffs,
+            "repeat": args.repeat,
+            "jobs": args.jobs,
+            "digest": args.digest,
+            "compare": args.compare,
+            "tools": sorted(args.tools),
+            "reladiff_pgtz_utc": not args.reladiff_no_pgtz,
+        },
         "machine": machine,
         "table_mb": table_mb,
         "cases": cases_meta,
@@ -867,9 +1110,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     suffix = "-plain-target" if args.plain_target and not args.source else ""
     stem = args.results / f"{started.date().isoformat()}-{shape.name}-{args.rows}{suffix}"
     stem.with_suffix(".md").write_text(markdown(meta, all_rows, profiles), encoding="utf-8")
-    stem.with_suffix(".json").write_text(json.dumps(
-        {**meta, "table": [asdict(r) for r in all_rows], "runs": all_runs,
-         "profiles": profiles}, indent=1, default=str), encoding="utf-8")
+    stem.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                **meta,
+                "table": [asdict(r) for r in all_rows],
+                "runs": all_runs,
+                "profiles": profiles,
+            },
+            indent=1,
+            default=str,
+        ),
+        encoding="utf-8",
+    )
     log(f"wrote {stem}.md and {stem}.json")
     return 1 if any(r.check.startswith("MISMATCH") for r in problems) else 0
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from replverify.sample import BENCH_SQL
+from replverify.testing.sample import BENCH_SQL
 
 TABLE = "t"
 
@@ -58,7 +58,7 @@ class Shape:
 NARROW = Shape(
     name="narrow",
     description="t(id bigint primary key, a int, b text, c numeric(12,2), d timestamptz, "
-    "e jsonb, f boolean) - replverify.sample.BENCH_SQL",
+    "e jsonb, f boolean) - replverify.testing.sample.BENCH_SQL",
     key=("id",),
     create_sql=BENCH_SQL.replace("{name}", TABLE),
     key_of_i=("i",),
@@ -90,10 +90,16 @@ WIDE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("c_bool_null", "boolean", "CASE i % 3 WHEN 0 THEN NULL WHEN 1 THEN true ELSE false END"),
     ("c_date", "date", "date '2000-01-01' + (i % 10000)::int"),
     ("c_ts", "timestamp", "timestamp '2020-01-01 00:00:00' + i * interval '1 second'"),
-    ("c_tstz", "timestamptz",
-     "timestamptz '2020-01-01 00:00:00+00' + i * interval '1 minute 0.5 seconds'"),
-    ("c_updated", "timestamptz",
-     "timestamptz '2024-01-01 00:00:00+00' + (i % 100000) * interval '1 second'"),
+    (
+        "c_tstz",
+        "timestamptz",
+        "timestamptz '2020-01-01 00:00:00+00' + i * interval '1 minute 0.5 seconds'",
+    ),
+    (
+        "c_updated",
+        "timestamptz",
+        "timestamptz '2024-01-01 00:00:00+00' + (i % 100000) * interval '1 second'",
+    ),
     ("c_time", "time", "time '00:00' + (i % 86400) * interval '1 second'"),
     ("c_interval", "interval", "(i % 1000) * interval '1 hour 1 minute'"),
     ("c_uuid", "uuid", "md5(i::text)::uuid"),
@@ -109,8 +115,10 @@ WIDE_COLUMNS: tuple[tuple[str, str, str], ...] = (
 def _generated_table(columns: tuple[tuple[str, str, str], ...], extra: str = "") -> str:
     defs = ",\n    ".join(f"{n} {t}" for n, t, _ in columns) + extra
     exprs = ",\n       ".join(e for _, _, e in columns)
-    return (f"CREATE TABLE {TABLE} (\n    {defs}\n);\n"
-            f"INSERT INTO {TABLE}\nSELECT {exprs}\nFROM generate_series(1, {{rows}}) i;\n")
+    return (
+        f"CREATE TABLE {TABLE} (\n    {defs}\n);\n"
+        f"INSERT INTO {TABLE}\nSELECT {exprs}\nFROM generate_series(1, {{rows}}) i;\n"
+    )
 
 
 WIDE = Shape(
@@ -126,8 +134,10 @@ WIDE = Shape(
 
 # --------------------------------------------------------------------------- textkey
 
-_TEXT_KEY = ("(ARRAY['acct', 'Acct', 'ACCT', 'user', 'User'])[1 + i % 5] || '-' || "
-             "CASE WHEN i % 2 = 0 THEN upper(md5(i::text)) ELSE md5(i::text) END")
+_TEXT_KEY = (
+    "(ARRAY['acct', 'Acct', 'ACCT', 'user', 'User'])[1 + i % 5] || '-' || "
+    "CASE WHEN i % 2 = 0 THEN upper(md5(i::text)) ELSE md5(i::text) END"
+)
 
 TEXTKEY = Shape(
     name="textkey",
@@ -135,15 +145,17 @@ TEXTKEY = Shape(
     "f boolean); keys like 'Acct-9BF31C7F...' / 'user-c4ca4238...' in mixed case, "
     "unrelated to insertion order",
     key=("k",),
-    create_sql=_generated_table((
-        ("k", "text PRIMARY KEY", _TEXT_KEY),
-        ("a", "integer", "(i::bigint * 7919 % 100000)::int"),
-        ("b", "text", "md5((i + 1)::text)"),
-        ("c", "numeric(12,2)", "((i * 31) % 1000000) / 100.0"),
-        ("d", "timestamptz", "timestamptz '2020-01-01 00:00:00+00' + i * interval '1 second'"),
-        ("e", "jsonb", "jsonb_build_object('k', i, 's', md5(i::text))"),
-        ("f", "boolean", "i % 2 = 0"),
-    )),
+    create_sql=_generated_table(
+        (
+            ("k", "text PRIMARY KEY", _TEXT_KEY),
+            ("a", "integer", "(i::bigint * 7919 % 100000)::int"),
+            ("b", "text", "md5((i + 1)::text)"),
+            ("c", "numeric(12,2)", "((i * 31) % 1000000) / 100.0"),
+            ("d", "timestamptz", "timestamptz '2020-01-01 00:00:00+00' + i * interval '1 second'"),
+            ("e", "jsonb", "jsonb_build_object('k', i, 's', md5(i::text))"),
+            ("f", "boolean", "i % 2 = 0"),
+        )
+    ),
     key_of_i=(_TEXT_KEY,),
     update_set="a = a + 1",
 )
@@ -155,16 +167,19 @@ COMPOSITE = Shape(
     description="t(tenant text, n bigint, a int, b text, c numeric(12,2), d timestamptz, "
     "e jsonb, f boolean, primary key (tenant, n)); 50 tenants",
     key=("tenant", "n"),
-    create_sql=_generated_table((
-        ("tenant", "text", "'tenant-' || lpad((i % 50)::text, 2, '0')"),
-        ("n", "bigint", "i / 50"),
-        ("a", "integer", "(i::bigint * 7919 % 100000)::int"),
-        ("b", "text", "md5(i::text)"),
-        ("c", "numeric(12,2)", "((i * 31) % 1000000) / 100.0"),
-        ("d", "timestamptz", "timestamptz '2020-01-01 00:00:00+00' + i * interval '1 second'"),
-        ("e", "jsonb", "jsonb_build_object('k', i, 's', md5(i::text))"),
-        ("f", "boolean", "i % 2 = 0"),
-    ), extra=",\n    PRIMARY KEY (tenant, n)"),
+    create_sql=_generated_table(
+        (
+            ("tenant", "text", "'tenant-' || lpad((i % 50)::text, 2, '0')"),
+            ("n", "bigint", "i / 50"),
+            ("a", "integer", "(i::bigint * 7919 % 100000)::int"),
+            ("b", "text", "md5(i::text)"),
+            ("c", "numeric(12,2)", "((i * 31) % 1000000) / 100.0"),
+            ("d", "timestamptz", "timestamptz '2020-01-01 00:00:00+00' + i * interval '1 second'"),
+            ("e", "jsonb", "jsonb_build_object('k', i, 's', md5(i::text))"),
+            ("f", "boolean", "i % 2 = 0"),
+        ),
+        extra=",\n    PRIMARY KEY (tenant, n)",
+    ),
     key_of_i=("'tenant-' || lpad((i % 50)::text, 2, '0')", "i / 50"),
     update_set="a = a + 1",
 )
@@ -227,8 +242,9 @@ async def load(conn: asyncpg.Connection, shape: Shape, rows: int) -> None:
     await conn.execute(shape.fill_sql(rows))
 
 
-async def plant(source: asyncpg.Connection, target: asyncpg.Connection, shape: Shape,
-                plan: Plan) -> None:
+async def plant(
+    source: asyncpg.Connection, target: asyncpg.Connection, shape: Shape, plan: Plan
+) -> None:
     """Apply ``plan``: delete ``missing`` on the target, ``extra`` on the source, update
     ``changed`` on the target. Checks that every statement hit the planned rows."""
 

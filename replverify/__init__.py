@@ -1,6 +1,6 @@
 """replverify: verify PostgreSQL replication and find exactly the data a failover lost.
 
-The Python API lives in :mod:`replverify.api` (``diff``); the CLI in :mod:`replverify.cli`
+The Python API lives in :mod:`replverify.api` (``diff``); the CLI in :mod:`replverify.cli.main`
 is a thin layer over it.
 """
 

@@ -17,21 +17,22 @@ from typing import Literal
 
 import asyncpg
 
-from . import catalog
-from .align import TablePlan, plan_table
-from .bisect import TableComparison
-from .catalog import ServerInfo, TableInfo
-from .connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
-from .copyscan import locate_chunk
-from .errors import ReplverifyError, SchemaError, UsageError
-from .fence import Fence
-from .lag import LsnHistory
-from .lag import snapshot as lag_snapshot
-from .pipeline import Sides, compare_multiset, run
-from .sources import DigestMode, PostgresSource, RowHasher
-from .sql import ALIAS, TableSQL, parse_where, quote_table
-from .state import StateFile, TableCheckpoint
-from .types import DiffReport, TableRef, TableResult
+from replverify.db import catalog
+from replverify.db.catalog import ServerInfo, TableInfo
+from replverify.db.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
+from replverify.diff.align import TablePlan, plan_table
+from replverify.diff.copyscan import locate_chunk
+from replverify.diff.driver import Sides, compare_multiset, run
+from replverify.diff.fence import Fence
+from replverify.diff.machine import TableComparison
+from replverify.diff.sources import DigestMode, PostgresSource, RowHasher
+from replverify.diff.sql import ALIAS, TableSQL, parse_where, quote_table
+from replverify.diff.state import StateFile, TableCheckpoint
+from replverify.errors import ReplverifyError, SchemaError, UsageError
+from replverify.lag.sampler import LsnHistory
+from replverify.lag.sampler import snapshot as lag_snapshot
+from replverify.types import DiffReport, TableRef, TableResult
+from replverify.values.canonical import Compare, encode_row
 
 DigestChoice = Literal["auto", "copy", "server", "client"]
 DIGEST_DESCRIPTIONS: dict[DigestMode, str] = {
@@ -39,6 +40,18 @@ DIGEST_DESCRIPTIONS: dict[DigestMode, str] = {
     "server": "server: hashtextextended of the row text with pinned settings, 64-bit sums",
     "client": "client: xxh3-128 of canonical values, 128-bit sums",
 }
+MULTISET_DIGEST = "multiset: md5 (128-bit) of each row's text with pinned settings, counted"
+
+
+def _column_forms(plan: TablePlan, mode: DigestMode) -> dict[str, str]:
+    """How each compared column is read for the digest: ``binary``, ``text`` or
+    ``decoded`` (client-side, from asyncpg's decoded value)."""
+    if mode == "client":
+        return {c.name: "decoded" for c in plan.columns}
+    if mode == "server" or plan.multiset:
+        return {c.name: "text" for c in plan.columns}
+    forms = plan.copy_forms or ("binary",) * len(plan.columns)
+    return {c.name: f for c, f in zip(plan.columns, forms, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,9 @@ class DiffOptions:
     jobs: int = 2
     max_diffs: int | None = 1_000
     digest: DigestChoice = "auto"
+    #: ``exact``: equal when the binary forms PostgreSQL sends are (what clients read);
+    #: ``semantic``: equal when the type's ``=`` says so
+    compare: Compare = "exact"
     #: ``None``: fence target reads when the target is a streaming standby of the source
     fence: bool | None = None
     #: seconds a fenced read may wait for the standby to replay
@@ -65,9 +81,27 @@ class DiffOptions:
     confirm_rounds: int = 2
     #: a file recording verified chunks, so an interrupted run resumes (``--state``)
     state: str | None = None
+    #: compare a database with itself (both DSNs reach one server) instead of refusing
+    allow_same_server: bool = False
+
+    def __post_init__(self) -> None:
+        # A str is a sequence of characters: DiffOptions(tables="public.orders") would
+        # select tables 'p', 'u', ... One string is taken as one pattern (or column).
+        for name in ("tables", "exclude", "key"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+            elif isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
 
     def validate(self) -> None:
         problems = []
+        for name in ("tables", "exclude", "key"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                problems.append(f"{name} must be a string or a sequence of strings, not {value!r}")
+        if problems:  # the checks below assume the types are right
+            raise UsageError("; ".join(problems))
         if self.chunk_rows < 1:
             problems.append("--chunk-rows must be at least 1")
         if self.leaf_rows is not None and self.leaf_rows < 1:
@@ -78,6 +112,8 @@ class DiffOptions:
             problems.append("--max-diffs must not be negative")
         if self.digest not in ("auto", "copy", "server", "client"):
             problems.append("--digest must be auto, copy, server or client")
+        if self.compare not in ("exact", "semantic"):
+            problems.append("--compare must be exact or semantic")
         if self.lag_timeout <= 0:
             problems.append("--lag-timeout must be positive")
         if self.confirm_rounds < 0:
@@ -91,23 +127,40 @@ class DiffOptions:
 def choose_digest(
     choice: DigestChoice, source: ServerInfo, target: ServerInfo
 ) -> tuple[DigestMode, str | None]:
-    """Binary COPY digests when both servers speak the same binary formats, else
-    canonical client-side hashing. Returns the mode and, when ``auto`` fell back, why.
+    """Binary COPY digests unless another mode is asked for. Returns the mode and, when
+    the servers' major versions differ, how the columns are read for it.
 
-    Equal bytes or equal text always mean equal values, so a fast digest can only err
-    towards "different"; such chunks are then settled row by row with canonical values.
+    Equal bytes or equal text always mean equal values, so a digest can only err towards
+    "different"; such chunks are then settled row by row with the comparison's encodings
+    of decoded values. Between major versions a COPY digest reads each column whose
+    binary form is the same on both versions as binary, and the others as text
+    (``TablePlan.copy_forms``): the cost of the slower path falls on those columns only.
     """
     if choice == "server" and min(source.version_num, target.version_num) < 110000:
         raise UsageError("--digest server needs PostgreSQL 11 or later on both sides")
-    if choice != "auto":
-        return choice, None
-    if source.version_num // 10000 != target.version_num // 10000:
-        return "client", (
-            f"servers differ in major version ({source.version_num // 10000} vs "
-            f"{target.version_num // 10000}): values are hashed client-side from their "
-            "decoded form, which is exact but slower"
-        )
-    return "copy", None
+    mode: DigestMode = "copy" if choice == "auto" else choice
+    if source.version_num // 10000 == target.version_num // 10000 or mode != "copy":
+        return mode, None
+    return mode, (
+        f"servers differ in major version ({source.version_num // 10000} vs "
+        f"{target.version_num // 10000}): COPY digests read as binary the columns whose "
+        "binary form is the same on both versions, and the others as text (see each "
+        "table's column forms); a chunk that differs is settled by decoded values"
+    )
+
+
+def _forms_note(plans: Sequence[TablePlan]) -> str | None:
+    """Which columns a COPY digest reads as text, when any besides arrays/composites."""
+    texts = [
+        f"{p.ref}.{c.name} ({c.type.name})"
+        for p in plans
+        for c, form in zip(p.columns, p.copy_forms, strict=False)
+        if form == "text" and c.type.kind not in ("array", "composite")
+    ]
+    if not texts:
+        return None
+    shown = ", ".join(texts[:10]) + (f" and {len(texts) - 10} more" if len(texts) > 10 else "")
+    return f"columns read as text in COPY digests (binary form not known to match): {shown}"
 
 
 #: A lag snapshot beside a diff may fail either way; the diff goes on.
@@ -186,7 +239,9 @@ async def diff(
 
     Raises :class:`~replverify.errors.ReplverifyError` for trouble (bad options,
     unreachable servers, unknown tables); never for a difference.
-    ``progress(table, rows_done, rows_estimated)`` is called as chunks complete.
+    ``progress(table, rows_done, rows_estimated)`` is called for every planned table with
+    0 rows done before the comparison starts, as chunks complete, and once more when a
+    table is done (``rows_done == rows_estimated``).
     """
     options = options or DiffOptions()
     options.validate()
@@ -234,6 +289,11 @@ async def _diff(
 ) -> DiffReport:
     async with src_pool.acquire() as sc, tgt_pool.acquire() as tc:
         src_server, tgt_server = await catalog.server_info(sc), await catalog.server_info(tc)
+        if not options.allow_same_server:
+            catalog.refuse_same_database(
+                src_server, tgt_server, src_ep, tgt_ep, "SOURCE and TARGET",
+                option="--allow-same-server",
+            )  # fmt: skip
         # read before the tables: a change after it shows when the table's comparison ends
         defined = await catalog.definitions(sc), await catalog.definitions(tc)
         src_tables, tgt_tables = await catalog.load_tables(sc), await catalog.load_tables(tc)
@@ -243,9 +303,12 @@ async def _diff(
         chosen += [r for r in on_target if r not in src_tables]
     plans, results = _plans(src_tables, tgt_tables, chosen, options, src_server, tgt_server)
     mode, why = choose_digest(options.digest, src_server, tgt_server)
-    report = DiffReport(str(src_ep), str(tgt_ep), results)
+    report = DiffReport(str(src_ep), str(tgt_ep), results, compare=options.compare)
     if why:
         report.notes.append(why)
+        forms = _forms_note(plans)
+        if forms:
+            report.notes.append(forms)
     fence = None
     standby = catalog.streams_from(src_server, tgt_server)
     history = LsnHistory()
@@ -265,6 +328,10 @@ async def _diff(
     # run at once; a table that cannot be read is that table's trouble alone
     unreadable = [await _readable(src_pool, tgt_pool, s) for s in sqls]
 
+    if progress is not None:
+        # Every table first, so a progress display knows the whole run ("table 3/6").
+        for p in plans:
+            progress(p.ref, 0, p.estimated_rows)
     sem = asyncio.Semaphore(options.jobs)
     state = None
     if options.state:
@@ -279,6 +346,7 @@ async def _diff(
                 "key": list(options.key),
                 "chunk_rows": options.chunk_rows,
                 "digest": mode,
+                "compare": options.compare,
             },
         )
 
@@ -302,6 +370,8 @@ async def _diff(
     report.tables.sort(key=lambda t: t.table)
     if standby:
         await _record_lag(report, "end", src_pool, tgt_pool, history)
+        if (note := _paused_note(report)) is not None:
+            report.notes.insert(0, note)
     report.elapsed_s = time.perf_counter() - started
     return report
 
@@ -446,7 +516,20 @@ async def _record_lag(
             "lag_bytes": sample.lag_bytes,
             "lag_seconds": round(sample.lag_seconds, 3),
             "method": sample.method,
+            "replay_paused": sample.replay_paused,
         }
+
+
+def _paused_note(report: DiffReport) -> str | None:
+    """A note when the standby's replay was paused at the start or end of the run."""
+    when = [w for w, lag in report.lag.items() if lag.get("replay_paused")]
+    if not when:
+        return None
+    return (
+        f"WAL replay was paused on the target at the {' and the '.join(when)} of the run: "
+        "it holds only what it replayed before the pause (resume it on the standby with "
+        "SELECT pg_wal_replay_resume())"
+    )
 
 
 async def compare_table(
@@ -462,7 +545,7 @@ async def compare_table(
     """Compare one planned table; server errors end up in ``TableResult.error``."""
     plan = sql.plan
     started = time.perf_counter()
-    hasher = RowHasher(plan)
+    hasher = RowHasher(plan, options.compare)
     names = [c.name for c in plan.columns]
     machine = TableComparison(
         hasher.differing_columns(names),
@@ -476,7 +559,8 @@ async def compare_table(
         walk_boundaries=plan.key_mode == "primary key" and not any(k.collate_c for k in plan.key),
         confirm_rounds=options.confirm_rounds if fence else 0,
     )
-    src_side, tgt_side = PostgresSource(source, sql, mode), PostgresSource(target, sql, mode)
+    src_side = PostgresSource(source, sql, mode, options.compare)
+    tgt_side = PostgresSource(target, sql, mode, options.compare)
     key_of = src_side.key_of
     if key_of is not None and plan.key_mode == "primary key":  # merging needs unique keys
         machine.locate = functools.partial(locate_chunk, key_of=key_of)
@@ -486,12 +570,18 @@ async def compare_table(
         plan.key_mode,
         schema_differences=plan.schema_differences,
         columns=tuple(names),
-        digest=DIGEST_DESCRIPTIONS[mode],
-        digest_bits=64 if mode == "server" else 128,
+        digest=MULTISET_DIGEST if plan.multiset else DIGEST_DESCRIPTIONS[mode],
+        # keyless tables always use 128-bit row hashes (see compare_multiset)
+        digest_bits=64 if mode == "server" and not plan.multiset else 128,
+        column_forms=_column_forms(plan, mode),
     )
+    hint: str | None = None
     try:
         if plan.multiset:
-            await compare_multiset(sql, source, target, machine, fence)
+            encoders = hasher.encoders
+            await compare_multiset(
+                sql, source, target, machine, fence, encode=lambda v: encode_row(encoders, v)
+            )
         else:
             sides = Sides(src_side, tgt_side, fence)
             estimate = plan.estimated_rows
@@ -509,13 +599,16 @@ async def compare_table(
     except asyncpg.PostgresError as e:
         result.error = f"{quote_table(plan.ref)}: {type(e).__name__}: {e}"
     except ReplverifyError as e:
-        result.error = str(e)
+        result.error = e.message
+        hint = e.hint
     if result.error:
         stats = machine.stats
         result.error += (
             f" (stopped after verifying {stats.chunks:,} chunks, {stats.rows_source:,} source"
             " rows; the rest of the table was not checked)"
         )
+        if hint:
+            result.error += f"; hint: {hint}"
     stats = machine.stats
     result.rows_source, result.rows_target = stats.rows_source, stats.rows_target
     result.chunks, result.chunks_mismatched = stats.chunks, stats.chunks_mismatched
@@ -524,6 +617,8 @@ async def compare_table(
     result.truncated = machine.truncated
     result.unstable = machine.unstable
     result.elapsed_s = time.perf_counter() - started
+    if progress is not None:
+        progress(plan.ref, stats.rows_source, stats.rows_source)
     return result
 
 

@@ -14,6 +14,8 @@
     ├── SchemaError                 the two sides cannot be compared (no common key, ...)
     ├── ClusterError                the local test/demo clusters could not be started
     ├── FailoverError               both endpoints of a FailoverPool failed
+    ├── OutputError                 a report, script, state file or journal could not be
+    │                               written (names the file and the reason)
     └── MetricsError                the Prometheus endpoint could not be served (package
                                     missing, port in use)
 
@@ -83,6 +85,13 @@ class ClusterError(ReplverifyError):
 
 class FailoverError(ReplverifyError):
     """Both endpoints of a failover pool failed."""
+
+
+class OutputError(ReplverifyError):
+    """A file could not be written (a missing directory, a full disk, no permission).
+
+    Trouble, never "differences found": a report that was not written verified nothing.
+    """
 
 
 class MetricsError(ReplverifyError):

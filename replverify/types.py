@@ -94,6 +94,8 @@ class TableResult:
     schema_differences: tuple[str, ...] = ()
     digest: str = ""  # how equal chunks were recognised (see pipeline)
     digest_bits: int = 128  # width of the chunk digests: the collision risk per chunk
+    #: per compared column, how the digest read it: ``binary``, ``text`` or ``decoded``
+    column_forms: dict[str, str] = field(default_factory=dict)
     columns: tuple[str, ...] = ()  # compared columns (row images of multiset differences)
     error: str | None = None  # set when the table could not be (fully) verified
     #: rows still being written to on the source after every confirmation read: neither
@@ -109,6 +111,12 @@ class TableResult:
     def consistent(self) -> bool:
         return self.error is None and self.differences_total == 0 and not self.schema_differences
 
+    @property
+    def differing(self) -> bool:
+        """Differences were found (rows or schema); a table that could not be verified is
+        not differing for that (see :attr:`verified`)."""
+        return self.differences_total > 0 or bool(self.schema_differences)
+
 
 @dataclass
 class DiffReport:
@@ -122,6 +130,8 @@ class DiffReport:
     #: replication lag of a standby target at the start and end of the run:
     #: ``{"start": {"lag_bytes", "lag_seconds", "method"}, "end": {...}}``
     lag: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: ``exact`` (binary send forms) or ``semantic`` (the type's ``=``): see ``--compare``
+    compare: str = "exact"
 
     @property
     def status(self) -> Literal["consistent", "different"]:
@@ -130,3 +140,14 @@ class DiffReport:
     @property
     def complete(self) -> bool:
         return all(t.verified for t in self.tables)
+
+    @property
+    def tables_differing(self) -> int:
+        """Tables where differences were found."""
+        return sum(t.differing for t in self.tables)
+
+    @property
+    def tables_unverified(self) -> int:
+        """Tables not (fully) verified: an error stopped them, or rows were still being
+        written to. Counted apart from :attr:`tables_differing`; a table can be both."""
+        return sum(not t.verified for t in self.tables)

@@ -1,7 +1,7 @@
 """Shared fixtures: one set of real PostgreSQL clusters per test session.
 
 ``clusters`` starts a primary, its streaming hot standby and an independent ``other``
-cluster (see :mod:`replverify.testing`), or adopts the servers named by
+cluster (see :mod:`replverify.testing.clusters`), or adopts the servers named by
 ``REPLVERIFY_TEST_PRIMARY_DSN`` / ``REPLVERIFY_TEST_STANDBY_DSN`` /
 ``REPLVERIFY_TEST_OTHER_DSN``.  Without PostgreSQL the session fails; it never skips.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from replverify.errors import ClusterError
-from replverify.testing import LocalClusters
+from replverify.testing.clusters import LocalClusters
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +69,7 @@ class DbFactory:
         self.n = 0
 
     async def __call__(self, *dsns: str, rows: int = 3000, matrix_rows: int = 120) -> list[str]:
-        from replverify import sample
+        from replverify.testing import sample
 
         self.n += 1
         name = f"db{self.n}"
@@ -94,7 +94,7 @@ async def shop(clusters: LocalClusters, make_db: DbFactory) -> tuple[str, str, s
 
     Tests must not write to it; make your own with ``make_db`` to plant differences.
     """
-    from replverify.testing import wait_for_replay
+    from replverify.testing.clusters import wait_for_replay
 
     primary, other = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=5000)
     await wait_for_replay(clusters.primary_dsn, clusters.standby_dsn)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import main
+from replverify.cli.main import main
 
 
 def run(*args: str):
@@ -34,7 +34,7 @@ def test_empty_or_undecodable_journal(shop, tmp_path, content, message):
 async def test_verification_sessions_cannot_write(shop):
     import asyncpg
 
-    from replverify.connect import Endpoint, connect
+    from replverify.db.connect import Endpoint, connect
 
     primary, _, _ = shop
     conn = await connect(Endpoint.parse(primary))

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replverify.bisect import (
+from replverify.diff.driver import Sides, run
+from replverify.diff.hashing import ChunkDigest
+from replverify.diff.machine import (
     NeedBoundary,
     NeedDigest,
     NeedDigests,
@@ -19,10 +21,8 @@ from replverify.bisect import (
     TableComparison,
     run_in_memory,
 )
-from replverify.hashing import ChunkDigest
-from replverify.pipeline import Sides, run
-from replverify.plan import KeyRange, ranges_between, split_step
-from replverify.sources import MemorySource
+from replverify.diff.ranges import KeyRange, ranges_between, split_step
+from replverify.diff.sources import MemorySource
 from replverify.types import Changed, Extra, Missing
 
 
@@ -188,7 +188,7 @@ def _answer_sync(src: MemorySource, tgt: MemorySource):
 
 
 async def _answer(req, src, tgt):
-    from replverify.pipeline import answer
+    from replverify.diff.driver import answer
 
     return await answer(req, Sides(src, tgt))
 

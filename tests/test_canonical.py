@@ -1,4 +1,4 @@
-"""Laws of replverify.canonical: unambiguous, equal exactly when PostgreSQL says equal,
+"""Laws of replverify.values.canonical: unambiguous, equal exactly when PostgreSQL says equal,
 deterministic."""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from asyncpg.types import BitString, Box, Circle, Point, Polygon, Range
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replverify.canonical import (
+from replverify.types import ColumnType
+from replverify.values.canonical import (
     Encoder,
     encode_row,
     encoder_for,
@@ -30,7 +31,6 @@ from replverify.canonical import (
     jsonable,
     pg_text,
 )
-from replverify.types import ColumnType
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -659,7 +659,7 @@ def test_exact_types() -> None:
 
 _DETERMINISM_SCRIPT = """
 import datetime as dt, decimal, sys, uuid
-from replverify.canonical import encode_row, encoder_for, generic_encode
+from replverify.values.canonical import encode_row, encoder_for, generic_encode
 from replverify.types import ColumnType as C
 row = [1, "x", decimal.Decimal("1.50"), dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
        '{"b": 1, "a": [1.0, null]}', True, (1, 0, 5), uuid.UUID(int=7), {"k": {"a", "b", "c", "d"}}]

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import main
+from replverify.cli.main import main
 
 
 def run(*args: str):
@@ -120,7 +120,7 @@ def test_version_and_help():
 
 def test_an_internal_error_exits_2_not_1(monkeypatch, tmp_path):
     """A bug must never read as "differences found" (exit 1)."""
-    from replverify import files as files_module
+    from replverify.ops import files as files_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")

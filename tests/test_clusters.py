@@ -1,4 +1,4 @@
-"""The local PostgreSQL clusters of :mod:`replverify.testing` really replicate and fail over."""
+"""The local clusters of :mod:`replverify.testing.clusters` really replicate and fail over."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from replverify.errors import ClusterError
-from replverify.testing import (
+from replverify.testing.clusters import (
     ENV_OTHER_DSN,
     ENV_PG_BINDIR,
     ENV_PRIMARY_DSN,
@@ -225,7 +225,7 @@ def test_env_dsns_are_adopted_and_forbid_fresh_pairs(
 
 def test_process_exiting_without_close_leaves_nothing_behind(tmp_path: Path) -> None:
     script = (
-        "from replverify.testing import LocalClusters\n"
+        "from replverify.testing.clusters import LocalClusters\n"
         "lc = LocalClusters(use_env=False).start()\n"
         "print(lc.base_dir, flush=True)\n"
         "raise SystemExit(3)  # no close(): the atexit hook must clean up\n"
@@ -250,7 +250,7 @@ def test_sigterm_stops_the_clusters_before_the_process_dies(tmp_path: Path) -> N
     go, and the process must still die of the signal."""
     script = (
         "import time\n"
-        "from replverify.testing import LocalClusters\n"
+        "from replverify.testing.clusters import LocalClusters\n"
         "lc = LocalClusters(use_env=False).start_empty()\n"
         "lc.fresh_pair()\n"
         "print(lc.base_dir, flush=True)\n"

@@ -1,6 +1,6 @@
 """Text reports get colour on a terminal: the verdicts and nothing else, never with
 NO_COLOR (no-color.org), never in ``-o`` files or other formats. The renderers stay plain;
-:func:`replverify.cli.colorize` styles their output."""
+:func:`replverify.cli.main.colorize` styles their output."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from replverify import cli
-from replverify.catalog import TableInfo
-from replverify.cli import colorize, main
-from replverify.failback import FailbackReport
-from replverify.files import FileDifference, FilesReport
-from replverify.gate import GateReport
-from replverify.health import Finding, HealthReport
-from replverify.lag import LagReport, LagSample, ReplicationState
-from replverify.reconcile import MemoryTarget, reconcile_with
-from replverify.report import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
-from replverify.report_ops import (
+from replverify.cli import main as cli
+from replverify.cli.main import colorize, main
+from replverify.db.catalog import TableInfo
+from replverify.lag.sampler import LagReport, LagSample, ReplicationState
+from replverify.ops.failback import FailbackReport
+from replverify.ops.files import FileDifference, FilesReport
+from replverify.ops.gate import GateReport
+from replverify.ops.health import Finding, HealthReport
+from replverify.reconcile.run import MemoryTarget, reconcile_with
+from replverify.reports.common import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
+from replverify.reports.ops import (
     FAILBACK_RENDERERS,
     FILES_RENDERERS,
     GATE_RENDERERS,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import config_schema, main, profile_defaults
-from replverify.config import Value, expand, has_literal_password, load, parse
+from replverify.cli.config import Value, expand, has_literal_password, load, parse
+from replverify.cli.main import config_schema, main, profile_defaults
 from replverify.errors import ConfigError
 
 SCHEMA = config_schema(main)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replverify.copyscan import (
+from replverify.diff.copyscan import (
     SIGNATURE,
     common_prefix,
     common_suffix,
@@ -17,7 +17,7 @@ from replverify.copyscan import (
     key_reader,
     locate_chunk,
 )
-from replverify.hashing import ChunkDigest
+from replverify.diff.hashing import ChunkDigest
 
 Field = bytes | None
 

@@ -6,8 +6,8 @@ import pytest
 
 from replverify.api import DiffOptions, diff
 from replverify.errors import ConnectError, UsageError
-from replverify.report import diff_to_dict
-from replverify.testing import execute
+from replverify.reports.common import diff_to_dict
+from replverify.testing.clusters import execute
 from replverify.types import Changed, Extra, Missing
 
 MODES = ["copy", "server", "client"]
@@ -129,8 +129,14 @@ async def test_equal_values_in_other_forms_are_not_differences(clusters, make_db
         "UPDATE types_matrix SET c_interval = interval '24 hours' WHERE id = 3",
     )
     await execute(src, "UPDATE types_matrix SET c_interval = interval '1 day' WHERE id = 3")
-    report = await diff(src, tgt, DiffOptions(tables=("types_matrix",)))
+    options = DiffOptions(tables=("types_matrix",), compare="semantic")
+    report = await diff(src, tgt, options)
     assert report.status == "consistent", diff_to_dict(report)
+    # the default, exact, sees the other forms: they are what clients read
+    exact = await diff(src, tgt, DiffOptions(tables=("types_matrix",)))
+    assert exact.status == "different"
+    columns = {c for d in exact.tables[0].differences for c in d.columns}
+    assert {"c_float8", "c_interval"} <= columns <= {"c_numeric", "c_float8", "c_interval"}
 
 
 async def test_where_tables_and_exclude(planted):

@@ -19,8 +19,8 @@ from pathlib import Path
 import click
 import pytest
 
-from replverify.cli import main
-from replverify.journal import JournalReader, Marker, WriteRecord
+from replverify.cli.main import main
+from replverify.journal.records import JournalReader, Marker, WriteRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

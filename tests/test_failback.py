@@ -10,9 +10,15 @@ import asyncpg
 from click.testing import CliRunner
 
 from replverify.api import DiffOptions
-from replverify.cli import main
-from replverify.failback import failback, replay_script
-from replverify.testing import LocalClusters, cut_replication, execute, promote, wait_for_replay
+from replverify.cli.main import main
+from replverify.ops.failback import failback, replay_script
+from replverify.testing.clusters import (
+    LocalClusters,
+    cut_replication,
+    execute,
+    promote,
+    wait_for_replay,
+)
 
 
 async def test_failback_names_old_only_rows_and_replays_them(

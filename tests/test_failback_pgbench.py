@@ -16,9 +16,9 @@ import asyncpg
 from click.testing import CliRunner
 
 from replverify.api import DiffOptions, diff
-from replverify.cli import main
-from replverify.failback import failback
-from replverify.testing import (
+from replverify.cli.main import main
+from replverify.ops.failback import failback
+from replverify.testing.clusters import (
     DEFAULT_LIKE_SETTINGS,
     LocalClusters,
     Pair,

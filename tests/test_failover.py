@@ -10,9 +10,9 @@ import asyncpg
 import pytest
 
 from replverify.errors import ConnectError, FailoverError, UsageError
-from replverify.failover import FailoverEvent, FailoverPool, alternate_dsn, is_outage
-from replverify.reconcile import reconcile
-from replverify.testing import LocalClusters, execute, free_port, promote, wait_for_replay
+from replverify.failover.pool import FailoverEvent, FailoverPool, alternate_dsn, is_outage
+from replverify.reconcile.run import reconcile
+from replverify.testing.clusters import LocalClusters, execute, free_port, promote, wait_for_replay
 
 # --------------------------------------------------------------------------- alternate_dsn
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.errors import UsageError
-from replverify.files import compare_trees, file_digest, walk
+from replverify.ops.files import compare_trees, file_digest, walk
 
 
 def _tree(root: Path, files: dict[str, bytes]) -> Path:
@@ -94,7 +94,7 @@ def test_symlinks_are_compared_not_followed(trees: tuple[Path, Path]) -> None:
 def test_unreadable_file_is_reported_not_raised(
     trees: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import replverify.files as files
+    import replverify.ops.files as files
 
     real = files.file_digest
 
@@ -150,8 +150,53 @@ def test_cli_exit_codes_and_json(trees: tuple[Path, Path]) -> None:
     assert result.exit_code == 1
     doc = json.loads(result.output)
     assert doc["schema"] == "replverify.files/1" and doc["status"] == "different"
-    assert doc["differences"] == [{"kind": "extra", "path": "extra.txt", "reason": "", "side": ""}]
+    assert doc["differences"] == [
+        {"kind": "extra", "path": "extra.txt", "reason": "", "side": "", "method": "listing"}
+    ]
     result = runner.invoke(main, ["files", str(a), str(b), "--format", "markdown"])
     assert result.exit_code == 1 and "extra.txt" in result.output
     result = runner.invoke(main, ["files", str(a / "missing"), str(b)])
     assert result.exit_code == 2
+
+
+def test_file_urls_progress_and_every_format(trees: tuple[Path, Path]) -> None:
+    a, b = trees
+    runner = CliRunner()
+    result = runner.invoke(main, ["files", f"file://{a}", f"file://{b}", "--progress"])
+    assert result.exit_code == 0, result.output
+    assert "objects" in result.output  # the progress line (stderr)
+    (b / "a.txt").write_bytes(b"ALPHA")
+    for fmt in ("text", "markdown", "html", "json"):
+        result = runner.invoke(main, ["files", f"file://{a}", str(b), "--format", fmt])
+        assert result.exit_code == 1 and "a.txt" in result.output, (fmt, result.output)
+    assert json.loads(result.output)["differences"][0]["method"] == "content"
+    result = runner.invoke(main, ["files", "file://elsewhere/x", str(b)])
+    assert result.exit_code == 2 and "names a path on this machine" in result.output
+
+
+def test_state_resumes_a_tree_comparison(trees: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = trees
+    (b / "same-size.txt").write_bytes(b"54321")
+    state = tmp_path / "tree.state"
+    runner = CliRunner()
+    args = ["files", str(a), str(b), "--state", str(state), "--format", "json"]
+    first, again = runner.invoke(main, args), runner.invoke(main, args)
+    assert first.exit_code == again.exit_code == 1
+    d1, d2 = json.loads(first.output), json.loads(again.output)
+    assert d1["differences"] == d2["differences"] and d1["summary"]["bytes_read"] > 0
+    assert d2["summary"]["bytes_read"] == 0 and d2["resumed_after"] == "x/y/z.txt"
+
+
+def test_profiles_shared_keys_do_not_reach_files(trees: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = trees
+    conf = tmp_path / "replverify.toml"
+    # A shared rpo (meant for lag/health) would make a local comparison fail: not taken.
+    conf.write_text(
+        f'[profiles.p]\nsource = "postgresql://db1/x"\nrpo = 30\n'
+        f'[profiles.p.files]\ndir_a = "{a}"\ndir_b = "{b}"\n'
+    )
+    result = CliRunner().invoke(main, ["--config", str(conf), "--profile", "p", "files"])
+    assert result.exit_code == 0, result.output
+    conf.write_text(f'[profiles.p]\ndir_a = "{a}"\n')
+    result = CliRunner().invoke(main, ["--config", str(conf), "--profile", "p", "files"])
+    assert result.exit_code == 2 and "set it in [profiles.p.files]" in result.output

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from replverify.api import DiffOptions
-from replverify.cli import main
+from replverify.cli.main import main
 from replverify.errors import UsageError
-from replverify.gate import gate
-from replverify.testing import LocalClusters, pause_replay, resume_replay
+from replverify.ops.gate import gate
+from replverify.testing.clusters import LocalClusters, pause_replay, resume_replay
 
 
 def _db(dsn: str, db: str) -> str:
@@ -36,6 +36,7 @@ async def test_gate_waits_for_paused_replay(clusters: LocalClusters, make_db) ->
         report = await gate(primary, standby, timeout=0.5, options=opts)
         assert report.status == "not_caught_up" and report.diff is None
         assert report.replay_paused and report.lag_bytes
+        assert any("SELECT pg_wal_replay_resume()" in n for n in report.notes), report.notes
         result = await asyncio.to_thread(
             CliRunner().invoke,
             main,

@@ -1,4 +1,4 @@
-"""Laws of replverify.hashing: sums (not XOR) of xxh3-128 row digests."""
+"""Laws of replverify.diff.hashing: sums (not XOR) of xxh3-128 row digests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replverify.hashing import (
+from replverify.diff.hashing import (
     DIGEST_BITS,
     ChunkDigest,
     collision_probability,

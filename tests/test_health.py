@@ -7,9 +7,14 @@ import json
 
 from click.testing import CliRunner
 
-from replverify.cli import main
-from replverify.health import health
-from replverify.testing import LocalClusters, cut_replication, free_port, restore_replication
+from replverify.cli.main import main
+from replverify.ops.health import health
+from replverify.testing.clusters import (
+    LocalClusters,
+    cut_replication,
+    free_port,
+    restore_replication,
+)
 
 
 async def test_healthy_pair(clusters: LocalClusters) -> None:
@@ -57,7 +62,7 @@ async def test_unreachable_side_cannot_be_checked(clusters: LocalClusters) -> No
 
 
 async def test_promoted_target_shows_split_brain_and_timelines(clusters: LocalClusters) -> None:
-    from replverify.testing import promote
+    from replverify.testing.clusters import promote
 
     pair = await asyncio.to_thread(clusters.fresh_pair)
     await promote(pair.standby_dsn)

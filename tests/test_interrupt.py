@@ -48,7 +48,7 @@ async def test_ctrl_c_leaves_no_server_side_work(clusters, make_db):
 async def test_wrong_password_is_a_clear_error(clusters):
     from click.testing import CliRunner
 
-    from replverify.cli import main
+    from replverify.cli.main import main
 
     pair = await asyncio.to_thread(clusters.fresh_pair)
     hba = pair.primary.datadir / "pg_hba.conf"

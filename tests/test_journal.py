@@ -16,10 +16,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from replverify import journal as journal_mod
-from replverify.catalog import TableInfo
+from replverify.db.catalog import TableInfo
 from replverify.errors import JournalError, UsageError
-from replverify.journal import (
+from replverify.journal import records as journal_mod
+from replverify.journal.records import (
     JournalReader,
     JournalWriter,
     Marker,
@@ -33,7 +33,7 @@ from replverify.journal import (
     render_sql,
     row_writes,
 )
-from replverify.reconcile import MemoryTarget, reconcile_with
+from replverify.reconcile.run import MemoryTarget, reconcile_with
 from replverify.types import Column, ColumnType, TableRef
 
 ORDERS = TableRef("public", "orders")

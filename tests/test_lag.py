@@ -18,10 +18,10 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import lag_exit_code, main
-from replverify.connect import Endpoint, connect
+from replverify.cli.main import lag_exit_code, main
+from replverify.db.connect import Endpoint, connect
 from replverify.errors import UsageError
-from replverify.lag import (
+from replverify.lag.sampler import (
     HEARTBEAT_DDL,
     METHODS,
     HeartbeatWrite,
@@ -44,8 +44,8 @@ from replverify.lag import (
     percentile,
     snapshot,
 )
-from replverify.report import LAG_RENDERERS, lag_to_dict
-from replverify.testing import (
+from replverify.reports.common import LAG_RENDERERS, lag_to_dict
+from replverify.testing.clusters import (
     cut_replication,
     pause_replay,
     promote,
@@ -508,8 +508,11 @@ def test_cli_watch_prints_one_line_per_sample_then_the_summary(clusters):
                  "--interval", "0.2")  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert sum(line.endswith("caught-up") for line in lines) == 3 + 3  # lines + summary table
-    assert lines[0].endswith("caught-up")  # streamed before the summary
+    # a header once, the samples streamed under it, then the summary without reprinting them
+    assert lines[0].startswith("at (source clock, UTC)") and lines[0].endswith("method")
+    assert sum(line.startswith("at (source clock") for line in lines) == 1
+    assert sum(line.endswith("caught-up") for line in lines) == 3
+    assert all(line.endswith("caught-up") for line in lines[1:4])
     assert lines[-1].startswith("LAG: max lag 0.000 s")
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replverify.lsn import MAX_LSN, LsnError, format_lsn, lsn_diff, parse_lsn, to_lsn
+from replverify.values.lsn import MAX_LSN, LsnError, format_lsn, lsn_diff, parse_lsn, to_lsn
 
 
 @pytest.mark.parametrize(

@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from replverify.cli import main
-from replverify.lag import LagSample
-from replverify.metrics import LagMetrics, endpoint_label, serve
-from replverify.testing import free_port, wait_for_replay
+from replverify.cli.main import main
+from replverify.lag.metrics import LagMetrics, endpoint_label, serve
+from replverify.lag.sampler import LagSample
+from replverify.testing.clusters import free_port, wait_for_replay
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "Mx-pw-81ddq"

@@ -9,8 +9,8 @@ import pytest
 
 from replverify import api
 from replverify.api import DiffOptions, diff
-from replverify.bisect import TableComparison
-from replverify.testing import execute
+from replverify.diff.machine import TableComparison
+from replverify.testing.clusters import execute
 from replverify.types import Changed, Extra, Missing
 
 
@@ -91,7 +91,7 @@ async def _text_key(dsn: str, v: int) -> str:
 
 
 async def test_a_chunk_too_big_to_keep_is_narrowed_by_splitting(pair, machines, monkeypatch):
-    from replverify.sources import PostgresSource
+    from replverify.diff.sources import PostgresSource
 
     monkeypatch.setattr(PostgresSource, "keep_stream_bytes", 100_000)  # < a 10k-row chunk
     src, tgt = pair

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from replverify.pytest_plugin import ClusterPair, with_database
-from replverify.testing import (
+from replverify.testing.clusters import (
     ENV_OTHER_DSN,
     ENV_PG_BINDIR,
     ENV_PRIMARY_DSN,
     ENV_STANDBY_DSN,
     LocalClusters,
 )
+from replverify.testing.pytest_plugin import ClusterPair, with_database
 
 pytest_plugins = ["pytester"]
 
@@ -71,7 +71,7 @@ def test_entry_point_fixtures_and_a_consistent_pair(adopting: pytest.Pytester) -
         """
         import pytest
         from replverify.errors import UsageError
-        from replverify.pytest_plugin import assert_consistent
+        from replverify.testing.pytest_plugin import assert_consistent
 
         def test_standby_has_it(replverify_clusters):
             pair = replverify_clusters
@@ -100,7 +100,7 @@ def test_entry_point_fixtures_and_a_consistent_pair(adopting: pytest.Pytester) -
 
 PLANTED = """
     import pytest
-    from replverify.pytest_plugin import assert_consistent, assert_consistent_async
+    from replverify.testing.pytest_plugin import assert_consistent, assert_consistent_async
 
     @pytest.fixture(scope="module")
     def dbs(replverify_clusters):
@@ -171,8 +171,8 @@ def test_planted_differences_fail_readably(adopting: pytest.Pytester) -> None:
 
 
 FAILOVER = """
-    from replverify.journal import JournalWriter
-    from replverify.pytest_plugin import assert_consistent, assert_no_data_loss
+    from replverify.journal.records import JournalWriter
+    from replverify.testing.pytest_plugin import assert_consistent, assert_no_data_loss
 
     def test_local_shared_pair(replverify_clusters):
         pair = replverify_clusters

@@ -1,6 +1,6 @@
 """``reconcile`` against real PostgreSQL: a failover with real loss, fixtures, errors, CLI.
 
-The failover test journals writes with :class:`~replverify.journal.JournalWriter` while it
+The failover test journals writes with :class:`~replverify.journal.records.JournalWriter` while it
 runs them on a fresh primary, cuts the standby off, writes more, promotes the standby,
 edits one row by hand there, and checks that reconcile names exactly what was lost;
 then it applies the replay script and checks that nothing is lost any more and that
@@ -20,16 +20,22 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from replverify import testing
 from replverify.api import DiffOptions, diff
-from replverify.catalog import TableInfo
-from replverify.cli import main
+from replverify.cli.main import main
+from replverify.db.catalog import TableInfo
+from replverify.diff.sql import ident, quote_table
 from replverify.errors import JournalError
-from replverify.journal import JournalWriter
-from replverify.reconcile import Finding, MemoryTarget, ReconcileReport, reconcile, reconcile_with
-from replverify.replay import replay_script
-from replverify.report import reconcile_to_dict
-from replverify.sql import ident, quote_table
+from replverify.journal.records import JournalWriter
+from replverify.reconcile.replay import replay_script
+from replverify.reconcile.run import (
+    Finding,
+    MemoryTarget,
+    ReconcileReport,
+    reconcile,
+    reconcile_with,
+)
+from replverify.reports.common import reconcile_to_dict
+from replverify.testing import clusters as testing
 from replverify.types import Column, ColumnType, TableRef
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "journals"
@@ -528,7 +534,7 @@ async def run_fixture_memory(name: str) -> dict:
     tables = memory_catalog(target)
     rows = {TableRef(*t["table"].split(".")): t["rows"] for t in target["tables"]}
     since = target.get("since")
-    from replverify.reconcile import parse_since
+    from replverify.reconcile.run import parse_since
 
     report = await reconcile_with(
         FIXTURES / f"{name}.jsonl",

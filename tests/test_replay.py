@@ -8,10 +8,10 @@ from pathlib import Path
 import asyncpg
 import sqlglot
 
-from replverify.catalog import TableInfo
-from replverify.reconcile import MemoryTarget, ReconcileReport, reconcile, reconcile_with
-from replverify.replay import plan_replay, replay_script
-from replverify.sql import ident, quote_table
+from replverify.db.catalog import TableInfo
+from replverify.diff.sql import ident, quote_table
+from replverify.reconcile.replay import plan_replay, replay_script
+from replverify.reconcile.run import MemoryTarget, ReconcileReport, reconcile, reconcile_with
 from replverify.types import Column, ColumnType, TableRef
 
 ORDERS = TableRef("public", "orders")
@@ -119,7 +119,7 @@ async def test_the_script_is_one_guarded_transaction(tmp_path):
         " '6' AND CAST(\"status\" AS TEXT) IS NOT DISTINCT FROM 'paid' AND CAST(\"amount\" AS"
         " TEXT) IS NOT DISTINCT FROM '6.00' AND \"note\" IS NULL",
     ]
-    assert "SELECT SET_CONFIG('TimeZone', 'UTC', TRUE)" in body
+    assert "SET LOCAL TimeZone = 'UTC'" in body
     head = script.split("BEGIN;")[0]
     assert "Restores 5 of 5 lost write(s)" in head and "values from the journal" in head
     assert "conflict: public.orders id=4 (t3 #3 update)" in head
@@ -220,3 +220,22 @@ async def test_guards_keep_newer_data_and_a_second_run_changes_nothing(clusters,
     again = await reconcile(path, url)
     assert [f.write.key_display[0][1] for f in again.lost] == [2]  # still lost: guarded
     assert [f.write.key_display[0][1] for f in again.conflicts] == [4]
+
+
+async def test_psql_prints_no_result_tables_for_the_pinned_settings(tmp_path, clusters):
+    import shutil
+    import subprocess
+
+    path = journal(tmp_path / "j.jsonl", WRITES[1])
+    report = await reconcile_with(path, MemoryTarget(TABLES, {ORDERS: [row(2, "paid")]}))
+    script = tmp_path / "replay.sql"
+    script.write_text(replay_script(report), encoding="utf-8")
+    psql = shutil.which("psql")
+    assert psql, "psql is needed to run a replay script"
+    proc = subprocess.run(
+        [psql, "-X", "-v", "ON_ERROR_STOP=1", "-f", str(script), clusters.other_dsn],
+        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "set_config" not in proc.stdout and "row)" not in proc.stdout, proc.stdout
+    assert proc.stdout.count("SET") >= 6  # one command tag per pinned setting

@@ -1,6 +1,6 @@
 """HTML reports: self-contained pages, every value escaped, rendered by headless Chromium.
 
-The Chromium tests need ``chromium`` (Debian's package, ``/usr/bin/chromium``; ``.ci/run``
+The Chromium tests need ``chromium`` (Debian's package, ``/usr/bin/chromium``; ``scripts/test``
 installs it): without it they fail with a message, they never skip. Each page is loaded
 once with ``--dump-dom`` (the DOM is checked: table rows, chart points) and
 ``--screenshot`` (the PNG is decoded here and a few pixels are checked).
@@ -25,18 +25,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from replverify.catalog import TableInfo
-from replverify.cli import main
-from replverify.failback import FailbackReport, FailbackRow
-from replverify.files import FileDifference, FilesReport
-from replverify.gate import GateReport
-from replverify.health import Finding as HealthFinding
-from replverify.health import HealthReport
-from replverify.lag import LagReport, LagSample, ReplicationState
-from replverify.reconcile import MemoryTarget, ReconcileReport, reconcile_with
-from replverify.report import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
-from replverify.report_html import ticks
-from replverify.report_ops import (
+from replverify.cli.main import main
+from replverify.db.catalog import TableInfo
+from replverify.lag.sampler import LagReport, LagSample, ReplicationState
+from replverify.ops.failback import FailbackReport, FailbackRow
+from replverify.ops.files import FileDifference, FilesReport
+from replverify.ops.gate import GateReport
+from replverify.ops.health import Finding as HealthFinding
+from replverify.ops.health import HealthReport
+from replverify.reconcile.run import MemoryTarget, ReconcileReport, reconcile_with
+from replverify.reports.common import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
+from replverify.reports.html import ticks
+from replverify.reports.ops import (
     FAILBACK_RENDERERS,
     FILES_RENDERERS,
     GATE_RENDERERS,
@@ -295,7 +295,7 @@ class Node:
         return found
 
 
-VOID = {"meta", "link", "br", "hr", "img", "input", "line", "polyline"}
+VOID = {"meta", "link", "br", "hr", "img", "input", "line", "polyline", "wbr"}
 
 
 class DomParser(HTMLParser):
@@ -393,8 +393,11 @@ def read_png(path: Path) -> Png:
     return Png(width, height, rows, len(data))
 
 
-def chromium(page: str, tmp_path: Path, name: str) -> tuple[Node, Png]:
-    """Load ``page`` in headless Chromium: its DOM and a 1200x900 screenshot."""
+def chromium(
+    page: str, tmp_path: Path, name: str, width: int = WIDTH, height: int = HEIGHT
+) -> tuple[Node, Png]:
+    """Load ``page`` in headless Chromium: its DOM and a screenshot (1200x900 unless
+    told)."""
     if not os.path.exists(CHROMIUM):
         pytest.fail(
             "headless Chromium is needed for the HTML report tests and was not found: "
@@ -411,7 +414,7 @@ def chromium(page: str, tmp_path: Path, name: str) -> tuple[Node, Png]:
             f"--user-data-dir={tmp_path / f'{name}-profile'}",
             "--dump-dom",
             f"--screenshot={shot}",
-            f"--window-size={WIDTH},{HEIGHT}",
+            f"--window-size={width},{height}",
             path.as_uri(),
         ],
         capture_output=True,
@@ -533,3 +536,176 @@ def test_real_diff_as_html_in_chromium(shop, tmp_path):
     assert_rendered(dom, png, GREEN, "CONSISTENT: 1 table, 0 differing, 0 differences")
     (row,) = rows_of(dom.find_all("table")[0])
     assert row[0] == "public.orders" and row[-1] == "ok"
+
+
+# ================================================================ layout (issue 12, item 9)
+def _css_rule(selector: str) -> str:
+    from replverify.reports.html import CSS
+
+    start = CSS.index(selector + " {")
+    return CSS[start : CSS.index("}", start)]
+
+
+def test_cells_never_break_inside_words_and_tables_scroll_instead():
+    # overflow-wrap: anywhere shrinks a cell's minimum width to one letter, so the table
+    # layout squeezed short columns until "update" broke; break-word keeps every word whole
+    assert "overflow-wrap: break-word" in _css_rule("th, td")
+    assert "anywhere" not in _css_rule("th, td")
+    assert "nowrap" in _css_rule("td.word")
+    assert "overflow-x: auto" in _css_rule(".scroll")
+    for page in (
+        DIFF_RENDERERS["html"](diff_report()),
+        LAG_RENDERERS["html"](lag_report(5)),
+        FAILBACK_RENDERERS["html"](failback_report()),
+        HEALTH_RENDERERS["html"](health_report()),
+        FILES_RENDERERS["html"](files_report()),
+    ):
+        parser = DomParser()
+        parser.feed(page)
+        scrolls = parser.root.find_all("div", "scroll")
+        tables = parser.root.find_all("table")
+        assert tables and len(scrolls) == len(tables)
+        assert all(len(s.find_all("table")) == 1 for s in scrolls)
+
+
+def test_every_page_says_when_and_by_which_version_it_was_made():
+    from replverify import __version__
+
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    page = FILES_RENDERERS["html"](files_report())
+    after = datetime.now(timezone.utc)
+    parser = DomParser()
+    parser.feed(page)
+    (line,) = parser.root.find_all("p", "generated")
+    (stamp,) = line.find_all("time")
+    made = datetime.fromisoformat(stamp.attrs["datetime"])
+    assert made.utcoffset() == timedelta(0) and before <= made <= after
+    assert stamp.text == f"{made:%Y-%m-%d %H:%M:%S} UTC"
+    assert line.text_parts == ["generated ", f" by replverify {__version__}"]
+    for renderers, make in [
+        (DIFF_RENDERERS, diff_report),
+        (LAG_RENDERERS, lambda: lag_report(3)),
+        (GATE_RENDERERS, gate_report),
+        (FAILBACK_RENDERERS, failback_report),
+        (HEALTH_RENDERERS, health_report),
+    ]:
+        assert 'class="generated">generated <time datetime="' in renderers["html"](make())
+
+
+def test_lag_page_shows_replication_as_wrapping_facts_not_a_preformatted_block():
+    report = lag_report(3)
+    page = LAG_RENDERERS["html"](report)
+    assert "<pre" not in page  # a <pre> scrolled sideways and cut its first line
+    parser = DomParser()
+    parser.feed(page)
+    (section,) = [s for s in parser.root.find_all("section") if s.find_all("h2")[0].text ==
+                  "Replication"]  # fmt: skip
+    facts = {
+        dt.text: dd.text
+        for dt, dd in zip(section.find_all("dt"), section.find_all("dd"), strict=True)
+    }
+    assert facts["replication"] == report.replication.description
+    assert facts["source"] == SOURCE
+
+
+def _row(key: int, table: TableRef, reason: str, origin: str = "old_only") -> FailbackRow:
+    return FailbackRow(
+        table, {"id": key}, origin, "update", ("v",), None, None,  # type: ignore[arg-type]
+        {"id": str(key), "v": "a"}, {"id": str(key), "v": "b"}, reason,
+    )  # fmt: skip
+
+
+LINES = TableRef("public", "order_lines")
+LONG_REASON = " ".join(["changed on the old primary after the divergence"] * 5)
+
+
+def failback_layout_report() -> FailbackReport:
+    """Row 7 is short in every cell; row 8, in the same table, has a long reason that
+    presses on the other columns; row 9 of another table is short and alone."""
+    rows = [
+        _row(7, LINES, "changed"),
+        _row(8, LINES, LONG_REASON),
+        _row(9, ORDERS, "changed"),
+        _row(10, ORDERS, "written there", "new_only"),
+    ]
+    return FailbackReport(SOURCE, TARGET, T0, T0, "history file", 2, rows=rows)
+
+
+def red_runs(png: Png, x: int) -> list[tuple[int, int]]:
+    """(top, height) of each vertical run of the bad-tone red in column ``x``."""
+    runs: list[tuple[int, int]] = []
+    start = None
+    for y in range(png.height + 1):
+        red = y < png.height and all(
+            abs(a - b) <= 24 for a, b in zip(png.pixel(x, y), RED, strict=True)
+        )
+        if red and start is None:
+            start = y
+        elif not red and start is not None:
+            runs.append((start, y - start))
+            start = None
+    return runs
+
+
+@pytest.mark.parametrize("width", [1280, 800])
+def test_failback_page_in_chromium_keeps_short_columns_whole(tmp_path, width):
+    page = FAILBACK_RENDERERS["html"](failback_layout_report())
+    dom, png = chromium(page, tmp_path, f"failback{width}", width=width, height=1600)
+    assert not dom.find_all("script")
+    # summary cards, as on the diff page
+    cards = {
+        c.find_all("span", "label")[0].text: c.find_all("span", "num")[0].text
+        for c in dom.find_all("div", "stats")[0].children
+    }
+    assert {k: cards[k] for k in ("old only", "conflicting", "unknown", "new only")} == {
+        "old only": "3", "conflicting": "0", "unknown": "0", "new only": "1"
+    }  # fmt: skip
+    # one table per table name; the changed column is marked on both sides
+    assert [(h.find_all("code")[0].text, "".join(h.text_parts)) for h in dom.find_all("h3")] == [
+        ("public.order_lines", ": 2 rows"), ("public.orders", ": 1 row"),
+        ("public.orders", ": 1 row"),
+    ]  # fmt: skip
+    first = rows_of(dom.find_all("table")[0])
+    assert [r[:3] for r in first] == [["id=7", "update", "v"], ["id=8", "update", "v"]]
+    marks = [m.text for m in dom.find_all("table")[0].find_all("mark")]
+    assert marks == ['v="a"', 'v="b"'] * 2
+    # the tone stripe left of each old-only row gives its height: row 7 shares its columns
+    # with row 8's long reason, yet stays one line high like row 9 alone in its table
+    pad = 32 if width > 900 else 16
+    (banner, *_) = red_runs(png, 5)
+    runs = [r for r in red_runs(png, pad + 1) if r[0] > sum(banner)]
+    assert len(runs) == 3, runs
+    (_, h7), (_, h8), (_, h9) = runs
+    assert abs(h7 - h9) <= 2, (h7, h9)
+    assert h7 <= 36, h7  # one line of 13 px text at line-height 1.45 plus 10 px padding
+    assert h8 > 2 * h9  # the long reason wraps, in its own column only
+
+
+def steady_lag(bounds: bool) -> LagReport:
+    """1000 samples all over the RPO; with ``bounds``, every hundredth is an upper bound."""
+    samples = []
+    for i in range(1000):
+        lag = 3.0 + 0.3 * math.sin(i / 40)
+        method = "replay-timestamp" if bounds and i % 100 == 50 else "lsn-history"
+        samples.append(LagSample(T0 + timedelta(seconds=i), int(lag * 1e6), lag, method, i))
+    replication = ReplicationState("streaming", "streaming from the source")
+    return LagReport(SOURCE, TARGET, tuple(samples), replication, 2.0)
+
+
+def test_lag_chart_draws_bound_markers_over_the_red_dots(tmp_path):
+    page = LAG_RENDERERS["html"](steady_lag(True))
+    dom, png = chromium(page, tmp_path, "bounds")
+    for name in ("lag-seconds", "lag-bytes"):
+        circles = dom.by_id(name).find_all("circle")
+        kinds = ["bound" in c.attrs["class"] for c in circles]
+        assert kinds == [False] * 990 + [True] * 10  # drawn last, on top
+        assert all(float(c.attrs["r"]) >= 4 for c in circles if "bound" in c.attrs["class"])
+    _, plain = chromium(LAG_RENDERERS["html"](steady_lag(False)), tmp_path, "no-bounds")
+    # where the plain chart is red, the bound markers' hollow centres must show white
+    white_over_red = sum(
+        all(v >= 240 for v in png.pixel(x, y))
+        and all(abs(a - b) <= 24 for a, b in zip(plain.pixel(x, y), RED, strict=True))
+        for y in range(120, HEIGHT)
+        for x in range(0, WIDTH, 1)
+    )
+    assert white_over_red > 300, white_over_red

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from replverify.fence import ReadError, read, retrying, transient
+from replverify.diff.fence import ReadError, read, retrying, transient
 
 
 def flaky(errors: list[BaseException], result: object = "ok"):
@@ -61,7 +61,7 @@ def test_a_query_on_a_connection_the_server_just_terminated_is_a_lost_connection
     """asyncpg raises InternalClientError (not InterfaceError) when a query is sent on a
     connection whose termination it has not processed yet; seen in ``lag --watch`` after
     pg_terminate_backend. It must be caught as a connection failure, never a crash."""
-    from replverify.connect import DB_ERRORS, trouble
+    from replverify.db.connect import DB_ERRORS, trouble
     from replverify.errors import ConnectError
 
     exc = asyncpg.exceptions.InternalClientError(
@@ -76,7 +76,7 @@ async def test_a_real_recovery_conflict_on_a_standby_is_retried(clusters) -> Non
     (40001, "conflict with recovery"); the read is run again on a fresh snapshot."""
     import asyncio
 
-    from replverify.testing import execute, wait_for_replay
+    from replverify.testing.clusters import execute, wait_for_replay
 
     pair = await asyncio.to_thread(clusters.fresh_pair)
     await execute(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from replverify.cli import main
-from replverify.connect import Endpoint
-from replverify.journal import JournalWriter
+from replverify.cli.main import main
+from replverify.db.connect import Endpoint
+from replverify.journal.records import JournalWriter
 
 SECRET = "S3cr3t-pw-9q"
 

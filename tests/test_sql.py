@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from replverify.align import KeyColumn, TablePlan
+from replverify.diff.align import KeyColumn, TablePlan
+from replverify.diff.ranges import KeyRange
+from replverify.diff.sql import TableSQL, parse_where
 from replverify.errors import UsageError
-from replverify.plan import KeyRange
-from replverify.sql import TableSQL, parse_where
 from replverify.types import Column, ColumnType, TableRef
 
 INT8 = ColumnType("bigint", "int8")

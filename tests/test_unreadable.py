@@ -11,20 +11,20 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from replverify import failback as failback_module
 from replverify.api import DiffOptions, diff
-from replverify.cli import diff_exit_code, main
-from replverify.failback import failback
-from replverify.gate import gate
-from replverify.report import diff_to_dict, diff_to_markdown, diff_to_text
-from replverify.report_html import to_html
-from replverify.report_ops import (
+from replverify.cli.main import diff_exit_code, main
+from replverify.ops import failback as failback_module
+from replverify.ops.failback import failback
+from replverify.ops.gate import gate
+from replverify.reports.common import diff_to_dict, diff_to_markdown, diff_to_text
+from replverify.reports.html import to_html
+from replverify.reports.ops import (
     FAILBACK_RENDERERS,
     GATE_RENDERERS,
     failback_to_dict,
     gate_to_dict,
 )
-from replverify.testing import execute, wait_for_replay
+from replverify.testing.clusters import execute, wait_for_replay
 from replverify.types import Missing
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import struct
 
-from replverify.failback import decide
-from replverify.xidhorizon import parse_history, scan_segment, segment_name, widen
+from replverify.ops.failback import decide
+from replverify.ops.xidhorizon import parse_history, scan_segment, segment_name, widen
 
 BLOCK = 8192
 

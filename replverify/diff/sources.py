@@ -1,0 +1,287 @@
+"""Row sources: what the comparison asks of one side of one table.
+
+A :class:`RowSource` answers four questions about a key range: its digest, split keys,
+(key → row hash) pairs, and full rows for some keys. :class:`PostgresSource` answers them
+with SQL (hashing in the database, or hashing decoded rows here), :class:`MemorySource`
+from a dict (tests and tools). The comparison logic never knows which it talks to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, Protocol, cast
+
+import asyncpg
+import xxhash
+
+from replverify.diff.align import TablePlan
+from replverify.diff.copyscan import KeyOf, key_reader
+from replverify.diff.hashing import ChunkDigest, row_digest, to_unsigned64
+from replverify.diff.ranges import KeyRange
+from replverify.diff.sql import TableSQL
+from replverify.errors import SchemaError
+from replverify.types import Key
+from replverify.values.canonical import Compare, Encoder, encode_row, encoder_for
+
+#: How equal chunks are recognised: ``copy`` streams each chunk's binary COPY into xxh3
+#: here (fastest; the whole table crosses the network), ``server`` sums row-text hashes in
+#: the database (little transfer), ``client`` hashes decoded values canonically (exact
+#: between servers whose output differs, e.g. major versions; slowest).
+DigestMode = Literal["copy", "server", "client"]
+Row = tuple[object, ...]
+
+
+class RowSource(Protocol):
+    async def digest(self, rng: KeyRange) -> ChunkDigest: ...
+    async def digests(self, ranges: Sequence[KeyRange]) -> list[ChunkDigest]: ...
+    async def boundary(self, after: Key | None, every: int) -> Key | None: ...
+    async def split(self, rng: KeyRange, every: int, parts: int = 0) -> list[Key]: ...
+    async def row_hashes(self, rng: KeyRange) -> dict[Key, int]: ...
+    async def rows(self, rng: KeyRange, keys: Sequence[Key]) -> dict[Key, Row]: ...
+
+
+def hashable(value: object) -> object:
+    """Keys must be dict keys: arrays (lists) become tuples."""
+    if isinstance(value, list):
+        return tuple(hashable(v) for v in value)
+    return value
+
+
+class RowHasher:
+    """Canonical encoding + xxh3 of decoded rows, encoders chosen once per column:
+    ``exact`` (binary send forms) or ``semantic`` (``=``) equality."""
+
+    def __init__(self, plan: TablePlan, compare: Compare = "exact") -> None:
+        self.encoders: list[Encoder] = [encoder_for(c.type, compare) for c in plan.columns]
+
+    def __call__(self, values: Sequence[object]) -> int:
+        return row_digest(encode_row(self.encoders, values))
+
+    def differing_columns(
+        self, names: Sequence[str]
+    ) -> Callable[[Sequence[object], Sequence[object]], tuple[str, ...]]:
+        encoders = self.encoders
+
+        def compare(a: Sequence[object], b: Sequence[object]) -> tuple[str, ...]:
+            return tuple(
+                name
+                for name, enc, x, y in zip(names, encoders, a, b, strict=True)
+                if enc(x) != enc(y)
+            )
+
+        return compare
+
+
+class PostgresSource:
+    """One side of one table on a PostgreSQL server."""
+
+    #: Most bytes of one chunk's COPY stream kept for narrowing (see ``_copy_digest``).
+    keep_stream_bytes = 16 << 20
+
+    def __init__(
+        self, pool: asyncpg.Pool, sql: TableSQL, mode: DigestMode, compare: Compare = "exact"
+    ) -> None:
+        self.pool = pool
+        self.sql = sql
+        self.mode = mode
+        self.nkey = len(sql.plan.key)
+        self.hasher = RowHasher(sql.plan, compare)
+        by_name = {c.name: c for c in sql.plan.columns}
+        # keys are dict keys: only array keys need converting (lists are unhashable)
+        self._plain_keys = all(by_name[k].type.kind != "array" for k in sql.plan.key_names)
+        self._int_key = self.nkey == 1 and by_name[sql.plan.key_names[0]].type.base in (
+            "int2",
+            "int4",
+            "int8",
+        )
+        #: decodes keys out of this table's COPY rows; set when chunks keep their streams
+        self.key_of: KeyOf | None = None
+        if mode == "copy" and self.nkey:
+            positions = [
+                i for k in sql.plan.key_names for i, c in enumerate(sql.plan.columns) if c.name == k
+            ]
+            bases = [by_name[k].type.base for k in sql.plan.key_names]
+            self.key_of = key_reader(positions, bases)
+
+    def _key(self, record: Sequence[object]) -> Key:
+        if self._plain_keys:
+            return tuple(record[: self.nkey])
+        return tuple(hashable(v) for v in record[: self.nkey])
+
+    def _unique(self, pairs: list[tuple[Key, int]]) -> dict[Key, int]:
+        out = dict(pairs)
+        if len(out) == len(pairs):
+            return out
+        seen: set[Key] = set()
+        for key, _ in pairs:
+            if key in seen:
+                plan = self.sql.plan
+                raise SchemaError(
+                    f"key ({', '.join(plan.key_names)}) is not unique in {plan.ref}: "
+                    f"{key!r} appears more than once",
+                    hint="give --key columns that identify a row, or omit --key to compare "
+                    "the table as a row multiset",
+                )
+            seen.add(key)
+        raise AssertionError("unreachable")
+
+    async def digest(self, rng: KeyRange) -> ChunkDigest:
+        if self.mode == "client":
+            return await self._client_digest(rng)
+        if self.mode == "copy":
+            return await self._copy_digest(rng)
+        text, params = self.sql.digest(rng)
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(text, *params)
+        assert row is not None
+        return ChunkDigest(row[0], to_unsigned64(int(row[1])))
+
+    async def digests(self, ranges: Sequence[KeyRange]) -> list[ChunkDigest]:
+        """Digests of consecutive ranges. The parts of a mismatching chunk are few rows
+        each: one grouped in-database query reads them all, where a COPY per part would
+        cost a round trip each (``client`` mode hashes here, so it reads part by part)."""
+        if self.mode == "client" or len(ranges) < 2:
+            return [await self.digest(r) for r in ranges]
+        whole = KeyRange(ranges[0].lo, ranges[-1].hi)
+        cuts = [r.hi for r in ranges[:-1]]
+        assert all(r.hi is not None for r in ranges[:-1]), "parts must be consecutive"
+        text, params = self.sql.part_digests(whole, cast("list[Key]", cuts))
+        async with self.pool.acquire() as conn:
+            records = await conn.fetch(text, *params)
+        out = [ChunkDigest(0, 0)] * len(ranges)
+        for part, count, total in records:
+            out[part] = ChunkDigest(count, to_unsigned64(int(total)))
+        return out
+
+    async def _copy_digest(self, rng: KeyRange) -> ChunkDigest:
+        # Order-dependent, so the rows come in key order; the count is COPY's status.
+        # The pieces are kept (by reference: asyncpg hands over a new buffer each time)
+        # so that a mismatch can be located in them; see replverify.diff.copyscan.
+        # A chunk of wide rows is not kept beyond ``keep_stream_bytes``, so memory stays
+        # bounded by the chunks in flight whatever the rows hold; such a chunk is
+        # narrowed by splitting instead.
+        text, params = self.sql.copy_rows(rng)
+        h = xxhash.xxh3_128()
+        pieces: list[bytes | bytearray] = []
+        kept = 0 if self.key_of is not None else -1
+
+        async def sink(data: bytes | bytearray) -> None:
+            nonlocal kept
+            h.update(data)
+            if kept >= 0:
+                kept += len(data)
+                if kept <= self.keep_stream_bytes:
+                    pieces.append(data)
+                else:
+                    pieces.clear()
+                    kept = -1
+
+        async with self.pool.acquire() as conn:
+            status = await conn.copy_from_query(text, *params, output=sink, format="binary")
+        return ChunkDigest(int(status.rsplit(" ", 1)[1]), h.intdigest(), tuple(pieces))
+
+    async def boundary(self, after: Key | None, every: int) -> Key | None:
+        text, params = self.sql.next_boundary(after, every)
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(text, *params)
+        return None if row is None else tuple(hashable(v) for v in row)
+
+    async def _client_digest(self, rng: KeyRange) -> ChunkDigest:
+        text, params = self.sql.rows(rng)
+        count = total = 0
+        nkey, hasher = self.nkey, self.hasher
+        async with self.pool.acquire() as conn, conn.transaction():
+            async for rec in conn.cursor(text, *params, prefetch=2000):
+                count += 1
+                total += hasher(tuple(rec)[nkey:])
+        return ChunkDigest(count, total % (1 << 128))
+
+    async def split(self, rng: KeyRange, every: int, parts: int = 0) -> list[Key]:
+        if self._int_key and parts > 1 and rng.lo is not None and rng.hi is not None:
+            # Integer keys: cut the key span evenly, no query. Uneven data only makes
+            # some parts bigger; the comparison splits those again.
+            lo, hi = int(rng.lo[0]), int(rng.hi[0])  # type: ignore[call-overload]
+            if hi - lo >= 2:
+                return [(lo + (hi - lo) * i // parts,) for i in range(1, parts)]
+        text, params = self.sql.split(rng, every)
+        async with self.pool.acquire() as conn:
+            records = await conn.fetch(text, *params)
+        return [tuple(hashable(v) for v in r) for r in records]
+
+    async def row_hashes(self, rng: KeyRange) -> dict[Key, int]:
+        if self.mode == "client":
+            text, params = self.sql.rows(rng)
+            async with self.pool.acquire() as conn:
+                records = await conn.fetch(text, *params)
+            return self._unique(
+                [(self._key(r), self.hasher(tuple(r)[self.nkey :])) for r in records]
+            )
+        text, params = self.sql.row_hashes(rng)
+        async with self.pool.acquire() as conn:
+            records = await conn.fetch(text, *params)
+        n = self.nkey
+        if self._plain_keys and n == 1:
+            return self._unique([((r[0],), r[1]) for r in records])
+        return self._unique([(self._key(r), r[n]) for r in records])
+
+    async def rows(self, rng: KeyRange, keys: Sequence[Key]) -> dict[Key, Row]:
+        text, params = self.sql.rows(rng, keys)
+        async with self.pool.acquire() as conn:
+            records = await conn.fetch(text, *params)
+        wanted = set(keys)
+        out: dict[Key, Row] = {}
+        for r in records:
+            key = self._key(r)
+            if key in wanted:
+                out[key] = tuple(r)[self.nkey :]
+        return out
+
+
+class MemorySource:
+    """An in-memory side: ``rows`` maps key → compared column values.
+
+    Keys are ordered with Python's ordering, which must match the server's for the data
+    used (ints, byte-ordered text, ...). Digests use the same canonical hashing as
+    ``PostgresSource`` in client mode.
+    """
+
+    def __init__(self, rows: Mapping[Key, Row], hasher: Callable[[Sequence[object]], int]) -> None:
+        self.data = dict(rows)
+        self.keys: list[Key] = sorted(self.data)
+        self.hasher = hasher
+        self.calls = 0
+
+    def _in(self, rng: KeyRange) -> list[Key]:
+        return [
+            k
+            for k in self.keys
+            if (rng.lo is None or k > rng.lo) and (rng.hi is None or k <= rng.hi)
+        ]
+
+    async def digest(self, rng: KeyRange) -> ChunkDigest:
+        self.calls += 1
+        d = ChunkDigest(0, 0)
+        for k in self._in(rng):
+            d = d.add(self.hasher(self.data[k]))
+        return d
+
+    async def digests(self, ranges: Sequence[KeyRange]) -> list[ChunkDigest]:
+        return [await self.digest(r) for r in ranges]
+
+    async def boundary(self, after: Key | None, every: int) -> Key | None:
+        self.calls += 1
+        keys = self._in(KeyRange(after, None))
+        return keys[every - 1] if len(keys) >= every else None
+
+    async def split(self, rng: KeyRange, every: int, parts: int = 0) -> list[Key]:
+        self.calls += 1
+        keys = self._in(rng)
+        return [keys[i] for i in range(every - 1, len(keys), every)]
+
+    async def row_hashes(self, rng: KeyRange) -> dict[Key, int]:
+        self.calls += 1
+        return {k: self.hasher(self.data[k]) for k in self._in(rng)}
+
+    async def rows(self, rng: KeyRange, keys: Sequence[Key]) -> dict[Key, Row]:
+        self.calls += 1
+        return {k: self.data[k] for k in keys if k in self.data}

@@ -1,0 +1,3 @@
+"""The application's write journal: record format, reader, `sql` statements, writer.
+
+Imports db, values, errors and types."""

@@ -1,0 +1,1032 @@
+"""HTML: every report as one self-contained page, for CI artifacts, mail and browsers.
+
+A page carries its CSS inline and draws the lag chart as inline SVG; it has no scripts and
+loads nothing (its Content-Security-Policy tells the browser so too). The pages show
+what the text and JSON reports show, through the same helpers of
+:mod:`replverify.reports.common` and :mod:`replverify.reports.ops`.
+
+Escaping has one rule: :func:`el` escapes every ``str`` it is given (table names, keys,
+values, DSNs, notes) with :func:`html.escape`; only :class:`Html`, made by :func:`el`
+itself, goes in as markup.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import singledispatch
+from typing import Any, Literal
+
+from replverify import __version__
+from replverify.lag.sampler import LagReport
+from replverify.ops.failback import FailbackReport
+from replverify.ops.files import FilesReport
+from replverify.ops.gate import GateReport
+from replverify.ops.health import HealthReport
+from replverify.reconcile.run import Finding, ReconcileReport
+from replverify.reports.common import (
+    APPLIED,
+    clock,
+    diff_facts,
+    diff_to_dict,
+    diff_verdict,
+    fmt_key,
+    fmt_values,
+    key_label,
+    lag_notes,
+    lag_sample_line,
+    lag_to_dict,
+    lag_verdict,
+    reconcile_to_dict,
+    reconcile_verdict,
+    replication_lines,
+    row_history,
+    table_verdict,
+    value_pairs,
+)
+from replverify.reports.ops import (
+    GATE_VERDICT,
+    ORIGIN_TITLES,
+    UNVERIFIED_TITLE,
+    failback_to_dict,
+    failback_verdict,
+    files_to_dict,
+    files_verdict,
+    gate_to_dict,
+    health_to_dict,
+)
+from replverify.types import DiffReport, TableResult
+
+__all__ = [
+    "Html",
+    "diff_to_html",
+    "el",
+    "failback_to_html",
+    "files_to_html",
+    "gate_to_html",
+    "health_to_html",
+    "lag_to_html",
+    "reconcile_to_html",
+    "to_html",
+]
+
+Tone = Literal["ok", "bad", "warn", "info"]
+#: Rows listed per table of findings or differences (JSON has all that were kept).
+SHOWN = 1000
+
+
+# == building blocks ========================================================================
+class Html(str):
+    """Markup made by :func:`el`: inserted as is, where any other ``str`` is escaped."""
+
+    __slots__ = ()
+
+
+Content = Html | str | int | float | None | Sequence[Any]
+
+
+def _join(content: Iterable[Content]) -> str:
+    out: list[str] = []
+    for c in content:
+        if c is None:
+            continue
+        if isinstance(c, Html):
+            out.append(c)
+        elif isinstance(c, str | int | float):
+            out.append(html.escape(str(c)))
+        else:
+            out.append(_join(c))
+    return "".join(out)
+
+
+def _attrs(attrs: dict[str, object]) -> str:
+    out = []
+    for name, value in attrs.items():
+        if value is None or value is False:
+            continue
+        # class_ -> class, aria_label -> aria-label; viewBox keeps its case
+        name = name.rstrip("_").replace("_", "-")
+        out.append(f" {name}" if value is True else f' {name}="{html.escape(str(value))}"')
+    return "".join(out)
+
+
+def el(tag: str, *content: Content, **attrs: object) -> Html:
+    """``<tag attrs>content</tag>``, every ``str`` in ``content`` and ``attrs`` escaped;
+    None (content or attribute) is left out."""
+    return Html(f"<{tag}{_attrs(attrs)}>{_join(content)}</{tag}>")
+
+
+def void(tag: str, **attrs: object) -> Html:
+    """An element without content (``meta``, ``line``, ...)."""
+    # self-closed: inside <svg> a bare <line> would swallow what follows it
+    return Html(f"<{tag}{_attrs(attrs)}/>")
+
+
+def _n(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def _s(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _yes(value: bool | None) -> str:
+    return {True: "yes", False: "no", None: "—"}[value]
+
+
+def badge(label: str, tone: Tone | None) -> Html:
+    return el("span", label, class_=f"badge {tone}" if tone else "badge")
+
+
+def stats(items: Iterable[tuple[str, str, Tone | None]]) -> Html:
+    """The key numbers of a report, large: (label, value, tone)."""
+    return el(
+        "div",
+        [
+            el(
+                "div",
+                el("span", value, class_="num"),
+                el("span", label, class_="label"),
+                class_=tone,
+            )
+            for label, value, tone in items
+        ],
+        class_="stats",
+    )
+
+
+def facts(items: Iterable[tuple[str, Content]]) -> Html:
+    rows = [el("div", el("dt", k), el("dd", "—" if v is None else v)) for k, v in items]
+    return el("dl", rows, class_="facts")
+
+
+def table(
+    head: Sequence[str],
+    rows: Iterable[Sequence[Content]],
+    *,
+    num: Sequence[int] = (),
+    word: Sequence[int] = (),
+    wrap: Sequence[int] = (),
+    val: Sequence[int] = (),
+    tones: Sequence[Tone | None] | None = None,
+) -> Html:
+    """A table in a container that scrolls sideways when the table cannot fit.
+
+    Columns at the indexes ``num`` are right-aligned numbers, ``word`` short identifiers
+    (an op, a table name, an LSN) that never break, ``wrap`` keys and ``val`` row images
+    that wrap between their ``col=value`` pairs and break inside one only when it is wider
+    than the column's minimum (12 and 20 characters); ``tones`` marks rows. Other columns
+    wrap between words only.
+    """
+    kinds = {i: "wrap val" for i in val} | {i: "wrap" for i in wrap}
+    kinds |= {i: "word" for i in word} | {i: "num" for i in num}
+    cls = [kinds.get(i) for i in range(len(head))]
+    body = [
+        el(
+            "tr",
+            [el("td", c, class_=cls[i]) for i, c in enumerate(row)],
+            class_=tones[r] if tones else None,
+        )
+        for r, row in enumerate(rows)
+    ]
+    return el(
+        "div",
+        el(
+            "table",
+            el("thead", el("tr", [el("th", h, class_=cls[i]) for i, h in enumerate(head)])),
+            el("tbody", body),
+        ),
+        class_="scroll",
+    )
+
+
+def section(title: str, *content: Content) -> Html:
+    return el("section", el("h2", title), *content)
+
+
+def notes(items: Iterable[str]) -> Html | None:
+    shown = [el("p", n, class_="note") for n in items]
+    return section("Notes", shown) if shown else None
+
+
+def more(shown: int, total: int, what: str) -> Html | None:
+    """A line saying how many of ``total`` are not listed."""
+    if total <= shown:
+        return None
+    return el("p", f"… and {total - shown:,} more {what} (--format json)", class_="muted")
+
+
+def code(value: str) -> Html:
+    return el("code", value)
+
+
+def instant(iso: str | None) -> Html | None:
+    """An ISO 8601 instant that may break after its date (before the time), nowhere else."""
+    if iso is None:
+        return None
+    date, t, rest = iso.partition("T")
+    return Html(html.escape(date + t) + "<wbr>" + html.escape(rest)) if t else Html(iso)
+
+
+def image(values: dict[str, Any] | None, changed: Sequence[str] = ()) -> Html:
+    """A row's values as ``col=value`` pairs, the ``changed`` columns marked."""
+    if not values:
+        return code(fmt_values(values))
+    pairs = value_pairs(values)
+    parts: list[Content] = []
+    for name, pair in pairs.items():
+        if parts:
+            parts.append(" ")
+        parts.append(el("mark", pair) if name in changed else pair)
+    return el("code", parts)
+
+
+CSS = """
+:root { --ok: #1a7f37; --bad: #b42318; --warn: #b54708; --info: #175cd3;
+  --muted: #667085; --line: #e4e7ec; --alt: #f8f9fb; }
+* { box-sizing: border-box; }
+body { margin: 0; color: #101828; background: #fff;
+  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue",
+  "Liberation Sans", "DejaVu Sans", Arial, sans-serif; }
+header.banner { padding: 16px 32px 18px; color: #fff; }
+header.ok { background: var(--ok); } header.bad { background: var(--bad); }
+header.warn { background: var(--warn); } header.info { background: var(--info); }
+header .kind { margin: 0; font-size: 12px; letter-spacing: .06em; text-transform: uppercase;
+  opacity: .85; }
+header h1 { margin: 4px 0 0; font-size: 20px; font-weight: 600; overflow-wrap: anywhere; }
+header .generated { margin: 6px 0 0; font-size: 12px; opacity: .85; }
+main { padding: 4px 32px 24px; max-width: 1500px; }
+section { margin-top: 26px; }
+h2 { font-size: 15px; margin: 0 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+.stats { display: flex; flex-wrap: wrap; gap: 12px; margin-top: 20px; }
+.stats > div { border: 1px solid var(--line); border-radius: 8px; padding: 8px 16px;
+  min-width: 118px; }
+.stats .num { display: block; font-size: 22px; font-weight: 600;
+  font-variant-numeric: tabular-nums; }
+.stats .label { color: var(--muted); font-size: 12px; }
+.stats .bad .num { color: var(--bad); } .stats .warn .num { color: var(--warn); }
+.stats .ok .num { color: var(--ok); }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 3px 18px; margin: 0; }
+dl.facts div { display: contents; }
+dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; overflow-wrap: anywhere; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+.scroll { overflow-x: auto; }
+/* break-word, not anywhere: anywhere lets the table layout crush a column below its
+   longest word ("upd ate"); a table that cannot fit scrolls inside .scroll instead */
+th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line);
+  vertical-align: top; overflow-wrap: break-word; }
+th { background: var(--alt); font-weight: 600; }
+th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
+td.word { white-space: nowrap; }
+/* a key or row image wraps between its pairs; only a pair longer than the column's
+   minimum breaks inside */
+td.wrap { min-width: 12ch; } td.wrap.val { min-width: 20ch; }
+td.wrap code { overflow-wrap: anywhere; }
+mark { background: #fef0c7; color: inherit; border-radius: 3px; padding: 0 2px; }
+td > p { margin: 0 0 4px; }
+/* values in a cell's facts (reconcile's explanation) keep a readable width */
+td dl.facts dd { min-width: 12ch; }
+tr.bad > td:first-child { box-shadow: inset 3px 0 var(--bad); }
+tr.warn > td:first-child { box-shadow: inset 3px 0 var(--warn); }
+code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "Liberation Mono",
+  "DejaVu Sans Mono", monospace; font-size: 12.5px; }
+pre { background: var(--alt); padding: 8px 12px; border-radius: 6px; overflow-x: auto;
+  margin: 8px 0 0; }
+.badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px;
+  font-weight: 600; background: var(--line); white-space: nowrap; }
+.badge.ok { background: #dcfae6; color: var(--ok); }
+.badge.bad { background: #fee4e2; color: var(--bad); }
+.badge.warn { background: #fef0c7; color: var(--warn); }
+.badge.info { background: #d1e9ff; color: var(--info); }
+.note { background: #fffaeb; border-left: 3px solid var(--warn); padding: 5px 10px;
+  margin: 6px 0; }
+.error { color: var(--bad); font-weight: 600; }
+.muted, .sub { color: var(--muted); }
+.sub { display: block; font-size: 12px; }
+details > summary { cursor: pointer; font-weight: 600; font-size: 15px; margin-bottom: 8px; }
+figure { margin: 0; }
+figcaption { color: var(--muted); font-size: 12px; margin: 2px 0 10px 76px; }
+figcaption span { margin-right: 16px; white-space: nowrap; }
+.key { display: inline-block; width: 9px; height: 9px; border-radius: 50%;
+  background: var(--info); margin-right: 5px; }
+.key.bound { background: #fff; border: 1.5px solid var(--info); }
+.key.over { background: var(--bad); }
+.key.bound.over { background: #fff; border: 2px solid var(--bad); }
+.key.rpo { width: 18px; height: 0; border-radius: 0; border-top: 2px dashed var(--bad);
+  background: none; vertical-align: middle; }
+svg.chart { display: block; width: 100%; max-width: 1100px; height: auto; }
+svg.chart text { font-size: 12px; fill: #475467; }
+svg.chart .grid { stroke: var(--line); }
+svg.chart .axis { stroke: #98a2b3; }
+svg.chart .series { fill: none; stroke: var(--info); stroke-width: 1.5; }
+svg.chart .pt { fill: var(--info); }
+svg.chart .pt.over { fill: var(--bad); stroke: var(--bad); }
+svg.chart .pt.bound { fill: #fff; stroke: var(--info); stroke-width: 1.5; }
+svg.chart .pt.bound.over { fill: #fff; stroke: var(--bad); stroke-width: 2; }
+svg.chart .rpo { stroke: var(--bad); stroke-width: 1.5; stroke-dasharray: 6 4; }
+svg.chart text.rpo { fill: var(--bad); stroke: none; font-weight: 600; }
+footer { padding: 0 32px 24px; color: var(--muted); font-size: 12px; }
+h3 { font-size: 13px; margin: 14px 0 6px; }
+@media (max-width: 900px) { header.banner { padding: 14px 16px 16px; }
+  main { padding: 4px 16px 20px; } footer { padding: 0 16px 20px; } }
+@media print { header.banner, .badge, .stats { print-color-adjust: exact;
+  -webkit-print-color-adjust: exact; } }
+"""
+
+#: Nothing may load: no scripts, fonts, images or frames, only the inline styles.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def page(kind: str, tone: Tone, verdict: str, *body: Content) -> str:
+    """A whole document: a coloured banner with the verdict and when (UTC) and by which
+    replverify the page was made, then ``body``."""
+    made = _now().replace(microsecond=0)
+    head = el(
+        "head",
+        void("meta", charset="utf-8"),
+        void("meta", http_equiv="Content-Security-Policy", content=CSP),
+        void("meta", name="viewport", content="width=device-width, initial-scale=1"),
+        el("title", f"replverify {kind}: {verdict}"),
+        el("style", Html(CSS)),
+    )
+    body_el = el(
+        "body",
+        el(
+            "header",
+            el("p", f"replverify {kind}", class_="kind"),
+            el("h1", verdict),
+            el(
+                "p",
+                "generated ",
+                el("time", made.strftime("%Y-%m-%d %H:%M:%S UTC"), datetime=made.isoformat()),
+                f" by replverify {__version__}",
+                class_="generated",
+            ),
+            class_=f"banner {tone}",
+        ),
+        el("main", *body),
+        el("footer", f"replverify {__version__}"),
+    )
+    return "<!doctype html>\n" + el("html", head, body_el, lang="en") + "\n"
+
+
+# == diff =================================================================================
+def _outcome_tone(complete: bool, ok: bool) -> Tone:
+    """A page's tone: ``warn`` when the run did not finish, else ``ok`` or ``bad``."""
+    if not complete:
+        return "warn"
+    return "ok" if ok else "bad"
+
+
+def _table_tone(t: TableResult) -> Tone:
+    if t.error or (t.unstable and not t.differences_total):
+        return "warn"
+    return "ok" if t.consistent else "bad"
+
+
+def _diff_tables(report: DiffReport, doc: dict[str, Any]) -> list[Html]:
+    """The per-table summary and, for each table that is not consistent, its differences."""
+    tones = [_table_tone(t) for t in report.tables]
+    rows = [
+        [
+            code(t.table.qualified),
+            key_label(t),
+            _n(t.rows_source),
+            _n(t.rows_target),
+            f"{t.chunks_mismatched:,} / {t.chunks:,}",
+            _n(t.differences_total),
+            badge(table_verdict(t), tone),
+        ]
+        for t, tone in zip(report.tables, tones, strict=True)
+    ]
+    head = ["table", "key", "rows source", "rows target", "chunks mismatched", "differences", ""]
+    out = [section("Tables", table(head, rows, num=(2, 3, 4, 5), word=(0, 6), tones=tones))]
+    for t, d in zip(report.tables, doc["tables"], strict=True):
+        if t.consistent and not t.unstable:
+            continue
+        parts: list[Content] = [
+            el("p", f"schema: {n}", class_="error") for n in t.schema_differences
+        ]
+        if t.error:
+            parts.append(el("p", f"error: {t.error}", class_="error"))
+        shown = d["differences"][:SHOWN]
+        if shown:
+            parts.append(
+                table(
+                    ["kind", "key", "changed columns"],
+                    [
+                        [badge(x["kind"], "bad"), code(fmt_key(x["key"])), ", ".join(x["columns"])]
+                        for x in shown
+                    ],
+                    word=(0,),
+                    wrap=(1,),
+                )
+            )
+        parts.append(more(len(shown), len(d["differences"]), "differences"))
+        if (unkept := t.differences_total - len(d["differences"])) > 0:
+            counted = f"{unkept:,} more differences were counted, not kept (--max-diffs)"
+            parts.append(el("p", counted, class_="muted"))
+        if d["unstable"]:
+            parts.append(
+                el("p", "Rows written to while compared (neither verified nor called different):")
+            )
+            parts.append(
+                table(["key"], [[code(fmt_key(k))] for k in d["unstable"][:SHOWN]], wrap=(0,))
+            )
+            parts.append(more(min(len(d["unstable"]), SHOWN), d["unstable_total"], "rows"))
+        out.append(section(f"{t.table.qualified}: {table_verdict(t)}", *parts))
+    return out
+
+
+def diff_to_html(report: DiffReport) -> str:
+    doc = diff_to_dict(report)
+    summary = doc["summary"]
+    tables_bad: Tone | None = "bad" if summary["tables_different"] else None
+    diffs_bad: Tone | None = "bad" if summary["differences"] else None
+    run: list[tuple[str, Content]] = [("source", report.source), ("target", report.target)]
+    run += diff_facts(report)
+    body: list[Content] = [
+        stats(
+            [
+                ("tables", _n(summary["tables"]), None),
+                ("tables differing", _n(summary["tables_different"]), tables_bad),
+                (
+                    "tables not verified",
+                    _n(summary["tables_unverified"]),
+                    "warn" if summary["tables_unverified"] else None,
+                ),
+                ("differences", _n(summary["differences"]), diffs_bad),
+                ("rows compared", _n(summary["rows_compared"]), None),
+                ("seconds", f"{report.elapsed_s:.3f}", None),
+            ]
+        ),
+        section("Run", facts(run)),
+        *_diff_tables(report, doc),
+        notes(report.notes),
+    ]
+    return page(
+        "diff",
+        _outcome_tone(report.complete, report.status == "consistent"),
+        diff_verdict(report),
+        *body,
+    )
+
+
+# == lag ==================================================================================
+_LAG_TONES: dict[str, Tone] = {
+    "within": "ok",
+    "exceeded": "bad",
+    "measured": "info",
+    "unknown": "warn",
+}
+
+# chart geometry (SVG user units): room on the left and below for tick labels and titles
+_W, _H = 960, 230
+_LEFT, _RIGHT, _TOP, _BOTTOM = 76, 24, 14, 44
+
+
+def _nice(raw: float) -> float:
+    """The smallest 1, 2, 2.5 or 5 times a power of ten that is at least ``raw`` (> 0)."""
+    mag = 10.0 ** math.floor(math.log10(raw))
+    return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+
+
+def ticks(top: float, steps: int) -> list[float]:
+    """Round values from 0 to at least ``top`` in about ``steps`` steps; ``[0.0]`` for 0."""
+    if top <= 0:
+        return [0.0]
+    step = _nice(top / steps)
+    return [i * step for i in range(math.ceil(top / step - 1e-9) + 1)]
+
+
+def _si_bytes(value: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= size:
+            return f"{value / size:g} {unit}"
+    return f"{value:g} B"
+
+
+@dataclass(frozen=True)
+class _TimeAxis:
+    """The shared x axis: values from 0 to ``hi`` (0: a single instant), round ticks."""
+
+    hi: float
+    ticks: Sequence[float]
+    title: str
+
+
+def _panel(
+    name: str,
+    x: _TimeAxis,
+    xs: Sequence[float],
+    ys: Sequence[float],
+    y_title: str,
+    y_label: Callable[[float], str],
+    point_class: Sequence[str],
+    point_title: Sequence[str],
+    rpo: float | None = None,
+) -> Html:
+    """One SVG line chart with a point per sample: ``ys`` over ``xs``, from 0 up."""
+    y_ticks = ticks(max([*ys, rpo or 0.0]) * 1.05, 4)
+    if len(y_ticks) == 1:  # all zero: keep a visible scale
+        y_ticks = [0.0, 1.0]
+    # a single instant sits in the middle
+    x_lo, x_hi = (0.0, x.hi) if x.hi > 0 else (-1.0, 1.0)
+    width, height = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+    bottom = _TOP + height
+
+    def px(t: float) -> float:
+        return _LEFT + (t - x_lo) / (x_hi - x_lo) * width
+
+    def py(v: float) -> float:
+        return bottom - v / y_ticks[-1] * height
+
+    parts: list[Html] = []
+    for v in y_ticks:
+        y = f"{py(v):.1f}"
+        parts.append(void("line", x1=_LEFT, x2=_W - _RIGHT, y1=y, y2=y, class_="grid"))
+        parts.append(el("text", y_label(v), x=_LEFT - 8, y=f"{py(v) + 4:.1f}", text_anchor="end"))
+    for v in x.ticks:
+        at = f"{px(v):.1f}"
+        parts.append(void("line", x1=at, x2=at, y1=bottom, y2=bottom + 5, class_="axis"))
+        parts.append(el("text", f"{v:g}", x=at, y=bottom + 19, text_anchor="middle"))
+    parts.append(void("line", x1=_LEFT, x2=_W - _RIGHT, y1=bottom, y2=bottom, class_="axis"))
+    parts.append(void("line", x1=_LEFT, x2=_LEFT, y1=_TOP, y2=bottom, class_="axis"))
+    parts.append(el("text", x.title, x=_LEFT + width / 2, y=_H - 6, text_anchor="middle"))
+    mid = _TOP + height / 2
+    parts.append(
+        el(
+            "text",
+            y_title,
+            x=14,
+            y=f"{mid:.1f}",
+            text_anchor="middle",
+            transform=f"rotate(-90 14 {mid:.1f})",
+        )
+    )
+    if rpo is not None:
+        y = f"{py(rpo):.1f}"
+        parts.append(void("line", x1=_LEFT, x2=_W - _RIGHT, y1=y, y2=y, class_="rpo"))
+        parts.append(
+            el(
+                "text",
+                f"RPO {rpo:g} s",
+                x=_W - _RIGHT - 4,
+                y=f"{py(rpo) - 5:.1f}",
+                text_anchor="end",
+                class_="rpo",
+            )
+        )
+    points = [(px(t), py(v)) for t, v in zip(xs, ys, strict=True)]
+    if len(points) > 1:
+        line = " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in points)
+        parts.append(void("polyline", points=line, class_="series"))
+    # big enough to see alone, small enough that a thousand do not merge into a band
+    r = 3.5 if len(points) <= 60 else 2.5 if len(points) <= 300 else 1.6
+
+    def layer(i: int) -> int:
+        # bounds last and never smaller than a readable ring: drawn first, the samples
+        # around them covered their hollow markers
+        return 2 if "bound" in point_class[i] else 1 if "over" in point_class[i] else 0
+
+    for i in sorted(range(len(points)), key=layer):
+        (cx, cy), cls = points[i], point_class[i]
+        size = r + 1 if "over" in cls else r
+        if "bound" in cls:
+            size = max(size + 1, 4.0)
+        parts.append(
+            el(
+                "circle",
+                el("title", point_title[i]),
+                cx=f"{cx:.1f}",
+                cy=f"{cy:.1f}",
+                r=f"{size:g}",
+                class_=cls,
+            )
+        )
+    return el(
+        "svg",
+        parts,
+        viewBox=f"0 0 {_W} {_H}",
+        class_="chart",
+        id=name,
+        role="img",
+        aria_label=f"{y_title} over time, {len(points)} samples",
+        data_points=len(points),
+    )
+
+
+def lag_chart(report: LagReport) -> Html:
+    """Lag seconds (with the RPO as a dashed line) and bytes over the sample time; samples
+    over the RPO are red, lower or upper bounds hollow."""
+    samples = report.samples
+    start = min(s.at for s in samples)  # not the first: the source's clock may step back
+    offsets = [(s.at - start).total_seconds() for s in samples]
+    span = max(offsets)
+    unit, size = ("s", 1) if span <= 180 else ("min", 60) if span <= 3 * 3600 else ("h", 3600)
+    xs = [o / size for o in offsets]
+    hi = max(xs)
+    # the axis ends with the last sample, not at the next round value
+    x_ticks = [t for t in ticks(hi, 6) if t <= hi * (1 + 1e-9)]
+    x = _TimeAxis(hi, x_ticks, f"time since {clock(start)} UTC, source clock ({unit})")
+    rpo = report.rpo_seconds
+    classes = []
+    for s in samples:
+        cls = "pt"
+        if s.bound != "estimate":
+            cls += " bound"
+        if rpo is not None and s.lag_seconds > rpo:
+            cls += " over"
+        classes.append(cls)
+    titles = [lag_sample_line(s) for s in samples]
+    legend = [el("span", el("span", "", class_="key"), "sample")]
+    if any("bound" in c for c in classes):
+        legend.append(el("span", el("span", "", class_="key bound"), "a bound, not an estimate"))
+    if any("bound" in c and "over" in c for c in classes):
+        legend.append(el("span", el("span", "", class_="key bound over"), "a bound over the RPO"))
+    if any("over" in c for c in classes):
+        legend.append(el("span", el("span", "", class_="key over"), "over the RPO"))
+    if rpo is not None:
+        legend.append(el("span", el("span", "", class_="key rpo"), f"RPO {rpo:g} s"))
+    return el(
+        "figure",
+        _panel(
+            "lag-seconds",
+            x,
+            xs,
+            [s.lag_seconds for s in samples],
+            "lag (seconds)",
+            lambda v: f"{v:g}",
+            classes,
+            titles,
+            rpo,
+        ),
+        _panel(
+            "lag-bytes",
+            x,
+            xs,
+            [float(s.lag_bytes) for s in samples],
+            "WAL not replayed (bytes)",
+            _si_bytes,
+            classes,
+            titles,
+        ),
+        el("figcaption", legend),
+    )
+
+
+def lag_to_html(report: LagReport) -> str:
+    doc = lag_to_dict(report)
+    rpo = report.rpo_seconds
+    over: Tone | None = "bad" if report.status == "exceeded" else None
+    body: list[Content] = [
+        stats(
+            [
+                ("max lag (s)", _s(report.max_lag_seconds), over),
+                ("max lag (bytes)", _n(report.max_lag_bytes), None),
+                ("p50 (s)", _s(report.p50_lag_seconds), None),
+                ("p95 (s)", _s(report.p95_lag_seconds), None),
+                ("RPO (s)", "none" if rpo is None else f"{rpo:g}", None),
+                ("samples", _n(len(report.samples)), None),
+            ]
+        )
+    ]
+    if report.samples:
+        body.append(section("Lag over time", lag_chart(report)))
+    # the text report's "name  value" lines as facts, which wrap (a <pre> scrolled sideways)
+    replication = [
+        (name, value.strip())
+        for name, _, value in (
+            line.strip().partition(" ") for line in replication_lines(report.replication)
+        )
+    ]
+    body.append(
+        section(
+            "Replication",
+            facts([("source", report.source), ("target", report.target), *replication]),
+        )
+    )
+    if doc["methods"]:
+        body.append(section("How the seconds were measured", facts(doc["methods"].items())))
+    body.append(notes(lag_notes(report)))
+    if report.samples:
+        rows = []
+        tones: list[Tone | None] = []
+        for s, d in zip(report.samples, doc["samples"], strict=True):
+            rows.append(
+                [
+                    clock(s.at),
+                    f"{s.lag_seconds:.3f}",
+                    d["bound"],
+                    _n(s.lag_bytes),
+                    s.method,
+                    _yes(s.replay_paused),
+                    d["source_lsn"],
+                    d["replay_lsn"],
+                ]
+            )
+            tones.append("bad" if rpo is not None and s.lag_seconds > rpo else None)
+        head = [
+            "at (UTC)",
+            "lag (s)",
+            "",
+            "lag (bytes)",
+            "method",
+            "replay paused",
+            "source LSN",
+            "replay LSN",
+        ]
+        body.append(
+            el(
+                "details",
+                el("summary", f"Samples ({len(rows):,})"),
+                table(head, rows, num=(1, 3), word=(2, 4, 6, 7), tones=tones),
+                open=len(rows) <= 30,
+            )
+        )
+    return page("lag", _LAG_TONES[report.status], lag_verdict(report), *body)
+
+
+# == reconcile ============================================================================
+def _explain(f: Finding, d: dict[str, Any], report: ReconcileReport) -> Html:
+    """Why a finding is what it is: the reason and what each side holds."""
+    ex = d["explain"]
+    lines: list[tuple[str, Content]] = []
+    if f.verdict == "in_doubt":
+        applied = APPLIED[f.applied]
+        if report.source is not None:
+            applied += f"; on the old primary: {APPLIED[f.applied_on_source]}"
+        lines.append(("applied", applied))
+    journal = ex["journal"]
+    if journal.get("sql"):
+        lines.append(("sql", code(" ".join(str(journal["sql"]).split()))))
+    lines.append(
+        ("journal", code("delete" if f.write.op == "delete" else fmt_values(journal["values"])))
+    )
+    if journal["before"] is not None:
+        lines.append(("before", code(fmt_values(journal["before"]))))
+    lines.append(("target", code(fmt_values(ex["target"]))))
+    if "source" in ex:
+        shown = "(table missing)" if ex["source_table_missing"] else fmt_values(ex["source"])
+        lines.append(("old primary", code(shown)))
+    if f.chain:
+        lines.append(("row history", row_history(f)))
+    return Html(el("p", f.reason) + facts(lines))
+
+
+def _findings(
+    title: str,
+    items: list[Finding],
+    docs: list[dict[str, Any]],
+    report: ReconcileReport,
+    tone: Tone,
+) -> Html | None:
+    """A table of findings; ``docs`` are their :func:`finding_to_dict` forms."""
+    if not items:
+        return None
+    rows = []
+    for f, d in zip(items[:SHOWN], docs[:SHOWN], strict=True):
+        where = el("span", f"journal line {d['line']}", class_="sub")
+        rows.append(
+            [
+                badge(title.lower(), tone),
+                code(str(d["txid"])),
+                str(d["seq"]),
+                d["op"],
+                code(d["table"]),
+                code(fmt_key(d["key"])),
+                [instant(d["ts"]), where],
+                _explain(f, d, report),
+            ]
+        )
+    head = ["", "txid", "seq", "op", "table", "key", "ts", "explanation"]
+    return section(
+        f"{title} ({len(items):,})",
+        table(head, rows, num=(2,), word=(0, 1, 3, 4), wrap=(5,), tones=[tone] * len(rows)),
+        more(len(rows), len(items), title.lower()),
+    )
+
+
+def reconcile_to_html(report: ReconcileReport) -> str:
+    doc = reconcile_to_dict(report)
+    c = doc["counts"]
+
+    def count(label: str, n: int, tone: Tone) -> tuple[str, str, Tone | None]:
+        return label, _n(n), tone if n else None
+
+    journal = f"{report.journal} ({report.lines:,} lines"
+    if report.torn is not None:
+        journal += f"; line {report.torn.line} torn, skipped"
+    run: list[tuple[str, Content]] = [("journal", journal + ")"), ("target", report.target)]
+    if report.source is not None:
+        run.append(("old primary", report.source))
+    if report.since is not None:
+        run.append(("since", f"{doc['since']} ({report.outside_window:,} older writes skipped)"))
+    body: list[Content] = [
+        stats(
+            [
+                count("lost", c["lost"], "bad"),
+                count("conflicting", c["conflict"], "bad"),
+                count("in doubt", c["in_doubt"], "warn"),
+                count("durable", c["durable"], "ok"),
+                ("superseded", _n(c["superseded"]), None),
+                ("aborted", _n(c["aborted"]), None),
+                ("writes", _n(report.entries), None),
+            ]
+        ),
+        section("Run", facts(run)),
+        _findings("Lost", report.lost, doc["lost"], report, "bad"),
+        _findings("Conflict", report.conflicts, doc["conflicts"], report, "bad"),
+        _findings("In doubt", report.in_doubt, doc["in_doubt"], report, "warn"),
+        notes(report.notes),
+    ]
+    tone: Tone = "bad" if report.status == "loss" else "ok"
+    return page("reconcile", tone, reconcile_verdict(report), *body)
+
+
+# == failover toolkit =====================================================================
+def gate_to_html(r: GateReport) -> str:
+    doc = gate_to_dict(r)
+    run: list[tuple[str, Content]] = [
+        ("source", r.source),
+        ("target", r.target),
+        ("relation", r.relation),
+        ("fenced", _yes(r.fenced)),
+        ("caught up", f"{_yes(r.caught_up)} after {r.waited_s:.3f} s (timeout {r.timeout_s:g} s)"),
+        ("source LSN", doc["source_lsn"]),
+        ("replay LSN", doc["replay_lsn"]),
+        ("bytes behind at the end", _n(r.lag_bytes)),
+        ("replay paused", _yes(r.replay_paused)),
+    ]
+    body: list[Content] = [section("Catch-up", facts(run))]
+    if r.diff is not None:
+        body += _diff_tables(r.diff, doc["diff"])
+    body.append(notes(r.notes))
+    tone = _outcome_tone(r.complete, r.status == "safe")
+    return page("gate", tone, GATE_VERDICT[r.status], *body)
+
+
+def failback_to_html(r: FailbackReport) -> str:
+    doc = failback_to_dict(r)
+    c = doc["counts"]
+    promotion = doc["promoted_at"] or "unknown"
+    if r.promotion_source:
+        promotion += f" ({r.promotion_source})"
+    run: list[tuple[str, Content]] = [
+        ("old primary", r.old),
+        ("new primary", r.new),
+        ("timeline", r.timeline),
+        ("divergence", doc["divergence_at"] or "unknown"),
+        ("promotion", promotion),
+    ]
+
+    def count(label: str, n: int, tone: Tone | None) -> tuple[str, str, Tone | None]:
+        return label, _n(n), tone if n else None
+
+    cards = [
+        count("old only", c["old_only"], "bad"),
+        count("conflicting", c["conflict"], "bad"),
+        count("unknown", c["unknown"], "warn"),
+        ("new only", _n(c["new_only"]), None),
+    ]
+    if r.diff is not None:
+        summary = doc_diff = diff_to_dict(r.diff)
+        cards.append(("tables", _n(summary["summary"]["tables"]), None))
+        cards.append(("rows compared", _n(summary["summary"]["rows_compared"]), None))
+    cards.append(("seconds", f"{r.elapsed_s:.2f}", None))
+    body: list[Content] = [stats(cards), section("Run", facts(run))]
+    if r.diff is not None:
+        # the per-table summary only: the differing rows are listed by origin below
+        body.append(_diff_tables(r.diff, doc_diff)[0])
+    if doc["unverified"]:
+        cells = [[code(x["table"]), x["reason"]] for x in doc["unverified"]]
+        body.append(
+            section(
+                f"{UNVERIFIED_TITLE}: {len(cells):,}",
+                table(["table", "why"], cells, tones=["warn"] * len(cells)),
+            )
+        )
+    head = ["key", "change", "columns", "old primary", "new primary", "why"]
+    for origin, title in ORIGIN_TITLES.items():
+        rows = [x for x in doc["rows"] if x["origin"] == origin]
+        if not rows:
+            continue
+        tone: Tone | None = None if origin == "new_only" else "bad"
+        parts: list[Content] = []
+        # one table per table name, as on the diff page: a name column took the width
+        # the row images need
+        for name in dict.fromkeys(x["table"] for x in rows):
+            of_table = [x for x in rows if x["table"] == name]
+            cells = [
+                [
+                    code(fmt_key(x["key"])),
+                    x["change"],
+                    ", ".join(x["columns"]),
+                    [
+                        image(x["old"], x["columns"]),
+                        el("span", instant(x["old_commit"]), class_="sub"),
+                    ],
+                    [
+                        image(x["new"], x["columns"]),
+                        el("span", instant(x["new_commit"]), class_="sub"),
+                    ],
+                    x["reason"],
+                ]
+                for x in of_table[:SHOWN]
+            ]
+            parts += [
+                el("h3", code(name), f": {len(of_table):,} row{'s' if len(of_table) != 1 else ''}"),
+                table(head, cells, word=(1,), wrap=(0,), val=(3, 4), tones=[tone] * len(cells)),
+                more(len(cells), len(of_table), "rows"),
+            ]
+        body.append(section(f"{title}: {len(rows):,}", *parts))
+    body.append(notes(r.notes))
+    tone_page = _outcome_tone(r.complete, r.status == "nothing_to_recover")
+    return page("failback", tone_page, failback_verdict(r), *body)
+
+
+_LEVEL_TONES: dict[str, Tone] = {"ok": "ok", "warn": "warn", "fail": "bad"}
+_HEALTH_TONES: dict[str, Tone] = {"ok": "ok", "problem": "bad", "unknown": "warn"}
+
+
+def health_to_html(r: HealthReport) -> str:
+    doc = health_to_dict(r)
+    run: list[tuple[str, Content]] = [
+        ("source", r.source),
+        ("target", r.target),
+        ("RPO (s)", "none" if r.rpo_seconds is None else f"{r.rpo_seconds:g}"),
+        ("lag", f"{_s(r.lag_seconds)} s, {_n(r.lag_bytes)} bytes"),
+        ("timelines", ", ".join(f"{k} {v}" for k, v in r.timelines.items()) or None),
+    ]
+    rows = [
+        [badge(f["level"], _LEVEL_TONES[f["level"]]), f["side"], f["check"], f["message"]]
+        for f in doc["findings"]
+    ]
+    tones = [_LEVEL_TONES[f["level"]] if f["level"] != "ok" else None for f in doc["findings"]]
+    body: list[Content] = [
+        section(
+            "Checks",
+            table(["level", "side", "check", "finding"], rows, word=(0, 1, 2), tones=tones),
+        ),
+        section("Pair", facts(run)),
+    ]
+    return page("health", _HEALTH_TONES[r.status], f"{r.status}: {r.source} → {r.target}", *body)
+
+
+def files_to_html(r: FilesReport) -> str:
+    doc = files_to_dict(r)
+    s = doc["summary"]
+    run: list[tuple[str, Content]] = [
+        ("A", r.dir_a),
+        ("B", r.dir_b),
+        ("entries", f"{s['files_a']:,} in A, {s['files_b']:,} in B"),
+        ("compared", f"{s['compared']:,} files, {s['hashed']:,} hashed"),
+        ("bytes read", _n(s["bytes_read"])),
+        ("symlinks", f"{s['symlinks']:,} (compared by target, not followed)"),
+    ]
+    body: list[Content] = [section("Trees", facts(run))]
+    if doc["differences"]:
+        shown = doc["differences"][:SHOWN]
+        rows = [
+            [
+                badge(d["kind"], "warn" if d["kind"] == "unreadable" else "bad"),
+                code(d["path"]),
+                d["side"] or None,
+                d["reason"] or None,
+            ]
+            for d in shown
+        ]
+        body.append(
+            section(
+                f"Differences ({len(doc['differences']):,})",
+                table(["kind", "path", "side", "detail"], rows, word=(0, 2), wrap=(1,)),
+                more(len(shown), len(doc["differences"]), "differences"),
+            )
+        )
+    tone = _outcome_tone(r.complete, r.status == "identical")
+    return page("files", tone, files_verdict(r), *body)
+
+
+# == dispatch =============================================================================
+@singledispatch
+def to_html(report: object) -> str:
+    """The page of any report (the ``html`` entry of
+    :func:`replverify.reports.common.renderers`)."""
+    raise TypeError(f"no HTML page for {type(report).__name__}")
+
+
+to_html.register(DiffReport, diff_to_html)
+to_html.register(LagReport, lag_to_html)
+to_html.register(ReconcileReport, reconcile_to_html)
+to_html.register(GateReport, gate_to_html)
+to_html.register(FailbackReport, failback_to_html)
+to_html.register(HealthReport, health_to_html)
+to_html.register(FilesReport, files_to_html)

@@ -1,0 +1,1 @@
+"""Code for tests and the demo: local clusters, sample data, the pytest plugin."""
