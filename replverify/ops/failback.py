@@ -403,10 +403,17 @@ async def _context(
     return ctx
 
 
+#: segments of NEW's own WAL after the switch read at most for the upper bound (the
+#: first writes can follow many full-page images: hint bits are WAL-logged after the
+#: promotion's checkpoint when wal_log_hints or checksums are on)
+_MAX_SEGMENTS = 4
+
+
 async def _horizon(
     nc: asyncpg.Connection, tli: int, next_new: int, notes: list[str]
 ) -> Horizon | None:
-    """Read H from NEW's WAL just around the switch to its timeline ``tli``."""
+    """Read H from NEW's WAL around the switch to its timeline ``tli``: the segment up to
+    the switch and 1 MiB after it first; more of NEW's own WAL while the bounds differ."""
     try:
         history = parse_history(await nc.fetchval(_READ_TEXT_SQL, f"pg_wal/{tli:08X}.history"))
         if history is None:
@@ -417,7 +424,6 @@ async def _horizon(
         assert wal is not None
         seg, block = int(wal["seg"]), int(wal["block"])
         name = segment_name(tli, switch, seg)
-        # OLD's records from the segment's start up to the switch, and NEW's first MiB
         upto = min(seg, (switch % seg) + (1 << 20))
         data = await nc.fetchval(_READ_SQL, f"pg_wal/{name}", 0, upto - upto % block)
     except asyncpg.PostgresError as e:
@@ -427,9 +433,26 @@ async def _horizon(
             f"in pg_wal): {e}"
         )
         return None
-    scan = scan_segment(data, switch - switch % seg, switch, block, next_new)
-    hi = next_new if scan.hi is None else min(scan.hi, next_new)
+    start = switch - switch % seg
+    scan = scan_segment(data, start, switch, block, next_new)
     lo = scan.lo if scan.lo is not None else 0
+    his = [next_new] + ([scan.hi] if scan.hi is not None else [])
+    if min(his) > lo and upto < seg:  # the rest of the switch segment
+        data = await _read_wal(nc, f"pg_wal/{name}", seg)
+        more = scan_segment(data, start, switch, block, next_new) if data else None
+        if more is not None and more.hi is not None:
+            his.append(more.hi)
+    for n in range(1, _MAX_SEGMENTS):
+        if min(his) <= lo:
+            break
+        data = await _read_wal(nc, f"pg_wal/{segment_name(tli, start + n * seg, seg)}", seg)
+        if not data:
+            break
+        more = scan_segment(data, start + n * seg, 0, block, next_new)
+        if more.hi is not None:
+            his.append(more.hi)
+    del data
+    hi = min(his)
     if lo > hi:
         notes.append(f"NEW's WAL gives contradictory xid horizon bounds ({lo} > {hi})")
         return None
@@ -441,6 +464,15 @@ async def _horizon(
             "whose xmin falls in between are 'unknown'"
         )
     return Horizon(lo, hi, source)
+
+
+async def _read_wal(nc: asyncpg.Connection, path: str, seg: int) -> bytes | None:
+    """A whole WAL segment of NEW, or None when it is not there (not written yet)."""
+    try:
+        data: bytes = await nc.fetchval(_READ_SQL, path, 0, seg)
+    except asyncpg.UndefinedFileError:
+        return None
+    return data
 
 
 _TIMELINE_SQL = """\
