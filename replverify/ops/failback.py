@@ -155,6 +155,12 @@ class FailbackReport:
     #: statements in the replay script
     replayed: int = 0
 
+    def __post_init__(self) -> None:
+        # a report built from listed rows alone (tests, callers) counts those rows
+        if self.rows and not any(self.totals.values()):
+            for r in self.rows:
+                self.totals[r.origin] += 1
+
     @property
     def unverified(self) -> list[tuple[TableRef, str]]:
         """Tables the old primary may hold unseen changes in, and why: not verified by
