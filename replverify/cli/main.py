@@ -1238,26 +1238,27 @@ def failback(
     options = api.DiffOptions(
         tables=tables, max_diffs=max_diffs, allow_same_server=allow_same_server
     )
+    failure: OutputError | None = None
     if replay_sql:
-        # streamed as rows are attributed; renamed into place once complete
-        partial = Path(replay_sql + ".partial")
+        # streamed to the file as rows are attributed (check_writable vetted the path)
         try:
-            handle = partial.open("w", encoding="utf-8")
+            handle = open(replay_sql, "w", encoding="utf-8")  # noqa: SIM115
         except OSError as e:
-            raise click.FileError(replay_sql, hint=e.strerror) from None
+            msg = f"cannot write the replay script to {replay_sql}: {e.strerror}"
+            raise OutputError(msg) from None
         with handle:
             replay = ReplayFile(handle, str(Endpoint.parse(old)), str(Endpoint.parse(new)))
-            try:
-                report = run_async(run_failback(old, new, options=options, replay=replay))
-            except BaseException:
-                handle.close()
-                partial.unlink(missing_ok=True)
-                raise
+            report = run_async(run_failback(old, new, options=options, replay=replay))
             replay.close()
-        partial.replace(replay_sql)
+        if replay.error is not None:
+            failure = OutputError(
+                f"cannot write the replay script to {replay_sql}: {replay.error.strerror}"
+            )
     else:
         report = run_async(run_failback(old, new, options=options))
     emit(FAILBACK_RENDERERS[fmt](report), output)
+    if failure is not None:
+        fail(failure)
     if not report.complete:
         sys.exit(EXIT_TROUBLE)
     sys.exit(EXIT_OK if report.status == "nothing_to_recover" else EXIT_DIFFERENT)

@@ -198,7 +198,7 @@ class ReplayFile:
     """The replay script, written statement by statement as rows are attributed."""
 
     def __init__(self, out: IO[str], old: str, new: str, now: _dt.datetime | None = None):
-        self.out = out
+        self.out = _Guarded(out)
         at = (now or _dt.datetime.now(_dt.timezone.utc)).isoformat(timespec="seconds")
         self.skipped: dict[str, int] = {"conflict": 0, "unknown": 0}
         self.statements = 0
@@ -247,6 +247,31 @@ class ReplayFile:
             + "\n"
         )
         self.out.write("COMMIT;\n")
+        try:
+            self.out.raw.flush()
+        except OSError as e:
+            self.out.error = self.out.error or e
+
+    @property
+    def error(self) -> OSError | None:
+        """Why the script could not be written (None: it was)."""
+        return self.out.error
+
+
+class _Guarded:
+    """A text file whose first write error is kept (``error``) and ends the writing, so
+    that the attribution and its report go on (the caller says the script failed)."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.raw = out
+        self.error: OSError | None = None
+
+    def write(self, text: str) -> None:
+        if self.error is None:
+            try:
+                self.raw.write(text)
+            except OSError as e:
+                self.error = e
 
 
 @dataclass
