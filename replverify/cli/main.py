@@ -1246,13 +1246,19 @@ def failback(
         except OSError as e:
             msg = f"cannot write the replay script to {replay_sql}: {e.strerror}"
             raise OutputError(msg) from None
-        with handle:
-            replay = ReplayFile(handle, str(Endpoint.parse(old)), str(Endpoint.parse(new)))
+        replay = ReplayFile(handle, str(Endpoint.parse(old)), str(Endpoint.parse(new)))
+        try:
             report = run_async(run_failback(old, new, options=options, replay=replay))
             replay.close()
-        if replay.error is not None:
+        finally:
+            error = replay.error
+            try:
+                handle.close()
+            except OSError as e:  # the last buffered write (a full disk)
+                error = error or e
+        if error is not None:
             failure = OutputError(
-                f"cannot write the replay script to {replay_sql}: {replay.error.strerror}"
+                f"cannot write the replay script to {replay_sql}: {error.strerror}"
             )
     else:
         report = run_async(run_failback(old, new, options=options))
