@@ -28,6 +28,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from replverify.testing.clusters import (
     ENV_TMPDIR,
     cluster_tmp_root,
@@ -289,7 +291,7 @@ def updated_tour(tour: str, run: TourRun) -> str:
             for line in run.outputs.get(n, []):
                 line = normal(line).rstrip()
                 if line.startswith("$ ") or line.startswith("```"):
-                    raise SystemExit(f"output that would read as markdown or a command: {line}")
+                    raise ValueError(f"output that would read as markdown or a command: {line}")
                 lines.append(line)
             n += 1
         return "```console\n" + "".join(f"{line}\n" for line in lines) + "```"
@@ -356,7 +358,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    new = updated_tour(tour, run)
+    try:
+        new = updated_tour(tour, run)
+    except ValueError as exc:
+        print(f"not written: {exc}", file=sys.stderr)
+        return 1
     if new == tour:
         print(f"{TOUR}: unchanged")
         return 0
@@ -369,6 +375,122 @@ def main(argv: list[str] | None = None) -> int:
     for problem in remaining:
         print(problem, file=sys.stderr)
     return 1 if remaining else 0
+
+
+# --------------------------------------------------------------------------- --update, pure
+
+_PAGE = """# Tour
+
+Prose before, captured on 2026-01-01 with replverify 0.0.1 and
+PostgreSQL 9.6 somewhere.
+
+```console
+$ python pair.py > tour.env; echo "[exit $?]"; cat tour.env
+[exit 0]
+export PRIMARY=postgresql://postgres@127.0.0.1:36025/shop
+export STANDBY=postgresql://postgres@127.0.0.1:42595/shop
+export CLUSTERS_DIR=/dev/shm/replverify-3_xshpel
+```
+
+```sh
+. ./tour.env
+```
+
+Prose between.
+
+```console
+$ replverify diff "$PRIMARY" "$STANDBY"; echo "[exit $?]"
+old wording
+[exit 0]
+$ cat replay.sql
+-- old script
+```
+
+```jsonl
+{"old": 1}
+```
+"""
+
+
+def _run(outputs: dict[int, list[str]], journal: str = "") -> TourRun:
+    return TourRun(tour_steps(_PAGE), 0, "", "", outputs, journal, [])
+
+
+_OUTPUTS = {
+    0: [
+        "[exit 0]",
+        "export PRIMARY=postgresql://postgres@127.0.0.1:42595/shop",  # the page's other port
+        "export STANDBY=postgresql://postgres@127.0.0.1:51000/shop",
+        "export CLUSTERS_DIR=/tmp/x/replverify-abcd1234",
+    ],
+    1: [],
+    2: [
+        "source  postgresql://postgres@127.0.0.1:42595/shop",
+        "target  postgresql://postgres@127.0.0.1:51000/shop   ",
+        "",
+        "'replverify-abcd1234-pair1' in /tmp/x/replverify-abcd1234/p",
+        "note: new wording",
+        "[exit 1]",
+    ],
+    3: ["-- new script", "SET LOCAL TimeZone = 'UTC';"],
+}
+
+
+def test_update_writes_the_output_and_keeps_the_prose_and_the_commands():
+    new = updated_tour(_PAGE, _run(_OUTPUTS, '{"new": 1}\n'))
+    assert "Prose before, captured on " in new and "Prose between." in new
+    assert "```sh\n. ./tour.env\n```" in new
+    assert tour_steps(new) == [
+        dataclasses.replace(step, shown=shown)
+        for step, shown in zip(
+            tour_steps(_PAGE),
+            [
+                [
+                    "[exit 0]",
+                    "export PRIMARY=postgresql://postgres@127.0.0.1:36025/shop",
+                    "export STANDBY=postgresql://postgres@127.0.0.1:42595/shop",
+                    "export CLUSTERS_DIR=/dev/shm/replverify-3_xshpel",
+                ],
+                [],
+                [
+                    "source  postgresql://postgres@127.0.0.1:36025/shop",
+                    "target  postgresql://postgres@127.0.0.1:42595/shop",
+                    "",
+                    "'replverify-3_xshpel-pair1' in /dev/shm/replverify-3_xshpel/p",
+                    "note: new wording",
+                    "[exit 1]",
+                ],
+                ["-- new script", "SET LOCAL TimeZone = 'UTC';"],
+            ],
+            strict=True,
+        )
+    ]
+    assert '```jsonl\n{"new": 1}\n```' in new
+    version = importlib.metadata.version("replverify")
+    assert re.search(
+        rf"captured on \d{{4}}-\d\d-\d\d with replverify {re.escape(version)} and\n"
+        rf"PostgreSQL \d+\.\d+ somewhere",
+        new,
+    )
+    assert updated_tour(new, _run(_OUTPUTS, '{"new": 1}\n')).count("```") == new.count("```")
+
+
+def test_update_compares_clean_against_the_run_it_came_from():
+    run = _run(_OUTPUTS, '{"new": 1}\n')
+    assert tour_problems(_PAGE, run)
+    assert tour_problems(updated_tour(_PAGE, run), run) == []
+
+
+def test_update_reports_changed_exit_statuses():
+    (changed,) = changed_exits(_run(_OUTPUTS))
+    assert changed.startswith('$ replverify diff "$PRIMARY"')
+    assert "shown ['[exit 0]'], got ['[exit 1]']" in changed
+
+
+def test_update_refuses_output_that_would_read_as_a_command():
+    outputs = {**_OUTPUTS, 3: ["$ rm -rf /"]}
+    with pytest.raises(ValueError, match="would read as markdown or a command"):
+        updated_tour(_PAGE, _run(outputs))
 
 
 if __name__ == "__main__":
