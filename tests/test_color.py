@@ -20,12 +20,14 @@ from replverify.ops.files import FileDifference, FilesReport
 from replverify.ops.gate import GateReport
 from replverify.ops.health import Finding, HealthReport
 from replverify.reconcile.run import MemoryTarget, reconcile_with
-from replverify.reports.common import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
-from replverify.reports.ops import (
+from replverify.reports.formats import (
+    DIFF_RENDERERS,
     FAILBACK_RENDERERS,
     FILES_RENDERERS,
     GATE_RENDERERS,
     HEALTH_RENDERERS,
+    LAG_RENDERERS,
+    RECONCILE_RENDERERS,
 )
 from replverify.types import Column, ColumnType, DiffReport, Missing, TableRef, TableResult
 

@@ -6,7 +6,7 @@ import pytest
 
 from replverify.api import DiffOptions, diff
 from replverify.errors import ConnectError, UsageError
-from replverify.reports.common import diff_to_dict
+from replverify.reports.diff import diff_to_dict
 from replverify.testing.clusters import execute
 from replverify.types import Changed, Extra, Missing
 

@@ -6,7 +6,7 @@ import asyncio
 
 from replverify.api import DiffOptions, diff
 from replverify.cli.main import diff_exit_code
-from replverify.reports.common import diff_to_dict, diff_to_text
+from replverify.reports.diff import diff_to_dict, diff_to_text
 from replverify.testing.clusters import wait_for_replay
 
 

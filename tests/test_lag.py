@@ -44,7 +44,8 @@ from replverify.lag.sampler import (
     percentile,
     snapshot,
 )
-from replverify.reports.common import LAG_RENDERERS, lag_to_dict
+from replverify.reports.formats import LAG_RENDERERS
+from replverify.reports.lag import lag_to_dict
 from replverify.testing.clusters import (
     cut_replication,
     pause_replay,

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from replverify.cli.main import main
-from replverify.reports.common import fmt_chance
+from replverify.reports.diff import fmt_chance
 from replverify.testing.clusters import pause_replay, resume_replay
 
 
@@ -82,7 +82,7 @@ def test_collision_bound_is_readable() -> None:
 
 async def test_lag_paused_note_names_the_paused_samples_and_the_resume(pair) -> None:  # type: ignore[no-untyped-def]
     from replverify.lag.sampler import LagSample, measure_lag
-    from replverify.reports.common import lag_to_text
+    from replverify.reports.lag import lag_to_text
 
     async def pause_then_resume(s: LagSample) -> None:
         taken.append(s)

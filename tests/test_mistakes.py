@@ -74,9 +74,10 @@ async def test_failback_with_old_and_new_swapped_is_refused(clusters, make_db) -
 
 def test_counts_are_pluralized() -> None:
     from replverify.ops.failback import FailbackReport, FailbackRow
-    from replverify.reports.common import count, table_verdict
+    from replverify.reports.diff import table_verdict
     from replverify.reports.ops import failback_verdict
     from replverify.types import TableRef, TableResult
+    from replverify.values.wording import count
 
     assert (count(1, "row"), count(2, "row"), count(1000, "entry", "entries")) == (
         "1 row",
@@ -96,7 +97,8 @@ def test_counts_are_pluralized() -> None:
 
 
 def test_one_value_has_one_presentation() -> None:
-    from replverify.reports.common import _journal_json, fmt_key, fmt_values
+    from replverify.reports.formatting import fmt_key, fmt_values
+    from replverify.reports.reconcile import _journal_json
 
     # the journal's JSON false and the database's text f are the same boolean
     assert fmt_values({"paid": False}) == fmt_values({"paid": "f"}) == 'paid="f"'
@@ -105,7 +107,8 @@ def test_one_value_has_one_presentation() -> None:
 
 
 def test_measured_durations_have_one_format() -> None:
-    from replverify.reports.common import diff_facts, diff_verdict, fmt_seconds
+    from replverify.reports.diff import diff_facts, diff_verdict
+    from replverify.reports.formatting import fmt_seconds
     from replverify.types import DiffReport
 
     report = DiffReport("a", "b", [], elapsed_s=18.4567)

@@ -34,7 +34,7 @@ from replverify.reconcile.run import (
     reconcile,
     reconcile_with,
 )
-from replverify.reports.common import reconcile_to_dict
+from replverify.reports.reconcile import reconcile_to_dict
 from replverify.testing import clusters as testing
 from replverify.types import Column, ColumnType, TableRef
 

@@ -34,14 +34,16 @@ from replverify.ops.gate import GateReport
 from replverify.ops.health import Finding as HealthFinding
 from replverify.ops.health import HealthReport
 from replverify.reconcile.run import MemoryTarget, ReconcileReport, reconcile_with
-from replverify.reports.common import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
-from replverify.reports.html import ticks
-from replverify.reports.ops import (
+from replverify.reports.formats import (
+    DIFF_RENDERERS,
     FAILBACK_RENDERERS,
     FILES_RENDERERS,
     GATE_RENDERERS,
     HEALTH_RENDERERS,
+    LAG_RENDERERS,
+    RECONCILE_RENDERERS,
 )
+from replverify.reports.html import ticks
 from replverify.types import (
     Changed,
     Column,

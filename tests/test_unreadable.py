@@ -16,14 +16,10 @@ from replverify.cli.main import diff_exit_code, main
 from replverify.ops import failback as failback_module
 from replverify.ops.failback import failback
 from replverify.ops.gate import gate
-from replverify.reports.common import diff_to_dict, diff_to_markdown, diff_to_text
+from replverify.reports.diff import diff_to_dict, diff_to_markdown, diff_to_text
+from replverify.reports.formats import FAILBACK_RENDERERS, GATE_RENDERERS
 from replverify.reports.html import to_html
-from replverify.reports.ops import (
-    FAILBACK_RENDERERS,
-    GATE_RENDERERS,
-    failback_to_dict,
-    gate_to_dict,
-)
+from replverify.reports.ops import failback_to_dict, gate_to_dict
 from replverify.testing.clusters import execute, wait_for_replay
 from replverify.types import Missing
 

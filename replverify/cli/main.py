@@ -36,13 +36,8 @@ from replverify.errors import (
     ServerError,
 )
 from replverify.lag.sampler import LagReport, LagSample, measure_lag
-from replverify.reports.common import (
-    DIFF_RENDERERS,
-    LAG_RENDERERS,
-    lag_sample_line,
-    lag_samples_header,
-    lag_to_text,
-)
+from replverify.reports.formats import DIFF_RENDERERS, LAG_RENDERERS
+from replverify.reports.lag import lag_sample_line, lag_samples_header, lag_to_text
 from replverify.types import DiffReport, TableRef
 from replverify.values.canonical import Compare
 
@@ -1081,7 +1076,7 @@ def reconcile(
     from replverify.reconcile.replay import replay_script
     from replverify.reconcile.run import parse_since
     from replverify.reconcile.run import reconcile as run_reconcile
-    from replverify.reports.common import RECONCILE_RENDERERS
+    from replverify.reports.formats import RECONCILE_RENDERERS
 
     try:
         since_ts = parse_since(since) if since else None
@@ -1154,7 +1149,7 @@ def gate(
     different, 2 on trouble.
     """
     from replverify.ops.gate import gate as run_gate
-    from replverify.reports.ops import GATE_RENDERERS
+    from replverify.reports.formats import GATE_RENDERERS
 
     show = sys.stderr.isatty() if progress is None else progress
 
@@ -1222,7 +1217,7 @@ def failback(
     """
     from replverify.ops.failback import failback as run_failback
     from replverify.ops.failback import replay_script
-    from replverify.reports.ops import FAILBACK_RENDERERS
+    from replverify.reports.formats import FAILBACK_RENDERERS
 
     options = api.DiffOptions(tables=tables, allow_same_server=allow_same_server)
     report = run_async(run_failback(old, new, options=options))
@@ -1251,7 +1246,7 @@ def health(source: str, target: str, rpo: float | None, fmt: str, output: str | 
     --rpo) and timelines. Exit 0 all ok, 1 a problem found, 2 could not check.
     """
     from replverify.ops.health import health as run_health
-    from replverify.reports.ops import HEALTH_RENDERERS
+    from replverify.reports.formats import HEALTH_RENDERERS
 
     report = run_async(run_health(source, target, rpo=rpo))
     emit(HEALTH_RENDERERS[fmt](report), output)
@@ -1308,7 +1303,7 @@ def files(
     from replverify.errors import UsageError
     from replverify.ops.files import HashLedger, compare_objects, compare_trees
     from replverify.ops.objstore import StoreError, is_local, local_path, open_store
-    from replverify.reports.ops import FILES_RENDERERS
+    from replverify.reports.formats import FILES_RENDERERS
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = FilesProgress(show)

@@ -46,9 +46,9 @@ from replverify.db.connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect,
 from replverify.diff.sql import DIALECT, ident, set_local
 from replverify.errors import UsageError
 from replverify.reconcile.replay import delete_statement, insert_statement, update_statement
-from replverify.reports.common import count
 from replverify.types import Changed, DiffReport, Extra, Key, Missing, TableRef, TableResult
 from replverify.values.canonical import jsonable
+from replverify.values.wording import count
 
 __all__ = ["FAILBACK_SCHEMA", "FailbackReport", "FailbackRow", "failback", "replay_script"]
 

@@ -3,7 +3,7 @@
 A page carries its CSS inline and draws the lag chart as inline SVG; it has no scripts and
 loads nothing (its Content-Security-Policy tells the browser so too). The pages show
 what the text and JSON reports show, through the same helpers of
-:mod:`replverify.reports.common` and :mod:`replverify.reports.ops`.
+:mod:`replverify.reports.diff`, ``lag``, ``reconcile`` and ``ops``.
 
 Escaping has one rule: :func:`el` escapes every ``str`` it is given (table names, keys,
 values, DSNs, notes) with :func:`html.escape`; only :class:`Html`, made by :func:`el`
@@ -27,25 +27,14 @@ from replverify.ops.files import FilesReport
 from replverify.ops.gate import GateReport
 from replverify.ops.health import HealthReport
 from replverify.reconcile.run import Finding, ReconcileReport
-from replverify.reports.common import (
-    APPLIED,
-    clock,
-    diff_facts,
-    diff_to_dict,
-    diff_verdict,
-    fmt_key,
-    fmt_values,
-    key_label,
+from replverify.reports.diff import diff_facts, diff_to_dict, diff_verdict, key_label, table_verdict
+from replverify.reports.formatting import clock, fmt_key, fmt_values, value_pairs
+from replverify.reports.lag import (
     lag_notes,
     lag_sample_line,
     lag_to_dict,
     lag_verdict,
-    reconcile_to_dict,
-    reconcile_verdict,
     replication_lines,
-    row_history,
-    table_verdict,
-    value_pairs,
 )
 from replverify.reports.ops import (
     GATE_VERDICT,
@@ -58,6 +47,7 @@ from replverify.reports.ops import (
     gate_to_dict,
     health_to_dict,
 )
+from replverify.reports.reconcile import APPLIED, reconcile_to_dict, reconcile_verdict, row_history
 from replverify.types import DiffReport, TableResult
 
 __all__ = [
@@ -1019,7 +1009,7 @@ def files_to_html(r: FilesReport) -> str:
 @singledispatch
 def to_html(report: object) -> str:
     """The page of any report (the ``html`` entry of
-    :func:`replverify.reports.common.renderers`)."""
+    :func:`replverify.reports.formats.renderers`)."""
     raise TypeError(f"no HTML page for {type(report).__name__}")
 
 

@@ -1,6 +1,6 @@
 """Renderers for the failover toolkit: gate, failback, health and files, each as text,
 JSON (``replverify.<name>/1``) and Markdown. The diff inside a gate or failback report
-uses :mod:`replverify.reports.common`'s own ``replverify.diff/1`` form."""
+uses :mod:`replverify.reports.diff`'s own ``replverify.diff/1`` form."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from replverify.ops.failback import FAILBACK_SCHEMA, FailbackReport, FailbackRow
 from replverify.ops.files import FILES_SCHEMA, FilesReport, RpoCheck
 from replverify.ops.gate import GateReport
 from replverify.ops.health import HEALTH_SCHEMA, HealthReport
-from replverify.reports.common import (
-    count,
-    diff_to_dict,
+from replverify.reports.diff import diff_to_dict
+from replverify.reports.formatting import (
     fmt_key,
     fmt_seconds,
     iso_utc,
@@ -22,17 +21,13 @@ from replverify.reports.common import (
     md_notes,
     md_pair,
     md_text,
-    renderers,
 )
 from replverify.values.lsn import format_lsn
+from replverify.values.wording import count
 
 __all__ = [
-    "FAILBACK_RENDERERS",
-    "FILES_RENDERERS",
-    "GATE_RENDERERS",
     "GATE_SCHEMA",
     "GATE_VERDICT",
-    "HEALTH_RENDERERS",
     "ORIGIN_TITLES",
     "UNVERIFIED_TITLE",
     "failback_to_dict",
@@ -431,9 +426,3 @@ def files_to_markdown(r: FilesReport) -> str:
         if len(r.differences) > 1000:
             out += ["", f"… and {len(r.differences) - 1000:,} more (--format json)"]
     return "\n".join(out) + "\n"
-
-
-GATE_RENDERERS = renderers(gate_to_text, gate_to_dict, gate_to_markdown)
-FAILBACK_RENDERERS = renderers(failback_to_text, failback_to_dict, failback_to_markdown)
-HEALTH_RENDERERS = renderers(health_to_text, health_to_dict, health_to_markdown)
-FILES_RENDERERS = renderers(files_to_text, files_to_dict, files_to_markdown)

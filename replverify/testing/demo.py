@@ -25,8 +25,10 @@ from replverify.lag.sampler import measure_lag
 from replverify.ops.failback import failback
 from replverify.reconcile.replay import replay_script
 from replverify.reconcile.run import reconcile
-from replverify.reports.common import diff_to_text, lag_to_text, reconcile_to_text
+from replverify.reports.diff import diff_to_text
+from replverify.reports.lag import lag_to_text
 from replverify.reports.ops import failback_to_text
+from replverify.reports.reconcile import reconcile_to_text
 from replverify.testing import clusters as testing
 from replverify.testing import sample
 
