@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from replverify.cli import main as cli
 from replverify.cli.main import colorize, main
 from replverify.db.catalog import TableInfo
-from replverify.lag.sampler import LagReport, LagSample, ReplicationState
+from replverify.lag.model import LagReport, LagSample, ReplicationState
 from replverify.ops.failback import FailbackReport
 from replverify.ops.files import FileDifference, FilesReport
 from replverify.ops.gate import GateReport

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from replverify.cli.main import main
 from replverify.lag.metrics import DIFF_METRICS, LAG_METRICS, DiffMetrics, LagMetrics
-from replverify.lag.sampler import LagSample
+from replverify.lag.model import LagSample
 from replverify.testing.clusters import free_port
 from replverify.types import DiffReport, TableRef, TableResult
 

@@ -21,8 +21,7 @@ from click.testing import CliRunner
 from replverify.cli.main import lag_exit_code, main
 from replverify.db.connect import Endpoint, connect
 from replverify.errors import UsageError
-from replverify.lag.sampler import (
-    HEARTBEAT_DDL,
+from replverify.lag.model import (
     METHODS,
     HeartbeatWrite,
     LagReport,
@@ -40,10 +39,10 @@ from replverify.lag.sampler import (
     judge,
     lag_from_heartbeat,
     lag_from_lsn,
-    measure_lag,
     percentile,
-    snapshot,
 )
+from replverify.lag.probe import HEARTBEAT_DDL
+from replverify.lag.sampler import measure_lag, snapshot
 from replverify.reports.formats import LAG_RENDERERS
 from replverify.reports.lag import lag_to_dict
 from replverify.testing.clusters import (

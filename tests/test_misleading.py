@@ -81,7 +81,8 @@ def test_collision_bound_is_readable() -> None:
 
 
 async def test_lag_paused_note_names_the_paused_samples_and_the_resume(pair) -> None:  # type: ignore[no-untyped-def]
-    from replverify.lag.sampler import LagSample, measure_lag
+    from replverify.lag.model import LagSample
+    from replverify.lag.sampler import measure_lag
     from replverify.reports.lag import lag_to_text
 
     async def pause_then_resume(s: LagSample) -> None:
@@ -111,7 +112,7 @@ async def test_lag_paused_note_names_the_paused_samples_and_the_resume(pair) -> 
 def test_paused_note_still_paused_at_the_end() -> None:
     from datetime import datetime, timedelta, timezone
 
-    from replverify.lag.sampler import LagSample, paused_note
+    from replverify.lag.model import LagSample, paused_note
 
     t0 = datetime(2026, 12, 2, 1, 0, tzinfo=timezone.utc)
     samples = [

@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 from replverify.cli.main import main
 from replverify.db.catalog import TableInfo
-from replverify.lag.sampler import LagReport, LagSample, ReplicationState
+from replverify.lag.model import LagReport, LagSample, ReplicationState
 from replverify.ops.failback import FailbackReport, FailbackRow
 from replverify.ops.files import FileDifference, FilesReport
 from replverify.ops.gate import GateReport
@@ -60,7 +60,7 @@ EVIL = '<script>alert("x")</script>'
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
 SOURCE = "postgresql://app@db1:5432/shop"
 TARGET = "postgresql://app@db2:5432/shop"
-# rgb of the banner colours in report_html.CSS
+# rgb of the banner colours in replverify/reports/report.css
 RED, GREEN, BLUE = (0xB4, 0x23, 0x18), (0x1A, 0x7F, 0x37), (0x17, 0x5C, 0xD3)
 
 

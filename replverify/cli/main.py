@@ -35,7 +35,8 @@ from replverify.errors import (
     ReplverifyError,
     ServerError,
 )
-from replverify.lag.sampler import LagReport, LagSample, measure_lag
+from replverify.lag.model import LagReport, LagSample
+from replverify.lag.sampler import measure_lag
 from replverify.reports.formats import DIFF_RENDERERS, LAG_RENDERERS
 from replverify.reports.lag import lag_sample_line, lag_samples_header, lag_to_text
 from replverify.types import DiffReport, TableRef
@@ -1028,7 +1029,7 @@ def lag_exit_code(report: LagReport) -> int:
     required=True,
     type=click.Path(dir_okay=False),
     metavar="FILE",
-    help="The application's write journal (JSON Lines, see DESIGN.md).",
+    help="The application's write journal (JSON Lines, see docs/journal.md).",
 )
 @click.option(
     "--target",

@@ -26,7 +26,7 @@ from replverify.diff.sources import DigestMode, PostgresSource, RowHasher
 from replverify.diff.sql import ALIAS, TableSQL, parse_where, quote_table
 from replverify.diff.state import StateFile, TableCheckpoint
 from replverify.errors import ReplverifyError, SchemaError, UsageError
-from replverify.lag.sampler import LsnHistory
+from replverify.lag.model import LsnHistory
 from replverify.lag.sampler import snapshot as lag_snapshot
 from replverify.types import DiffReport, TableRef, TableResult
 from replverify.values.canonical import Compare, encode_row

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from replverify import __version__
 from replverify.db.connect import Endpoint
 from replverify.errors import MetricsError
-from replverify.lag.sampler import LagSample, judge
+from replverify.lag.model import LagSample, judge
 
 if TYPE_CHECKING:
     from replverify.types import DiffReport

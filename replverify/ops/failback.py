@@ -50,9 +50,8 @@ from replverify.types import Changed, DiffReport, Extra, Key, Missing, TableRef,
 from replverify.values.canonical import jsonable
 from replverify.values.wording import count
 
-__all__ = ["FAILBACK_SCHEMA", "FailbackReport", "FailbackRow", "failback", "replay_script"]
+__all__ = ["FailbackReport", "FailbackRow", "failback", "replay_script"]
 
-FAILBACK_SCHEMA = "replverify.failback/1"
 Origin = Literal["old_only", "new_only", "conflict", "unknown"]
 Change = Literal["insert", "update", "delete"]
 

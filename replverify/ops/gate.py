@@ -32,7 +32,8 @@ from replverify import api
 from replverify.db import catalog
 from replverify.db.connect import DB_ERRORS, Endpoint, connect, trouble
 from replverify.errors import UsageError
-from replverify.lag.sampler import ReplicationState, replication_state
+from replverify.lag.model import ReplicationState
+from replverify.lag.probe import replication_state
 from replverify.types import DiffReport
 
 __all__ = ["FENCE_SQL", "UNFENCE_SQL", "GateReport", "gate"]

@@ -9,7 +9,15 @@ from typing import Any, TypeVar
 
 from replverify.reports.diff import diff_to_dict, diff_to_markdown, diff_to_text
 from replverify.reports.formatting import to_json
-from replverify.reports.html import to_html
+from replverify.reports.html import (
+    diff_to_html,
+    failback_to_html,
+    files_to_html,
+    gate_to_html,
+    health_to_html,
+    lag_to_html,
+    reconcile_to_html,
+)
 from replverify.reports.lag import lag_to_dict, lag_to_markdown, lag_to_text
 from replverify.reports.ops import (
     failback_to_dict,
@@ -31,32 +39,29 @@ R = TypeVar("R")
 
 
 def renderers(
-    text: Callable[[R], str], as_dict: Callable[[R], dict[str, Any]], markdown: Callable[[R], str]
+    text: Callable[[R], str],
+    as_dict: Callable[[R], dict[str, Any]],
+    markdown: Callable[[R], str],
+    html: Callable[[R], str],
 ) -> dict[str, Callable[[R], str]]:
     """The ``--format`` choices of one report kind: text, JSON of ``as_dict``, Markdown,
-    and a self-contained HTML page."""
+    and a self-contained HTML page (:mod:`replverify.reports.html`)."""
     return {
         "text": text,
         "json": lambda r: to_json(as_dict(r)),
         "markdown": markdown,
-        "html": html_page,
+        "html": html,
     }
 
 
-def html_page(report: object) -> str:
-    """Any report as one self-contained HTML page (:mod:`replverify.reports.html`)."""
-    return to_html(report)
-
-
-DIFF_RENDERERS = renderers(diff_to_text, diff_to_dict, diff_to_markdown)
-
-
-LAG_RENDERERS = renderers(lag_to_text, lag_to_dict, lag_to_markdown)
-
-
-RECONCILE_RENDERERS = renderers(reconcile_to_text, reconcile_to_dict, reconcile_to_markdown)
-
-GATE_RENDERERS = renderers(gate_to_text, gate_to_dict, gate_to_markdown)
-FAILBACK_RENDERERS = renderers(failback_to_text, failback_to_dict, failback_to_markdown)
-HEALTH_RENDERERS = renderers(health_to_text, health_to_dict, health_to_markdown)
-FILES_RENDERERS = renderers(files_to_text, files_to_dict, files_to_markdown)
+DIFF_RENDERERS = renderers(diff_to_text, diff_to_dict, diff_to_markdown, diff_to_html)
+LAG_RENDERERS = renderers(lag_to_text, lag_to_dict, lag_to_markdown, lag_to_html)
+RECONCILE_RENDERERS = renderers(
+    reconcile_to_text, reconcile_to_dict, reconcile_to_markdown, reconcile_to_html
+)
+GATE_RENDERERS = renderers(gate_to_text, gate_to_dict, gate_to_markdown, gate_to_html)
+FAILBACK_RENDERERS = renderers(
+    failback_to_text, failback_to_dict, failback_to_markdown, failback_to_html
+)
+HEALTH_RENDERERS = renderers(health_to_text, health_to_dict, health_to_markdown, health_to_html)
+FILES_RENDERERS = renderers(files_to_text, files_to_dict, files_to_markdown, files_to_html)

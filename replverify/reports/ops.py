@@ -4,12 +4,8 @@ uses :mod:`replverify.reports.diff`'s own ``replverify.diff/1`` form."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from replverify.ops.failback import FAILBACK_SCHEMA, FailbackReport, FailbackRow
-from replverify.ops.files import FILES_SCHEMA, FilesReport, RpoCheck
-from replverify.ops.gate import GateReport
-from replverify.ops.health import HEALTH_SCHEMA, HealthReport
 from replverify.reports.diff import diff_to_dict
 from replverify.reports.formatting import (
     fmt_key,
@@ -25,9 +21,18 @@ from replverify.reports.formatting import (
 from replverify.values.lsn import format_lsn
 from replverify.values.wording import count
 
+if TYPE_CHECKING:  # the records only: their modules do I/O, rendering must not import it
+    from replverify.ops.failback import FailbackReport, FailbackRow
+    from replverify.ops.files import FilesReport, RpoCheck
+    from replverify.ops.gate import GateReport
+    from replverify.ops.health import HealthReport
+
 __all__ = [
+    "FAILBACK_SCHEMA",
+    "FILES_SCHEMA",
     "GATE_SCHEMA",
     "GATE_VERDICT",
+    "HEALTH_SCHEMA",
     "ORIGIN_TITLES",
     "UNVERIFIED_TITLE",
     "failback_to_dict",
@@ -39,6 +44,9 @@ __all__ = [
 ]
 
 GATE_SCHEMA = "replverify.gate/1"
+FAILBACK_SCHEMA = "replverify.failback/1"
+HEALTH_SCHEMA = "replverify.health/1"
+FILES_SCHEMA = "replverify.files/1"
 SHOWN = 50
 
 

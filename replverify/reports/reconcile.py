@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from replverify.reconcile.run import Detail, Finding, ReconcileReport
 from replverify.reports.formatting import (
     fmt_key,
     fmt_seconds,
@@ -15,6 +14,9 @@ from replverify.reports.formatting import (
     md_head,
     md_notes,
 )
+
+if TYPE_CHECKING:  # the records only: their module does I/O, rendering must not import it
+    from replverify.reconcile.run import Detail, Finding, ReconcileReport
 
 # -- reconcile --------------------------------------------------------------------------------
 RECONCILE_SCHEMA = "replverify.reconcile/1"
