@@ -1,8 +1,9 @@
 """HTML: every report as one self-contained page, for CI artifacts, mail and browsers.
 
-A page carries its CSS inline and draws the lag chart as inline SVG; it has no scripts and
-loads nothing (its Content-Security-Policy tells the browser so too). The pages show
-what the text and JSON reports show, through the same helpers of
+A page carries its CSS (the package resource ``report.css``) inline and draws the lag
+chart as inline SVG; it has no scripts and loads nothing (its Content-Security-Policy
+tells the browser so too). The pages show what the text and JSON reports show, through
+the same helpers of
 :mod:`replverify.reports.diff`, ``lag``, ``reconcile`` and ``ops``.
 
 Escaping has one rule: :func:`el` escapes every ``str`` it is given (table names, keys,
@@ -17,16 +18,11 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import singledispatch
-from typing import Any, Literal
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Literal
 
 from replverify import __version__
-from replverify.lag.sampler import LagReport
-from replverify.ops.failback import FailbackReport
-from replverify.ops.files import FilesReport
-from replverify.ops.gate import GateReport
-from replverify.ops.health import HealthReport
-from replverify.reconcile.run import Finding, ReconcileReport
+from replverify.lag.model import LagReport
 from replverify.reports.diff import diff_facts, diff_to_dict, diff_verdict, key_label, table_verdict
 from replverify.reports.formatting import clock, fmt_key, fmt_values, value_pairs
 from replverify.reports.lag import (
@@ -50,6 +46,13 @@ from replverify.reports.ops import (
 from replverify.reports.reconcile import APPLIED, reconcile_to_dict, reconcile_verdict, row_history
 from replverify.types import DiffReport, TableResult
 
+if TYPE_CHECKING:  # the records only: their modules do I/O, rendering must not import it
+    from replverify.ops.failback import FailbackReport
+    from replverify.ops.files import FilesReport
+    from replverify.ops.gate import GateReport
+    from replverify.ops.health import HealthReport
+    from replverify.reconcile.run import Finding, ReconcileReport
+
 __all__ = [
     "Html",
     "diff_to_html",
@@ -60,7 +63,6 @@ __all__ = [
     "health_to_html",
     "lag_to_html",
     "reconcile_to_html",
-    "to_html",
 ]
 
 Tone = Literal["ok", "bad", "warn", "info"]
@@ -234,98 +236,8 @@ def image(values: dict[str, Any] | None, changed: Sequence[str] = ()) -> Html:
     return el("code", parts)
 
 
-CSS = """
-:root { --ok: #1a7f37; --bad: #b42318; --warn: #b54708; --info: #175cd3;
-  --muted: #667085; --line: #e4e7ec; --alt: #f8f9fb; }
-* { box-sizing: border-box; }
-body { margin: 0; color: #101828; background: #fff;
-  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue",
-  "Liberation Sans", "DejaVu Sans", Arial, sans-serif; }
-header.banner { padding: 16px 32px 18px; color: #fff; }
-header.ok { background: var(--ok); } header.bad { background: var(--bad); }
-header.warn { background: var(--warn); } header.info { background: var(--info); }
-header .kind { margin: 0; font-size: 12px; letter-spacing: .06em; text-transform: uppercase;
-  opacity: .85; }
-header h1 { margin: 4px 0 0; font-size: 20px; font-weight: 600; overflow-wrap: anywhere; }
-header .generated { margin: 6px 0 0; font-size: 12px; opacity: .85; }
-main { padding: 4px 32px 24px; max-width: 1500px; }
-section { margin-top: 26px; }
-h2 { font-size: 15px; margin: 0 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
-.stats { display: flex; flex-wrap: wrap; gap: 12px; margin-top: 20px; }
-.stats > div { border: 1px solid var(--line); border-radius: 8px; padding: 8px 16px;
-  min-width: 118px; }
-.stats .num { display: block; font-size: 22px; font-weight: 600;
-  font-variant-numeric: tabular-nums; }
-.stats .label { color: var(--muted); font-size: 12px; }
-.stats .bad .num { color: var(--bad); } .stats .warn .num { color: var(--warn); }
-.stats .ok .num { color: var(--ok); }
-dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 3px 18px; margin: 0; }
-dl.facts div { display: contents; }
-dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; overflow-wrap: anywhere; }
-table { border-collapse: collapse; width: 100%; font-size: 13px; }
-.scroll { overflow-x: auto; }
-/* break-word, not anywhere: anywhere lets the table layout crush a column below its
-   longest word ("upd ate"); a table that cannot fit scrolls inside .scroll instead */
-th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line);
-  vertical-align: top; overflow-wrap: break-word; }
-th { background: var(--alt); font-weight: 600; }
-th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.num { white-space: nowrap; }
-td.word { white-space: nowrap; }
-/* a key or row image wraps between its pairs; only a pair longer than the column's
-   minimum breaks inside */
-td.wrap { min-width: 12ch; } td.wrap.val { min-width: 20ch; }
-td.wrap code { overflow-wrap: anywhere; }
-mark { background: #fef0c7; color: inherit; border-radius: 3px; padding: 0 2px; }
-td > p { margin: 0 0 4px; }
-/* values in a cell's facts (reconcile's explanation) keep a readable width */
-td dl.facts dd { min-width: 12ch; }
-tr.bad > td:first-child { box-shadow: inset 3px 0 var(--bad); }
-tr.warn > td:first-child { box-shadow: inset 3px 0 var(--warn); }
-code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "Liberation Mono",
-  "DejaVu Sans Mono", monospace; font-size: 12.5px; }
-pre { background: var(--alt); padding: 8px 12px; border-radius: 6px; overflow-x: auto;
-  margin: 8px 0 0; }
-.badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px;
-  font-weight: 600; background: var(--line); white-space: nowrap; }
-.badge.ok { background: #dcfae6; color: var(--ok); }
-.badge.bad { background: #fee4e2; color: var(--bad); }
-.badge.warn { background: #fef0c7; color: var(--warn); }
-.badge.info { background: #d1e9ff; color: var(--info); }
-.note { background: #fffaeb; border-left: 3px solid var(--warn); padding: 5px 10px;
-  margin: 6px 0; }
-.error { color: var(--bad); font-weight: 600; }
-.muted, .sub { color: var(--muted); }
-.sub { display: block; font-size: 12px; }
-details > summary { cursor: pointer; font-weight: 600; font-size: 15px; margin-bottom: 8px; }
-figure { margin: 0; }
-figcaption { color: var(--muted); font-size: 12px; margin: 2px 0 10px 76px; }
-figcaption span { margin-right: 16px; white-space: nowrap; }
-.key { display: inline-block; width: 9px; height: 9px; border-radius: 50%;
-  background: var(--info); margin-right: 5px; }
-.key.bound { background: #fff; border: 1.5px solid var(--info); }
-.key.over { background: var(--bad); }
-.key.bound.over { background: #fff; border: 2px solid var(--bad); }
-.key.rpo { width: 18px; height: 0; border-radius: 0; border-top: 2px dashed var(--bad);
-  background: none; vertical-align: middle; }
-svg.chart { display: block; width: 100%; max-width: 1100px; height: auto; }
-svg.chart text { font-size: 12px; fill: #475467; }
-svg.chart .grid { stroke: var(--line); }
-svg.chart .axis { stroke: #98a2b3; }
-svg.chart .series { fill: none; stroke: var(--info); stroke-width: 1.5; }
-svg.chart .pt { fill: var(--info); }
-svg.chart .pt.over { fill: var(--bad); stroke: var(--bad); }
-svg.chart .pt.bound { fill: #fff; stroke: var(--info); stroke-width: 1.5; }
-svg.chart .pt.bound.over { fill: #fff; stroke: var(--bad); stroke-width: 2; }
-svg.chart .rpo { stroke: var(--bad); stroke-width: 1.5; stroke-dasharray: 6 4; }
-svg.chart text.rpo { fill: var(--bad); stroke: none; font-weight: 600; }
-footer { padding: 0 32px 24px; color: var(--muted); font-size: 12px; }
-h3 { font-size: 13px; margin: 14px 0 6px; }
-@media (max-width: 900px) { header.banner { padding: 14px 16px 16px; }
-  main { padding: 4px 16px 20px; } footer { padding: 0 16px 20px; } }
-@media print { header.banner, .badge, .stats { print-color-adjust: exact;
-  -webkit-print-color-adjust: exact; } }
-"""
+#: The page's style sheet, a package resource (``report.css``), inlined in every page.
+CSS = resources.files("replverify.reports").joinpath("report.css").read_text(encoding="utf-8")
 
 #: Nothing may load: no scripts, fonts, images or frames, only the inline styles.
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'"
@@ -1003,20 +915,3 @@ def files_to_html(r: FilesReport) -> str:
         )
     tone = _outcome_tone(r.complete, r.status == "identical")
     return page("files", tone, files_verdict(r), *body)
-
-
-# == dispatch =============================================================================
-@singledispatch
-def to_html(report: object) -> str:
-    """The page of any report (the ``html`` entry of
-    :func:`replverify.reports.formats.renderers`)."""
-    raise TypeError(f"no HTML page for {type(report).__name__}")
-
-
-to_html.register(DiffReport, diff_to_html)
-to_html.register(LagReport, lag_to_html)
-to_html.register(ReconcileReport, reconcile_to_html)
-to_html.register(GateReport, gate_to_html)
-to_html.register(FailbackReport, failback_to_html)
-to_html.register(HealthReport, health_to_html)
-to_html.register(FilesReport, files_to_html)
