@@ -13,7 +13,7 @@ journal order), a self-committed record at its own. Two transactions that write 
 are serialised by PostgreSQL's row lock, so the one that committed last holds the row,
 whatever order their intents were journaled in. Aborted writes are counted, not judged.
 
-Verdicts (DESIGN.md). Values are compared type-aware: PostgreSQL itself reads the
+Verdicts. Values are compared type-aware: PostgreSQL itself reads the
 journal's values as the column types (``jsonb_populate_record`` of the table's row type),
 then both sides are compared with :mod:`replverify.values.canonical` encodings - ``"12.50"`` =
 12.5, timestamps as instants, json by value, NULL = NULL:

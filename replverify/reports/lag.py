@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from replverify.lag.sampler import LAG_SCHEMA, METHODS, LagReport, LagSample, ReplicationState
+from replverify.lag.model import LAG_SCHEMA, METHODS, LagReport, LagSample, ReplicationState
 from replverify.reports.formatting import (
     clock,
     iso_utc,
