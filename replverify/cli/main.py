@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import io
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -37,7 +36,8 @@ from replverify.errors import (
 )
 from replverify.lag.model import LagReport, LagSample
 from replverify.lag.sampler import measure_lag
-from replverify.reports.formats import DIFF_RENDERERS, LAG_RENDERERS
+from replverify.reports.formats import DIFF_RENDERERS, LAG_RENDERERS, Renderers
+from replverify.reports.formatting import Marks, Tone
 from replverify.reports.lag import lag_sample_line, lag_samples_header, lag_to_text
 from replverify.types import DiffReport, TableRef
 from replverify.values.canonical import Compare
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+R = TypeVar("R")
 
 FORMATS = click.Choice(["text", "json", "markdown", "html"])
 
@@ -114,16 +115,18 @@ def output_options(f: F) -> F:
     return f
 
 
-def emit(text: str, output: str | None) -> None:
+def emit(text: str, output: str | None, marked: Callable[[Marks], str] | None = None) -> None:
     """Write a rendered report to ``output`` or standard output; the text format gets its
-    verdicts coloured on a terminal (see :func:`use_color`)."""
+    verdicts coloured on a terminal (see :func:`use_color`): ``marked(marks)`` renders the
+    same text with its verdicts marked by ``marks``."""
     if output:
         write_file(output, text, "the report")
         return
     ctx = click.get_current_context(silent=True)
     try:
-        if ctx is not None and ctx.params.get("fmt", "text") == "text" and use_color():
-            click.echo(colorize(text), nl=False, color=True)
+        text_format = ctx is not None and ctx.params.get("fmt", "text") == "text"
+        if marked is not None and text_format and use_color():
+            click.echo(marked(TERMINAL), nl=False, color=True)
         else:
             click.echo(text, nl=False)
         sys.stdout.flush()
@@ -150,53 +153,30 @@ def use_color() -> bool:
     return not os.environ.get("NO_COLOR") and stdout_is_terminal()
 
 
-_GREEN, _RED, _YELLOW = "green", "red", "yellow"
-_MISMATCHED = r"\([\d,]+ mismatched\)  "
-#: The verdicts of the text reports (report.py, report_ops.py) and their colours: green
-#: verified, red a problem found, yellow could not tell. A pattern with a group ``v``
-#: colours that group; one without colours (and bolds) the whole line, a report's summary.
-VERDICT_COLORS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), color)
-    for pattern, color in (
-        (r"^(?:CONSISTENT|WITHIN RPO|NO LOSS|SAFE to switch): ", _GREEN),
-        (r"^(?:DIFFERENT|RPO EXCEEDED|LOSS|NOT SAFE): ", _RED),
-        (r"^(?:INCOMPLETE|UNKNOWN): ", _YELLOW),
-        (r"^failback: nothing on the old primary is missing", _GREEN),
-        (r"^failback: \d+ old-only", _RED),
-        (r"^health of .*: (?P<v>ok)$", _GREEN),
-        (r"^health of .*: (?P<v>problem)$", _RED),
-        (r"^health of .*: (?P<v>unknown)$", _YELLOW),
-        (r"^(?P<v>ok)    ", _GREEN),
-        (r"^(?P<v>fail)  ", _RED),
-        (r"^(?P<v>warn)  ", _YELLOW),
-        (r" vs .*: (?P<v>identical)$", _GREEN),
-        (r" vs .*: (?P<v>(?:\d+ (?:missing|extra|changed|unreadable)(?:, )?)+)$", _RED),
-        (_MISMATCHED + r"(?P<v>ok)$", _GREEN),
-        (_MISMATCHED + r"(?P<v>[\d,]+ differences?|schema differs)$", _RED),
-        (_MISMATCHED + r"(?P<v>NOT VERIFIED|[\d,]+ rows? not verified .*)$", _YELLOW),
-        (r"^(?P<v>lost|conflict) +\S+ #\d+  ", _RED),
-        (r"^(?P<v>in doubt) +\S+ #\d+  ", _YELLOW),
-    )
-)
+#: A tone's colour on a terminal: green verified, red a problem found, yellow could not
+#: tell; a report without a verdict (``info``) stays plain.
+TONE_COLORS: dict[Tone, str | None] = {"ok": "green", "bad": "red", "warn": "yellow", "info": None}
 
 
-def colorize(text: str) -> str:
-    """``text`` (a text report) with its verdicts coloured by ANSI codes; nothing else
-    changes, so the renderers stay plain."""
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        for pattern, color in VERDICT_COLORS:
-            m = pattern.search(line)
-            if m is None:
-                continue
-            if "v" in pattern.groupindex:
-                start, end = m.span("v")
-                word = click.style(line[start:end], fg=color)
-                lines[i] = line[:start] + word + line[end:]
-            else:
-                lines[i] = click.style(line, fg=color, bold=True)
-            break
-    return "\n".join(lines)
+def _color_word(text: str, tone: Tone) -> str:
+    color = TONE_COLORS[tone]
+    return click.style(text, fg=color) if color else text
+
+
+def _color_line(text: str, tone: Tone) -> str:
+    color = TONE_COLORS[tone]
+    return click.style(text, fg=color, bold=True) if color else text
+
+
+#: How text reports mark their verdicts on a terminal: a word coloured, the verdict line
+#: coloured and bold, each from its tone (the renderers decide the tone, not the words).
+TERMINAL = Marks(item=_color_word, verdict=_color_line)
+
+
+def emit_report(renderers: Renderers[R], fmt: str, report: R, output: str | None) -> None:
+    """Render ``report`` as ``fmt`` and :func:`emit` it (coloured from its tones where
+    :func:`emit` colours)."""
+    emit(renderers[fmt](report), output, lambda marks: renderers.marked(report, marks))
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -632,7 +612,7 @@ def diff(
         report = run_async(api.diff(source, target, options, progress=bar))
     finally:
         bar.close()
-    emit(DIFF_RENDERERS[fmt](report), output)
+    emit_report(DIFF_RENDERERS, fmt, report, output)
     sys.exit(diff_exit_code(report))
 
 
@@ -686,7 +666,7 @@ def _diff_every(
     if last is None:
         click.echo("replverify: stopped before any verification ended", err=True)
         sys.exit(EXIT_TROUBLE)
-    emit(DIFF_RENDERERS[fmt](last), output)
+    emit_report(DIFF_RENDERERS, fmt, last, output)
     # The latest attempt failed: the report shown is older than that; never 0 then.
     sys.exit(EXIT_TROUBLE if failures else diff_exit_code(last))
 
@@ -912,9 +892,13 @@ def lag(
             server.close()
     if watch and not to_stderr:
         # The samples are on the screen already, under their header: only the summary.
-        emit(lag_to_text(report, samples=False), output)
+        emit(
+            lag_to_text(report, samples=False),
+            output,
+            lambda marks: lag_to_text(report, marks, samples=False),
+        )
     else:
-        emit(LAG_RENDERERS[fmt](report), output)
+        emit_report(LAG_RENDERERS, fmt, report, output)
     # Lag was not measured while sampling failed: never 0 then.
     sys.exit(EXIT_TROUBLE if failures else lag_exit_code(report))
 
@@ -1085,13 +1069,21 @@ def reconcile(
         raise click.BadParameter(e.message, param_hint="--since") from None
     report = run_async(run_reconcile(journal, target, source_dsn=source, since=since_ts))
     write_script_then_emit(
-        replay_sql, lambda: replay_script(report), RECONCILE_RENDERERS[fmt](report), output
+        replay_sql,
+        lambda: replay_script(report),
+        RECONCILE_RENDERERS[fmt](report),
+        output,
+        lambda marks: RECONCILE_RENDERERS.marked(report, marks),
     )
     sys.exit(EXIT_DIFFERENT if report.status == "loss" else EXIT_OK)
 
 
 def write_script_then_emit(
-    script_path: str | None, script: Callable[[], str], report: str, output: str | None
+    script_path: str | None,
+    script: Callable[[], str],
+    report: str,
+    output: str | None,
+    marked: Callable[[Marks], str] | None = None,
 ) -> None:
     """Write the replay script to ``script_path`` (if given), then the report; when the
     script cannot be written the report still is, and then the script's error ends the
@@ -1102,7 +1094,7 @@ def write_script_then_emit(
             write_file(script_path, script(), "the replay script")
         except OutputError as e:
             failure = e
-    emit(report, output)
+    emit(report, output, marked)
     if failure is not None:
         fail(failure)
 
@@ -1167,7 +1159,7 @@ def gate(
     finally:
         if show:
             click.echo("\r\033[K", err=True, nl=False)
-    emit(GATE_RENDERERS[fmt](report), output)
+    emit_report(GATE_RENDERERS, fmt, report, output)
     if not report.complete:
         sys.exit(EXIT_TROUBLE)
     sys.exit(EXIT_OK if report.status == "safe" else EXIT_DIFFERENT)
@@ -1223,7 +1215,11 @@ def failback(
     options = api.DiffOptions(tables=tables, allow_same_server=allow_same_server)
     report = run_async(run_failback(old, new, options=options))
     write_script_then_emit(
-        replay_sql, lambda: replay_script(report), FAILBACK_RENDERERS[fmt](report), output
+        replay_sql,
+        lambda: replay_script(report),
+        FAILBACK_RENDERERS[fmt](report),
+        output,
+        lambda marks: FAILBACK_RENDERERS.marked(report, marks),
     )
     if not report.complete:
         sys.exit(EXIT_TROUBLE)
@@ -1250,7 +1246,7 @@ def health(source: str, target: str, rpo: float | None, fmt: str, output: str | 
     from replverify.reports.formats import HEALTH_RENDERERS
 
     report = run_async(run_health(source, target, rpo=rpo))
-    emit(HEALTH_RENDERERS[fmt](report), output)
+    emit_report(HEALTH_RENDERERS, fmt, report, output)
     if report.status == "unknown":
         sys.exit(EXIT_TROUBLE)
     sys.exit(EXIT_OK if report.status == "ok" else EXIT_DIFFERENT)
@@ -1331,7 +1327,7 @@ def files(
     bar.close()
     if rpo is not None:
         report.rpo = rpo_check
-    emit(FILES_RENDERERS[fmt](report), output)
+    emit_report(FILES_RENDERERS, fmt, report, output)
     if not report.complete:
         sys.exit(EXIT_TROUBLE)
     if report.status != "identical" or report.within_rpo is False:

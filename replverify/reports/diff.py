@@ -7,6 +7,9 @@ from typing import Any
 
 from replverify.diff.hashing import collision_probability
 from replverify.reports.formatting import (
+    PLAIN,
+    Marks,
+    Tone,
     fmt_key,
     fmt_seconds,
     md_cell,
@@ -15,6 +18,7 @@ from replverify.reports.formatting import (
     md_notes,
     md_pair,
     md_text,
+    outcome_tone,
 )
 from replverify.types import Changed, Difference, DiffReport, Key, TableResult
 from replverify.values.canonical import jsonable
@@ -139,13 +143,24 @@ def table_verdict(t: TableResult) -> str:
     return f"{n:,} difference{'s' if n != 1 else ''}" if n else "schema differs"
 
 
-def diff_to_text(report: DiffReport) -> str:
+def table_tone(t: TableResult) -> Tone:
+    """One table's tone: not verified (``warn``), consistent, or differing."""
+    if t.error or (t.unstable and not t.differences_total):
+        return "warn"
+    return "ok" if t.consistent else "bad"
+
+
+def diff_tone(report: DiffReport) -> Tone:
+    return outcome_tone(report.complete, report.status == "consistent")
+
+
+def diff_to_text(report: DiffReport, marks: Marks = PLAIN) -> str:
     out = [f"source  {report.source}", f"target  {report.target}", ""]
     for t in report.tables:
         out.append(
             f"{t.table.qualified}  [{key_label(t)}]  {t.rows_source:,} / {t.rows_target:,} rows,"
             f" {t.chunks:,} chunk{'s' if t.chunks != 1 else ''}"
-            f" ({t.chunks_mismatched:,} mismatched)  {table_verdict(t)}"
+            f" ({t.chunks_mismatched:,} mismatched)  {marks.item(table_verdict(t), table_tone(t))}"
         )
         for note in t.schema_differences:
             out.append(f"    schema   {note}")
@@ -161,7 +176,7 @@ def diff_to_text(report: DiffReport) -> str:
     for note in report.notes:
         out.append(f"note: {note}")
     out += [f"{name}: {value}" for name, value in diff_facts(report)]
-    out += ["", diff_verdict(report)]
+    out += ["", marks.verdict(diff_verdict(report), diff_tone(report))]
     return "\n".join(out) + "\n"
 
 
@@ -229,11 +244,8 @@ def diff_verdict(report: DiffReport) -> str:
 
 
 def diff_to_markdown(report: DiffReport) -> str:
-    if not report.complete:
-        tone, status = "warn", "incomplete"
-    else:
-        tone = "ok" if report.status == "consistent" else "bad"
-        status = report.status
+    tone = diff_tone(report)
+    status = report.status if report.complete else "incomplete"
     out = md_head("diff", tone, status, diff_verdict(report), md_pair(report.source, report.target))
     out += [
         "",

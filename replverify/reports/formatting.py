@@ -5,8 +5,39 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
+
+#: How a report, or one item of it, came out: verified (``ok``), a problem found
+#: (``bad``), could not tell (``warn``: incomplete, unknown), or no verdict (``info``).
+#: Markdown's icon, the HTML banner and the terminal's colour all come from it.
+Tone = Literal["ok", "bad", "warn", "info"]
+
+
+def outcome_tone(complete: bool, ok: bool) -> Tone:
+    """A run's tone: ``warn`` when it did not finish, else ``ok`` or ``bad``."""
+    if not complete:
+        return "warn"
+    return "ok" if ok else "bad"
+
+
+def _plain(text: str, tone: Tone) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class Marks:
+    """How a text renderer marks what carries a tone: ``item``, the word of one line (a
+    table's verdict, a finding's level); ``verdict``, the report's verdict line. Plain
+    by default; the CLI colours both on a terminal from the tone, never from the words."""
+
+    item: Callable[[str, Tone], str] = _plain
+    verdict: Callable[[str, Tone], str] = _plain
+
+
+PLAIN = Marks()
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -76,7 +107,7 @@ def md_code(text: str, *, cell: bool = False) -> str:
     return span.replace("|", "\\|") if cell else span
 
 
-def md_head(kind: str, tone: str, status: str, verdict: str, where: str) -> list[str]:
+def md_head(kind: str, tone: Tone, status: str, verdict: str, where: str) -> list[str]:
     """The opening lines of every Markdown report: heading, verdict in bold, where."""
     return [
         f"### replverify {kind}: {MD_ICONS[tone]} {md_text(status)}",

@@ -19,32 +19,52 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from replverify import __version__
 from replverify.lag.model import LagReport
-from replverify.reports.diff import diff_facts, diff_to_dict, diff_verdict, key_label, table_verdict
-from replverify.reports.formatting import clock, fmt_key, fmt_values, value_pairs
+from replverify.reports.diff import (
+    diff_facts,
+    diff_to_dict,
+    diff_tone,
+    diff_verdict,
+    key_label,
+    table_tone,
+    table_verdict,
+)
+from replverify.reports.formatting import Tone, clock, fmt_key, fmt_values, value_pairs
 from replverify.reports.lag import (
     lag_notes,
     lag_sample_line,
     lag_to_dict,
+    lag_tone,
     lag_verdict,
     replication_lines,
 )
 from replverify.reports.ops import (
     GATE_VERDICT,
+    LEVEL_TONES,
     ORIGIN_TITLES,
     UNVERIFIED_TITLE,
     failback_to_dict,
+    failback_tone,
     failback_verdict,
     files_to_dict,
+    files_tone,
     files_verdict,
     gate_to_dict,
+    gate_tone,
     health_to_dict,
+    health_tone,
 )
-from replverify.reports.reconcile import APPLIED, reconcile_to_dict, reconcile_verdict, row_history
-from replverify.types import DiffReport, TableResult
+from replverify.reports.reconcile import (
+    APPLIED,
+    reconcile_to_dict,
+    reconcile_tone,
+    reconcile_verdict,
+    row_history,
+)
+from replverify.types import DiffReport
 
 if TYPE_CHECKING:  # the records only: their modules do I/O, rendering must not import it
     from replverify.ops.failback import FailbackReport
@@ -65,7 +85,6 @@ __all__ = [
     "reconcile_to_html",
 ]
 
-Tone = Literal["ok", "bad", "warn", "info"]
 #: Rows listed per table of findings or differences (JSON has all that were kept).
 SHOWN = 1000
 
@@ -281,22 +300,9 @@ def page(kind: str, tone: Tone, verdict: str, *body: Content) -> str:
 
 
 # == diff =================================================================================
-def _outcome_tone(complete: bool, ok: bool) -> Tone:
-    """A page's tone: ``warn`` when the run did not finish, else ``ok`` or ``bad``."""
-    if not complete:
-        return "warn"
-    return "ok" if ok else "bad"
-
-
-def _table_tone(t: TableResult) -> Tone:
-    if t.error or (t.unstable and not t.differences_total):
-        return "warn"
-    return "ok" if t.consistent else "bad"
-
-
 def _diff_tables(report: DiffReport, doc: dict[str, Any]) -> list[Html]:
     """The per-table summary and, for each table that is not consistent, its differences."""
-    tones = [_table_tone(t) for t in report.tables]
+    tones = [table_tone(t) for t in report.tables]
     rows = [
         [
             code(t.table.qualified),
@@ -376,20 +382,13 @@ def diff_to_html(report: DiffReport) -> str:
     ]
     return page(
         "diff",
-        _outcome_tone(report.complete, report.status == "consistent"),
+        diff_tone(report),
         diff_verdict(report),
         *body,
     )
 
 
 # == lag ==================================================================================
-_LAG_TONES: dict[str, Tone] = {
-    "within": "ok",
-    "exceeded": "bad",
-    "measured": "info",
-    "unknown": "warn",
-}
-
 # chart geometry (SVG user units): room on the left and below for tick labels and titles
 _W, _H = 960, 230
 _LEFT, _RIGHT, _TOP, _BOTTOM = 76, 24, 14, 44
@@ -654,7 +653,7 @@ def lag_to_html(report: LagReport) -> str:
                 open=len(rows) <= 30,
             )
         )
-    return page("lag", _LAG_TONES[report.status], lag_verdict(report), *body)
+    return page("lag", lag_tone(report), lag_verdict(report), *body)
 
 
 # == reconcile ============================================================================
@@ -750,7 +749,7 @@ def reconcile_to_html(report: ReconcileReport) -> str:
         _findings("In doubt", report.in_doubt, doc["in_doubt"], report, "warn"),
         notes(report.notes),
     ]
-    tone: Tone = "bad" if report.status == "loss" else "ok"
+    tone = reconcile_tone(report)
     return page("reconcile", tone, reconcile_verdict(report), *body)
 
 
@@ -772,7 +771,7 @@ def gate_to_html(r: GateReport) -> str:
     if r.diff is not None:
         body += _diff_tables(r.diff, doc["diff"])
     body.append(notes(r.notes))
-    tone = _outcome_tone(r.complete, r.status == "safe")
+    tone = gate_tone(r)
     return page("gate", tone, GATE_VERDICT[r.status], *body)
 
 
@@ -851,12 +850,8 @@ def failback_to_html(r: FailbackReport) -> str:
             ]
         body.append(section(f"{title}: {len(rows):,}", *parts))
     body.append(notes(r.notes))
-    tone_page = _outcome_tone(r.complete, r.status == "nothing_to_recover")
+    tone_page = failback_tone(r)
     return page("failback", tone_page, failback_verdict(r), *body)
-
-
-_LEVEL_TONES: dict[str, Tone] = {"ok": "ok", "warn": "warn", "fail": "bad"}
-_HEALTH_TONES: dict[str, Tone] = {"ok": "ok", "problem": "bad", "unknown": "warn"}
 
 
 def health_to_html(r: HealthReport) -> str:
@@ -869,10 +864,10 @@ def health_to_html(r: HealthReport) -> str:
         ("timelines", ", ".join(f"{k} {v}" for k, v in r.timelines.items()) or None),
     ]
     rows = [
-        [badge(f["level"], _LEVEL_TONES[f["level"]]), f["side"], f["check"], f["message"]]
+        [badge(f["level"], LEVEL_TONES[f["level"]]), f["side"], f["check"], f["message"]]
         for f in doc["findings"]
     ]
-    tones = [_LEVEL_TONES[f["level"]] if f["level"] != "ok" else None for f in doc["findings"]]
+    tones = [LEVEL_TONES[f["level"]] if f["level"] != "ok" else None for f in doc["findings"]]
     body: list[Content] = [
         section(
             "Checks",
@@ -880,7 +875,7 @@ def health_to_html(r: HealthReport) -> str:
         ),
         section("Pair", facts(run)),
     ]
-    return page("health", _HEALTH_TONES[r.status], f"{r.status}: {r.source} → {r.target}", *body)
+    return page("health", health_tone(r), f"{r.status}: {r.source} → {r.target}", *body)
 
 
 def files_to_html(r: FilesReport) -> str:
@@ -913,5 +908,5 @@ def files_to_html(r: FilesReport) -> str:
                 more(len(shown), len(doc["differences"]), "differences"),
             )
         )
-    tone = _outcome_tone(r.complete, r.status == "identical")
+    tone = files_tone(r)
     return page("files", tone, files_verdict(r), *body)

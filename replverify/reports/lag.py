@@ -6,6 +6,9 @@ from typing import Any
 
 from replverify.lag.model import LAG_SCHEMA, METHODS, LagReport, LagSample, ReplicationState
 from replverify.reports.formatting import (
+    PLAIN,
+    Marks,
+    Tone,
     clock,
     iso_utc,
     md_head,
@@ -181,7 +184,11 @@ def lag_samples_header() -> str:
     return f"{'at (source clock, UTC)':<23}  {'lag':>12}  {'WAL not replayed':>20}  method"
 
 
-def lag_to_text(report: LagReport, *, samples: bool = True) -> str:
+def lag_tone(report: LagReport) -> Tone:
+    return _LAG_MD[report.status][0]
+
+
+def lag_to_text(report: LagReport, marks: Marks = PLAIN, *, samples: bool = True) -> str:
     """The text report; ``samples=False`` leaves the sample lines out (``--watch`` has
     printed each already, under the same header)."""
     out = [f"source  {report.source}", f"target  {report.target}"]
@@ -195,12 +202,12 @@ def lag_to_text(report: LagReport, *, samples: bool = True) -> str:
         out += [lag_sample_line(s) for s in shown]
         out.append("")
     out += [f"note: {n}" for n in lag_notes(report)]
-    out.append(lag_verdict(report))
+    out.append(marks.verdict(lag_verdict(report), lag_tone(report)))
     return "\n".join(out) + "\n"
 
 
 #: Tone and heading status of each lag status.
-_LAG_MD = {
+_LAG_MD: dict[str, tuple[Tone, str]] = {
     "within": ("ok", "within RPO"),
     "exceeded": ("bad", "RPO exceeded"),
     "measured": ("info", "measured"),

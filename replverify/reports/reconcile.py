@@ -6,6 +6,9 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from replverify.reports.formatting import (
+    PLAIN,
+    Marks,
+    Tone,
     fmt_key,
     fmt_seconds,
     fmt_values,
@@ -123,19 +126,29 @@ def reconcile_to_dict(report: ReconcileReport) -> dict[str, Any]:
     }
 
 
-def _finding_head(f: Finding) -> str:
+def finding_tone(f: Finding) -> Tone:
+    """Lost and conflicting writes are problems; an in-doubt one could not be told."""
+    return "warn" if f.verdict == "in_doubt" else "bad"
+
+
+def reconcile_tone(report: ReconcileReport) -> Tone:
+    return "bad" if report.status == "loss" else "ok"
+
+
+def _finding_head(f: Finding, marks: Marks = PLAIN) -> str:
     w = f.write
     key = fmt_key({c: v for c, v in w.key_display})
     label = {"in_doubt": "in doubt"}.get(f.verdict, f.verdict)
     rec = w.record
-    return f"{label:<9} {rec.txid} #{rec.seq}  {w.op} {w.table.qualified} {key}  {rec.ts_text}"
+    label = marks.item(label, finding_tone(f)) + " " * (9 - len(label))
+    return f"{label} {rec.txid} #{rec.seq}  {w.op} {w.table.qualified} {key}  {rec.ts_text}"
 
 
-def _finding_lines(f: Finding, report: ReconcileReport) -> list[str]:
+def _finding_lines(f: Finding, report: ReconcileReport, marks: Marks = PLAIN) -> list[str]:
     d = finding_to_dict(f, with_source=report.source is not None)
     ex = d["explain"]
     pad = " " * 10
-    out = [_finding_head(f)]
+    out = [_finding_head(f, marks)]
     if f.verdict == "in_doubt":
         applied = f"applied on the target: {APPLIED[f.applied]}"
         if report.source is not None:
@@ -178,7 +191,7 @@ def _tally(report: ReconcileReport) -> str:
     return ", ".join(parts) + f" of {report.entries:,} writes"
 
 
-def reconcile_to_text(report: ReconcileReport) -> str:
+def reconcile_to_text(report: ReconcileReport, marks: Marks = PLAIN) -> str:
     journal = f"journal  {report.journal}  ({report.lines:,} lines"
     if report.torn is not None:
         journal += f"; line {report.torn.line} torn, skipped"
@@ -198,12 +211,12 @@ def reconcile_to_text(report: ReconcileReport) -> str:
             continue
         out.append("")
         for f in items[:SHOWN_FINDINGS]:
-            out += _finding_lines(f, report)
+            out += _finding_lines(f, report, marks)
         if len(items) > SHOWN_FINDINGS:
             out.append(f"… and {len(items) - SHOWN_FINDINGS:,} more {title} (--format json)")
     for note in report.notes:
         out.append(f"note: {note}")
-    out += ["", reconcile_verdict(report)]
+    out += ["", marks.verdict(reconcile_verdict(report), reconcile_tone(report))]
     return "\n".join(out) + "\n"
 
 
@@ -214,7 +227,7 @@ def reconcile_verdict(report: ReconcileReport) -> str:
 
 
 def reconcile_to_markdown(report: ReconcileReport) -> str:
-    tone, status = ("bad", "loss") if report.status == "loss" else ("ok", "no loss")
+    tone, status = reconcile_tone(report), "loss" if report.status == "loss" else "no loss"
     c = report.counts
     where = f"journal {md_code(report.journal)} against {md_code(report.target)}"
     if report.source:
