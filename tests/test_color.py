@@ -20,7 +20,7 @@ from replverify.ops.failback import FailbackReport
 from replverify.ops.files import FileDifference, FilesReport
 from replverify.ops.gate import GateReport
 from replverify.ops.health import Finding, HealthReport
-from replverify.reconcile.run import MemoryTarget, reconcile_with
+from replverify.reconcile.run import reconcile_with
 from replverify.reports.formats import (
     DIFF_RENDERERS,
     FAILBACK_RENDERERS,
@@ -30,6 +30,7 @@ from replverify.reports.formats import (
     LAG_RENDERERS,
     RECONCILE_RENDERERS,
 )
+from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, DiffReport, Missing, TableRef, TableResult
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)

@@ -33,7 +33,7 @@ from replverify.ops.files import FileDifference, FilesReport
 from replverify.ops.gate import GateReport
 from replverify.ops.health import Finding as HealthFinding
 from replverify.ops.health import HealthReport
-from replverify.reconcile.run import MemoryTarget, ReconcileReport, reconcile_with
+from replverify.reconcile.run import ReconcileReport, reconcile_with
 from replverify.reports.formats import (
     DIFF_RENDERERS,
     FAILBACK_RENDERERS,
@@ -44,6 +44,7 @@ from replverify.reports.formats import (
     RECONCILE_RENDERERS,
 )
 from replverify.reports.html import ticks
+from replverify.testing.memory import MemoryTarget
 from replverify.types import (
     Changed,
     Column,
