@@ -695,3 +695,19 @@ async def test_target_promoted_while_sampling_is_trouble(pair):
             pair.primary_dsn, pair.standby_dsn, samples=3, interval=0.2,
             on_sample=promote_after_first,
         )  # fmt: skip
+
+
+async def test_lag_takes_parsed_endpoints(primary_dsn, standby_dsn, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A caller that parsed the DSNs (the CLI, for its metrics labels too) passes the
+    endpoints: sampling does not parse the strings again."""
+    src, tgt = Endpoint.parse(primary_dsn), Endpoint.parse(standby_dsn)
+    parsed: list[str] = []
+    real = Endpoint.parse.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Endpoint], dsn: str) -> Endpoint:
+        parsed.append(dsn)
+        return real(cls, dsn)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Endpoint, "parse", classmethod(counting))
+    report = await measure_lag(src, tgt, samples=1, interval=0.1)
+    assert len(report.samples) == 1 and parsed == []

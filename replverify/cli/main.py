@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from replverify import __version__, api
+from replverify.db.connect import Endpoint
 from replverify.errors import (
     EXIT_DIFFERENT,
     EXIT_OK,
@@ -636,10 +637,12 @@ def _diff_every(
         raise click.BadOptionUsage(
             "state", "--state resumes one interrupted run; it cannot go with --every", ctx
         )
+    # Parsed once: the metrics labels and every run use these.
+    src_ep, tgt_ep = Endpoint.parse(source), Endpoint.parse(target)
     metrics: DiffMetrics | None = None
     server: MetricsServer | None = None
     if metrics_port is not None:
-        metrics = DiffMetrics(source, target)
+        metrics = DiffMetrics(src_ep, tgt_ep)
         server = serve(metrics, addr=metrics_addr, port=metrics_port)
         click.echo(f"replverify: serving metrics at {server.url}", err=True)
     failures: list[ReplverifyError] = []
@@ -658,7 +661,7 @@ def _diff_every(
                    err=True)  # fmt: skip
 
     try:
-        last = run_async(_diff_until_interrupt(source, target, options, every, on_report,
+        last = run_async(_diff_until_interrupt(src_ep, tgt_ep, options, every, on_report,
                                                on_failure))  # fmt: skip
     finally:
         if server is not None:
@@ -685,8 +688,8 @@ def diff_run_line(report: DiffReport) -> str:
 
 
 async def _diff_until_interrupt(
-    source: str,
-    target: str,
+    source: Endpoint,
+    target: Endpoint,
     options: api.DiffOptions,
     every: float,
     on_report: Callable[[DiffReport], None],
@@ -847,12 +850,14 @@ def lag(
         ctx.get_parameter_source("metrics_addr") is click.core.ParameterSource.COMMANDLINE
     ):
         raise click.BadOptionUsage("metrics_addr", "--metrics-addr needs --metrics-port", ctx)
+    # Parsed once: the metrics labels and every (retried) measurement use these.
+    src_ep, tgt_ep = Endpoint.parse(source), Endpoint.parse(target)
     metrics: LagMetrics | None = None
     server: MetricsServer | None = None
     if metrics_port is not None:
         watch = True
         # Errors (prometheus-client missing, port in use) exit 2 through ReplverifyGroup.
-        metrics = LagMetrics(source, target, rpo=rpo)
+        metrics = LagMetrics(src_ep, tgt_ep, rpo=rpo)
         server = serve(metrics, addr=metrics_addr, port=metrics_port)
         click.echo(f"replverify: serving metrics at {server.url}", err=True)
     count = samples if samples is not None else (None if watch else 5)
@@ -883,7 +888,7 @@ def lag(
 
     try:
         lagging = _lag_until_interrupt(
-            source, target, count, interval, rpo, heartbeat, on_sample,
+            src_ep, tgt_ep, count, interval, rpo, heartbeat, on_sample,
             stop_on_sigint=watch, on_failure=on_failure,
         )  # fmt: skip
         report = run_async(lagging)
@@ -904,8 +909,8 @@ def lag(
 
 
 async def _lag_until_interrupt(
-    source: str,
-    target: str,
+    source: str | Endpoint,
+    target: str | Endpoint,
     samples: int | None,
     interval: float,
     rpo: float | None,

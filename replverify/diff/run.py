@@ -226,8 +226,8 @@ def _plan(
 
 
 async def diff(
-    source: str,
-    target: str,
+    source: str | Endpoint,
+    target: str | Endpoint,
     options: DiffOptions | None = None,
     *,
     progress: Callable[[TableRef, int, int], None] | None = None,
@@ -243,7 +243,9 @@ async def diff(
     options = options or DiffOptions()
     options.validate()
     started = time.perf_counter()
-    src_ep, tgt_ep = Endpoint.parse(source), Endpoint.parse(target)
+    # a caller that parsed the DSNs already (gate, failback) passes the endpoints
+    src_ep = source if isinstance(source, Endpoint) else Endpoint.parse(source)
+    tgt_ep = target if isinstance(target, Endpoint) else Endpoint.parse(target)
     where = parse_where(options.where) if options.where else None
     pools = await asyncio.gather(
         open_pool(src_ep, options.jobs + 1), open_pool(tgt_ep, options.jobs), return_exceptions=True

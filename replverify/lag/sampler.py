@@ -183,8 +183,8 @@ async def _stopped(stop: asyncio.Event | None, delay: float) -> bool:
 
 
 async def measure_lag(
-    source: str,
-    target: str,
+    source: str | Endpoint,
+    target: str | Endpoint,
     *,
     samples: int | None = 5,
     interval: float = 1.0,
@@ -205,7 +205,8 @@ async def measure_lag(
     """
     poll = poll_interval if poll_interval is not None else default_poll_interval(interval)
     _validate(samples, interval, rpo, poll)
-    src_ep, tgt_ep = Endpoint.parse(source), Endpoint.parse(target)
+    src_ep = source if isinstance(source, Endpoint) else Endpoint.parse(source)
+    tgt_ep = target if isinstance(target, Endpoint) else Endpoint.parse(target)
     opened = await asyncio.gather(
         connect(src_ep),
         connect(tgt_ep),

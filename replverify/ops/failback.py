@@ -152,7 +152,7 @@ async def failback(old: str, new: str, *, options: api.DiffOptions | None = None
             options = dataclasses.replace(options, allow_same_server=True)
         await _refuse_swapped(oc, nc, old_info, new_info)
         report = await _times(nc, str(old_ep), str(new_ep))
-        diff = await api.diff(old, new, options)
+        diff = await api.diff(old_ep, new_ep, options)
         report.diff = diff
         for t in diff.tables:
             if t.key_mode == "none" and not t.consistent and t.error is None:

@@ -133,7 +133,7 @@ async def gate(
             *(c.close() for c in (src, tgt) if c is not None), return_exceptions=True
         )
     if report.caught_up:
-        report.diff = await api.diff(source, target, options)
+        report.diff = await api.diff(src_ep, tgt_ep, options)
     else:
         why = (
             " (WAL replay is paused on the target: waiting cannot help; resume it on the "
