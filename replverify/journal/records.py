@@ -113,7 +113,7 @@ from sqlglot.errors import SqlglotError
 from replverify.db.catalog import TableInfo, parse_table_pattern
 from replverify.errors import JournalError, OutputError, UsageError
 from replverify.types import ColumnType, TableRef
-from replverify.values.canonical import pg_text
+from replverify.values.pgtext import pg_text
 
 __all__ = [
     "FORMAT_VERSION",

@@ -47,7 +47,7 @@ from replverify.diff.sql import DIALECT, ident, set_local
 from replverify.errors import UsageError
 from replverify.reconcile.replay import delete_statement, insert_statement, update_statement
 from replverify.types import Changed, DiffReport, Extra, Key, Missing, TableRef, TableResult
-from replverify.values.canonical import jsonable
+from replverify.values.pgtext import jsonable
 from replverify.values.wording import count
 
 __all__ = ["FailbackReport", "FailbackRow", "failback", "replay_script"]

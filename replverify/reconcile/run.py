@@ -84,7 +84,8 @@ from replverify.journal.records import (
     WriteRecord,
 )
 from replverify.types import ColumnType, TableRef
-from replverify.values.canonical import Encoder, encoder_for, jsonable
+from replverify.values.canonical import Encoder, encoder_for
+from replverify.values.pgtext import jsonable
 
 __all__ = [
     "BATCH_ROWS",
@@ -158,7 +159,7 @@ class Detail:
 
     found: bool
     text: Mapping[str, str | None]  # PostgreSQL text of every column (pinned settings)
-    shown: Mapping[str, object]  # report form (canonical.jsonable)
+    shown: Mapping[str, object]  # report form (pgtext.jsonable)
     encoded: Mapping[str, bytes]
     #: a journal image read as the column types, as text (for replay literals)
     image_text: Mapping[str, str | None] = field(default_factory=dict)

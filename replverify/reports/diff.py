@@ -21,7 +21,7 @@ from replverify.reports.formatting import (
     outcome_tone,
 )
 from replverify.types import Changed, Difference, DiffReport, Key, TableResult
-from replverify.values.canonical import jsonable
+from replverify.values.pgtext import jsonable
 from replverify.values.wording import count
 
 DIFF_SCHEMA = "replverify.diff/1"

@@ -30,7 +30,7 @@ from replverify.reconcile.run import (
     json_text,
 )
 from replverify.types import ColumnType, Key, TableRef
-from replverify.values.canonical import jsonable, pg_text
+from replverify.values.pgtext import jsonable, pg_text
 
 
 class MemorySource:
