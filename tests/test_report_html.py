@@ -34,6 +34,7 @@ from replverify.ops.gate import GateReport
 from replverify.ops.health import Finding as HealthFinding
 from replverify.ops.health import HealthReport
 from replverify.reconcile.run import ReconcileReport, reconcile_with
+from replverify.reports.chart import ticks
 from replverify.reports.formats import (
     DIFF_RENDERERS,
     FAILBACK_RENDERERS,
@@ -43,7 +44,6 @@ from replverify.reports.formats import (
     LAG_RENDERERS,
     RECONCILE_RENDERERS,
 )
-from replverify.reports.html import ticks
 from replverify.testing.memory import MemoryTarget
 from replverify.types import (
     Changed,

@@ -9,15 +9,6 @@ from typing import Any, TypeVar
 
 from replverify.reports.diff import diff_to_dict, diff_to_markdown, diff_to_text
 from replverify.reports.formatting import PLAIN, Marks, to_json
-from replverify.reports.html import (
-    diff_to_html,
-    failback_to_html,
-    files_to_html,
-    gate_to_html,
-    health_to_html,
-    lag_to_html,
-    reconcile_to_html,
-)
 from replverify.reports.lag import lag_to_dict, lag_to_markdown, lag_to_text
 from replverify.reports.ops import (
     failback_to_dict,
@@ -32,6 +23,15 @@ from replverify.reports.ops import (
     health_to_dict,
     health_to_markdown,
     health_to_text,
+)
+from replverify.reports.pages import (
+    diff_to_html,
+    failback_to_html,
+    files_to_html,
+    gate_to_html,
+    health_to_html,
+    lag_to_html,
+    reconcile_to_html,
 )
 from replverify.reports.reconcile import reconcile_to_dict, reconcile_to_markdown, reconcile_to_text
 
