@@ -40,29 +40,53 @@ string or a :class:`Cluster` wherever they take an endpoint.
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import contextlib
 import os
-import pwd
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TypeAlias, TypeVar
-
-import asyncpg
+from typing import TypeVar
 
 from replverify.errors import ClusterError
+from replverify.testing.postgres import (
+    _INSTALL_HINT,
+    ENV_PG_BINDIR,
+    ENV_TMPDIR,
+    _as_pg_user,
+    _check_traversable,
+    _give_to_postgres,
+    _initdb,
+    _pg_env,
+    _register,
+    _run,
+    _tail,
+    _unregister,
+    cluster_tmp_root,
+    find_bindir,
+    free_port,
+    stop_clusters_under,
+)
+from replverify.testing.servers import (
+    DEFAULT_SLOT,
+    Endpoint,
+    cut_replication,
+    drop_slot,
+    execute,
+    pause_replay,
+    promote,
+    restore_replication,
+    resume_replay,
+    wait_for_replay,
+)
 
 __all__ = [
     "DEFAULT_SLOT",
@@ -90,13 +114,15 @@ __all__ = [
     "wait_for_replay",
 ]
 
-ENV_PG_BINDIR = "REPLVERIFY_PG_BINDIR"
-ENV_PRIMARY_DSN = "REPLVERIFY_TEST_PRIMARY_DSN"
-ENV_STANDBY_DSN = "REPLVERIFY_TEST_STANDBY_DSN"
-ENV_OTHER_DSN = "REPLVERIFY_TEST_OTHER_DSN"
-ENV_TMPDIR = "REPLVERIFY_TMPDIR"
 
-DEFAULT_SLOT = "replverify_standby"
+ENV_PRIMARY_DSN = "REPLVERIFY_TEST_PRIMARY_DSN"
+
+
+ENV_STANDBY_DSN = "REPLVERIFY_TEST_STANDBY_DSN"
+
+
+ENV_OTHER_DSN = "REPLVERIFY_TEST_OTHER_DSN"
+
 
 #: Server defaults of the ``other`` cluster; all of them change text output.
 OTHER_SETTINGS: dict[str, str] = {
@@ -107,9 +133,10 @@ OTHER_SETTINGS: dict[str, str] = {
     "bytea_output": "'escape'",
 }
 
-_INSTALL_HINT = "install PostgreSQL 15 server binaries (Debian: apt-get install postgresql-15)"
-_PG_USER = "postgres"
+
 _CONF_FILE = "replverify.conf"
+
+
 _BASE_SETTINGS: dict[str, str] = {
     "listen_addresses": "'127.0.0.1'",
     "wal_level": "replica",
@@ -131,6 +158,8 @@ _BASE_SETTINGS: dict[str, str] = {
     # data and ANALYZE it themselves).
     "autovacuum": "off",
 }
+
+
 _HBA = """\
 # written by replverify.testing.clusters: trust everything on loopback
 local   all             all                                     trust
@@ -138,216 +167,8 @@ host    all             all             127.0.0.1/32            trust
 host    replication     all             127.0.0.1/32            trust
 """
 
+
 _T = TypeVar("_T")
-
-
-# --------------------------------------------------------------------------- binaries
-
-
-def find_bindir() -> Path:
-    """Directory of the PostgreSQL server binaries (``initdb``, ``pg_ctl``, ...)."""
-    env = os.environ.get(ENV_PG_BINDIR)
-    if env:
-        bindir, source = Path(env), f"${ENV_PG_BINDIR}"
-    else:
-        try:
-            out = subprocess.run(
-                ["pg_config", "--bindir"], capture_output=True, text=True, check=True, timeout=30
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise ClusterError(
-                f"cannot locate PostgreSQL server binaries: pg_config --bindir failed ({exc})",
-                hint=f"{_INSTALL_HINT}, or set {ENV_PG_BINDIR}",
-            ) from exc
-        bindir, source = Path(out.stdout.strip()), "pg_config --bindir"
-    missing = [b for b in ("initdb", "pg_ctl") if not (bindir / b).is_file()]
-    if missing:
-        raise ClusterError(
-            f"{', '.join(missing)} not found in {bindir} (from {source})",
-            hint=f"{_INSTALL_HINT}, or set {ENV_PG_BINDIR}",
-        )
-    return bindir
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cluster_tmp_root() -> str | None:
-    """Where :class:`LocalClusters` makes its temporary directory.
-
-    ``$REPLVERIFY_TMPDIR`` if set; else ``/dev/shm`` when it is a writable tmpfs with at
-    least 2 GiB free (data directories are I/O-bound: 10x faster there than on a disk);
-    else None, i.e. :func:`tempfile.gettempdir`.
-    """
-    env = os.environ.get(ENV_TMPDIR)
-    if env:
-        return env
-    shm = "/dev/shm"
-    try:
-        usable = os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK)
-        if usable and shutil.disk_usage(shm).free >= 2 << 30:
-            return shm
-    except OSError:
-        pass
-    return None
-
-
-def _as_root() -> bool:
-    return os.geteuid() == 0
-
-
-def _pg_env() -> dict[str, str]:
-    """The environment for PostgreSQL binaries: no stray ``PG*`` variables."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-
-
-def _as_pg_user(cmd: Sequence[str | Path]) -> list[str]:
-    """``cmd`` as the user the clusters run as: ``postgres`` through runuser when root."""
-    argv = [str(c) for c in cmd]
-    return ["runuser", "-u", _PG_USER, "--", *argv] if _as_root() else argv
-
-
-def _run(cmd: Sequence[str | Path], *, what: str, cwd: Path, timeout: float = 120) -> str:
-    """Run a PostgreSQL binary (as ``postgres`` when root); return its stdout."""
-    argv = _as_pg_user(cmd)
-    try:
-        proc = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            cwd=cwd,
-            env=_pg_env(),
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ClusterError(f"{what} failed: {exc}", hint=_INSTALL_HINT) from exc
-    if proc.returncode != 0:
-        output = (proc.stderr.strip() or proc.stdout.strip())[-2000:]
-        raise ClusterError(f"{what} failed (exit {proc.returncode}): {output}")
-    return proc.stdout
-
-
-def _give_to_postgres(path: Path) -> None:
-    """Make ``path`` belong to the ``postgres`` user when running as root."""
-    if not _as_root():
-        return
-    try:
-        pw = pwd.getpwnam(_PG_USER)
-    except KeyError as exc:
-        raise ClusterError(
-            "running as root but there is no 'postgres' user to run PostgreSQL as",
-            hint=f"{_INSTALL_HINT} (it creates the user), or run as a non-root user",
-        ) from exc
-    os.chown(path, pw.pw_uid, pw.pw_gid)
-
-
-def _check_traversable(path: Path) -> None:
-    """As root, make sure the ``postgres`` user can reach ``path``."""
-    if not _as_root():
-        return
-    probe = subprocess.run(
-        ["runuser", "-u", _PG_USER, "--", "test", "-x", str(path)],
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if probe.returncode != 0:
-        raise ClusterError(
-            f"the 'postgres' user cannot traverse {path}",
-            hint="use a TMPDIR whose parents are world-executable (e.g. TMPDIR=/tmp)",
-        )
-
-
-_locale_lock = threading.Lock()
-_locale: str | None = None
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-# --------------------------------------------------------------------------- the atexit net
-
-_live_lock = threading.Lock()
-_live_clusters: dict[str, Cluster] = {}
-_live_dirs: set[str] = set()
-_atexit_registered = False
-
-
-def _register(cluster: Cluster | None = None, directory: Path | None = None) -> None:
-    global _atexit_registered
-    with _live_lock:
-        if cluster is not None:
-            _live_clusters[str(cluster.datadir)] = cluster
-        if directory is not None:
-            _live_dirs.add(str(directory))
-        if not _atexit_registered:
-            atexit.register(_atexit_cleanup)
-            _stop_on_sigterm()
-            _atexit_registered = True
-
-
-def _stop_on_sigterm() -> None:
-    """SIGTERM (a CI job's timeout, ``kill``) ends Python without running atexit: stop the
-    clusters first, then die of the signal as before. Only where nobody else handles it."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        _atexit_cleanup()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def _unregister(cluster: Cluster | None = None, directory: Path | None = None) -> None:
-    with _live_lock:
-        if cluster is not None:
-            _live_clusters.pop(str(cluster.datadir), None)
-        if directory is not None:
-            _live_dirs.discard(str(directory))
-
-
-def _atexit_cleanup() -> None:
-    with _live_lock:
-        clusters = list(_live_clusters.values())
-        dirs = list(_live_dirs)
-    for c in clusters:
-        with contextlib.suppress(Exception):
-            c.stop("immediate")
-    for d in dirs:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def stop_clusters_under(root: Path | str) -> int:
-    """Stop (``-m immediate``) every server whose data directory lies under ``root``:
-    what a kept or failed run left behind. Returns how many were stopped."""
-    bindir = find_bindir()
-    stopped = 0
-    for pid_file in Path(root).rglob("postmaster.pid"):
-        argv = _as_pg_user(
-            [bindir / "pg_ctl", "-D", pid_file.parent, "-m", "immediate", "-w", "stop"]
-        )
-        proc = subprocess.run(
-            argv, capture_output=True, timeout=90, stdin=subprocess.DEVNULL, check=False
-        )
-        stopped += proc.returncode == 0
-    return stopped
-
-
-# --------------------------------------------------------------------------- Cluster
 
 
 @dataclass(eq=False)
@@ -618,209 +439,6 @@ class Cluster:
                     f"after {timeout}s\n--- tail of {self.logfile} ---\n{_tail(self.logfile)}"
                 )
             time.sleep(0.05)
-
-
-def _initdb(bindir: Path, datadir: Path, cwd: Path) -> None:
-    """``initdb`` with the C.UTF-8 locale, or C where that locale is missing."""
-    global _locale
-    with _locale_lock:
-        known = _locale
-    candidates = [known] if known else ["C.UTF-8", "C"]
-    for i, loc in enumerate(candidates):
-        try:
-            _run(
-                [
-                    bindir / "initdb", "-D", datadir, "-U", "postgres", "-A", "trust",
-                    "-E", "UTF8", f"--locale={loc}", "--no-sync", "--no-instructions",
-                ],
-                what=f"initdb {datadir}",
-                cwd=cwd,
-            )  # fmt: skip
-        except ClusterError as exc:
-            if i + 1 < len(candidates) and "locale" in exc.message.lower():
-                for child in datadir.iterdir():  # initdb -D <existing dir> leaves it
-                    if child.is_dir():
-                        shutil.rmtree(child)
-                    else:
-                        child.unlink()
-                continue
-            raise
-        with _locale_lock:
-            _locale = loc
-        return
-
-
-# --------------------------------------------------------------------------- async helpers
-
-Endpoint: TypeAlias = str | Cluster
-"""An endpoint of the async helpers: a DSN string or a :class:`Cluster`."""
-
-
-def _dsn(endpoint: Endpoint) -> str:
-    return endpoint.dsn() if isinstance(endpoint, Cluster) else endpoint
-
-
-async def _connect(endpoint: Endpoint) -> asyncpg.Connection:
-    return await asyncpg.connect(_dsn(endpoint), timeout=30)
-
-
-async def execute(endpoint: Endpoint, *statements: str) -> None:
-    """Run ``statements`` one after another on one connection (session TimeZone UTC, so
-    timestamp literals without an offset mean the same on every cluster)."""
-    conn = await asyncpg.connect(_dsn(endpoint), timeout=30, server_settings={"TimeZone": "UTC"})
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-async def _poll(
-    check: Callable[[], object], *, timeout: float, what: str, interval: float = 0.05
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise ClusterError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-async def wait_for_replay(primary: Endpoint, standby: Endpoint, timeout: float = 30) -> str:
-    """Wait until ``standby`` has replayed the primary's current WAL position.
-
-    The target is ``pg_current_wal_lsn()`` on the primary at call time; returns it.
-    """
-    conn = await _connect(primary)
-    try:
-        target: str = await conn.fetchval("SELECT pg_current_wal_lsn()::text")
-    finally:
-        await conn.close()
-    conn = await _connect(standby)
-    try:
-
-        async def replayed() -> bool:
-            return bool(
-                await conn.fetchval(
-                    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
-                    target,
-                )
-            )
-
-        await _poll(replayed, timeout=timeout, what=f"standby replay to reach {target}")
-    finally:
-        await conn.close()
-    return target
-
-
-async def cut_replication(standby: Endpoint, timeout: float = 30) -> str:
-    """Stop ``standby`` receiving WAL; return the saved ``primary_conninfo``.
-
-    Sets ``primary_conninfo`` to '' (ALTER SYSTEM + reload) and waits until the WAL
-    receiver is gone.  Pass the returned string to :func:`restore_replication`.
-    """
-    conn = await _connect(standby)
-    try:
-        conninfo: str = await conn.fetchval("SHOW primary_conninfo")
-        await conn.execute("ALTER SYSTEM SET primary_conninfo = ''")
-        await conn.execute("SELECT pg_reload_conf()")
-
-        async def receiver_gone() -> bool:
-            return bool(await conn.fetchval("SELECT count(*) FROM pg_stat_wal_receiver") == 0)
-
-        await _poll(receiver_gone, timeout=timeout, what="the WAL receiver to stop")
-    finally:
-        await conn.close()
-    return conninfo
-
-
-async def restore_replication(standby: Endpoint, conninfo: str, timeout: float = 30) -> None:
-    """Give ``standby`` back its ``primary_conninfo`` and wait until it streams again."""
-    conn = await _connect(standby)
-    try:
-        stmt: str = await conn.fetchval(
-            "SELECT format('ALTER SYSTEM SET primary_conninfo = %L', $1::text)", conninfo
-        )
-        await conn.execute(stmt)
-        await conn.execute("SELECT pg_reload_conf()")
-
-        async def streaming() -> bool:
-            return bool(
-                await conn.fetchval(
-                    "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'"
-                )
-            )
-
-        await _poll(streaming, timeout=timeout, what="the WAL receiver to stream again")
-    finally:
-        await conn.close()
-
-
-async def promote(standby: Endpoint, timeout: int = 60) -> None:
-    """Promote ``standby`` with ``pg_promote(true, timeout)`` and wait for it."""
-    conn = await _connect(standby)
-    try:
-        done = await conn.fetchval("SELECT pg_promote(true, $1)", timeout)
-    finally:
-        await conn.close()
-    if not done:
-        raise ClusterError(f"promotion did not complete within {timeout}s")
-
-
-async def drop_slot(primary: Endpoint, slot: str = DEFAULT_SLOT, timeout: float = 30) -> bool:
-    """Drop replication slot ``slot`` on ``primary`` if it exists; return whether it did.
-
-    A slot still held by a WAL sender is released by terminating that sender.
-    """
-    conn = await _connect(primary)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            row = await conn.fetchrow(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", slot
-            )
-            if row is None:
-                return False
-            if row["active_pid"] is not None:
-                await conn.execute("SELECT pg_terminate_backend($1)", row["active_pid"])
-            else:
-                try:
-                    await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
-                    return True
-                except asyncpg.ObjectInUseError:
-                    pass  # the sender came back between the two statements
-                except asyncpg.UndefinedObjectError:
-                    return False
-            if time.monotonic() > deadline:
-                raise ClusterError(f"replication slot {slot} stays active after {timeout}s")
-            await asyncio.sleep(0.05)
-    finally:
-        await conn.close()
-
-
-async def pause_replay(standby: Endpoint) -> None:
-    """``pg_wal_replay_pause()``: the standby keeps receiving but stops applying WAL."""
-    conn = await _connect(standby)
-    try:
-        await conn.execute("SELECT pg_wal_replay_pause()")
-    finally:
-        await conn.close()
-
-
-async def resume_replay(standby: Endpoint) -> None:
-    """``pg_wal_replay_resume()``."""
-    conn = await _connect(standby)
-    try:
-        await conn.execute("SELECT pg_wal_replay_resume()")
-    finally:
-        await conn.close()
-
-
-# --------------------------------------------------------------------------- LocalClusters
 
 
 @dataclass(eq=False)
