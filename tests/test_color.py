@@ -217,3 +217,15 @@ def test_colour_follows_the_tone_not_the_wording():
     text, colored = colorize(GATE_RENDERERS, gate)
     assert text.startswith("NOT SAFE")
     check((text, colored), [line(text.split("\n")[0], "yellow")])
+
+
+def test_identical_files_past_the_rpo_are_a_problem():
+    """Identical copies whose secondary last synced longer ago than the RPO exit 1: the
+    verdict is red (and Markdown's icon the problem one), not the green of identical."""
+    from replverify.ops.files import RpoCheck
+
+    late = RpoCheck(60.0, T0, "live", T0 - timedelta(seconds=600))
+    report = FilesReport("A", "B", rpo=late)
+    text, colored = colorize(FILES_RENDERERS, report)
+    check((text, colored), ["A vs B: " + word("identical, RPO exceeded", "red")])
+    assert "❌" in FILES_RENDERERS["markdown"](report).splitlines()[0]

@@ -410,7 +410,9 @@ def files_verdict(r: FilesReport) -> str:
 
 
 def files_tone(r: FilesReport) -> Tone:
-    return outcome_tone(r.complete, r.status == "identical")
+    """Identical copies within the RPO are ``ok``; an exceeded RPO is a problem even
+    when the copies are identical (exit 1, as for a difference)."""
+    return outcome_tone(r.complete, r.status == "identical" and r.within_rpo is not False)
 
 
 def files_to_text(r: FilesReport, marks: Marks = PLAIN) -> str:
