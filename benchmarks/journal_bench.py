@@ -11,7 +11,7 @@ peak RSS is its own:
 * ``read``      - :class:`~replverify.journal.records.JournalReader`: decode and validate
   every line;
 * ``reconcile`` - the whole :func:`~replverify.reconcile.run.reconcile_with` (three passes,
-  batched lookups) against a :class:`~replverify.reconcile.run.MemoryTarget`;
+  batched lookups) against a :class:`~replverify.testing.memory.MemoryTarget`;
 * ``ledger``    - pass 1 of reconcile alone (validate, resolve, settle; the per-row
   state), without a target, so its peak memory is its own.
 
@@ -41,7 +41,8 @@ from typing import Any
 
 from replverify.db.catalog import TableInfo
 from replverify.journal.records import JournalReader, Marker, RowResolver
-from replverify.reconcile.run import Ledger, MemoryTarget, reconcile_with
+from replverify.reconcile.run import Ledger, reconcile_with
+from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, TableRef
 
 REF = TableRef("public", "orders")

@@ -37,7 +37,8 @@ from typing import Any, get_args
 import asyncpg
 from shapes import SHAPES, TABLE, Plan, Shape, load, parse_diffs, plan_differences, plant
 
-from replverify.testing.clusters import OTHER_SETTINGS, Cluster, LocalClusters, embedded_binaries
+from replverify.testing.clusters import OTHER_SETTINGS, Cluster, LocalClusters
+from replverify.testing.postgres import embedded_binaries
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -40,7 +40,8 @@ from typing import Any
 import asyncpg
 
 from replverify.failover.pool import FailoverPool
-from replverify.testing.clusters import LocalClusters, find_bindir
+from replverify.testing.clusters import LocalClusters
+from replverify.testing.postgres import find_bindir
 
 RESULTS = Path(__file__).parent / "results"
 

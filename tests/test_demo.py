@@ -15,8 +15,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from replverify.testing.clusters import ENV_TMPDIR, cluster_tmp_root, stop_clusters_under
+from replverify.testing.clusters import ENV_TMPDIR
 from replverify.testing.demo import run_demo
+from replverify.testing.postgres import cluster_tmp_root, stop_clusters_under
 
 
 async def test_demo_runs_the_whole_story():

@@ -6,8 +6,8 @@ import pytest
 
 from replverify.api import DiffOptions, diff
 from replverify.errors import ConnectError, UsageError
-from replverify.reports.common import diff_to_dict
-from replverify.testing.clusters import execute
+from replverify.reports.diff import diff_to_dict
+from replverify.testing.servers import execute
 from replverify.types import Changed, Extra, Missing
 
 MODES = ["copy", "server", "client"]

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from replverify.cli.main import main
 from replverify.lag.metrics import DIFF_METRICS, LAG_METRICS, DiffMetrics, LagMetrics
-from replverify.lag.sampler import LagSample
-from replverify.testing.clusters import free_port
+from replverify.lag.model import LagSample
+from replverify.testing.postgres import free_port
 from replverify.types import DiffReport, TableRef, TableResult
 
 SECRET = "Dv-pw-52kqz"

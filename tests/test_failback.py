@@ -12,13 +12,8 @@ from click.testing import CliRunner
 from replverify.api import DiffOptions
 from replverify.cli.main import main
 from replverify.ops.failback import failback, replay_script
-from replverify.testing.clusters import (
-    LocalClusters,
-    cut_replication,
-    execute,
-    promote,
-    wait_for_replay,
-)
+from replverify.testing.clusters import LocalClusters
+from replverify.testing.servers import cut_replication, execute, promote, wait_for_replay
 
 
 async def test_failback_names_old_only_rows_and_replays_them(

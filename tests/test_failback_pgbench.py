@@ -18,17 +18,8 @@ from click.testing import CliRunner
 from replverify.api import DiffOptions, diff
 from replverify.cli.main import main
 from replverify.ops.failback import failback
-from replverify.testing.clusters import (
-    DEFAULT_LIKE_SETTINGS,
-    LocalClusters,
-    Pair,
-    cut_replication,
-    drop_slot,
-    execute,
-    pgbench,
-    promote,
-    wait_for_replay,
-)
+from replverify.testing.clusters import DEFAULT_LIKE_SETTINGS, LocalClusters, Pair, pgbench
+from replverify.testing.servers import cut_replication, drop_slot, execute, promote, wait_for_replay
 
 HISTORY = "public.pgbench_history"
 KEYED = ("public.pgbench_accounts", "public.pgbench_branches", "public.pgbench_tellers")

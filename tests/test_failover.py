@@ -12,7 +12,9 @@ import pytest
 from replverify.errors import ConnectError, FailoverError, InDoubtError, UsageError
 from replverify.failover.pool import FailoverEvent, FailoverPool, alternate_dsn, is_outage
 from replverify.reconcile.run import reconcile
-from replverify.testing.clusters import LocalClusters, execute, free_port, promote, wait_for_replay
+from replverify.testing.clusters import LocalClusters
+from replverify.testing.postgres import free_port
+from replverify.testing.servers import execute, promote, wait_for_replay
 
 # --------------------------------------------------------------------------- alternate_dsn
 

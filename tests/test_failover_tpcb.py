@@ -16,14 +16,9 @@ from replverify.errors import InDoubtError, ReplverifyError
 from replverify.failover.pool import FailoverEvent, FailoverPool, is_outage
 from replverify.reconcile.replay import replay_script
 from replverify.reconcile.run import reconcile
-from replverify.testing.clusters import (
-    LocalClusters,
-    cut_replication,
-    execute,
-    find_bindir,
-    promote,
-    wait_for_replay,
-)
+from replverify.testing.clusters import LocalClusters
+from replverify.testing.postgres import find_bindir
+from replverify.testing.servers import cut_replication, execute, promote, wait_for_replay
 
 TASKS = 8
 SCALE = 1

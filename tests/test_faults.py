@@ -6,8 +6,8 @@ import asyncio
 
 from replverify.api import DiffOptions, diff
 from replverify.cli.main import diff_exit_code
-from replverify.reports.common import diff_to_dict, diff_to_text
-from replverify.testing.clusters import wait_for_replay
+from replverify.reports.diff import diff_to_dict, diff_to_text
+from replverify.testing.servers import wait_for_replay
 
 
 async def test_target_dying_mid_diff_gives_partial_report(clusters, make_db):

@@ -11,9 +11,11 @@ from click.testing import CliRunner
 
 from replverify.api import DiffOptions
 from replverify.cli.main import main
+from replverify.db.connect import Endpoint
 from replverify.errors import UsageError
 from replverify.ops.gate import gate
-from replverify.testing.clusters import LocalClusters, pause_replay, resume_replay
+from replverify.testing.clusters import LocalClusters
+from replverify.testing.servers import pause_replay, resume_replay
 
 
 def _db(dsn: str, db: str) -> str:
@@ -90,3 +92,19 @@ async def test_gate_fence_makes_the_source_read_only(clusters: LocalClusters) ->
             await conn.execute("INSERT INTO t VALUES (51)")
     finally:
         await conn.close()
+
+
+async def test_gate_parses_each_dsn_once(clusters: LocalClusters, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The DSNs are parsed into endpoints once; the wait, the fence and the diff use
+    those endpoints (the diff does not parse the strings again)."""
+    parsed: list[str] = []
+    real = Endpoint.parse.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Endpoint], dsn: str) -> Endpoint:
+        parsed.append(dsn)
+        return real(cls, dsn)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Endpoint, "parse", classmethod(counting))
+    report = await gate(clusters.primary_dsn, clusters.standby_dsn, timeout=20)
+    assert report.diff is not None, report.notes
+    assert parsed == [clusters.primary_dsn, clusters.standby_dsn]

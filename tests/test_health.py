@@ -9,12 +9,9 @@ from click.testing import CliRunner
 
 from replverify.cli.main import main
 from replverify.ops.health import health
-from replverify.testing.clusters import (
-    LocalClusters,
-    cut_replication,
-    free_port,
-    restore_replication,
-)
+from replverify.testing.clusters import LocalClusters
+from replverify.testing.postgres import free_port
+from replverify.testing.servers import cut_replication, restore_replication
 
 
 async def test_healthy_pair(clusters: LocalClusters) -> None:
@@ -62,7 +59,7 @@ async def test_unreachable_side_cannot_be_checked(clusters: LocalClusters) -> No
 
 
 async def test_promoted_target_shows_split_brain_and_timelines(clusters: LocalClusters) -> None:
-    from replverify.testing.clusters import promote
+    from replverify.testing.servers import promote
 
     pair = await asyncio.to_thread(clusters.fresh_pair)
     await promote(pair.standby_dsn)

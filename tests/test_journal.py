@@ -33,7 +33,8 @@ from replverify.journal.records import (
     render_sql,
     row_writes,
 )
-from replverify.reconcile.run import MemoryTarget, reconcile_with
+from replverify.reconcile.run import reconcile_with
+from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, TableRef
 
 ORDERS = TableRef("public", "orders")

@@ -21,8 +21,7 @@ from click.testing import CliRunner
 from replverify.cli.main import lag_exit_code, main
 from replverify.db.connect import Endpoint, connect
 from replverify.errors import UsageError
-from replverify.lag.sampler import (
-    HEARTBEAT_DDL,
+from replverify.lag.model import (
     METHODS,
     HeartbeatWrite,
     LagReport,
@@ -38,17 +37,17 @@ from replverify.lag.sampler import (
     WalReceiver,
     WalSender,
     classify,
-    conninfo_host_port,
     judge,
     lag_from_heartbeat,
     lag_from_lsn,
     lag_from_slot,
-    measure_lag,
     percentile,
-    snapshot,
 )
-from replverify.reports.common import LAG_RENDERERS, lag_to_dict
-from replverify.testing.clusters import (
+from replverify.lag.probe import HEARTBEAT_DDL, conninfo_host_port
+from replverify.lag.sampler import measure_lag, snapshot
+from replverify.reports.formats import LAG_RENDERERS
+from replverify.reports.lag import lag_to_dict
+from replverify.testing.servers import (
     cut_replication,
     pause_replay,
     promote,
@@ -762,3 +761,19 @@ def test_host_port_of_a_subscription_conninfo():
     assert conninfo_host_port("postgresql://u@10.0.0.1:6000/shop") == ("10.0.0.1", 6000)
     assert conninfo_host_port("postgresql://u@h1:1,h2:2/shop") == (None, None)
     assert conninfo_host_port("") == (None, None)
+
+
+async def test_lag_takes_parsed_endpoints(primary_dsn, standby_dsn, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A caller that parsed the DSNs (the CLI, for its metrics labels too) passes the
+    endpoints: sampling does not parse the strings again."""
+    src, tgt = Endpoint.parse(primary_dsn), Endpoint.parse(standby_dsn)
+    parsed: list[str] = []
+    real = Endpoint.parse.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Endpoint], dsn: str) -> Endpoint:
+        parsed.append(dsn)
+        return real(cls, dsn)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Endpoint, "parse", classmethod(counting))
+    report = await measure_lag(src, tgt, samples=1, interval=0.1)
+    assert len(report.samples) == 1 and parsed == []

@@ -8,8 +8,8 @@ import random
 import asyncpg
 
 from replverify.api import DiffOptions, diff
-from replverify.reports.common import diff_to_dict
-from replverify.testing.clusters import wait_for_replay
+from replverify.reports.diff import diff_to_dict
+from replverify.testing.servers import wait_for_replay
 
 
 def on(dsn: str, db: str) -> str:

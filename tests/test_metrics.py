@@ -21,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from replverify.cli.main import main
 from replverify.lag.metrics import LagMetrics, endpoint_label, serve
-from replverify.lag.sampler import LagSample
-from replverify.testing.clusters import free_port, wait_for_replay
+from replverify.lag.model import LagSample
+from replverify.testing.postgres import free_port
+from replverify.testing.servers import wait_for_replay
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "Mx-pw-81ddq"

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from replverify.cli.main import main
-from replverify.reports.common import fmt_chance
-from replverify.testing.clusters import pause_replay, resume_replay
+from replverify.reports.diff import fmt_chance
+from replverify.testing.servers import pause_replay, resume_replay
 
 
 def _db(dsn: str, db: str) -> str:
@@ -46,7 +46,7 @@ def _invoke(*args: str):  # type: ignore[no-untyped-def]
 async def test_fenced_diff_on_a_paused_standby_says_replay_is_paused(pair, make_db) -> None:  # type: ignore[no-untyped-def]
     (primary,) = await make_db(pair.primary_dsn, rows=200, matrix_rows=10)
     standby = _db(pair.standby_dsn, primary.rsplit("/", 1)[1])
-    from replverify.testing.clusters import wait_for_replay
+    from replverify.testing.servers import wait_for_replay
 
     await wait_for_replay(pair.primary_dsn, pair.standby_dsn)
     await pause_replay(pair.standby_dsn)
@@ -81,8 +81,9 @@ def test_collision_bound_is_readable() -> None:
 
 
 async def test_lag_paused_note_names_the_paused_samples_and_the_resume(pair) -> None:  # type: ignore[no-untyped-def]
-    from replverify.lag.sampler import LagSample, measure_lag
-    from replverify.reports.common import lag_to_text
+    from replverify.lag.model import LagSample
+    from replverify.lag.sampler import measure_lag
+    from replverify.reports.lag import lag_to_text
 
     async def pause_then_resume(s: LagSample) -> None:
         taken.append(s)
@@ -111,7 +112,7 @@ async def test_lag_paused_note_names_the_paused_samples_and_the_resume(pair) -> 
 def test_paused_note_still_paused_at_the_end() -> None:
     from datetime import datetime, timedelta, timezone
 
-    from replverify.lag.sampler import LagSample, paused_note
+    from replverify.lag.model import LagSample, paused_note
 
     t0 = datetime(2026, 12, 2, 1, 0, tzinfo=timezone.utc)
     samples = [

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from replverify.cli.main import main
-from replverify.testing.clusters import cut_replication, execute, promote, wait_for_replay
+from replverify.testing.servers import cut_replication, execute, promote, wait_for_replay
 
 
 def _db(dsn: str, db: str) -> str:
@@ -74,9 +75,10 @@ async def test_failback_with_old_and_new_swapped_is_refused(clusters, make_db) -
 
 def test_counts_are_pluralized() -> None:
     from replverify.ops.failback import FailbackReport, FailbackRow
-    from replverify.reports.common import count, table_verdict
+    from replverify.reports.diff import table_verdict
     from replverify.reports.ops import failback_verdict
     from replverify.types import TableRef, TableResult
+    from replverify.values.wording import count
 
     assert (count(1, "row"), count(2, "row"), count(1000, "entry", "entries")) == (
         "1 row",
@@ -89,14 +91,18 @@ def test_counts_are_pluralized() -> None:
     assert failback_verdict(report).startswith("1 old-only row, 0 conflicting, 0 unknown:")
     one = TableResult(ref, ("id",), "primary key", unstable=[(1,)])
     assert table_verdict(one).startswith("1 row not verified")
-    from replverify.cli.main import colorize
+    from replverify.cli.main import TERMINAL
+    from replverify.reports.formats import DIFF_RENDERERS
+    from replverify.types import DiffReport
 
-    line = f"public.orders  [key (id)]  1 / 1 rows, 1 chunk (0 mismatched)  {table_verdict(one)}"
-    assert "\x1b[" in colorize(line)  # still coloured as "not verified" in the singular
+    # still coloured as "not verified" in the singular
+    colored = DIFF_RENDERERS.marked(DiffReport("s", "t", [one]), TERMINAL)
+    assert click.style(table_verdict(one), fg="yellow") in colored
 
 
 def test_one_value_has_one_presentation() -> None:
-    from replverify.reports.common import _journal_json, fmt_key, fmt_values
+    from replverify.reports.formatting import fmt_key, fmt_values
+    from replverify.reports.reconcile import _journal_json
 
     # the journal's JSON false and the database's text f are the same boolean
     assert fmt_values({"paid": False}) == fmt_values({"paid": "f"}) == 'paid="f"'
@@ -105,7 +111,8 @@ def test_one_value_has_one_presentation() -> None:
 
 
 def test_measured_durations_have_one_format() -> None:
-    from replverify.reports.common import diff_facts, diff_verdict, fmt_seconds
+    from replverify.reports.diff import diff_facts, diff_verdict
+    from replverify.reports.formatting import fmt_seconds
     from replverify.types import DiffReport
 
     report = DiffReport("a", "b", [], elapsed_s=18.4567)

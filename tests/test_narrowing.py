@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from replverify import api
 from replverify.api import DiffOptions, diff
+from replverify.diff import run as diff_run
 from replverify.diff.machine import TableComparison
-from replverify.testing.clusters import execute
+from replverify.testing.servers import execute
 from replverify.types import Changed, Extra, Missing
 
 
@@ -24,7 +24,7 @@ def machines(monkeypatch):
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(api, "TableComparison", Recorded)
+    monkeypatch.setattr(diff_run, "TableComparison", Recorded)
     return made
 
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from replverify.cli.main import main
 from replverify.errors import OutputError
 from replverify.journal.records import JournalWriter
-from replverify.testing.clusters import cut_replication, execute, promote, wait_for_replay
+from replverify.testing.servers import cut_replication, execute, promote, wait_for_replay
 
 #: A server nothing listens on: a command that got past its option checks fails on it.
 NOBODY = "postgresql://postgres@127.0.0.1:1/postgres"

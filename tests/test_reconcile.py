@@ -27,15 +27,10 @@ from replverify.diff.sql import ident, quote_table
 from replverify.errors import JournalError
 from replverify.journal.records import JournalWriter
 from replverify.reconcile.replay import replay_script
-from replverify.reconcile.run import (
-    Finding,
-    MemoryTarget,
-    ReconcileReport,
-    reconcile,
-    reconcile_with,
-)
-from replverify.reports.common import reconcile_to_dict
+from replverify.reconcile.run import Finding, ReconcileReport, reconcile, reconcile_with
+from replverify.reports.reconcile import reconcile_to_dict
 from replverify.testing import clusters as testing
+from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, TableRef
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "journals"

@@ -27,21 +27,24 @@ from click.testing import CliRunner
 
 from replverify.cli.main import main
 from replverify.db.catalog import TableInfo
-from replverify.lag.sampler import LagReport, LagSample, ReplicationState
+from replverify.lag.model import LagReport, LagSample, ReplicationState
 from replverify.ops.failback import FailbackReport, FailbackRow
 from replverify.ops.files import FileDifference, FilesReport
 from replverify.ops.gate import GateReport
 from replverify.ops.health import Finding as HealthFinding
 from replverify.ops.health import HealthReport
-from replverify.reconcile.run import MemoryTarget, ReconcileReport, reconcile_with
-from replverify.reports.common import DIFF_RENDERERS, LAG_RENDERERS, RECONCILE_RENDERERS
-from replverify.reports.html import ticks
-from replverify.reports.ops import (
+from replverify.reconcile.run import ReconcileReport, reconcile_with
+from replverify.reports.chart import ticks
+from replverify.reports.formats import (
+    DIFF_RENDERERS,
     FAILBACK_RENDERERS,
     FILES_RENDERERS,
     GATE_RENDERERS,
     HEALTH_RENDERERS,
+    LAG_RENDERERS,
+    RECONCILE_RENDERERS,
 )
+from replverify.testing.memory import MemoryTarget
 from replverify.types import (
     Changed,
     Column,
@@ -58,7 +61,7 @@ EVIL = '<script>alert("x")</script>'
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
 SOURCE = "postgresql://app@db1:5432/shop"
 TARGET = "postgresql://app@db2:5432/shop"
-# rgb of the banner colours in report_html.CSS
+# rgb of the banner colours in replverify/reports/report.css
 RED, GREEN, BLUE = (0xB4, 0x23, 0x18), (0x1A, 0x7F, 0x37), (0x17, 0x5C, 0xD3)
 
 

@@ -28,20 +28,16 @@ from test_report_html import (
 )
 
 from replverify.ops.failback import FailbackReport, FailbackRow
-from replverify.reports.common import (
+from replverify.reports.formats import (
     DIFF_RENDERERS,
-    LAG_RENDERERS,
-    RECONCILE_RENDERERS,
-    fmt_key,
-    md_code,
-    md_text,
-)
-from replverify.reports.ops import (
     FAILBACK_RENDERERS,
     FILES_RENDERERS,
     GATE_RENDERERS,
     HEALTH_RENDERERS,
+    LAG_RENDERERS,
+    RECONCILE_RENDERERS,
 )
+from replverify.reports.formatting import fmt_key, md_code, md_text
 from replverify.types import Changed, DiffReport, Extra, Missing, TableRef, TableResult
 
 MD = MarkdownIt("commonmark").enable("table")

@@ -76,7 +76,7 @@ async def test_a_real_recovery_conflict_on_a_standby_is_retried(clusters) -> Non
     (40001, "conflict with recovery"); the read is run again on a fresh snapshot."""
     import asyncio
 
-    from replverify.testing.clusters import execute, wait_for_replay
+    from replverify.testing.servers import execute, wait_for_replay
 
     pair = await asyncio.to_thread(clusters.fresh_pair)
     await execute(

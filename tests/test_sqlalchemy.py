@@ -15,7 +15,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from replverify.errors import UsageError
 from replverify.failover.sqlalchemy import journal_engine
 from replverify.reconcile.run import reconcile
-from replverify.testing.clusters import LocalClusters, execute
+from replverify.testing.clusters import LocalClusters
+from replverify.testing.servers import execute
 
 
 class Base(DeclarativeBase):

@@ -16,15 +16,10 @@ from replverify.cli.main import diff_exit_code, main
 from replverify.ops import failback as failback_module
 from replverify.ops.failback import failback
 from replverify.ops.gate import gate
-from replverify.reports.common import diff_to_dict, diff_to_markdown, diff_to_text
-from replverify.reports.html import to_html
-from replverify.reports.ops import (
-    FAILBACK_RENDERERS,
-    GATE_RENDERERS,
-    failback_to_dict,
-    gate_to_dict,
-)
-from replverify.testing.clusters import execute, wait_for_replay
+from replverify.reports.diff import diff_to_dict, diff_to_markdown, diff_to_text
+from replverify.reports.formats import DIFF_RENDERERS, FAILBACK_RENDERERS, GATE_RENDERERS
+from replverify.reports.ops import failback_to_dict, gate_to_dict
+from replverify.testing.servers import execute, wait_for_replay
 from replverify.types import Missing
 
 
@@ -130,7 +125,7 @@ async def test_markdown_and_html_name_the_table_and_the_reason(secret):
     row = next(x for x in md.splitlines() if x.startswith("| `public.customers`"))
     assert "NOT VERIFIED" in row
     assert "- error: cannot read public.customers on the source: permission denied" in md
-    page = to_html(report)
+    page = DIFF_RENDERERS["html"](report)
     assert "public.customers: NOT VERIFIED" in page
     assert "error: cannot read public.customers on the source: permission denied" in page
 

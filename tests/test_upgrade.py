@@ -16,16 +16,12 @@ from click.testing import CliRunner
 
 from replverify.api import diff
 from replverify.cli.main import main
-from replverify.lag.sampler import HEARTBEAT_DDL, measure_lag
+from replverify.lag.probe import HEARTBEAT_DDL
+from replverify.lag.sampler import measure_lag
 from replverify.ops.health import health
-from replverify.reports.common import lag_to_dict, lag_to_text
-from replverify.testing.clusters import (
-    Cluster,
-    execute,
-    subscribe,
-    unsubscribe,
-    wait_for_subscription,
-)
+from replverify.reports.lag import lag_to_dict, lag_to_text
+from replverify.testing.clusters import Cluster
+from replverify.testing.servers import execute, subscribe, unsubscribe, wait_for_subscription
 from replverify.types import Changed, Extra, Missing
 
 #: User-defined types get other OIDs on each server; both sides need them (no DDL is

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import io
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from replverify import __version__, api
+from replverify.db.connect import Endpoint
 from replverify.errors import (
     EXIT_DIFFERENT,
     EXIT_OK,
@@ -35,14 +35,11 @@ from replverify.errors import (
     ReplverifyError,
     ServerError,
 )
-from replverify.lag.sampler import LagReport, LagSample, measure_lag
-from replverify.reports.common import (
-    DIFF_RENDERERS,
-    LAG_RENDERERS,
-    lag_sample_line,
-    lag_samples_header,
-    lag_to_text,
-)
+from replverify.lag.model import LagReport, LagSample
+from replverify.lag.sampler import measure_lag
+from replverify.reports.formats import DIFF_RENDERERS, LAG_RENDERERS, Renderers
+from replverify.reports.formatting import Marks, Tone
+from replverify.reports.lag import lag_sample_line, lag_samples_header, lag_to_text
 from replverify.types import DiffReport, TableRef
 from replverify.values.canonical import Compare
 
@@ -52,6 +49,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+R = TypeVar("R")
 
 FORMATS = click.Choice(["text", "json", "markdown", "html"])
 
@@ -118,16 +116,18 @@ def output_options(f: F) -> F:
     return f
 
 
-def emit(text: str, output: str | None) -> None:
+def emit(text: str, output: str | None, marked: Callable[[Marks], str] | None = None) -> None:
     """Write a rendered report to ``output`` or standard output; the text format gets its
-    verdicts coloured on a terminal (see :func:`use_color`)."""
+    verdicts coloured on a terminal (see :func:`use_color`): ``marked(marks)`` renders the
+    same text with its verdicts marked by ``marks``."""
     if output:
         write_file(output, text, "the report")
         return
     ctx = click.get_current_context(silent=True)
     try:
-        if ctx is not None and ctx.params.get("fmt", "text") == "text" and use_color():
-            click.echo(colorize(text), nl=False, color=True)
+        text_format = ctx is not None and ctx.params.get("fmt", "text") == "text"
+        if marked is not None and text_format and use_color():
+            click.echo(marked(TERMINAL), nl=False, color=True)
         else:
             click.echo(text, nl=False)
         sys.stdout.flush()
@@ -154,53 +154,30 @@ def use_color() -> bool:
     return not os.environ.get("NO_COLOR") and stdout_is_terminal()
 
 
-_GREEN, _RED, _YELLOW = "green", "red", "yellow"
-_MISMATCHED = r"\([\d,]+ mismatched\)  "
-#: The verdicts of the text reports (report.py, report_ops.py) and their colours: green
-#: verified, red a problem found, yellow could not tell. A pattern with a group ``v``
-#: colours that group; one without colours (and bolds) the whole line, a report's summary.
-VERDICT_COLORS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), color)
-    for pattern, color in (
-        (r"^(?:CONSISTENT|WITHIN RPO|NO LOSS|SAFE to switch): ", _GREEN),
-        (r"^(?:DIFFERENT|RPO EXCEEDED|LOSS|NOT SAFE): ", _RED),
-        (r"^(?:INCOMPLETE|UNKNOWN): ", _YELLOW),
-        (r"^failback: nothing on the old primary is missing", _GREEN),
-        (r"^failback: \d+ old-only", _RED),
-        (r"^health of .*: (?P<v>ok)$", _GREEN),
-        (r"^health of .*: (?P<v>problem)$", _RED),
-        (r"^health of .*: (?P<v>unknown)$", _YELLOW),
-        (r"^(?P<v>ok)    ", _GREEN),
-        (r"^(?P<v>fail)  ", _RED),
-        (r"^(?P<v>warn)  ", _YELLOW),
-        (r" vs .*: (?P<v>identical)$", _GREEN),
-        (r" vs .*: (?P<v>(?:\d+ (?:missing|extra|changed|unreadable)(?:, )?)+)$", _RED),
-        (_MISMATCHED + r"(?P<v>ok)$", _GREEN),
-        (_MISMATCHED + r"(?P<v>[\d,]+ differences?|schema differs)$", _RED),
-        (_MISMATCHED + r"(?P<v>NOT VERIFIED|[\d,]+ rows? not verified .*)$", _YELLOW),
-        (r"^(?P<v>lost|conflict) +\S+ #\d+  ", _RED),
-        (r"^(?P<v>in doubt) +\S+ #\d+  ", _YELLOW),
-    )
-)
+#: A tone's colour on a terminal: green verified, red a problem found, yellow could not
+#: tell; a report without a verdict (``info``) stays plain.
+TONE_COLORS: dict[Tone, str | None] = {"ok": "green", "bad": "red", "warn": "yellow", "info": None}
 
 
-def colorize(text: str) -> str:
-    """``text`` (a text report) with its verdicts coloured by ANSI codes; nothing else
-    changes, so the renderers stay plain."""
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        for pattern, color in VERDICT_COLORS:
-            m = pattern.search(line)
-            if m is None:
-                continue
-            if "v" in pattern.groupindex:
-                start, end = m.span("v")
-                word = click.style(line[start:end], fg=color)
-                lines[i] = line[:start] + word + line[end:]
-            else:
-                lines[i] = click.style(line, fg=color, bold=True)
-            break
-    return "\n".join(lines)
+def _color_word(text: str, tone: Tone) -> str:
+    color = TONE_COLORS[tone]
+    return click.style(text, fg=color) if color else text
+
+
+def _color_line(text: str, tone: Tone) -> str:
+    color = TONE_COLORS[tone]
+    return click.style(text, fg=color, bold=True) if color else text
+
+
+#: How text reports mark their verdicts on a terminal: a word coloured, the verdict line
+#: coloured and bold, each from its tone (the renderers decide the tone, not the words).
+TERMINAL = Marks(item=_color_word, verdict=_color_line)
+
+
+def emit_report(renderers: Renderers[R], fmt: str, report: R, output: str | None) -> None:
+    """Render ``report`` as ``fmt`` and :func:`emit` it (coloured from its tones where
+    :func:`emit` colours)."""
+    emit(renderers[fmt](report), output, lambda marks: renderers.marked(report, marks))
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -636,7 +613,7 @@ def diff(
         report = run_async(api.diff(source, target, options, progress=bar))
     finally:
         bar.close()
-    emit(DIFF_RENDERERS[fmt](report), output)
+    emit_report(DIFF_RENDERERS, fmt, report, output)
     sys.exit(diff_exit_code(report))
 
 
@@ -660,10 +637,12 @@ def _diff_every(
         raise click.BadOptionUsage(
             "state", "--state resumes one interrupted run; it cannot go with --every", ctx
         )
+    # Parsed once: the metrics labels and every run use these.
+    src_ep, tgt_ep = Endpoint.parse(source), Endpoint.parse(target)
     metrics: DiffMetrics | None = None
     server: MetricsServer | None = None
     if metrics_port is not None:
-        metrics = DiffMetrics(source, target)
+        metrics = DiffMetrics(src_ep, tgt_ep)
         server = serve(metrics, addr=metrics_addr, port=metrics_port)
         click.echo(f"replverify: serving metrics at {server.url}", err=True)
     failures: list[ReplverifyError] = []
@@ -682,7 +661,7 @@ def _diff_every(
                    err=True)  # fmt: skip
 
     try:
-        last = run_async(_diff_until_interrupt(source, target, options, every, on_report,
+        last = run_async(_diff_until_interrupt(src_ep, tgt_ep, options, every, on_report,
                                                on_failure))  # fmt: skip
     finally:
         if server is not None:
@@ -690,7 +669,7 @@ def _diff_every(
     if last is None:
         click.echo("replverify: stopped before any verification ended", err=True)
         sys.exit(EXIT_TROUBLE)
-    emit(DIFF_RENDERERS[fmt](last), output)
+    emit_report(DIFF_RENDERERS, fmt, last, output)
     # The latest attempt failed: the report shown is older than that; never 0 then.
     sys.exit(EXIT_TROUBLE if failures else diff_exit_code(last))
 
@@ -709,8 +688,8 @@ def diff_run_line(report: DiffReport) -> str:
 
 
 async def _diff_until_interrupt(
-    source: str,
-    target: str,
+    source: Endpoint,
+    target: Endpoint,
     options: api.DiffOptions,
     every: float,
     on_report: Callable[[DiffReport], None],
@@ -871,12 +850,14 @@ def lag(
         ctx.get_parameter_source("metrics_addr") is click.core.ParameterSource.COMMANDLINE
     ):
         raise click.BadOptionUsage("metrics_addr", "--metrics-addr needs --metrics-port", ctx)
+    # Parsed once: the metrics labels and every (retried) measurement use these.
+    src_ep, tgt_ep = Endpoint.parse(source), Endpoint.parse(target)
     metrics: LagMetrics | None = None
     server: MetricsServer | None = None
     if metrics_port is not None:
         watch = True
         # Errors (prometheus-client missing, port in use) exit 2 through ReplverifyGroup.
-        metrics = LagMetrics(source, target, rpo=rpo)
+        metrics = LagMetrics(src_ep, tgt_ep, rpo=rpo)
         server = serve(metrics, addr=metrics_addr, port=metrics_port)
         click.echo(f"replverify: serving metrics at {server.url}", err=True)
     count = samples if samples is not None else (None if watch else 5)
@@ -907,7 +888,7 @@ def lag(
 
     try:
         lagging = _lag_until_interrupt(
-            source, target, count, interval, rpo, heartbeat, on_sample,
+            src_ep, tgt_ep, count, interval, rpo, heartbeat, on_sample,
             stop_on_sigint=watch, on_failure=on_failure,
         )  # fmt: skip
         report = run_async(lagging)
@@ -916,16 +897,20 @@ def lag(
             server.close()
     if watch and not to_stderr:
         # The samples are on the screen already, under their header: only the summary.
-        emit(lag_to_text(report, samples=False), output)
+        emit(
+            lag_to_text(report, samples=False),
+            output,
+            lambda marks: lag_to_text(report, marks, samples=False),
+        )
     else:
-        emit(LAG_RENDERERS[fmt](report), output)
+        emit_report(LAG_RENDERERS, fmt, report, output)
     # Lag was not measured while sampling failed: never 0 then.
     sys.exit(EXIT_TROUBLE if failures else lag_exit_code(report))
 
 
 async def _lag_until_interrupt(
-    source: str,
-    target: str,
+    source: str | Endpoint,
+    target: str | Endpoint,
     samples: int | None,
     interval: float,
     rpo: float | None,
@@ -1033,7 +1018,7 @@ def lag_exit_code(report: LagReport) -> int:
     required=True,
     type=click.Path(dir_okay=False),
     metavar="FILE",
-    help="The application's write journal (JSON Lines, see DESIGN.md).",
+    help="The application's write journal (JSON Lines, see docs/journal.md).",
 )
 @click.option(
     "--target",
@@ -1081,7 +1066,7 @@ def reconcile(
     from replverify.reconcile.replay import replay_script
     from replverify.reconcile.run import parse_since
     from replverify.reconcile.run import reconcile as run_reconcile
-    from replverify.reports.common import RECONCILE_RENDERERS
+    from replverify.reports.formats import RECONCILE_RENDERERS
 
     try:
         since_ts = parse_since(since) if since else None
@@ -1089,13 +1074,21 @@ def reconcile(
         raise click.BadParameter(e.message, param_hint="--since") from None
     report = run_async(run_reconcile(journal, target, source_dsn=source, since=since_ts))
     write_script_then_emit(
-        replay_sql, lambda: replay_script(report), RECONCILE_RENDERERS[fmt](report), output
+        replay_sql,
+        lambda: replay_script(report),
+        RECONCILE_RENDERERS[fmt](report),
+        output,
+        lambda marks: RECONCILE_RENDERERS.marked(report, marks),
     )
     sys.exit(EXIT_DIFFERENT if report.status == "loss" else EXIT_OK)
 
 
 def write_script_then_emit(
-    script_path: str | None, script: Callable[[], str], report: str, output: str | None
+    script_path: str | None,
+    script: Callable[[], str],
+    report: str,
+    output: str | None,
+    marked: Callable[[Marks], str] | None = None,
 ) -> None:
     """Write the replay script to ``script_path`` (if given), then the report; when the
     script cannot be written the report still is, and then the script's error ends the
@@ -1106,7 +1099,7 @@ def write_script_then_emit(
             write_file(script_path, script(), "the replay script")
         except OutputError as e:
             failure = e
-    emit(report, output)
+    emit(report, output, marked)
     if failure is not None:
         fail(failure)
 
@@ -1154,7 +1147,7 @@ def gate(
     different, 2 on trouble.
     """
     from replverify.ops.gate import gate as run_gate
-    from replverify.reports.ops import GATE_RENDERERS
+    from replverify.reports.formats import GATE_RENDERERS
 
     show = sys.stderr.isatty() if progress is None else progress
 
@@ -1171,7 +1164,7 @@ def gate(
     finally:
         if show:
             click.echo("\r\033[K", err=True, nl=False)
-    emit(GATE_RENDERERS[fmt](report), output)
+    emit_report(GATE_RENDERERS, fmt, report, output)
     if not report.complete:
         sys.exit(EXIT_TROUBLE)
     sys.exit(EXIT_OK if report.status == "safe" else EXIT_DIFFERENT)
@@ -1233,7 +1226,7 @@ def failback(
     from replverify.db.connect import Endpoint
     from replverify.ops.failback import ReplayFile
     from replverify.ops.failback import failback as run_failback
-    from replverify.reports.ops import FAILBACK_RENDERERS
+    from replverify.reports.formats import FAILBACK_RENDERERS
 
     options = api.DiffOptions(
         tables=tables, max_diffs=max_diffs, allow_same_server=allow_same_server
@@ -1262,7 +1255,11 @@ def failback(
             )
     else:
         report = run_async(run_failback(old, new, options=options))
-    emit(FAILBACK_RENDERERS[fmt](report), output)
+    emit(
+        FAILBACK_RENDERERS[fmt](report),
+        output,
+        lambda marks: FAILBACK_RENDERERS.marked(report, marks),
+    )
     if failure is not None:
         fail(failure)
     if not report.complete:
@@ -1287,10 +1284,10 @@ def health(source: str, target: str, rpo: float | None, fmt: str, output: str | 
     --rpo) and timelines. Exit 0 all ok, 1 a problem found, 2 could not check.
     """
     from replverify.ops.health import health as run_health
-    from replverify.reports.ops import HEALTH_RENDERERS
+    from replverify.reports.formats import HEALTH_RENDERERS
 
     report = run_async(run_health(source, target, rpo=rpo))
-    emit(HEALTH_RENDERERS[fmt](report), output)
+    emit_report(HEALTH_RENDERERS, fmt, report, output)
     if report.status == "unknown":
         sys.exit(EXIT_TROUBLE)
     sys.exit(EXIT_OK if report.status == "ok" else EXIT_DIFFERENT)
@@ -1344,7 +1341,7 @@ def files(
     from replverify.errors import UsageError
     from replverify.ops.files import HashLedger, compare_objects, compare_trees
     from replverify.ops.objstore import StoreError, is_local, local_path, open_store
-    from replverify.reports.ops import FILES_RENDERERS
+    from replverify.reports.formats import FILES_RENDERERS
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = FilesProgress(show)
@@ -1371,7 +1368,7 @@ def files(
     bar.close()
     if rpo is not None:
         report.rpo = rpo_check
-    emit(FILES_RENDERERS[fmt](report), output)
+    emit_report(FILES_RENDERERS, fmt, report, output)
     if not report.complete:
         sys.exit(EXIT_TROUBLE)
     if report.status != "identical" or report.within_rpo is False:

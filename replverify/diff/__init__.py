@@ -1,4 +1,5 @@
 """Compare two servers table by table: key-range planning, the I/O-free comparison
-machine, digests, COPY-stream narrowing, row sources, the async driver, resume state.
+machine (``machine.py``), digests, COPY-stream narrowing, row sources, the async driver,
+resume state, and ``run.py``, the orchestration behind :func:`replverify.api.diff`.
 
-Imports db, values, errors and types."""
+Imports lag (the lag snapshot a diff report carries), db, values, errors and types."""

@@ -20,9 +20,10 @@ BYTE_ORDER_LOCALES = frozenset({"C", "POSIX", "C.UTF-8", "C.utf8"})
 #: hashed and compared through a cast that does not.
 TEXT_CASTS = {"money": "numeric"}
 #: Types whose binary send form was verified byte-identical between PostgreSQL 15 and 18
-#: (DESIGN.md): between major versions these go into a COPY digest as binary, others as
-#: their text (pinned settings), so that a changed binary format cannot pass as a
-#: changed value; a chunk that then differs is settled by decoded values.
+#: (tests/test_compare_versions.py runs both): between major versions these go into a
+#: COPY digest as binary, others as their text (pinned settings), so that a changed
+#: binary format cannot pass as a changed value; a chunk that then differs is settled by
+#: decoded values.
 BINARY_STABLE = frozenset(
     {
         *("int2", "int4", "int8", "oid", "bool", "char", "text", "varchar", "bpchar", "name"),

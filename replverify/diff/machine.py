@@ -321,15 +321,3 @@ class TableComparison:
         self.differences_total += 1
         if self.max_diffs is None or len(self.differences) < self.max_diffs:
             self.differences.append(diff)
-
-
-def run_in_memory(
-    machine: TableComparison,
-    answer: Callable[[Request], object],
-) -> TableComparison:
-    """Drive ``machine`` to completion with a synchronous ``answer`` function (tests, tools)."""
-    queue: list[Request] = machine.start()
-    while queue:
-        req = queue.pop()
-        queue.extend(machine.feed(req, answer(req)))
-    return machine

@@ -2,13 +2,14 @@
 
 A :class:`RowSource` answers four questions about a key range: its digest, split keys,
 (key → row hash) pairs, and full rows for some keys. :class:`PostgresSource` answers them
-with SQL (hashing in the database, or hashing decoded rows here), :class:`MemorySource`
-from a dict (tests and tools). The comparison logic never knows which it talks to.
+with SQL (hashing in the database, or hashing decoded rows here),
+:class:`replverify.testing.memory.MemorySource` from a dict (tests and tools). The
+comparison logic never knows which it talks to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, cast
 
 import asyncpg
@@ -235,53 +236,3 @@ class PostgresSource:
             if key in wanted:
                 out[key] = tuple(r)[self.nkey :]
         return out
-
-
-class MemorySource:
-    """An in-memory side: ``rows`` maps key → compared column values.
-
-    Keys are ordered with Python's ordering, which must match the server's for the data
-    used (ints, byte-ordered text, ...). Digests use the same canonical hashing as
-    ``PostgresSource`` in client mode.
-    """
-
-    def __init__(self, rows: Mapping[Key, Row], hasher: Callable[[Sequence[object]], int]) -> None:
-        self.data = dict(rows)
-        self.keys: list[Key] = sorted(self.data)
-        self.hasher = hasher
-        self.calls = 0
-
-    def _in(self, rng: KeyRange) -> list[Key]:
-        return [
-            k
-            for k in self.keys
-            if (rng.lo is None or k > rng.lo) and (rng.hi is None or k <= rng.hi)
-        ]
-
-    async def digest(self, rng: KeyRange) -> ChunkDigest:
-        self.calls += 1
-        d = ChunkDigest(0, 0)
-        for k in self._in(rng):
-            d = d.add(self.hasher(self.data[k]))
-        return d
-
-    async def digests(self, ranges: Sequence[KeyRange]) -> list[ChunkDigest]:
-        return [await self.digest(r) for r in ranges]
-
-    async def boundary(self, after: Key | None, every: int) -> Key | None:
-        self.calls += 1
-        keys = self._in(KeyRange(after, None))
-        return keys[every - 1] if len(keys) >= every else None
-
-    async def split(self, rng: KeyRange, every: int, parts: int = 0) -> list[Key]:
-        self.calls += 1
-        keys = self._in(rng)
-        return [keys[i] for i in range(every - 1, len(keys), every)]
-
-    async def row_hashes(self, rng: KeyRange) -> dict[Key, int]:
-        self.calls += 1
-        return {k: self.hasher(self.data[k]) for k in self._in(rng)}
-
-    async def rows(self, rng: KeyRange, keys: Sequence[Key]) -> dict[Key, Row]:
-        self.calls += 1
-        return {k: self.data[k] for k in keys if k in self.data}

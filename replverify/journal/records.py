@@ -1,7 +1,7 @@
 """The write journal: what an application appends around its writes, and how
 ``replverify reconcile`` reads it back.
 
-Format (JSON Lines, UTF-8, append-only; fixed by DESIGN.md)::
+Format (JSON Lines, UTF-8, append-only; a fixed contract, docs/journal.md)::
 
     {"v": 1, "txid": "t-0001", "seq": 17, "ts": "2026-11-23T10:00:00.123456+00:00",
      "state": "intent", "op": "update", "table": "public.orders", "key": {"id": 42},
@@ -113,7 +113,7 @@ from sqlglot.errors import SqlglotError
 from replverify.db.catalog import TableInfo, parse_table_pattern
 from replverify.errors import JournalError, OutputError, UsageError
 from replverify.types import ColumnType, TableRef
-from replverify.values.canonical import pg_text
+from replverify.values.pgtext import pg_text
 
 __all__ = [
     "FORMAT_VERSION",

@@ -1,3 +1,5 @@
-"""Replication lag: LSN arithmetic, SQL probes, the sampling loop, Prometheus metrics.
+"""Replication lag: ``model.py`` (the records and the pure arithmetic, no I/O),
+``probe.py`` (the SQL each sample reads), ``sampler.py`` (the sampling loop),
+``metrics.py`` (Prometheus).
 
 Imports db, values, errors and types."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from replverify import __version__
 from replverify.db.connect import Endpoint
 from replverify.errors import MetricsError
-from replverify.lag.sampler import LagSample, judge
+from replverify.lag.model import LagSample, judge
 
 if TYPE_CHECKING:
     from replverify.types import DiffReport
@@ -87,9 +87,9 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
-def endpoint_label(dsn: str) -> str:
+def endpoint_label(dsn: str | Endpoint) -> str:
     """``host:port/db`` of a DSN: all of it a metric label may show."""
-    ep = Endpoint.parse(dsn)
+    ep = dsn if isinstance(dsn, Endpoint) else Endpoint.parse(dsn)
     db = urllib.parse.urlsplit(ep.display).path.lstrip("/")
     return f"{ep.address}/{db}"
 
@@ -101,7 +101,9 @@ class LagMetrics:
     "caught up"); the counters, ``replverify_up`` and ``replverify_rpo_seconds`` at once.
     """
 
-    def __init__(self, source: str, target: str, *, rpo: float | None = None) -> None:
+    def __init__(
+        self, source: str | Endpoint, target: str | Endpoint, *, rpo: float | None = None
+    ) -> None:
         pc = _prometheus()
         self.rpo = rpo
         self.registry = pc.CollectorRegistry()
@@ -186,7 +188,7 @@ class DiffMetrics:
     ``replverify_diff_last_verified_timestamp_seconds`` then shows how old they are.
     """
 
-    def __init__(self, source: str, target: str) -> None:
+    def __init__(self, source: str | Endpoint, target: str | Endpoint) -> None:
         pc = _prometheus()
         self.registry = pc.CollectorRegistry()
         self.labels = {"source": endpoint_label(source), "target": endpoint_label(target)}

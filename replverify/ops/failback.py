@@ -73,10 +73,9 @@ from replverify.ops.xidhorizon import (
 )
 from replverify.reconcile.replay import delete_statement, guard, insert_statement, update_statement
 from replverify.types import Changed, Column, DiffReport, Extra, Missing, TableRef, TableResult
-from replverify.values.canonical import jsonable
+from replverify.values.pgtext import jsonable
 
 __all__ = [
-    "FAILBACK_SCHEMA",
     "FailbackReport",
     "FailbackRow",
     "ReplayFile",
@@ -84,7 +83,6 @@ __all__ = [
     "replay_script",
 ]
 
-FAILBACK_SCHEMA = "replverify.failback/1"
 Origin = Literal["old_only", "new_only", "conflict", "unknown"]
 Change = Literal["insert", "update", "delete"]
 ORIGINS: tuple[Origin, ...] = ("old_only", "new_only", "conflict", "unknown")
@@ -361,7 +359,7 @@ async def failback(
         ctx = await _context(report, oc, nc)
         ctx.new_ep = new_ep
         # every differing row is attributed; ``listed`` only limits what is kept
-        diff = await api.diff(old, new, dataclasses.replace(options, max_diffs=None))
+        diff = await api.diff(old_ep, new_ep, dataclasses.replace(options, max_diffs=None))
         report.diff = diff
         plans = await _keyless_plans(oc, nc, diff)
         for t in diff.tables:

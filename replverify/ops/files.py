@@ -5,8 +5,8 @@ listing per level, never the whole tree. Files present on both sides are compare
 size first and, only when the sizes agree, by an xxh3-128 digest of their content read
 in blocks. Symbolic links are never followed: a link is compared by its target text.
 Anything that cannot be read (permissions, a file vanishing mid-walk) is reported as
-``unreadable``, never raised: the report is then incomplete (exit 2, as DESIGN.md says:
-never 0 when something could not be checked).
+``unreadable``, never raised: the report is then incomplete (exit 2: never 0 when
+something could not be checked).
 
 The core (:func:`walk`, :func:`file_digest`, :func:`compare_trees`) is synchronous and
 pure apart from reading the file system; the CLI calls it directly.
@@ -30,7 +30,6 @@ from replverify.ops.objstore import ObjectInfo, ObjectStore, StoreError
 
 __all__ = [
     "BLOCK_SIZE",
-    "FILES_SCHEMA",
     "Entry",
     "FileDifference",
     "FilesReport",
@@ -41,7 +40,6 @@ __all__ = [
     "walk",
 ]
 
-FILES_SCHEMA = "replverify.files/1"
 BLOCK_SIZE = 1 << 20
 
 EntryKind = Literal["file", "dir", "symlink", "other"]

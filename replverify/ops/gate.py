@@ -32,7 +32,8 @@ from replverify import api
 from replverify.db import catalog
 from replverify.db.connect import DB_ERRORS, Endpoint, connect, trouble
 from replverify.errors import UsageError
-from replverify.lag.sampler import ReplicationState, replication_state
+from replverify.lag.model import ReplicationState
+from replverify.lag.probe import replication_state
 from replverify.types import DiffReport
 
 __all__ = ["FENCE_SQL", "UNFENCE_SQL", "GateReport", "gate"]
@@ -132,7 +133,7 @@ async def gate(
             *(c.close() for c in (src, tgt) if c is not None), return_exceptions=True
         )
     if report.caught_up:
-        report.diff = await api.diff(source, target, options)
+        report.diff = await api.diff(src_ep, tgt_ep, options)
     else:
         why = (
             " (WAL replay is paused on the target: waiting cannot help; resume it on the "

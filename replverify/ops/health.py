@@ -2,7 +2,7 @@
 per line (ok / warn / fail).
 
 Checks: each side reachable; which side is in recovery (exactly the target should be);
-how the target relates to the source (:func:`replverify.lag.sampler.classify`); the target's WAL
+how the target relates to the source (:func:`replverify.lag.model.classify`); the target's WAL
 receiver; the source's replication slot for it; replay paused; lag (bytes and seconds)
 against an RPO; and timelines (a primary's from its current WAL file name, a standby's
 from ``pg_stat_wal_receiver.received_tli`` or ``pg_control_checkpoint()``).
@@ -30,20 +30,11 @@ import asyncpg
 from replverify.db import catalog
 from replverify.db.connect import DB_ERRORS, Endpoint, connect
 from replverify.errors import ReplverifyError
-from replverify.lag.sampler import (
-    LagSample,
-    LsnHistory,
-    ReplicationState,
-    classify,
-    slot_sample,
-    snapshot,
-    source_facts,
-    target_facts,
-)
+from replverify.lag.model import LagSample, LsnHistory, ReplicationState, classify
+from replverify.lag.probe import slot_sample, source_facts, target_facts
+from replverify.lag.sampler import snapshot
 
-__all__ = ["HEALTH_SCHEMA", "Finding", "HealthReport", "health"]
-
-HEALTH_SCHEMA = "replverify.health/1"
+__all__ = ["Finding", "HealthReport", "health"]
 Level = Literal["ok", "warn", "fail"]
 
 _TIMELINE_SQL = """\

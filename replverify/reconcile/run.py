@@ -13,7 +13,7 @@ journal order), a self-committed record at its own. Two transactions that write 
 are serialised by PostgreSQL's row lock, so the one that committed last holds the row,
 whatever order their intents were journaled in. Aborted writes are counted, not judged.
 
-Verdicts (DESIGN.md). Values are compared type-aware: PostgreSQL itself reads the
+Verdicts. Values are compared type-aware: PostgreSQL itself reads the
 journal's values as the column types (``jsonb_populate_record`` of the table's row type),
 then both sides are compared with :mod:`replverify.values.canonical` encodings - ``"12.50"`` =
 12.5, timestamps as instants, json by value, NULL = NULL:
@@ -36,7 +36,8 @@ The pure core (:class:`Ledger`, :class:`ChainCollector`, :func:`judge`,
 :func:`judge_in_doubt`, :func:`judge_chain`, :func:`fold`) does no I/O. The edge is a
 :class:`Target`: :class:`PostgresTarget` answers a batch of rows of one table with one
 query (``unnest`` of keys and images joined to the table), inside one repeatable-read,
-read-only snapshot; :class:`MemoryTarget` answers from Python data (tests, benchmarks).
+read-only snapshot; :class:`replverify.testing.memory.MemoryTarget` answers from Python
+data (tests, benchmarks).
 
 The journal is streamed in up to three passes: (1) validate every line and settle
 transactions, keeping per written row only its judged write's line, plus the intents of
@@ -52,11 +53,9 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as _dt
-import decimal
 import json
 import os
 import time
-import uuid
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -85,7 +84,8 @@ from replverify.journal.records import (
     WriteRecord,
 )
 from replverify.types import ColumnType, TableRef
-from replverify.values.canonical import Encoder, encoder_for, jsonable, pg_text
+from replverify.values.canonical import Encoder, encoder_for
+from replverify.values.pgtext import jsonable
 
 __all__ = [
     "BATCH_ROWS",
@@ -95,7 +95,6 @@ __all__ = [
     "Detail",
     "Finding",
     "Ledger",
-    "MemoryTarget",
     "Observation",
     "PostgresTarget",
     "Probe",
@@ -160,7 +159,7 @@ class Detail:
 
     found: bool
     text: Mapping[str, str | None]  # PostgreSQL text of every column (pinned settings)
-    shown: Mapping[str, object]  # report form (canonical.jsonable)
+    shown: Mapping[str, object]  # report form (pgtext.jsonable)
     encoded: Mapping[str, bytes]
     #: a journal image read as the column types, as text (for replay literals)
     image_text: Mapping[str, str | None] = field(default_factory=dict)
@@ -906,145 +905,6 @@ class PostgresTarget:
             encoded = {c: self._enc(info, c)(r[2 + i]) for i, c in enumerate(cols)}
             out.append(Detail(True, text, shown, encoded, image_text))
         return out
-
-
-# --------------------------------------------------------------------------- memory
-
-
-class MemoryTarget:
-    """A :class:`Target` over Python data: for tests and benchmarks.
-
-    ``rows`` maps a table to its rows as JSON values, read the way
-    ``jsonb_populate_record`` reads them (a string for a jsonb column is a JSON string,
-    unlike in a journal). Values are read as
-    the column types in Python for integers, numeric (with scale), floats, text, bool,
-    date, timestamp(tz), uuid, json(b) and enums (anything else raises UsageError); row
-    identity and comparison then work as with :class:`PostgresTarget`, so a fixture
-    journal gives the same report against both.
-    """
-
-    def __init__(
-        self,
-        tables: Mapping[TableRef, TableInfo],
-        rows: Mapping[TableRef, Iterable[Mapping[str, JSONValue]]],
-        *,
-        name: str = "memory",
-    ) -> None:
-        self.name = name
-        self.tables = tables
-        self._resolver = RowResolver(tables)
-        self.data: dict[RowId, dict[str, object]] = {}
-        for ref, table_rows in rows.items():
-            info = tables[ref]
-            for row in table_rows:
-                typed = {c.name: _py_cast(row.get(c.name), c.type) for c in info.columns}
-                key = {c: row[c] for c in info.primary_key}
-                self.data[self._resolver.key_identity(ref, key)] = typed
-
-    async def observe(self, info: TableInfo, probes: Sequence[Probe]) -> list[Observation]:
-        out = []
-        for i, pr in enumerate(probes):
-            images = []
-            for img in pr.images:
-                enc: dict[str, bytes] = {}
-                for c, v in img.items():
-                    ctype = _ctype(info, c)
-                    try:
-                        enc[c] = _encoder(ctype)(_py_cast(column_value(v, ctype), ctype))
-                    except (ValueError, ArithmeticError) as e:
-                        raise BadValue(i, f"{c}: {e}") from None
-                images.append(enc)
-            row = self.data.get(pr.write.rid)
-            cols = {c for img in pr.images for c in img}
-            encoded = {c: _encoder(_ctype(info, c))(row.get(c)) for c in cols} if row else {}
-            out.append(Observation(row is not None, encoded, tuple(images)))
-        return out
-
-    async def details(
-        self, info: TableInfo, keys: Sequence[RowWrite], images: Sequence[Image | None]
-    ) -> list[Detail]:
-        out = []
-        for w, img in zip(keys, images, strict=True):
-            image_text: dict[str, str | None] = {}
-            for c, v in (img or {}).items():
-                ctype = _ctype(info, c)
-                value = _py_cast(column_value(v, ctype), ctype)
-                image_text[c] = _text_or_none(value, ctype)
-            row = self.data.get(w.rid)
-            if row is None:
-                out.append(Detail(False, {}, {}, {}, image_text))
-                continue
-            cols = info.columns
-            text = {
-                c.name: None if row[c.name] is None else pg_text(row[c.name], c.type) for c in cols
-            }
-            shown = {c.name: jsonable(row[c.name], c.type) for c in cols}
-            encoded = {c.name: _encoder(c.type)(row[c.name]) for c in cols}
-            out.append(Detail(True, text, shown, encoded, image_text))
-        return out
-
-
-def _jsonb_text(v: object) -> str:
-    """jsonb's output form: keys by length then bytes (last duplicate wins), ", "/": "."""
-    if isinstance(v, dict):
-        keys = sorted(v, key=lambda k: (len(k.encode()), k.encode()))
-        items = (f"{json.dumps(k, ensure_ascii=False)}: {_jsonb_text(v[k])}" for k in keys)
-        return "{" + ", ".join(items) + "}"
-    if isinstance(v, list):
-        return "[" + ", ".join(_jsonb_text(x) for x in v) + "]"
-    return json_text(v)  # type: ignore[arg-type]
-
-
-def _text_or_none(v: object, ctype: ColumnType) -> str | None:
-    return None if v is None else pg_text(v, ctype)
-
-
-_TRUE = frozenset({"t", "true", "y", "yes", "on", "1"})
-_FALSE = frozenset({"f", "false", "n", "no", "off", "0"})
-
-
-def _py_cast(v: object, ctype: ColumnType) -> object:
-    """Read a JSON value as PostgreSQL would for ``ctype``, decoded as asyncpg would."""
-    if v is None:
-        return None
-    base = ctype.base
-    text = ("true" if v else "false") if isinstance(v, bool) else str(v)
-    if ctype.kind == "enum" or base in ("text", "varchar", "bpchar", "name"):
-        return text
-    if base in ("int2", "int4", "int8"):
-        if isinstance(v, bool):
-            raise ValueError(f"invalid input syntax for type {ctype.name}: {text!r}")
-        return int(text.strip())
-    if base == "numeric":
-        try:
-            d = Decimal(text.strip())
-        except decimal.InvalidOperation:
-            raise ValueError(f"invalid input syntax for type numeric: {text!r}") from None
-        if "," in ctype.name and d.is_finite():  # numeric(p,s): rounded to s places
-            scale = int(ctype.name.rstrip(")").split(",")[1])
-            d = d.quantize(Decimal(1).scaleb(-scale), rounding=decimal.ROUND_HALF_UP)
-        return d
-    if base in ("float4", "float8"):
-        return float(text)
-    if base == "bool":
-        if isinstance(v, bool):
-            return v
-        low = text.strip().lower()
-        if low in _TRUE or low in _FALSE:
-            return low in _TRUE
-        raise ValueError(f"invalid input syntax for type boolean: {text!r}")
-    if base == "timestamptz":
-        t = _dt.datetime.fromisoformat(text)
-        return t.replace(tzinfo=_dt.timezone.utc) if t.tzinfo is None else t
-    if base == "timestamp":
-        return _dt.datetime.fromisoformat(text).replace(tzinfo=None)
-    if base == "date":
-        return _dt.date.fromisoformat(text)
-    if base == "uuid":
-        return uuid.UUID(text)
-    if base in ("json", "jsonb"):  # v is the JSON value itself (see column_value)
-        return _jsonb_text(v)
-    raise UsageError(f"MemoryTarget cannot read type {ctype.name}")
 
 
 # --------------------------------------------------------------------------- the driver

@@ -1,18 +1,16 @@
 """Renderers for the failover toolkit: gate, failback, health and files, each as text,
 JSON (``replverify.<name>/1``) and Markdown. The diff inside a gate or failback report
-uses :mod:`replverify.reports.common`'s own ``replverify.diff/1`` form."""
+uses :mod:`replverify.reports.diff`'s own ``replverify.diff/1`` form."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from replverify.ops.failback import FAILBACK_SCHEMA, FailbackReport, FailbackRow
-from replverify.ops.files import FILES_SCHEMA, FilesReport, RpoCheck
-from replverify.ops.gate import GateReport
-from replverify.ops.health import HEALTH_SCHEMA, HealthReport
-from replverify.reports.common import (
-    count,
-    diff_to_dict,
+from replverify.reports.diff import diff_to_dict
+from replverify.reports.formatting import (
+    PLAIN,
+    Marks,
+    Tone,
     fmt_key,
     fmt_seconds,
     iso_utc,
@@ -22,17 +20,23 @@ from replverify.reports.common import (
     md_notes,
     md_pair,
     md_text,
-    renderers,
+    outcome_tone,
 )
 from replverify.values.lsn import format_lsn
+from replverify.values.wording import count
+
+if TYPE_CHECKING:  # the records only: their modules do I/O, rendering must not import it
+    from replverify.ops.failback import FailbackReport, FailbackRow
+    from replverify.ops.files import FilesReport, RpoCheck
+    from replverify.ops.gate import GateReport
+    from replverify.ops.health import HealthReport
 
 __all__ = [
-    "FAILBACK_RENDERERS",
-    "FILES_RENDERERS",
-    "GATE_RENDERERS",
+    "FAILBACK_SCHEMA",
+    "FILES_SCHEMA",
     "GATE_SCHEMA",
     "GATE_VERDICT",
-    "HEALTH_RENDERERS",
+    "HEALTH_SCHEMA",
     "ORIGIN_TITLES",
     "UNVERIFIED_TITLE",
     "failback_to_dict",
@@ -44,6 +48,9 @@ __all__ = [
 ]
 
 GATE_SCHEMA = "replverify.gate/1"
+FAILBACK_SCHEMA = "replverify.failback/1"
+HEALTH_SCHEMA = "replverify.health/1"
+FILES_SCHEMA = "replverify.files/1"
 SHOWN = 50
 
 
@@ -110,19 +117,18 @@ def _gate_lines(r: GateReport) -> list[str]:
     return out
 
 
-def gate_to_text(r: GateReport) -> str:
-    out = [GATE_VERDICT[r.status], *_gate_lines(r)]
+def gate_tone(r: GateReport) -> Tone:
+    return outcome_tone(r.complete, r.status == "safe")
+
+
+def gate_to_text(r: GateReport, marks: Marks = PLAIN) -> str:
+    out = [marks.verdict(GATE_VERDICT[r.status], gate_tone(r)), *_gate_lines(r)]
     out += [f"note: {n}" for n in r.notes]
     return "\n".join(out) + "\n"
 
 
-def _tone(complete: bool, ok: bool) -> str:
-    """A report's tone: ``warn`` when it did not finish, else ``ok`` or ``bad``."""
-    return "warn" if not complete else "ok" if ok else "bad"
-
-
 def gate_to_markdown(r: GateReport) -> str:
-    tone = _tone(r.complete, r.status == "safe")
+    tone = gate_tone(r)
     status = r.status.replace("_", " ") if r.complete else "incomplete"
     out = md_head("gate", tone, status, GATE_VERDICT[r.status], md_pair(r.source, r.target))
     out += [""] + [f"- {md_text(line.strip())}" for line in _gate_lines(r)[2:]]
@@ -201,9 +207,13 @@ def failback_verdict(r: FailbackReport) -> str:
 UNVERIFIED_TITLE = "Not verified (the old primary may hold changes here)"
 
 
-def _fb_head(r: FailbackReport) -> list[str]:
+def failback_tone(r: FailbackReport) -> Tone:
+    return outcome_tone(r.complete, r.status == "nothing_to_recover")
+
+
+def _fb_head(r: FailbackReport, marks: Marks = PLAIN) -> list[str]:
     return [
-        f"failback: {failback_verdict(r)}",
+        marks.verdict(f"failback: {failback_verdict(r)}", failback_tone(r)),
         f"old primary: {r.old}",
         f"new primary: {r.new} (timeline {r.timeline})",
         f"divergence: {iso_utc(r.divergence_at) or 'unknown'}"
@@ -219,8 +229,8 @@ def _horizon_text(r: FailbackReport) -> str:
     return str(h.lo) if h.exact else f"in [{h.lo}, {h.hi}]"
 
 
-def failback_to_text(r: FailbackReport) -> str:
-    out = _fb_head(r)
+def failback_to_text(r: FailbackReport, marks: Marks = PLAIN) -> str:
+    out = _fb_head(r, marks)
     if r.unverified:
         out += ["", f"{UNVERIFIED_TITLE}: {len(r.unverified)}"]
         out += [f"  {t}: {why}" for t, why in r.unverified]
@@ -240,7 +250,7 @@ def failback_to_text(r: FailbackReport) -> str:
 
 
 def failback_to_markdown(r: FailbackReport) -> str:
-    tone = _tone(r.complete, r.status == "nothing_to_recover")
+    tone = failback_tone(r)
     status = r.status.replace("_", " ") if r.complete else "incomplete"
     out = md_head("failback", tone, status, failback_verdict(r), md_pair(r.old, r.new))
     timeline = "unknown" if r.timeline is None else r.timeline
@@ -291,18 +301,25 @@ def health_to_dict(r: HealthReport) -> dict[str, Any]:
     }
 
 
-def _finding(f: Any) -> str:
+#: The tone of a health check's level, and of the report's status.
+LEVEL_TONES: dict[str, Tone] = {"ok": "ok", "warn": "warn", "fail": "bad"}
+HEALTH_TONES: dict[str, Tone] = {"ok": "ok", "problem": "bad", "unknown": "warn"}
+
+
+def health_tone(r: HealthReport) -> Tone:
+    return HEALTH_TONES[r.status]
+
+
+def _finding(f: Any, marks: Marks = PLAIN) -> str:
     where = f"{f.side} " if f.side else ""
-    return f"{f.level:<4}  {where}{f.check}: {f.message}"
+    level = marks.item(f.level, LEVEL_TONES[f.level]) + " " * (4 - len(f.level))
+    return f"{level}  {where}{f.check}: {f.message}"
 
 
-def health_to_text(r: HealthReport) -> str:
-    out = [f"health of {r.source} -> {r.target}: {r.status}"]
-    out += [_finding(f) for f in r.findings]
+def health_to_text(r: HealthReport, marks: Marks = PLAIN) -> str:
+    out = [f"health of {r.source} -> {r.target}: {marks.item(r.status, health_tone(r))}"]
+    out += [_finding(f, marks) for f in r.findings]
     return "\n".join(out) + "\n"
-
-
-_HEALTH_TONES = {"ok": "ok", "problem": "bad", "unknown": "warn"}
 
 
 def health_verdict(r: HealthReport) -> str:
@@ -314,7 +331,7 @@ def health_verdict(r: HealthReport) -> str:
 
 
 def health_to_markdown(r: HealthReport) -> str:
-    tone = _HEALTH_TONES[r.status]
+    tone = health_tone(r)
     out = md_head("health", tone, r.status, health_verdict(r), md_pair(r.source, r.target))
     out += [
         "",
@@ -406,9 +423,15 @@ def files_verdict(r: FilesReport) -> str:
     return text
 
 
-def files_to_text(r: FilesReport) -> str:
+def files_tone(r: FilesReport) -> Tone:
+    """Identical copies within the RPO are ``ok``; an exceeded RPO is a problem even
+    when the copies are identical (exit 1, as for a difference)."""
+    return outcome_tone(r.complete, r.status == "identical" and r.within_rpo is not False)
+
+
+def files_to_text(r: FilesReport, marks: Marks = PLAIN) -> str:
     out = [
-        f"{r.dir_a} vs {r.dir_b}: {files_verdict(r)}",
+        f"{r.dir_a} vs {r.dir_b}: {marks.item(files_verdict(r), files_tone(r))}",
         f"{r.files_a} entries in A, {r.files_b} in B; {r.compared} files compared, "
         f"{r.by_listing} settled from the listings (size, Content-MD5), "
         f"{r.hashed} by content ({r.bytes_read:,} bytes read)"
@@ -425,7 +448,7 @@ def files_to_text(r: FilesReport) -> str:
 
 
 def files_to_markdown(r: FilesReport) -> str:
-    tone = _tone(r.complete, r.status == "identical")
+    tone = files_tone(r)
     status = r.status if r.complete else "incomplete"
     where = f"{md_code(r.dir_a)} vs {md_code(r.dir_b)}"
     out = md_head("files", tone, status, files_verdict(r), where)
@@ -445,9 +468,3 @@ def files_to_markdown(r: FilesReport) -> str:
         if len(r.differences) > 1000:
             out += ["", f"… and {len(r.differences) - 1000:,} more (--format json)"]
     return "\n".join(out) + "\n"
-
-
-GATE_RENDERERS = renderers(gate_to_text, gate_to_dict, gate_to_markdown)
-FAILBACK_RENDERERS = renderers(failback_to_text, failback_to_dict, failback_to_markdown)
-HEALTH_RENDERERS = renderers(health_to_text, health_to_dict, health_to_markdown)
-FILES_RENDERERS = renderers(files_to_text, files_to_dict, files_to_markdown)

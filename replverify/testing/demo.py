@@ -34,8 +34,10 @@ from replverify.ops.failback import ReplayFile, failback
 from replverify.ops.gate import gate
 from replverify.reconcile.replay import replay_script
 from replverify.reconcile.run import reconcile
-from replverify.reports.common import diff_to_text, lag_to_text, reconcile_to_text
+from replverify.reports.diff import diff_to_text
+from replverify.reports.lag import lag_to_text
 from replverify.reports.ops import failback_to_text, gate_to_text
+from replverify.reports.reconcile import reconcile_to_text
 from replverify.testing import clusters as testing
 from replverify.testing import sample
 

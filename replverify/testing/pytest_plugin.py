@@ -474,7 +474,7 @@ def _plural(n: int, word: str) -> str:
 
 def _table_problems(t: TableResult, budget: int) -> tuple[list[str], int]:
     """Lines describing what is wrong with one table, and how many differences shown."""
-    from replverify.reports.common import describe_difference
+    from replverify.reports.diff import describe_difference
 
     name = t.table.qualified
     out = [f"  {name}: {note}" for note in t.schema_differences]
@@ -518,7 +518,7 @@ def diff_failure(report: DiffReport, *, max_shown: int = MAX_SHOWN) -> str | Non
 
 
 def _finding_line(f: Finding) -> str:
-    from replverify.reports.common import fmt_key
+    from replverify.reports.formatting import fmt_key
 
     w, rec = f.write, f.write.record
     label = {"in_doubt": "in doubt"}.get(f.verdict, f.verdict)
