@@ -39,7 +39,7 @@ CASES = [
     (X.InternalClientError("lost"), True, True, False),
     (asyncpg.InterfaceError("connection is closed"), True, True, False),
     # The wording of a message is not the policy: only asyncpg's exact text counts.
-    (asyncpg.InterfaceError("cannot use a connection in this way; connection hint"), False, False, False),
+    (asyncpg.InterfaceError("a connection hint, closed"), False, False, False),
     (asyncio.CancelledError(), False, False, False),
     (ValueError("a bug"), False, False, False),
 ]  # fmt: skip
