@@ -13,6 +13,7 @@ import dataclasses
 import os
 import re
 import socket
+import ssl
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ PINNED_SETTINGS: Mapping[str, str] = {
 #: A value in key=value form: single-quoted (backslash escapes inside) or up to a space.
 _KV_VALUE = r"('(?:[^'\\]|\\.)*'|\S*)"
 _KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*" + _KV_VALUE)
+
 
 def written_passwords(dsn: str) -> list[str]:
     """Every password written in ``dsn``, in order, empty ones included: ``user:secret@``
@@ -131,9 +133,7 @@ def _checked(params: dict[str, str]) -> dict[str, str]:
     params = dict(params)
     if "hostaddr" in params:
         if "host" in params:
-            raise UsageError(
-                "hostaddr together with host is not supported: give only host=ADDRESS"
-            )
+            raise UsageError("hostaddr together with host is not supported: give only host=ADDRESS")
         params["host"] = params.pop("hostaddr")
     for port in params.get("port", "").split(","):
         if port and not port.isdigit():
@@ -418,6 +418,14 @@ def _explain(endpoint: Endpoint, exc: BaseException) -> ConnectError:
         reason = f"login refused: {exc}"
         if isinstance(exc, asyncpg.InvalidPasswordError):
             hint = _password_hint(endpoint)
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        reason = f"the server's TLS certificate was not accepted: {exc.verify_message}"
+        hint = (
+            "sslrootcert= names the CA that signed the server's certificate; with "
+            "sslmode=verify-full the host name must be one the certificate names"
+        )
+    elif isinstance(exc, ssl.SSLError):
+        reason = f"TLS failed: {exc.reason or exc}"
     elif isinstance(exc, socket.gaierror):
         reason = f"unknown host ({exc.strerror})"
     elif isinstance(exc, ConnectionRefusedError):
@@ -426,6 +434,15 @@ def _explain(endpoint: Endpoint, exc: BaseException) -> ConnectError:
         reason = "timed out"
     elif isinstance(exc, OSError):
         reason = exc.strerror or str(exc)
+        # asyncpg's TLS set-up does not say which file it could not read
+        params = dict(endpoint.params)
+        missing = [
+            f"{k}={params[k]}"
+            for k in ("sslrootcert", "sslcert", "sslkey", "sslcrl", "passfile")
+            if k in params and not os.path.exists(os.path.expanduser(params[k]))
+        ]
+        if exc.filename or missing:
+            reason += ": " + (str(exc.filename) if exc.filename else ", ".join(missing))
     else:
         reason = str(exc) or type(exc).__name__
     return ConnectError(
