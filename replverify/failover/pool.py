@@ -131,6 +131,7 @@ def alternate_dsn(dsn: str) -> str:
 
 # ----------------------------------------------------------------------- failures
 
+
 @dataclass(frozen=True)
 class FailoverEvent:
     """What a callback receives. DSNs are display forms (no passwords)."""
