@@ -84,12 +84,11 @@ def test_a_full_disk_under_the_journal_refuses_the_write_and_keeps_the_journal(s
     filler = fill(small_disk, leave=8192)
     path = small_disk / "writes.jsonl"
     committed = 0
-    with JournalWriter(path) as w:
-        with pytest.raises(OutputError, match="No space left on device"):
-            for i in range(100_000):
-                with w.transaction() as tx:
-                    tx.intent("insert", "public.kv", {"id": i}, {"v": "x" * 40})
-                committed += 1
+    with JournalWriter(path) as w, pytest.raises(OutputError, match="No space left on device"):
+        for i in range(100_000):
+            with w.transaction() as tx:
+                tx.intent("insert", "public.kv", {"id": i}, {"v": "x" * 40})
+            committed += 1
     assert 10 < committed < 100_000
     assert no_space_left(small_disk / "probe")
     reader = JournalReader(path)
