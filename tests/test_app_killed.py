@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
