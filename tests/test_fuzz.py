@@ -18,13 +18,14 @@ FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(Heal
 
 # ----------------------------------------------------------------------- --where
 
-_TOKENS = st.sampled_from(
+_WORDS = (
     "id amount status placed_at paid note customer items x 1 0 -1 2.5 1e309 'a' 'it''s' "
     "'2026-01-01' NULL TRUE FALSE = <> != < <= > >= + - * / % || ( ) ( ) , AND OR NOT IS "
     "IN BETWEEN LIKE ILIKE SIMILAR TO ANY ALL EXISTS SELECT FROM ; :: int text date "
     "lower( upper( length( now() random() pg_sleep( coalesce( abs( CASE WHEN THEN ELSE "
-    "END $1 ? ' \" -- /* */ [ ] { } ~ ^ @ # \\ E'\\x' U&'d' $$ $x$".split()
+    "END $1 ? ' \" -- /* */ [ ] { } ~ ^ @ # \\ E'\\x' U&'d' $$ $x$"
 )
+_TOKENS = st.sampled_from(_WORDS.split(" "))
 WHERE_TEXT = st.one_of(
     st.lists(_TOKENS, min_size=1, max_size=14).map(" ".join),
     st.text(max_size=60),
