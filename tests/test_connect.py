@@ -119,7 +119,7 @@ async def test_sessions_get_limits_options_and_application_name(primary_dsn):
     try:
         for name, value in SESSION_LIMITS.items():
             shown = await conn.fetchval(f"SELECT current_setting('{name}')")
-            assert shown == {"30s": "30s", "30min": "30min", "60s": "1min"}[value]
+            assert shown == {"30s": "30s", "30min": "30min", "5min": "5min"}[value]
         assert await conn.fetchval("SHOW application_name") == "replverify"
         assert await conn.fetchval("SHOW default_transaction_read_only") == "on"
     finally:
@@ -292,3 +292,30 @@ def test_a_missing_certificate_file_is_named():
     dsn = "postgresql://localhost:1/x?sslmode=verify-full&sslrootcert=/no/such/ca.pem"
     result = CliRunner().invoke(main, ["diff", dsn, dsn])
     assert result.exit_code == 2 and "/no/such/ca.pem" in result.output, result.output
+
+
+async def test_an_idle_verifier_in_a_transaction_is_ended_by_the_server(primary_dsn):
+    conn = await connect(
+        Endpoint.parse(primary_dsn + "?options=-c%20idle_in_transaction_session_timeout%3D300ms")
+    )
+    try:
+        await conn.execute("BEGIN")
+        await conn.fetchval("SELECT count(*) FROM pg_class")
+        await asyncio.sleep(1.0)  # a frozen client: its locks must not stay
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await conn.fetchval("SELECT 1")
+    finally:
+        conn.terminate()
+
+
+async def test_a_service_name_is_looked_up_in_the_service_file(clusters, tmp_path, monkeypatch):
+    services = tmp_path / "pg_service.conf"
+    port = clusters.primary.port
+    services.write_text(f"[verify]\nhost=127.0.0.1\nport={port}\nuser=postgres\ndbname=postgres\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    for dsn in ("service=verify", "postgresql:///?service=verify"):
+        conn = await connect(Endpoint.parse(dsn))
+        try:
+            assert await conn.fetchval("SELECT current_setting('port')::int") == port
+        finally:
+            await conn.close()

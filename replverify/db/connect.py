@@ -343,12 +343,14 @@ def redact_text(text: str) -> str:
 #: a read waits at most ``lock_timeout`` behind another session's lock (then that table
 #: is reported as not verified), no statement runs past ``statement_timeout``, and a
 #: session that stops talking inside a transaction (a frozen client) is ended by the
-#: server after ``idle_in_transaction_session_timeout``, releasing its locks. A DSN's
+#: server after ``idle_in_transaction_session_timeout``, releasing its locks (longer than
+#: the default --lag-timeout, which a keyless table's source stream may sit through
+#: while the standby catches up, and than reconcile's pauses between batches). A DSN's
 #: ``options=-c name=value`` overrides each (it is applied after these).
 SESSION_LIMITS: Mapping[str, str] = {
     "lock_timeout": "30s",
     "statement_timeout": "30min",
-    "idle_in_transaction_session_timeout": "60s",
+    "idle_in_transaction_session_timeout": "5min",
 }
 
 #: Sent after the login rather than in it: a read-only default in the startup packet
