@@ -63,6 +63,10 @@ def test_every_keyword_is_kept_in_both_forms(dsn):
     assert "pw" not in str(ep) and "pw" not in repr(ep)
     assert ep.address == "db1:5432,db2:5433"
     assert "password" not in asyncpg_query(ep.without_secret())
+    # what is shipped without the password reads back the same, spaces included
+    again = Endpoint.parse(ep.without_secret().raw)
+    assert again.kwargs == ep.without_secret().kwargs
+    assert dict(again.params)["options"] == "-c lock_timeout=5s"
 
 
 @pytest.mark.parametrize(

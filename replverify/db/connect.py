@@ -15,7 +15,7 @@ import re
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +183,11 @@ def _hosts_display(params: Mapping[str, str], *, env: bool) -> tuple[str, str]:
     return ",".join(shown), ""
 
 
+def _query(pairs: Iterable[tuple[str, str]]) -> str:
+    """A URL query libpq reads back: spaces as ``%20`` (libpq does not take ``+``)."""
+    return urllib.parse.urlencode(list(pairs), quote_via=urllib.parse.quote)
+
+
 def _display(params: Mapping[str, str], *, env: bool) -> str:
     """A URL of ``params`` without any secret: for messages, reports and logs."""
     netloc, socket_dir = _hosts_display(params, env=env)
@@ -197,7 +202,7 @@ def _display(params: Mapping[str, str], *, env: bool) -> str:
     ]
     if socket_dir:
         rest.insert(0, ("host", socket_dir))
-    query = urllib.parse.urlencode(rest)
+    query = _query(rest)
     return f"postgresql://{netloc}/{urllib.parse.quote(db, safe='')}" + (
         f"?{query}" if query else ""
     )
@@ -208,7 +213,9 @@ def _asyncpg_url(params: Mapping[str, str]) -> str:
     port, user, password and dbname from the query too), ``connect_timeout`` left out
     (it becomes the connect timeout)."""
     kept = [(k, v) for k, v in params.items() if k != "connect_timeout"]
-    return "postgresql://" + (f"?{urllib.parse.urlencode(kept)}" if kept else "")
+    return "postgresql://" + (
+        f"?{urllib.parse.urlencode(kept, quote_via=urllib.parse.quote)}" if kept else ""
+    )
 
 
 @dataclass(frozen=True)
@@ -265,7 +272,9 @@ class Endpoint:
             return self
         params = {k: v for k, v in self.params if k not in _SECRET_KEYWORDS}
         clean = Endpoint._of(params, raw="", env=False)
-        raw = "postgresql://" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        raw = "postgresql://" + (
+            f"?{urllib.parse.urlencode(params, quote_via=urllib.parse.quote)}" if params else ""
+        )
         return dataclasses.replace(clean, raw=raw, display=self.display)
 
     @property
