@@ -287,6 +287,20 @@ class Endpoint:
         return dict(self.params).get("application_name")
 
     @property
+    def hosts(self) -> tuple[tuple[str | None, int | None], ...]:
+        """``(host, port)`` of each host the DSN names (None: not given, PG* or libpq's
+        default applies); one pair for a DSN without a host list."""
+        params = dict(self.params)
+        host_list = params.get("host", "").split(",")
+        ports = params.get("port", "").split(",")
+        if len(ports) == 1:
+            ports *= len(host_list)
+        return tuple(
+            (h or None, int(ports[i]) if i < len(ports) and ports[i] else None)
+            for i, h in enumerate(host_list)
+        )
+
+    @property
     def address(self) -> str:
         """``host:port`` as the connection will try it (for error messages); a list for
         a multi-host DSN."""
