@@ -19,7 +19,13 @@ from pathlib import Path
 
 from replverify.api import DiffOptions, diff
 from replverify.testing.clusters import DEFAULT_LIKE_SETTINGS, LocalClusters, pgbench
-from replverify.testing.servers import cut_replication, drop_slot, execute, promote, wait_for_replay
+from replverify.testing.servers import (
+    cut_replication,
+    drop_slot,
+    execute,
+    promote,
+    wait_for_replay,
+)
 
 
 async def run(scale: int, seconds: int, profile: str | None = None) -> dict[str, object]:

@@ -13,6 +13,10 @@
     │                               lost); names the journal txid, never retried
     ├── ServerError                 the server refused a statement (keeps the SQLSTATE and
     │                               chains the asyncpg exception)
+    ├── ReadError                   a read of one side failed after the retries that
+    │                               replverify.db.errors calls transient (names the side)
+    ├── LagTimeout                  the standby did not replay up to a fence in time
+    │   └── ReplayPaused            ... because its replay is paused
     ├── SchemaError                 the two sides cannot be compared (no common key, ...)
     ├── ClusterError                the local test/demo clusters could not be started
     ├── FailoverError               both endpoints of a FailoverPool failed
@@ -86,6 +90,24 @@ class ServerError(ReplverifyError):
     def __init__(self, message: str, *, sqlstate: str | None = None, hint: str | None = None):
         super().__init__(message, hint=hint)
         self.sqlstate = sqlstate
+
+
+class ReadError(ReplverifyError):
+    """A read of one side failed (after retries for transient faults)."""
+
+    def __init__(self, side: str, exc: BaseException) -> None:
+        reason = str(exc).strip() or type(exc).__name__
+        super().__init__(f"reading the {side} failed: {reason}")
+        self.side = side
+        self.sqlstate = getattr(exc, "sqlstate", None)
+
+
+class LagTimeout(ReplverifyError):
+    """The standby did not replay up to a fence within the lag timeout."""
+
+
+class ReplayPaused(LagTimeout):
+    """The standby's replay is paused: waiting for it to reach a fence cannot help."""
 
 
 class SchemaError(ReplverifyError):

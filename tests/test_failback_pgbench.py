@@ -19,7 +19,13 @@ from replverify.api import DiffOptions, diff
 from replverify.cli.main import main
 from replverify.ops.failback import failback
 from replverify.testing.clusters import DEFAULT_LIKE_SETTINGS, LocalClusters, Pair, pgbench
-from replverify.testing.servers import cut_replication, drop_slot, execute, promote, wait_for_replay
+from replverify.testing.servers import (
+    cut_replication,
+    drop_slot,
+    execute,
+    promote,
+    wait_for_replay,
+)
 
 HISTORY = "public.pgbench_history"
 KEYED = ("public.pgbench_accounts", "public.pgbench_branches", "public.pgbench_tellers")

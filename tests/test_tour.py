@@ -31,7 +31,11 @@ from pathlib import Path
 import pytest
 
 from replverify.testing.clusters import ENV_TMPDIR
-from replverify.testing.postgres import cluster_tmp_root, find_binaries, stop_clusters_under
+from replverify.testing.postgres import (
+    cluster_tmp_root,
+    find_binaries,
+    stop_clusters_under,
+)
 
 TOUR = Path(__file__).resolve().parent.parent / "docs" / "tour.md"
 

@@ -21,7 +21,12 @@ from replverify.lag.sampler import measure_lag
 from replverify.ops.health import health
 from replverify.reports.lag import lag_to_dict, lag_to_text
 from replverify.testing.clusters import Cluster
-from replverify.testing.servers import execute, subscribe, unsubscribe, wait_for_subscription
+from replverify.testing.servers import (
+    execute,
+    subscribe,
+    unsubscribe,
+    wait_for_subscription,
+)
 from replverify.types import Changed, Extra, Missing
 
 #: User-defined types get other OIDs on each server; both sides need them (no DDL is

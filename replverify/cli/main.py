@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from replverify import __version__, api
+from replverify.cli import logs
 from replverify.db.connect import Endpoint
 from replverify.errors import (
     EXIT_DIFFERENT,
@@ -401,8 +402,17 @@ def profile_defaults(
     show_envvar=True,
     help="The configuration file of --profile.  [default: ./replverify.toml]",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    envvar="REPLVERIFY_VERBOSE",
+    show_envvar=True,
+    help="Details on stderr: replverify's debug log, the libraries' (asyncpg) log "
+    "records and their tracebacks, which are otherwise never shown.",
+)
 @click.pass_context
-def main(ctx: click.Context, profile: str | None, config_file: str | None) -> None:
+def main(ctx: click.Context, profile: str | None, config_file: str | None, verbose: bool) -> None:
     """Verify PostgreSQL replication and find exactly the data a failover lost.
 
     DSNs are libpq URLs (postgresql://user@host:port/db) or key=value strings; the
@@ -414,6 +424,7 @@ def main(ctx: click.Context, profile: str | None, config_file: str | None) -> No
     Exit codes: 0 verified, 1 differences found, 2 trouble (bad arguments, unreachable
     server, something that could not be checked).
     """
+    logs.configure(verbose=verbose)
     if profile is not None:
         ctx.default_map = profile_defaults(main, profile, config_file)
     elif ctx.get_parameter_source("config_file") is click.core.ParameterSource.COMMANDLINE:

@@ -9,11 +9,13 @@ of a comparison encode the same value the same way whatever their server default
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import socket
+import ssl
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,27 +36,8 @@ PINNED_SETTINGS: Mapping[str, str] = {
     "application_name": "replverify",
 }
 
-_KV_KEYS = {
-    "host",
-    "hostaddr",
-    "port",
-    "user",
-    "password",
-    "dbname",
-    "sslmode",
-    "sslrootcert",
-    "sslcert",
-    "sslkey",
-    "connect_timeout",
-    "application_name",
-    "passfile",
-    "service",
-    "target_session_attrs",
-    "options",
-}
 #: A value in key=value form: single-quoted (backslash escapes inside) or up to a space.
 _KV_VALUE = r"('(?:[^'\\]|\\.)*'|\S*)"
-_KV_RE = re.compile(r"\s*([A-Za-z_]+)\s*=\s*" + _KV_VALUE)
 _KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*" + _KV_VALUE)
 
 
@@ -76,6 +59,165 @@ def written_passwords(dsn: str) -> list[str]:
     return found + [v for k, v in urllib.parse.parse_qsl(query) if k == "password"]
 
 
+#: libpq keywords passed on to asyncpg in its URL form, which reads each one itself.
+ASYNCPG_KEYWORDS = frozenset(
+    {
+        "host",
+        "port",
+        "user",
+        "password",
+        "dbname",
+        "passfile",
+        "service",
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+        "sslcrl",
+        "sslpassword",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "sslnegotiation",
+        "target_session_attrs",
+        "krbsrvname",
+        "gsslib",
+    }
+)
+#: libpq keywords replverify turns into asyncpg arguments: ``connect_timeout`` (seconds)
+#: becomes the connect timeout, ``options`` and ``application_name`` startup parameters
+#: (the server reads ``-c name=value`` in ``options`` itself), ``hostaddr`` the host.
+MAPPED_KEYWORDS = frozenset(
+    {"connect_timeout", "options", "application_name", "fallback_application_name", "hostaddr"}
+)
+SUPPORTED_KEYWORDS = ASYNCPG_KEYWORDS | MAPPED_KEYWORDS
+_SECRET_KEYWORDS = ("password", "sslpassword")
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+
+
+def _libpq_parse(dsn: str) -> dict[str, str]:
+    """libpq's own parser (``PQconninfoParse``, through psycopg): URLs, host lists,
+    key=value quoting and percent-decoding exactly as psql reads them."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError as e:  # libpq itself missing: psycopg's pure-Python mode needs it
+        raise UsageError(
+            f"cannot parse connection strings: {e}",
+            hint="install libpq (e.g. apt-get install libpq5) or: pip install 'psycopg[binary]'",
+        ) from None
+    import psycopg
+
+    try:
+        parsed = conninfo_to_dict(dsn)
+    except psycopg.Error as e:
+        text = str(e).strip()
+        for secret in written_passwords(dsn):
+            if secret:
+                text = text.replace(secret, "***")
+        raise UsageError(
+            f"bad connection string {redact_text(dsn)!r}: {redact_text(text)}",
+            hint="use postgresql://user@host:port/db?param=value or 'host=... dbname=...'",
+        ) from None
+    return {k: str(v) for k, v in parsed.items() if v is not None and str(v) != ""}
+
+
+def _checked(params: dict[str, str]) -> dict[str, str]:
+    """``params`` with ``hostaddr`` folded into ``host``; what asyncpg cannot do refused."""
+    unsupported = sorted(set(params) - SUPPORTED_KEYWORDS)
+    if unsupported:
+        raise UsageError(
+            f"connection parameter {', '.join(map(repr, unsupported))} is not supported: "
+            "replverify connects with asyncpg, which has no equivalent",
+            hint="supported: " + ", ".join(sorted(SUPPORTED_KEYWORDS)),
+        )
+    params = dict(params)
+    if "hostaddr" in params:
+        if "host" in params:
+            raise UsageError("hostaddr together with host is not supported: give only host=ADDRESS")
+        params["host"] = params.pop("hostaddr")
+    for port in params.get("port", "").split(","):
+        if port and not port.isdigit():
+            raise UsageError(f"port must be a number, not {port!r}")
+    if params.get("sslmode", "prefer") not in _SSLMODES:
+        raise UsageError(
+            f"sslmode must be one of {', '.join(_SSLMODES)}, not {params['sslmode']!r}"
+        )
+    if params.get("target_session_attrs", "any") not in _SESSION_ATTRS:
+        raise UsageError(
+            f"target_session_attrs must be one of {', '.join(_SESSION_ATTRS)}, "
+            f"not {params['target_session_attrs']!r}"
+        )
+    if "connect_timeout" in params:
+        try:
+            ok = float(params["connect_timeout"]) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise UsageError(
+                "connect_timeout must be a positive number of seconds, "
+                f"not {params['connect_timeout']!r}"
+            )
+    if "fallback_application_name" in params:
+        name = params.pop("fallback_application_name")
+        params.setdefault("application_name", name)
+    return params
+
+
+def _hosts_display(params: Mapping[str, str], *, env: bool) -> tuple[str, str]:
+    """``(netloc hosts, socket directory)`` for display: ``h1:5432,[::1]:5433``; a Unix
+    socket directory cannot sit in a URL's host part, so it is shown as ``?host=``."""
+    hosts = params.get("host") or (os.environ.get("PGHOST", "") if env else "")
+    ports = params.get("port") or (os.environ.get("PGPORT", "") if env else "")
+    if hosts.startswith("/"):
+        return (f":{ports}" if ports else ""), hosts
+    host_list = hosts.split(",")
+    port_list = ports.split(",") if ports else []
+    if len(port_list) == 1:
+        port_list *= len(host_list)
+    shown = []
+    for i, host in enumerate(host_list):
+        port = port_list[i] if i < len(port_list) else ""
+        if ":" in host:
+            host = f"[{host}]"
+        shown.append(host + (f":{port}" if port else ""))
+    return ",".join(shown), ""
+
+
+def _query(pairs: Iterable[tuple[str, str]]) -> str:
+    """A URL query libpq reads back: spaces as ``%20`` (libpq does not take ``+``)."""
+    return urllib.parse.urlencode(list(pairs), quote_via=urllib.parse.quote)
+
+
+def _display(params: Mapping[str, str], *, env: bool) -> str:
+    """A URL of ``params`` without any secret: for messages, reports and logs."""
+    netloc, socket_dir = _hosts_display(params, env=env)
+    user = params.get("user") or (os.environ.get("PGUSER", "") if env else "")
+    if user:
+        netloc = f"{urllib.parse.quote(user, safe='')}@{netloc}"
+    db = params.get("dbname") or (os.environ.get("PGDATABASE", "") if env else "")
+    rest = [
+        (k, v)
+        for k, v in params.items()
+        if k not in ("host", "port", "user", "dbname", *_SECRET_KEYWORDS)
+    ]
+    if socket_dir:
+        rest.insert(0, ("host", socket_dir))
+    query = _query(rest)
+    return f"postgresql://{netloc}/{urllib.parse.quote(db, safe='')}" + (
+        f"?{query}" if query else ""
+    )
+
+
+def _asyncpg_url(params: Mapping[str, str]) -> str:
+    """The URL asyncpg reads: every keyword as a query parameter (asyncpg takes host,
+    port, user, password and dbname from the query too), ``connect_timeout`` left out
+    (it becomes the connect timeout)."""
+    kept = [(k, v) for k, v in params.items() if k != "connect_timeout"]
+    return "postgresql://" + (
+        f"?{urllib.parse.urlencode(kept, quote_via=urllib.parse.quote)}" if kept else ""
+    )
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A parsed DSN. ``str()``/``repr()`` never show the password."""
@@ -84,128 +226,101 @@ class Endpoint:
     kwargs: tuple[tuple[str, Any], ...] = field(repr=False, default=())
     display: str = ""
     secret: str | None = field(repr=False, default=None)
+    #: The libpq keywords of the DSN (after ``hostaddr``/``fallback_application_name``).
+    params: tuple[tuple[str, str], ...] = field(repr=False, default=())
 
     @classmethod
     def parse(cls, dsn: str) -> Endpoint:
-        """Parse a libpq URL (``postgresql://…``) or ``key=value`` string; ``""`` uses PG*."""
+        """Parse a libpq URL (``postgresql://…``) or ``key=value`` string; ``""`` uses PG*.
+
+        Every libpq keyword asyncpg can honour is kept (:data:`SUPPORTED_KEYWORDS`);
+        any other is refused with :class:`UsageError`, never dropped.
+        """
         dsn = dsn.strip()
-        if dsn.startswith(("postgresql://", "postgres://")):
-            return cls._from_url(dsn)
-        if dsn == "" or "=" in dsn:
-            return cls._from_keywords(dsn)
-        raise UsageError(
-            f"not a connection string: {redact_text(dsn)!r}",
-            hint="use postgresql://user@host:port/db or 'host=... dbname=...'",
-        )
+        is_url = dsn.startswith(("postgresql://", "postgres://"))
+        if dsn and not is_url and "=" not in dsn:
+            raise UsageError(
+                f"not a connection string: {redact_text(dsn)!r}",
+                hint="use postgresql://user@host:port/db or 'host=... dbname=...'",
+            )
+        params = _checked(_libpq_parse(dsn))
+        return cls._of(params, raw=dsn, env=not is_url)
 
     @classmethod
-    def _from_url(cls, dsn: str) -> Endpoint:
-        try:
-            url = urllib.parse.urlsplit(dsn)
-            _ = url.port
-        except ValueError as e:
-            raise UsageError(f"bad connection URL {redact_text(dsn)!r}: {e}") from None
-        secret = next(filter(None, written_passwords(dsn)), None)
-        netloc = url.hostname or ""
-        if url.hostname and ":" in url.hostname:
-            netloc = f"[{url.hostname}]"
-        if url.port:
-            netloc += f":{url.port}"
-        if url.username:
-            netloc = f"{urllib.parse.unquote(url.username)}@{netloc}"
-        kept = [(k, v) for k, v in urllib.parse.parse_qsl(url.query) if k != "password"]
-        display = urllib.parse.urlunsplit(
-            ("postgresql", netloc, url.path, urllib.parse.urlencode(kept), "")
-        )
-        return cls(raw=dsn, kwargs=(("dsn", dsn),), display=display, secret=secret)
-
-    @classmethod
-    def _from_keywords(cls, dsn: str) -> Endpoint:
-        params: dict[str, str] = {}
-        pos = 0
-        while pos < len(dsn):
-            m = _KV_RE.match(dsn, pos)
-            if not m or not m.group(0).strip():
-                raise UsageError(f"cannot parse connection string near {dsn[pos : pos + 20]!r}")
-            key, value = m.group(1), m.group(2)
-            if value.startswith("'"):
-                value = re.sub(r"\\(.)", r"\1", value[1:-1])
-            if key not in _KV_KEYS:
-                raise UsageError(f"unknown connection parameter {key!r}")
-            params[key] = value
-            pos = m.end()
-        kwargs: dict[str, Any] = {}
-        if "hostaddr" in params and "host" not in params:
-            params["host"] = params["hostaddr"]
-        for src, dst in (
-            ("host", "host"),
-            ("user", "user"),
-            ("password", "password"),
-            ("dbname", "database"),
-            ("passfile", "passfile"),
-            ("service", "service"),
-            ("target_session_attrs", "target_session_attrs"),
-        ):
-            if src in params:
-                kwargs[dst] = params[src]
-        if "port" in params:
-            try:
-                kwargs["port"] = int(params["port"])
-            except ValueError:
-                raise UsageError(f"port must be a number, not {params['port']!r}") from None
-        if "sslmode" in params:
-            kwargs["ssl"] = params["sslmode"]
+    def _of(cls, params: dict[str, str], *, raw: str, env: bool) -> Endpoint:
+        kwargs: dict[str, Any] = {"dsn": _asyncpg_url(params)}
         if "connect_timeout" in params:
             kwargs["timeout"] = float(params["connect_timeout"])
-        host = params.get("host") or os.environ.get("PGHOST", "")
-        port = params.get("port") or os.environ.get("PGPORT", "")
-        user = params.get("user") or os.environ.get("PGUSER", "")
-        db = params.get("dbname") or os.environ.get("PGDATABASE", "")
-        netloc = (f"{user}@" if user else "") + host + (f":{port}" if port else "")
-        display = f"postgresql://{netloc}/{db}"
         return cls(
-            raw=dsn, kwargs=tuple(kwargs.items()), display=display, secret=params.get("password")
+            raw=raw,
+            kwargs=tuple(kwargs.items()),
+            display=_display(params, env=env),
+            secret=params.get("password"),
+            params=tuple(params.items()),
         )
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret of the DSN (``password``, ``sslpassword``)."""
+        kw = dict(self.params)
+        return tuple(kw[k] for k in _SECRET_KEYWORDS if kw.get(k))
 
     def without_secret(self) -> Endpoint:
         """The same endpoint with no password in it: safe to store, log or ship to a
         worker, which then authenticates with its own means (PGPASSWORD, .pgpass, ...)."""
-        if self.secret is None:
+        if not self.secrets:
             return self
-        kw = dict(self.kwargs)
-        if "dsn" in kw:
-            url = urllib.parse.urlsplit(kw["dsn"])
-            netloc = url.netloc.rsplit("@", 1)
-            user = netloc[0].split(":", 1)[0] if len(netloc) == 2 else ""
-            host = netloc[-1]
-            query = urllib.parse.urlencode(
-                [(k, v) for k, v in urllib.parse.parse_qsl(url.query) if k != "password"]
-            )
-            clean = urllib.parse.urlunsplit(
-                (url.scheme, f"{user}@{host}" if user else host, url.path, query, "")
-            )
-            return Endpoint(raw=clean, kwargs=(("dsn", clean),), display=self.display)
-        kw.pop("password", None)
-        return Endpoint(raw=self.display, kwargs=tuple(kw.items()), display=self.display)
+        params = {k: v for k, v in self.params if k not in _SECRET_KEYWORDS}
+        clean = Endpoint._of(params, raw="", env=False)
+        raw = "postgresql://" + (
+            f"?{urllib.parse.urlencode(params, quote_via=urllib.parse.quote)}" if params else ""
+        )
+        return dataclasses.replace(clean, raw=raw, display=self.display)
+
+    @property
+    def options(self) -> str | None:
+        """The DSN's ``options`` (``-c name=value ...``), passed to the server as given."""
+        return dict(self.params).get("options")
+
+    @property
+    def application_name(self) -> str | None:
+        return dict(self.params).get("application_name")
+
+    @property
+    def hosts(self) -> tuple[tuple[str | None, int | None], ...]:
+        """``(host, port)`` of each host the DSN names (None: not given, PG* or libpq's
+        default applies); one pair for a DSN without a host list."""
+        params = dict(self.params)
+        host_list = params.get("host", "").split(",")
+        ports = params.get("port", "").split(",")
+        if len(ports) == 1:
+            ports *= len(host_list)
+        return tuple(
+            (h or None, int(ports[i]) if i < len(ports) and ports[i] else None)
+            for i, h in enumerate(host_list)
+        )
 
     @property
     def address(self) -> str:
-        """``host:port`` as the connection will try it (for error messages)."""
-        kw = dict(self.kwargs)
-        if "dsn" in kw:
-            url = urllib.parse.urlsplit(kw["dsn"])
-            host, port = url.hostname, url.port
-        else:
-            host, port = kw.get("host"), kw.get("port")
-        host = host or os.environ.get("PGHOST") or "localhost"
-        port = port or os.environ.get("PGPORT") or 5432
-        return f"{host}:{port}"
+        """``host:port`` as the connection will try it (for error messages); a list for
+        a multi-host DSN."""
+        params = dict(self.params)
+        hosts = params.get("host") or os.environ.get("PGHOST") or "localhost"
+        ports = (params.get("port") or os.environ.get("PGPORT") or "5432").split(",")
+        host_list = hosts.split(",")
+        if len(ports) == 1:
+            ports *= len(host_list)
+        return ",".join(
+            (f"[{h}]" if ":" in h else h or "localhost")
+            + f":{ports[i] if i < len(ports) and ports[i] else 5432}"
+            for i, h in enumerate(host_list)
+        )
 
     def scrub(self, text: str) -> str:
-        """Remove this endpoint's password from ``text``."""
+        """Remove this endpoint's secrets from ``text``."""
         text = redact_text(text)
-        if self.secret:
-            text = text.replace(self.secret, "***")
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
         return text
 
     def __str__(self) -> str:
@@ -247,7 +362,36 @@ def redact_text(text: str) -> str:
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text)
 
 
+#: Limits of every verification session, so that a verifier never holds up production:
+#: a read waits at most ``lock_timeout`` behind another session's lock (then that table
+#: is reported as not verified), no statement runs past ``statement_timeout``, and a
+#: session that stops talking inside a transaction (a frozen client) is ended by the
+#: server after ``idle_in_transaction_session_timeout``, releasing its locks (longer than
+#: the default --lag-timeout, which a keyless table's source stream may sit through
+#: while the standby catches up, and than reconcile's pauses between batches). A DSN's
+#: ``options=-c name=value`` overrides each (it is applied after these).
+SESSION_LIMITS: Mapping[str, str] = {
+    "lock_timeout": "30s",
+    "statement_timeout": "30min",
+    "idle_in_transaction_session_timeout": "5min",
+}
+
+#: Sent after the login rather than in it: a read-only default in the startup packet
+#: makes every host fail ``target_session_attrs=read-write`` (asyncpg, like libpq,
+#: checks the session's ``default_transaction_read_only``).
+_READ_ONLY_SQL = "SET default_transaction_read_only = on;"
+
+
+class VerifierConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A connection whose reset (on release to a pool, after ``RESET ALL``) keeps the
+    session read-only."""
+
+    def get_reset_query(self) -> str:
+        return str(super().get_reset_query() or "") + _READ_ONLY_SQL
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute(_READ_ONLY_SQL)
     # asyncpg's default interval codec folds a year into 365 days, which PostgreSQL's
     # interval equality does not; keep the raw (months, days, microseconds) triple.
     await conn.set_type_codec(
@@ -259,10 +403,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+def session_options(endpoint: Endpoint) -> str:
+    """The ``options`` startup parameter: :data:`SESSION_LIMITS`, then the DSN's own."""
+    limits = " ".join(f"-c {k}={v}" for k, v in SESSION_LIMITS.items())
+    return f"{limits} {endpoint.options}" if endpoint.options else limits
+
+
 def _connect_kwargs(endpoint: Endpoint) -> dict[str, Any]:
     kw = dict(endpoint.kwargs)
     kw.setdefault("timeout", 15.0)
-    kw["server_settings"] = dict(PINNED_SETTINGS)
+    settings = {k: v for k, v in PINNED_SETTINGS.items() if k != "default_transaction_read_only"}
+    if endpoint.application_name:
+        settings["application_name"] = endpoint.application_name
+    settings["options"] = session_options(endpoint)
+    kw["server_settings"] = settings
+    kw["connection_class"] = VerifierConnection
     return kw
 
 
@@ -288,6 +443,14 @@ def _explain(endpoint: Endpoint, exc: BaseException) -> ConnectError:
         reason = f"login refused: {exc}"
         if isinstance(exc, asyncpg.InvalidPasswordError):
             hint = _password_hint(endpoint)
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        reason = f"the server's TLS certificate was not accepted: {exc.verify_message}"
+        hint = (
+            "sslrootcert= names the CA that signed the server's certificate; with "
+            "sslmode=verify-full the host name must be one the certificate names"
+        )
+    elif isinstance(exc, ssl.SSLError):
+        reason = f"TLS failed: {exc.reason or exc}"
     elif isinstance(exc, socket.gaierror):
         reason = f"unknown host ({exc.strerror})"
     elif isinstance(exc, ConnectionRefusedError):
@@ -296,6 +459,15 @@ def _explain(endpoint: Endpoint, exc: BaseException) -> ConnectError:
         reason = "timed out"
     elif isinstance(exc, OSError):
         reason = exc.strerror or str(exc)
+        # asyncpg's TLS set-up does not say which file it could not read
+        params = dict(endpoint.params)
+        missing = [
+            f"{k}={params[k]}"
+            for k in ("sslrootcert", "sslcert", "sslkey", "sslcrl", "passfile")
+            if k in params and not os.path.exists(os.path.expanduser(params[k]))
+        ]
+        if exc.filename or missing:
+            reason += ": " + (str(exc.filename) if exc.filename else ", ".join(missing))
     else:
         reason = str(exc) or type(exc).__name__
     return ConnectError(

@@ -19,36 +19,10 @@ from typing import TypeVar
 import asyncpg
 
 from replverify.db.connect import DB_ERRORS
-from replverify.errors import ReplverifyError
+from replverify.db.errors import transient
+from replverify.errors import LagTimeout, ReadError, ReplayPaused
 
 T = TypeVar("T")
-
-#: SQLSTATEs worth another try: serialization failure (recovery conflicts on a standby
-#: report it), deadlock, lock timeout, a server restarting, a broken connection.
-RETRYABLE = frozenset(
-    {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
-)
-
-
-def transient(exc: BaseException) -> bool:
-    """Whether a failed read is worth repeating on a fresh connection."""
-    if isinstance(exc, asyncpg.PostgresError):
-        return exc.sqlstate in RETRYABLE or isinstance(
-            exc, asyncpg.exceptions.PostgresConnectionError
-        )
-    return isinstance(exc, OSError | asyncpg.exceptions.InternalClientError) or (
-        isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc).lower()
-    )
-
-
-class ReadError(ReplverifyError):
-    """A read of one side failed (after retries for transient faults)."""
-
-    def __init__(self, side: str, exc: BaseException) -> None:
-        reason = str(exc).strip() or type(exc).__name__
-        super().__init__(f"reading the {side} failed: {reason}")
-        self.side = side
-        self.sqlstate = getattr(exc, "sqlstate", None)
 
 
 async def read(side: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -57,14 +31,6 @@ async def read(side: str, call: Callable[[], Awaitable[T]]) -> T:
         return await retrying(call)
     except DB_ERRORS as e:
         raise ReadError(side, e) from e
-
-
-class LagTimeout(ReplverifyError):
-    """The standby did not replay up to a fence within the lag timeout."""
-
-
-class ReplayPaused(LagTimeout):
-    """The standby's replay is paused: waiting for it to reach a fence cannot help."""
 
 
 #: The target's replay position and whether its replay is paused (or a pause requested):

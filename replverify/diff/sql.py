@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError
+from sqlglot.errors import SqlglotError
 
 from replverify.diff.align import TEXT_CASTS, TablePlan
 from replverify.diff.ranges import KeyRange
@@ -104,7 +104,9 @@ def parse_where(text: str) -> exp.Expr:
         raise UsageError("--where must not contain comments")
     try:
         trees = sqlglot.parse(text, read=DIALECT)
-    except ParseError as e:
+    except (SqlglotError, IndexError, ValueError, RecursionError) as e:
+        # TokenError (an unterminated quote) is not a ParseError, and sqlglot's
+        # tokenizer raises IndexError on some inputs (found by tests/test_fuzz.py)
         raise UsageError(f"--where is not valid SQL: {_first_line(e)}") from None
     trees = [t for t in trees if t is not None]
     if len(trees) != 1:

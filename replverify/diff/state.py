@@ -10,6 +10,7 @@ the verdict is the one an uninterrupted run would reach.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -97,12 +98,20 @@ class StateFile:
             self._out.write(json.dumps({"table": table, "range": rid, "rows": rows}) + "\n")
             self._out.flush()
         except OSError as e:
+            # Drop what is still buffered (closing would try to write it again, and that
+            # error would hide this one); a torn last line is skipped when resuming.
+            out, self._out = self._out, None
+            with contextlib.suppress(OSError):
+                out.close()
             raise OutputError(f"cannot write state file {self.path}: {e.strerror}") from None
 
     def close(self) -> None:
         if self._out is not None:
-            self._out.close()
-            self._out = None
+            out, self._out = self._out, None
+            try:
+                out.close()
+            except OSError as e:
+                raise OutputError(f"cannot write state file {self.path}: {e.strerror}") from None
 
 
 @dataclass

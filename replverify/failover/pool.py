@@ -60,6 +60,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from replverify.db.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, redact_text
+from replverify.db.errors import is_outage
 from replverify.errors import ConnectError, FailoverError, InDoubtError, UsageError
 from replverify.journal.records import (
     FsyncPolicy,
@@ -143,23 +144,6 @@ def alternate_dsn(dsn: str) -> str:
 
 
 # ----------------------------------------------------------------------- failures
-
-#: SQLSTATE classes/codes that mean the endpoint, not the statement, failed.
-_OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03", "53300", "3D000"})
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means the endpoint failed (worth switching), not the statement."""
-    if isinstance(exc, asyncpg.PostgresError):
-        state = exc.sqlstate or ""
-        return state.startswith("08") or state in _OUTAGE_STATES
-    if isinstance(exc, asyncpg.InterfaceError):
-        return isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError) or (
-            "connection" in str(exc).lower() and "closed" in str(exc).lower()
-        )
-    return isinstance(
-        exc, OSError | asyncio.TimeoutError | TimeoutError | asyncpg.InternalClientError
-    )
 
 
 @dataclass(frozen=True)

@@ -1157,22 +1157,13 @@ def render_sql(query: str, args: Sequence[object] = ()) -> str:
 
 
 def definitely_failed(exc: BaseException) -> bool:
-    """Whether the database surely rolled back after ``exc`` (then: ``aborted``).
+    """Whether the database surely rolled back after ``exc`` (then: ``aborted``); lost
+    connections, timeouts and cancellations leave the transaction in doubt. The policy
+    is :func:`replverify.db.errors.definitely_failed`."""
+    # Imported here: reading a journal must not import the database driver.
+    from replverify.db.errors import definitely_failed as policy
 
-    True for an error the server reported, except those that leave the outcome of a
-    COMMIT unknown: connection exceptions (08), operator intervention such as a
-    shutdown (57), system errors (58), internal errors (XX) and
-    ``statement_completion_unknown`` (40003). Everything else - lost connections,
-    timeouts, cancellations - is unknown: the transaction stays in doubt.
-    """
-    sqlstate = getattr(exc, "sqlstate", None)
-    try:
-        import asyncpg
-    except ImportError:  # pragma: no cover - asyncpg is a dependency
-        return False
-    if not isinstance(exc, asyncpg.PostgresError) or not isinstance(sqlstate, str):
-        return False
-    return sqlstate[:2] not in ("08", "57", "58", "XX") and sqlstate != "40003"
+    return policy(exc)
 
 
 class JournalWriter:

@@ -4,7 +4,6 @@ facts about how they replicate, and the heartbeat write (the one write replverif
 from __future__ import annotations
 
 import contextlib
-import urllib.parse
 from decimal import Decimal
 
 import asyncpg
@@ -328,18 +327,13 @@ def conninfo_host_port(conninfo: str | None) -> tuple[str | None, int | None]:
     if not conninfo:
         return None, None
     try:
-        kw = dict(Endpoint.parse(conninfo).kwargs)
-        if "dsn" in kw:
-            url = urllib.parse.urlsplit(kw["dsn"])
-            host: object = url.hostname
-            port: object = url.port
-        else:
-            host, port = kw.get("host"), kw.get("port")
-    except (ReplverifyError, ValueError):
+        hosts = Endpoint.parse(conninfo).hosts
+    except ReplverifyError:
         return None, None
-    if isinstance(host, str) and "," in host:
+    if len(hosts) != 1:
         return None, None
-    return (str(host) if host else None), int(str(port)) if port else 5432
+    host, port = hosts[0]
+    return host, port or 5432
 
 
 async def _subscriptions(conn: asyncpg.Connection) -> tuple[Subscription, ...]:
