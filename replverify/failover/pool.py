@@ -690,6 +690,7 @@ class FailoverPool(_Rows):
                 kept.append(record)
             if len(batch) >= EFFECT_BATCH:
                 journal.effect_rows(of, plan.op, table, batch)
+                journal.flush()  # a deferred transaction holds no more than a batch
                 batch = []
         journal.effect_rows(of, plan.op, table, batch)
         verb = "INSERT 0" if plan.op in ("insert", "upsert") else plan.op.upper()

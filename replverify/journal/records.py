@@ -99,6 +99,7 @@ import os
 import secrets
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -1198,7 +1199,9 @@ class JournalWriter:
         self._txn = 0
         self._shapes: set[Hashable] = set()  # record shapes the reader accepted
         #: the fsync in flight for each event loop (:meth:`_sync_async`)
-        self._syncing: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
+        self._syncing: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Future[None]
+        ] = weakref.WeakKeyDictionary()
         #: bytes of a torn last line cut off when the journal was opened
         self.repaired = 0
         created = not os.path.exists(self.path)
@@ -1317,20 +1320,14 @@ class JournalWriter:
         one fsync in a worker thread (a committer arriving while one runs waits for it,
         then for the next), rather than each taking a thread of its own."""
         loop = asyncio.get_running_loop()
-        while self._synced < ticket:
+        while self._synced < ticket and self._fd is not None:
             running = self._syncing.get(loop)
-            if running is not None:
-                await asyncio.shield(running)
-                continue
-            with self._lock:
-                upto = self._appended
-            future = asyncio.ensure_future(asyncio.to_thread(self._sync_to, upto))
-            self._syncing[loop] = future
-            try:
-                await asyncio.shield(future)
-            finally:
-                if self._syncing.get(loop) is future:
-                    del self._syncing[loop]
+            if running is None or running.done():
+                with self._lock:
+                    upto = self._appended
+                running = asyncio.ensure_future(asyncio.to_thread(self._sync_to, upto))
+                self._syncing[loop] = running
+            await asyncio.shield(running)
 
     def _sync_to(self, ticket: int) -> None:
         """fsync unless an fsync that started after record ``ticket`` already covered it."""
