@@ -1424,7 +1424,7 @@ def _kinds(fields: Mapping[str, object]) -> Hashable:
     out: list[object] = []
     for name, v in fields.items():
         if isinstance(v, dict):
-            out.append((name, tuple([(k, type(x)) for k, x in v.items()])))
+            out.append((name, tuple(v), tuple(map(type, v.values()))))
         elif isinstance(v, list):
             out.append((name, len(v) > 0))
         else:
