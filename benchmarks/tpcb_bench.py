@@ -2,8 +2,10 @@
 
     python benchmarks/tpcb_bench.py --clients 8 --seconds 10 --repeat 3 --scale 8
 
-Starts a local primary with a streaming standby (``replverify.testing.clusters``; the servers'
-defaults, fsync on), loads it with ``pgbench -i -s SCALE`` and runs pgbench's built-in
+Starts a local primary with a streaming standby (``replverify.testing.clusters``; its
+settings: server ``fsync=off``, data on /dev/shm when it has room, so the servers' commits
+are not durable while the journal's are), loads it with ``pgbench -i -s SCALE`` and runs
+pgbench's built-in
 "tpcb-like" transaction (UPDATE accounts, SELECT its balance, UPDATE tellers, UPDATE
 branches, INSERT INTO history with CURRENT_TIMESTAMP) from ``--clients`` concurrent tasks
 for ``--seconds`` through:
@@ -306,7 +308,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"{doc['clients']} clients, {doc['seconds']} s per run, {doc['repeat']} rounds"
         f" (median round shown), pgbench scale {doc['scale']}; primary with a streaming"
-        f" standby, fsync on; journal in {doc['journal_dir']} (fsync policy `{doc['fsync']}`).",
+        f" standby, server fsync off (the test clusters' setting); journal in"
+        f" {doc['journal_dir']} (fsync policy `{doc['fsync']}`).",
         f"Machine: {doc['machine']['cpus']} CPUs, load average at the end"
         f" {', '.join(f'{x:.1f}' for x in doc['machine']['load_avg'])}.",
         "",

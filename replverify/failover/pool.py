@@ -674,6 +674,7 @@ class FailoverPool(_Rows):
                 kept.append(record)
             if len(batch) >= EFFECT_BATCH:
                 journal.effect_rows(of, plan.op, table, batch)
+                journal.flush()  # a deferred transaction holds no more than a batch
                 batch = []
         journal.effect_rows(of, plan.op, table, batch)
         verb = "INSERT 0" if plan.op in ("insert", "upsert") else plan.op.upper()
@@ -700,13 +701,14 @@ class FailoverPool(_Rows):
             return await conn.execute(query, *args, timeout=timeout), []
         effect = await self._effect_of(conn, plan, query)
         progress.key = effect.table.key
-        tx = self.journal.transaction()
+        tx = self.journal.transaction(defer=True)
         progress.txid = tx.txid
         await conn.execute("BEGIN")
         try:
             result = await self._run_effect(
                 conn, tx, effect, query, args, self._active, keep=keep, timeout=timeout
             )
+            tx.flush()  # the intent and its rows, one write, before COMMIT is sent
         except BaseException:
             # no COMMIT was sent: nothing of it can have committed
             with contextlib.suppress(*DB_OR_TIMEOUT_ERRORS):
@@ -831,7 +833,9 @@ class PoolTransaction(_Rows):
         self._pool, self._conn, self.endpoint = await self._owner._switching(self._owner._checkout)
         self._generation = self._owner._generation  # after any switch the checkout made
         if self._owner.journal is not None:
-            self._journal = self._owner.journal.transaction()
+            # intents held back and appended in one write before COMMIT is sent: until
+            # then nothing of the transaction can commit
+            self._journal = self._owner.journal.transaction(defer=True)
         return self
 
     def _connection(self) -> asyncpg.Connection:
@@ -900,6 +904,15 @@ class PoolTransaction(_Rows):
         self._conn = None
         failure = exc
         try:
+            if exc is None and journal is not None:
+                try:
+                    journal.flush()
+                except BaseException as e:
+                    # not journaled, so not committed
+                    failure = e
+                    with contextlib.suppress(*DB_ERRORS):
+                        await conn.execute("ROLLBACK")
+                    raise
             if exc is None:
                 try:
                     await conn.execute("COMMIT")

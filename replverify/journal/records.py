@@ -99,6 +99,7 @@ import os
 import secrets
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -106,6 +107,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, TypeAlias, TypeVar
 
+import orjson
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
@@ -1187,6 +1189,10 @@ class JournalWriter:
         self._synced = 0  # records known to be on disk
         self._txn = 0
         self._shapes: set[Hashable] = set()  # record shapes the reader accepted
+        #: the fsync in flight for each event loop (:meth:`_sync_async`)
+        self._syncing: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Future[None]
+        ] = weakref.WeakKeyDictionary()
         #: bytes of a torn last line cut off when the journal was opened
         self.repaired = 0
         created = not os.path.exists(self.path)
@@ -1238,17 +1244,24 @@ class JournalWriter:
         self, fields: dict[str, Any], *, durable: bool, shape: Hashable | None = None
     ) -> int:
         """Append one record (seq and ts filled in under the lock); return its seq."""
-        return self._append_many([fields], durable=durable, shape=shape)
+        return self._append_many([fields], durable=durable, shapes=(shape,))
 
     def _append_many(
-        self, batch: Sequence[dict[str, Any]], *, durable: bool, shape: Hashable | None = None
+        self,
+        batch: Sequence[dict[str, Any]],
+        *,
+        durable: bool,
+        shape: Hashable | None = None,
+        shapes: Sequence[Hashable | None] | None = None,
     ) -> int:
         """Append records as one ``write(2)`` (consecutive seqs); return the first seq.
 
         Every record is checked with the reader first - except, when the caller names
-        the records' ``shape`` (the fields, columns and kinds of values its own code puts
-        in them), those of a shape already checked: the reader's verdict depends on the
-        shape, and checking costs a third of an append."""
+        the records' ``shape`` (one for all, or ``shapes``, one per record: the fields,
+        columns and kinds of values its own code puts in them), those of a shape already
+        checked: the reader's verdict depends on the shape, and checking costs a third of
+        an append. An ``of`` that is a :class:`_Ref` names a record of the same batch and
+        becomes its seq."""
         with self._lock:
             if self._fd is None:
                 raise UsageError(f"journal {self.path} is closed")
@@ -1256,13 +1269,15 @@ class JournalWriter:
             ts = _dt.datetime.now(_dt.timezone.utc).isoformat()
             lines = []
             for n, fields in enumerate(batch):
-                fields = dict(fields)
-                record: dict[str, Any] = {"v": FORMAT_VERSION, "txid": fields.pop("txid"),
+                record: dict[str, Any] = {"v": FORMAT_VERSION, "txid": fields["txid"],
                                           "seq": first + n, "ts": ts}  # fmt: skip
                 record.update(fields)
-                line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-                data = line.encode()
-                if shape is None or shape not in self._shapes:
+                of = record.get("of")
+                if isinstance(of, _Ref):
+                    record["of"] = first + of.index
+                data = _dumps(record)
+                kind = shape if shapes is None else shapes[n]
+                if kind is None or kind not in self._shapes:
                     try:
                         _record_from(_loads(data), 0)  # never write what the reader refuses
                     except _Bad as e:
@@ -1281,14 +1296,29 @@ class JournalWriter:
                         os.ftruncate(self._fd, size - (len(data) - len(view)))
                 # The caller must not run the write it could not journal.
                 raise OutputError(f"cannot append to journal {self.path}: {e.strerror}") from None
-            if shape is not None:
-                self._shapes.add(shape)
+            for kind in (shape,) if shapes is None else shapes:
+                if kind is not None:
+                    self._shapes.add(kind)
             self._seq = first + len(batch)
             self._appended += len(batch)
             ticket = self._appended
         if (durable or self.fsync == "always") and self.fsync != "never":
             self._sync_to(ticket)
         return first
+
+    async def _sync_async(self, ticket: int) -> None:
+        """:meth:`_sync_to` from asyncio: concurrent committers of one event loop share
+        one fsync in a worker thread (a committer arriving while one runs waits for it,
+        then for the next), rather than each taking a thread of its own."""
+        loop = asyncio.get_running_loop()
+        while self._synced < ticket and self._fd is not None:
+            running = self._syncing.get(loop)
+            if running is None or running.done():
+                with self._lock:
+                    upto = self._appended
+                running = asyncio.ensure_future(asyncio.to_thread(self._sync_to, upto))
+                self._syncing[loop] = running
+            await asyncio.shield(running)
 
     def _sync_to(self, ticket: int) -> None:
         """fsync unless an fsync that started after record ``ticket`` already covered it."""
@@ -1310,9 +1340,14 @@ class JournalWriter:
             self._txn += 1
             return f"{self.prefix}-{self._txn}"
 
-    def transaction(self, txid: TxId | None = None) -> JournalTransaction:
-        """A journaled transaction; a context manager (``with`` or ``async with``)."""
-        return JournalTransaction(self, txid if txid is not None else self.new_txid())
+    def transaction(self, txid: TxId | None = None, *, defer: bool = False) -> JournalTransaction:
+        """A journaled transaction; a context manager (``with`` or ``async with``).
+
+        ``defer``: hold the intents back and append them in one write by
+        :meth:`JournalTransaction.flush`, which the caller runs before it sends COMMIT
+        (see :class:`JournalTransaction`). Ignored with ``fsync="always"``, whose promise
+        is an intent on disk before its statement runs."""
+        return JournalTransaction(self, txid if txid is not None else self.new_txid(), defer=defer)
 
     begin = transaction
 
@@ -1354,6 +1389,23 @@ class JournalWriter:
         await asyncio.to_thread(self.close)
 
 
+def _dumps(record: Mapping[str, Any]) -> bytes:
+    """One compact JSON line (UTF-8, not ASCII-escaped). orjson is several times faster
+    than :mod:`json`; it refuses only integers beyond 64 bits, which :mod:`json` writes."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        return line.encode()
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """In a deferred batch, the record at ``index``: its seq once the batch is appended."""
+
+    index: int
+
+
 def _kinds(fields: Mapping[str, object]) -> Hashable:
     """The shape of a record: what the reader's verdict on it depends on. Its fields;
     for an object field (``key``, ``values``) its column names and the JSON kind of each
@@ -1363,7 +1415,7 @@ def _kinds(fields: Mapping[str, object]) -> Hashable:
     out: list[object] = []
     for name, v in fields.items():
         if isinstance(v, dict):
-            out.append((name, tuple([(k, type(x)) for k, x in v.items()])))
+            out.append((name, tuple(v), tuple(map(type, v.values()))))
         elif isinstance(v, list):
             out.append((name, len(v) > 0))
         else:
@@ -1406,13 +1458,24 @@ TxState = Literal["open", "committed", "aborted", "in doubt"]
 
 
 class JournalTransaction:
-    """The intents of one database transaction and their settlement."""
+    """The intents of one database transaction and their settlement.
 
-    def __init__(self, writer: JournalWriter, txid: TxId) -> None:
+    Deferred (``defer=True``), the intents are held in memory and appended in one write
+    by :meth:`flush` (or with the marker), instead of one write each as the statements
+    run. That is as safe for a caller that flushes before it sends COMMIT: until then
+    nothing of the transaction can have committed, and a crash before it (which loses
+    the held-back intents) ends the connection, so the server rolls the transaction back.
+    """
+
+    def __init__(self, writer: JournalWriter, txid: TxId, *, defer: bool = False) -> None:
         self.writer = writer
         self.txid = txid
         self.state: TxState = "open"
+        #: intents journaled or held back
         self.intents = 0
+        self.defer = defer and writer.fsync != "always"
+        self._pending: list[dict[str, Any]] = []
+        self._pending_shapes: list[Hashable | None] = []
 
     def intent(
         self,
@@ -1470,19 +1533,28 @@ class JournalTransaction:
         rows: Iterable[tuple[Mapping[str, object], Mapping[str, object] | None]],
     ) -> int:
         """Append the post-images ``(key, values)`` of rows statement intent ``of``
-        touched (``values`` None for a delete), all in one write; how many."""
+        touched (``values`` None for a delete), all in one write; how many. ``of`` is
+        what :meth:`intent_statement` returned (deferred: the intent's place among the
+        held-back records, which becomes its seq when they are appended)."""
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
         batch = []
         shapes = set()
+        link: object = _Ref(of) if self.defer else of
         for key, values in rows:
             fields = _write_fields(op, table, key, values, None, None)
             fields["txid"] = self.txid
             fields["state"] = "intent"
-            fields["of"] = of
+            fields["of"] = link
             batch.append(fields)
-            shapes.add(_kinds(fields))
-        if batch:
+            if not self.defer:
+                shapes.add(_kinds(fields))
+        if batch and self.defer:
+            for fields in batch:
+                self._pending.append(fields)
+                self._pending_shapes.append(("rows", op, table, _kinds(fields)))
+            self.intents += len(batch)
+        elif batch:
             shape = ("rows", op, table, next(iter(shapes))) if len(shapes) == 1 else None
             self.writer._append_many(batch, durable=False, shape=shape)
             self.intents += len(batch)
@@ -1493,9 +1565,27 @@ class JournalTransaction:
             raise UsageError(f"transaction {self.txid} is already {self.state}")
         fields["txid"] = self.txid
         fields["state"] = "intent"
+        if self.defer:
+            self._pending.append(fields)
+            self._pending_shapes.append(shape)
+            self.intents += 1
+            return len(self._pending) - 1
         seq = self.writer._append(fields, durable=False, shape=shape)
         self.intents += 1
         return seq
+
+    def flush(self) -> None:
+        """Append the held-back intents in one write (deferred; call it before COMMIT is
+        sent). When that fails they are dropped (the caller must not commit)."""
+        pending, shapes = self._pending, self._pending_shapes
+        if not pending:
+            return
+        self._pending, self._pending_shapes = [], []
+        try:
+            self.writer._append_many(pending, durable=False, shapes=shapes)
+        except BaseException:
+            self.intents -= len(pending)
+            raise
 
     def _settle(self, state: Literal["committed", "aborted"], *, sync: bool) -> int:
         if self.state != "open":
@@ -1503,7 +1593,16 @@ class JournalTransaction:
         self.state = state
         fields = {"txid": self.txid, "state": state}
         shape = ("marker", state, type(self.txid))
-        return self.writer._append(fields, durable=sync and state == "committed", shape=shape)
+        durable = sync and state == "committed"
+        pending, shapes = self._pending, self._pending_shapes
+        if not pending:
+            return self.writer._append(fields, durable=durable, shape=shape)
+        # held-back intents and their marker: one write
+        self._pending, self._pending_shapes = [], []
+        first = self.writer._append_many(
+            [*pending, fields], durable=durable, shapes=[*shapes, shape]
+        )
+        return first + len(pending)
 
     def commit(self) -> None:
         """Mark every intent committed (after the database confirmed the COMMIT)."""
@@ -1514,7 +1613,13 @@ class JournalTransaction:
         self._settle("aborted", sync=True)
 
     def leave_in_doubt(self) -> None:
-        """Write nothing: the outcome is unknown (the intents stay in doubt)."""
+        """Write no marker: the outcome is unknown (the intents stay in doubt). Intents
+        still held back are appended, to be reported in doubt."""
+        try:
+            self.flush()
+        except (OutputError, UsageError) as e:
+            log.warning("journal %s: in-doubt intents of %s lost: %s", self.writer.path,
+                        self.txid, e)  # fmt: skip
         self.state = "in doubt"
 
     async def commit_async(self) -> None:
@@ -1530,7 +1635,7 @@ class JournalTransaction:
         if w.fsync != "never" and (state == "committed" or w.fsync == "always"):
             with w._lock:
                 ticket = w._appended
-            await asyncio.to_thread(w._sync_to, ticket)
+            await w._sync_async(ticket)
 
     def _outcome(self, exc: BaseException | None) -> Literal["committed", "aborted"] | None:
         """How leaving the ``with`` block settles the transaction (None: write nothing)."""
@@ -1540,7 +1645,7 @@ class JournalTransaction:
             return "committed"
         if definitely_failed(exc):
             return "aborted"
-        self.state = "in doubt"
+        self.leave_in_doubt()
         return None
 
     def __enter__(self) -> JournalTransaction:
