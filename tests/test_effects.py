@@ -12,7 +12,8 @@ from replverify.db.catalog import TableInfo
 from replverify.errors import JournalError, UsageError
 from replverify.failover.pool import TableMeta, bind_effect, plan_write, safe_to_repeat
 from replverify.journal.records import JournalReader, JournalWriter, row_writes
-from replverify.reconcile.run import MemoryTarget, reconcile_with
+from replverify.reconcile.run import reconcile_with
+from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, TableRef
 
 ACC = TableRef("public", "acc")
