@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -25,9 +26,11 @@ from replverify.diff.copyscan import locate_chunk
 from replverify.diff.driver import Sides, compare_multiset, run
 from replverify.diff.fence import Fence
 from replverify.diff.machine import TableComparison
+from replverify.diff.ranges import KeyRange
 from replverify.diff.sources import DigestMode, PostgresSource, RowHasher
 from replverify.diff.sql import ALIAS, TableSQL, parse_where, quote_table
 from replverify.diff.state import StateFile, TableCheckpoint
+from replverify.diff.throttle import Throttle, paused_note
 from replverify.errors import ReplverifyError, SchemaError, UsageError
 from replverify.lag.sampler import LsnHistory
 from replverify.lag.sampler import snapshot as lag_snapshot
@@ -83,6 +86,18 @@ class DiffOptions:
     state: str | None = None
     #: compare a database with itself (both DSNs reach one server) instead of refusing
     allow_same_server: bool = False
+    #: where chunk work runs: ``inprocess``, ``local:N`` (N worker processes) or
+    #: ``dask://HOST:PORT`` (a running Dask scheduler); see docs/dask.md
+    executor: str = "inprocess"
+    #: connections per server, this process and all workers together
+    max_connections: int | None = None
+    #: pause new reads while the source has more than this many active backends
+    max_load: int | None = None
+    #: pause new reads while the standby's replay lag exceeds this many seconds
+    max_lag: float | None = None
+    #: adapt the chunk size towards this many seconds a chunk (``None`` or 0: fixed
+    #: ``chunk_rows``, which keeps chunk counts the same from run to run)
+    chunk_time: float | None = None
 
     def __post_init__(self) -> None:
         # A str is a sequence of characters: DiffOptions(tables="public.orders") would
@@ -120,6 +135,20 @@ class DiffOptions:
             problems.append("confirm_rounds must not be negative")
         if len(set(self.key)) != len(self.key):
             problems.append("--key names a column twice")
+        if self.max_connections is not None and self.max_connections < 2:
+            problems.append("--max-connections must be at least 2")
+        if self.max_load is not None and self.max_load < 0:
+            problems.append("--max-load must not be negative")
+        if self.max_lag is not None and self.max_lag < 0:
+            problems.append("--max-lag must not be negative")
+        if self.chunk_time is not None and self.chunk_time < 0:
+            problems.append("--chunk-time must not be negative")
+        try:
+            from replverify.diff.executor import ExecutorSpec
+
+            ExecutorSpec.parse(self.executor)
+        except UsageError as e:
+            problems.append(e.message)
         if problems:
             raise UsageError("; ".join(problems))
 
@@ -162,6 +191,9 @@ def _forms_note(plans: Sequence[TablePlan]) -> str | None:
     shown = ", ".join(texts[:10]) + (f" and {len(texts) - 10} more" if len(texts) > 10 else "")
     return f"columns read as text in COPY digests (binary form not known to match): {shown}"
 
+
+#: Connections per server this process holds when the chunk work runs on a cluster.
+CLIENT_CONNECTIONS = 2
 
 #: A lag snapshot beside a diff may fail either way; the diff goes on.
 _LAG_FAILURES: tuple[type[BaseException], ...] = (*DB_ERRORS, ReplverifyError)
@@ -248,8 +280,17 @@ async def diff(
     started = time.perf_counter()
     src_ep, tgt_ep = Endpoint.parse(source), Endpoint.parse(target)
     where = parse_where(options.where) if options.where else None
+    if options.executor != "inprocess":
+        # chunk work runs on the workers: this process only plans, throttles and fences
+        sizes = (CLIENT_CONNECTIONS, CLIENT_CONNECTIONS)
+    else:
+        jobs = options.jobs
+        if options.max_connections is not None:
+            jobs = min(jobs, options.max_connections - 1)  # one more for the boundary walk
+        options = dataclasses.replace(options, jobs=jobs)
+        sizes = (jobs + 1, jobs)
     pools = await asyncio.gather(
-        open_pool(src_ep, options.jobs + 1), open_pool(tgt_ep, options.jobs), return_exceptions=True
+        open_pool(src_ep, sizes[0]), open_pool(tgt_ep, sizes[1]), return_exceptions=True
     )
     src_pool, tgt_pool = pools
     try:
@@ -312,6 +353,14 @@ async def _diff(
     fence = None
     standby = catalog.streams_from(src_server, tgt_server)
     history = LsnHistory()
+    if options.max_lag is not None and not standby:
+        raise UsageError("--max-lag needs a target that is a streaming standby of the source")
+    if options.max_connections is not None and options.executor == "inprocess":
+        from replverify.diff.executor import check_budget
+
+        for pool, size, side in ((src_pool, options.jobs + 1, "source"),
+                                 (tgt_pool, options.jobs, "target")):  # fmt: skip
+            await check_budget(pool, size, side, given=True)
     if standby:
         await _record_lag(report, "start", src_pool, tgt_pool, history)
     if options.fence is not False and standby:
@@ -350,8 +399,29 @@ async def _diff(
             },
         )
 
+    throttle = Throttle(
+        src_pool, tgt_pool, max_load=options.max_load, max_lag=options.max_lag
+    )  # fmt: skip
+    chunk_time = options.chunk_time or None
+    if chunk_time and state is not None and options.executor == "inprocess":
+        # adapted chunks have other boundaries on each run: nothing could be resumed
+        chunk_time = None
+        report.notes.append(
+            "--chunk-time was not applied: with --state in-process, chunks keep their size "
+            "so that a resumed run finds the chunks an earlier one verified"
+        )
     tables = _TableRun(
-        src_pool, tgt_pool, mode, options, where, (src_server, tgt_server), progress, fence, state
+        src_pool,
+        tgt_pool,
+        mode,
+        options,
+        where,
+        (src_server, tgt_server),
+        progress,
+        fence,
+        state,
+        throttle=throttle,
+        chunk_time=chunk_time,
     )
 
     async def one(sql: TableSQL, reason: str | None) -> TableResult:
@@ -360,13 +430,35 @@ async def _diff(
             return await tables.verify(sql, reason, (defined[0].get(ref), defined[1].get(ref)))
 
     try:
-        report.tables.extend(
-            await asyncio.gather(*(one(s, r) for s, r in zip(sqls, unreadable, strict=True)))
-        )
+        if options.executor != "inprocess":
+            from replverify.diff.executor import ClusterRun
+
+            cluster = ClusterRun(
+                src_ep, tgt_ep, src_pool, tgt_pool, mode, options, fence is not None,
+                progress, state, throttle, chunk_time,
+            )  # fmt: skip
+            results = await cluster.run(sqls, unreadable)
+            for i, r in enumerate(results):  # a table altered meanwhile mixes definitions
+                ref = sqls[i].plan.ref
+                after = await tables._definition(ref)
+                if after != (defined[0].get(ref), defined[1].get(ref)) and r.error is None:
+                    results[i] = _unverified(
+                        sqls[i].plan, f"{ref}: its definition changed during the run", r
+                    )
+            report.tables.extend(results)
+            report.notes.extend(cluster.notes)
+            report.aborted = cluster.lost
+        else:
+            report.tables.extend(
+                await asyncio.gather(*(one(s, r) for s, r in zip(sqls, unreadable, strict=True)))
+            )
         report.notes.extend(tables.notes)
     finally:
         if state is not None:
             state.close()
+    if throttle.active:
+        report.paused = {k: round(v, 3) for k, v in throttle.paused.items()}
+        report.notes.append(paused_note(throttle.paused, options.max_load, options.max_lag))
     report.tables.sort(key=lambda t: t.table)
     if standby:
         await _record_lag(report, "end", src_pool, tgt_pool, history)
@@ -401,6 +493,8 @@ class _TableRun:
     fence: Fence | None
     state: StateFile | None
     notes: list[str] = field(default_factory=list)
+    throttle: Throttle | None = None
+    chunk_time: float | None = None
 
     async def verify(
         self, sql: TableSQL, unreadable: str | None, before: Definition
@@ -424,6 +518,8 @@ class _TableRun:
                         self.progress,
                         self.fence,
                         state,
+                        throttle=self.throttle,
+                        chunk_time=self.chunk_time,
                     )
             except Exception as e:  # raised again below unless the table changed meanwhile
                 failure = e
@@ -541,8 +637,13 @@ async def compare_table(
     progress: Callable[[TableRef, int, int], None] | None = None,
     fence: Fence | None = None,
     state: StateFile | None = None,
+    *,
+    whole: KeyRange | None = None,
+    throttle: Throttle | None = None,
+    chunk_time: float | None = None,
 ) -> TableResult:
-    """Compare one planned table; server errors end up in ``TableResult.error``."""
+    """Compare one planned table (or the key range ``whole`` of it: a task on a worker);
+    server errors end up in ``TableResult.error``."""
     plan = sql.plan
     started = time.perf_counter()
     hasher = RowHasher(plan, options.compare)
@@ -558,6 +659,7 @@ async def compare_table(
         # one index probe per boundary needs the key order to be an index order
         walk_boundaries=plan.key_mode == "primary key" and not any(k.collate_c for k in plan.key),
         confirm_rounds=options.confirm_rounds if fence else 0,
+        whole=whole,
     )
     src_side = PostgresSource(source, sql, mode, options.compare)
     tgt_side = PostgresSource(target, sql, mode, options.compare)
@@ -595,7 +697,15 @@ async def compare_table(
                 by_name = dict(zip(names, hasher.encoders, strict=True))
                 encoders = [by_name[k] for k in plan.key_names]
                 checkpoint = TableCheckpoint(state, plan.ref.qualified, encoders)
-            await run(machine, sides, jobs=options.jobs, progress=tick, checkpoint=checkpoint)
+            await run(
+                machine,
+                sides,
+                jobs=options.jobs,
+                progress=tick,
+                checkpoint=checkpoint,
+                throttle=throttle,
+                chunk_time=chunk_time,
+            )
     except asyncpg.PostgresError as e:
         result.error = f"{quote_table(plan.ref)}: {type(e).__name__}: {e}"
     except ReplverifyError as e:
