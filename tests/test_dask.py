@@ -112,3 +112,125 @@ def test_unreachable_scheduler_is_exit_2_with_a_clear_message(primary_dsn, other
     )
     assert result.exit_code == 2, result.output
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in result.output
+
+
+@pytest.fixture(scope="module")
+async def dask_cluster():
+    """Two real worker processes (each restarted by its nanny when killed)."""
+    import distributed
+
+    cluster = await distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, asynchronous=True,
+        dashboard_address=":0",
+    )  # fmt: skip
+    try:
+        yield cluster
+    finally:
+        await cluster.close()
+
+
+def _dask(cluster) -> str:
+    return "dask://" + cluster.scheduler_address.removeprefix("tcp://")
+
+
+async def test_no_password_reaches_the_task_graph_or_a_worker_log(
+    clusters, make_db, dask_cluster, monkeypatch, tmp_path
+):
+    import distributed
+
+    (src,) = await make_db(clusters.primary_dsn, rows=20_000)
+    (tgt,) = await make_db(clusters.other_dsn, rows=20_000)
+    secret = "Pw-7c1d9e-never-shipped"
+    with_pw = [d.replace("postgres@", f"postgres:{secret}@", 1) for d in (src, tgt)]
+    assert all(secret in d for d in with_pw)
+    shipped: list[bytes] = []
+    submit = distributed.Client.submit
+
+    def recording(self, func, *args, **kwargs):
+        shipped.append(pickle.dumps((func, args, kwargs)))
+        return submit(self, func, *args, **kwargs)
+
+    monkeypatch.setattr(distributed.Client, "submit", recording)
+    options = DiffOptions(chunk_rows=500, executor=_dask(dask_cluster), state=str(tmp_path / "s"))
+    report = await diff(*with_pw, options)
+    assert report.status == "consistent" and report.complete
+    assert len(shipped) >= 3  # orders alone is 3 tasks
+    assert not any(secret.encode() in blob for blob in shipped)
+    client = await distributed.Client(dask_cluster, asynchronous=True)
+    try:
+        logs = [await client.get_worker_logs(), await client.get_scheduler_logs()]
+    finally:
+        await client.close()
+    assert secret not in repr(logs)
+    # --state resumes at task granularity: every task verified before is skipped (a
+    # keyless table is one multiset comparison, never recorded, in-process neither)
+    shipped.clear()
+    again = await diff(*with_pw, options)
+    assert [pickle.loads(b)[1][0].plan.ref.name for b in shipped] == ["events"]
+    assert _timeless(diff_to_dict(again)) == _timeless(diff_to_dict(report))
+
+
+async def test_a_worker_killed_mid_task_reruns_it_with_the_same_verdict(
+    clusters, make_db, dask_cluster
+):
+    import distributed
+
+    src, tgt = await _planted(make_db, clusters, rows=40_000)
+    base = DiffOptions(chunk_rows=250, tables=("orders",))
+    expected = await diff(src, tgt, base)
+    client = await distributed.Client(dask_cluster, asynchronous=True)
+    killed: list[str] = []
+
+    async def kill_a_busy_worker() -> None:
+        pids = await client.run(os.getpid)
+        while not killed:
+            for addr, keys in (await client.processing()).items():
+                if keys and addr in pids:
+                    os.kill(pids[addr], signal.SIGKILL)
+                    killed.append(addr)
+                    return
+            await asyncio.sleep(0.02)
+
+    killer = asyncio.ensure_future(kill_a_busy_worker())
+    try:
+        spread = await diff(src, tgt, dataclasses.replace(base, executor=_dask(dask_cluster)))
+    finally:
+        killer.cancel()
+        await asyncio.gather(killer, return_exceptions=True)
+        await client.close()
+    assert killed, "no worker was ever seen holding a task"
+    assert spread.complete and spread.status == "different"
+    assert _timeless(diff_to_dict(spread)) == _timeless(diff_to_dict(expected))
+
+
+async def test_scheduler_lost_mid_run_gives_a_partial_report_and_exit_2(
+    clusters, make_db, monkeypatch
+):
+    import distributed
+
+    from replverify.diff import executor
+
+    monkeypatch.setattr(executor, "LOST_AFTER", 1.0)
+    src, tgt = await _planted(make_db, clusters, rows=40_000)
+    cluster = await distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, asynchronous=True,
+        dashboard_address=":0",
+    )  # fmt: skip
+    stopping: list[asyncio.Future[None]] = []
+
+    def progress(table, done, estimate):
+        if done and not stopping:  # the first task is in: the scheduler goes away
+            stopping.append(asyncio.ensure_future(cluster.scheduler.close()))
+
+    try:
+        options = DiffOptions(chunk_rows=250, tables=("orders",), executor=_dask(cluster))
+        report = await diff(src, tgt, options, progress=progress)
+    finally:
+        await asyncio.gather(*stopping, return_exceptions=True)
+        await cluster.close()
+    assert stopping
+    assert report.aborted and "was lost mid-run" in report.aborted
+    (orders,) = report.tables
+    assert not report.complete and diff_exit_code(report) == 2
+    assert 0 < orders.rows_source < 40_000
+    assert orders.error and "key ranges were not verified" in orders.error

@@ -293,10 +293,12 @@ class ClusterRun:
                     threads_per_worker=1,
                     processes=True,
                     asynchronous=True,
-                    dashboard_address=None,
+                    dashboard_address=":0",
                     silence_logs=logging.ERROR,
                 )
                 where = cluster.scheduler_address
+            if spec.kind == "dask":
+                await _probe(spec)
             try:
                 client = await asyncio.wait_for(
                     distributed.Client(where, asynchronous=True, timeout=CONNECT_TIMEOUT),
@@ -444,7 +446,11 @@ class ClusterRun:
         rows = self.state.known(plan.ref.qualified, rid)
         if rows is None:
             return None
+        from replverify.api import DIGEST_DESCRIPTIONS, _column_forms
+
         r = TableResult(plan.ref, plan.key_names, plan.key_mode)
+        r.digest, r.column_forms = DIGEST_DESCRIPTIONS[self.mode], _column_forms(plan, self.mode)
+        r.digest_bits = 64 if self.mode == "server" else 128
         r.rows_source = r.rows_target = rows
         r.chunks = self.state.chunks.get((plan.ref.qualified, rid), 1)
         return r
@@ -463,6 +469,27 @@ class ClusterRun:
         if self.progress is not None:
             done = merge.rows_done
             self.progress(merge.plan.ref, done, max(merge.plan.estimated_rows, done))
+
+
+async def _probe(spec: ExecutorSpec) -> None:
+    """Fail fast on a scheduler address nothing listens on: Dask itself retries
+    until its timeout."""
+    host, _, port = spec.address.removeprefix("tcp://").rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port)), CONNECT_TIMEOUT
+        )
+    except (OSError, asyncio.TimeoutError) as e:
+        raise ExecutorError(
+            f"cannot reach the Dask scheduler at {spec.address}: {e.strerror or e!r}"
+            if isinstance(e, OSError)
+            else f"cannot reach the Dask scheduler at {spec.address}: timed out",
+            hint="start one with `dask scheduler` (and workers with `dask worker ADDRESS`), "
+            "or use --executor local:N",
+        ) from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def _result(future: Any) -> Any:
