@@ -8,10 +8,12 @@ reaches a task or a worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 
@@ -61,7 +63,7 @@ async def test_local_cluster_report_is_the_in_process_report(clusters, make_db):
     src, tgt = await _planted(make_db, clusters)
     base = DiffOptions(chunk_rows=500)  # orders: 20,000 rows = 3 tasks of 16 chunks
     local = await diff(src, tgt, base)
-    spread = await diff(src, tgt, dataclasses.replace(base, executor="local:2"))
+    spread = await diff(src, tgt, dataclasses.replace(base, executor="local:1"))
     assert local.status == "different"
     assert _timeless(diff_to_dict(spread)) == _timeless(diff_to_dict(local))
     orders = next(t for t in spread.tables if t.table.name == "orders")
@@ -212,23 +214,44 @@ async def test_scheduler_lost_mid_run_gives_a_partial_report_and_exit_2(
 
     monkeypatch.setattr(executor, "LOST_AFTER", 1.0)
     src, tgt = await _planted(make_db, clusters, rows=40_000)
-    cluster = await distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, asynchronous=True,
-        dashboard_address=":0",
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    cli = [sys.executable, "-m", "distributed.cli"]
+    scheduler = subprocess.Popen(
+        [*cli[:2], "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+         str(port), "--dashboard-address", ":0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    stopping: list[asyncio.Future[None]] = []
-
-    def progress(table, done, estimate):
-        if done and not stopping:  # the first task is in: the scheduler goes away
-            stopping.append(asyncio.ensure_future(cluster.scheduler.close()))
-
+    worker = subprocess.Popen(
+        [*cli[:2], "distributed.cli.dask_worker", f"tcp://{address}", "--nthreads", "1",
+         "--no-dashboard", "--no-nanny"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     try:
-        options = DiffOptions(chunk_rows=250, tables=("orders",), executor=_dask(cluster))
+        for _ in range(300):  # until the scheduler has its worker
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                client = await asyncio.wait_for(
+                    distributed.Client(address, asynchronous=True, timeout=2), 5
+                )
+                try:
+                    await client.wait_for_workers(1, timeout=30)
+                finally:
+                    await client.close()
+                break
+            await asyncio.sleep(0.1)
+
+        def progress(table, done, estimate):
+            if done and scheduler.poll() is None:  # the first task is in: kill the scheduler
+                scheduler.kill()
+
+        options = DiffOptions(chunk_rows=250, tables=("orders",), executor=f"dask://{address}")
         report = await diff(src, tgt, options, progress=progress)
     finally:
-        await asyncio.gather(*stopping, return_exceptions=True)
-        await cluster.close()
-    assert stopping
+        for proc in (scheduler, worker):
+            proc.kill()
+            proc.wait()
     assert report.aborted and "was lost mid-run" in report.aborted
     (orders,) = report.tables
     assert not report.complete and diff_exit_code(report) == 2

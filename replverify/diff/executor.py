@@ -313,12 +313,12 @@ class ClusterRun:
             try:
                 return await self._run(distributed, client, sqls, unreadable, where)
             finally:
-                with _quiet():
-                    await asyncio.wait_for(client.close(), 10)
+                with _quiet():  # a lost scheduler cannot be told goodbye: do not wait on it
+                    await asyncio.wait_for(client.close(timeout=2 if self.lost else 10), 5)
         finally:
             if cluster is not None:
                 with _quiet():
-                    await asyncio.wait_for(cluster.close(), 20)
+                    await asyncio.wait_for(cluster.close(timeout=2 if self.lost else 20), 5)
 
     async def _run(
         self,
