@@ -100,9 +100,7 @@ def test_without_the_extra_the_error_names_it(primary_dsn, other_dsn):
         "from replverify.cli.main import main\n"
         f"main(['diff', {primary_dsn!r}, {other_dsn!r}, '--executor', 'local:1'])\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "pip install 'replverify[dask]'" in proc.stderr
     assert "Traceback" not in proc.stderr
