@@ -127,12 +127,14 @@ async def _run_task(task: Task) -> TaskOutcome:
     from replverify.api import compare_table
 
     started = time.perf_counter()
-    options = dataclasses.replace(task.options, chunk_rows=task.chunk_rows, jobs=1, state=None)
+    options = dataclasses.replace(task.options, chunk_rows=task.chunk_rows, state=None)
     sql = TableSQL(task.plan, parse_where(task.where) if task.where else None)
     pools: list[asyncpg.Pool] = []
     try:
         for ep in (task.source, task.target):
-            pools.append(await open_pool(ep, 1))
+            # ``jobs`` chunks at a time, as in-process (no boundary walk: the range is cut
+            # in one query)
+            pools.append(await open_pool(ep, options.jobs))
         src, tgt = pools
         fence = Fence(src, tgt, timeout=options.lag_timeout) if task.fence else None
         result = await compare_table(
@@ -231,10 +233,10 @@ async def check_budget(pool: asyncpg.Pool, wanted: int, side: str, given: bool) 
     most, reserved, others, free = await free_connections(pool)
     if wanted <= free:
         return
-    what = f"--max-connections {wanted}" if given else f"{wanted} connections (one per worker)"
+    why = "--max-connections" if given else "--jobs per worker thread, and 2 for the client"
     raise UsageError(
-        f"{what} on the {side}: it allows {most} connections ({reserved} reserved for "
-        f"superusers) and {others} are in use by others, so at most {free} are free",
+        f"{wanted} connections on the {side} ({why}): it allows {most} connections "
+        f"({reserved} reserved for superusers) and {others} are in use by others, so at most {free} are free",
         hint="lower --max-connections (or the number of workers)",
     )
 
@@ -332,18 +334,20 @@ class ClusterRun:
         given = self.options.max_connections is not None
         from replverify.api import CLIENT_CONNECTIONS
 
+        jobs = self.options.jobs  # connections per side of one running task
         if given:
             assert self.options.max_connections is not None
-            in_flight = self.options.max_connections - CLIENT_CONNECTIONS
+            in_flight = (self.options.max_connections - CLIENT_CONNECTIONS) // jobs
             if in_flight < 1:
                 raise UsageError(
                     f"--max-connections {self.options.max_connections}: a cluster run needs "
-                    f"{CLIENT_CONNECTIONS} connections per server here and one per running task"
+                    f"{CLIENT_CONNECTIONS} connections per server here and --jobs ({jobs}) "
+                    "per running task"
                 )
         else:
             in_flight = threads
         for pool, side in ((self.src_pool, "source"), (self.tgt_pool, "target")):
-            await check_budget(pool, CLIENT_CONNECTIONS + in_flight, side, given)
+            await check_budget(pool, CLIENT_CONNECTIONS + in_flight * jobs, side, given)
         merges: list[TableMerge | None] = []
         queue: list[tuple[int, int, Task]] = []  # (table, task index, task)
         results: list[TableResult | None] = []
