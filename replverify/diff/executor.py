@@ -236,7 +236,8 @@ async def check_budget(pool: asyncpg.Pool, wanted: int, side: str, given: bool) 
     why = "--max-connections" if given else "--jobs per worker thread, and 2 for the client"
     raise UsageError(
         f"{wanted} connections on the {side} ({why}): it allows {most} connections "
-        f"({reserved} reserved for superusers) and {others} are in use by others, so at most {free} are free",
+        f"({reserved} reserved for superusers) and {others} are in use by others, so at "
+        f"most {free} are free",
         hint="lower --max-connections (or the number of workers)",
     )
 
