@@ -132,6 +132,12 @@ class DiffReport:
     lag: dict[str, dict[str, object]] = field(default_factory=dict)
     #: ``exact`` (binary send forms) or ``semantic`` (the type's ``=``): see ``--compare``
     compare: str = "exact"
+    #: with ``--max-load``/``--max-lag``: seconds new reads were paused, per reason
+    #: (``load``, ``lag``); None when the run was not throttled
+    paused: dict[str, float] | None = None
+    #: why the run ended before every table was compared (the Dask scheduler was lost);
+    #: the tables then say what was verified
+    aborted: str | None = None
 
     @property
     def status(self) -> Literal["consistent", "different"]:

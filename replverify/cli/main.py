@@ -117,6 +117,54 @@ def output_options(f: F) -> F:
     return f
 
 
+def scale_options(f: F) -> F:
+    """``--executor`` and the throttling options of ``diff`` and ``gate`` (docs/dask.md)."""
+    options = [
+        click.option(
+            "--executor",
+            default="inprocess",
+            show_default=True,
+            metavar="inprocess|local:N|dask://HOST:PORT",
+            help="Where chunk work runs: this process, a local cluster of N worker "
+            "processes, or a running Dask scheduler. Needs: pip install 'replverify[dask]' "
+            "(except inprocess). Workers connect with their own credentials (PGPASSWORD, "
+            "PGPASSFILE, PGSERVICE); no password is sent to them.",
+        ),
+        click.option(
+            "--max-connections",
+            type=click.IntRange(min=2),
+            metavar="N",
+            help="Connections per server, all workers together (checked against the "
+            "server's max_connections and the connections in use).",
+        ),
+        click.option(
+            "--max-load",
+            type=click.IntRange(min=0),
+            metavar="N",
+            help="Pause new reads while the source has more than N active backends "
+            "(other than replverify's own).",
+        ),
+        click.option(
+            "--max-lag",
+            type=click.FloatRange(min=0),
+            metavar="SECONDS",
+            help="Pause new reads while the standby's replay lag exceeds SECONDS.",
+        ),
+        click.option(
+            "--chunk-time",
+            type=click.FloatRange(min=0),
+            default=0.5,
+            show_default=True,
+            metavar="SECONDS",
+            help="Adapt the chunk size towards SECONDS per chunk; 0, or an explicit "
+            "--chunk-rows, keeps chunks at a fixed size.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def emit(text: str, output: str | None, marked: Callable[[Marks], str] | None = None) -> None:
     """Write a rendered report to ``output`` or standard output; the text format gets its
     verdicts coloured on a terminal (see :func:`use_color`): ``marked(marks)`` renders the
@@ -568,6 +616,7 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
     metavar="ADDR",
     help="Address the metrics endpoint listens on (with --metrics-port).",
 )
+@scale_options
 @output_options
 @click.pass_context
 def diff(
@@ -591,6 +640,11 @@ def diff(
     every: float | None,
     metrics_port: int | None,
     metrics_addr: str,
+    executor: str,
+    max_connections: int | None,
+    max_load: int | None,
+    max_lag: float | None,
+    chunk_time: float,
     fmt: str,
     output: str | None,
 ) -> None:
@@ -615,6 +669,7 @@ def diff(
         lag_timeout=lag_timeout,
         state=state,
         allow_same_server=allow_same_server,
+        **_scale(ctx, executor, max_connections, max_load, max_lag, chunk_time),
     )
     if every is not None or metrics_port is not None:
         _diff_every(ctx, source, target, options, every, metrics_port, metrics_addr, fmt, output)
@@ -625,7 +680,32 @@ def diff(
     finally:
         bar.close()
     emit_report(DIFF_RENDERERS, fmt, report, output)
+    if report.aborted:
+        click.echo(f"replverify: error: {report.aborted}", err=True)
     sys.exit(diff_exit_code(report))
+
+
+def _scale(
+    ctx: click.Context,
+    executor: str,
+    max_connections: int | None,
+    max_load: int | None,
+    max_lag: float | None,
+    chunk_time: float,
+) -> dict[str, Any]:
+    """The DiffOptions of :func:`scale_options`. An explicit --chunk-rows fixes the chunk
+    size, as pt-table-checksum's --chunk-size does."""
+    explicit = ctx.get_parameter_source("chunk_rows") not in (
+        None,
+        click.core.ParameterSource.DEFAULT,
+    )
+    return {
+        "executor": executor,
+        "max_connections": max_connections,
+        "max_load": max_load,
+        "max_lag": max_lag,
+        "chunk_time": None if explicit or not chunk_time else chunk_time,
+    }
 
 
 def _diff_every(
@@ -1141,13 +1221,21 @@ def write_script_then_emit(
     default=None,
     help="Progress on stderr while waiting (default: when stderr is a terminal).",
 )
+@scale_options
 @output_options
+@click.pass_context
 def gate(
+    ctx: click.Context,
     source: str,
     target: str,
     timeout: float,
     fence: bool,
     progress: bool | None,
+    executor: str,
+    max_connections: int | None,
+    max_load: int | None,
+    max_lag: float | None,
+    chunk_time: float,
     fmt: str,
     output: str | None,
 ) -> None:
@@ -1171,7 +1259,11 @@ def gate(
             )
 
     try:
-        report = run_async(run_gate(source, target, timeout=timeout, fence=fence, progress=tick))
+        scale = _scale(ctx, executor, max_connections, max_load, max_lag, chunk_time)
+        options = api.DiffOptions(**scale)
+        report = run_async(
+            run_gate(source, target, timeout=timeout, fence=fence, progress=tick, options=options)
+        )
     finally:
         if show:
             click.echo("\r\033[K", err=True, nl=False)

@@ -8,6 +8,7 @@ request are read concurrently. Everything the driver learns goes back into the I
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -31,6 +32,7 @@ from replverify.diff.machine import (
 from replverify.diff.sources import RowSource, hashable
 from replverify.diff.sql import TableSQL
 from replverify.diff.state import TableCheckpoint
+from replverify.diff.throttle import Throttle, adapt_chunk_rows
 from replverify.types import Extra, Missing
 
 T = TypeVar("T")
@@ -84,6 +86,8 @@ async def run(
     jobs: int = 2,
     progress: Progress | None = None,
     checkpoint: TableCheckpoint | None = None,
+    throttle: Throttle | None = None,
+    chunk_time: float | None = None,
 ) -> TableComparison:
     """Drive ``machine`` to completion, ``jobs`` requests at a time.
 
@@ -91,12 +95,15 @@ async def run(
     connection of its own) and stays only a few chunks ahead, so memory does not grow
     with the table. Narrowing requests go ahead of unstarted chunks, so differences
     surface early. With a ``checkpoint``, chunks verified by an earlier run are taken
-    from it instead of being read, and newly verified chunks are added to it.
+    from it instead of being read, and newly verified chunks are added to it. A
+    ``throttle`` is waited on before each new read; with ``chunk_time`` the chunk size
+    adapts towards that many seconds a chunk.
     """
     queue: deque[Request] = deque()
     running: dict[asyncio.Task[object], Request] = {}
     held: list[NeedBoundary] = []  # the walk, paused while enough chunks are queued
     ahead = 4 * jobs
+    began: dict[int, float] = {}  # request id → start, for chunk_time
 
     def start(req: Request) -> None:
         if checkpoint and isinstance(req, NeedDigest) and req.top:
@@ -106,6 +113,7 @@ async def run(
                 done.set_result((ChunkDigest(rows, 0), ChunkDigest(rows, 0)))
                 running[done] = req  # type: ignore[index]
                 return
+        began[req.id] = time.monotonic()
         running[asyncio.ensure_future(answer(req, sides))] = req
 
     def submit(requests: list[Request], urgent: bool) -> None:
@@ -124,6 +132,8 @@ async def run(
                 start(held.pop())
             busy = sum(not isinstance(r, NeedBoundary) for r in running.values())
             while queue and busy < jobs:
+                if throttle is not None:
+                    await throttle.wait()
                 start(queue.popleft())
                 busy += 1
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -136,8 +146,18 @@ async def run(
                     src_digest, tgt_digest = cast("tuple[ChunkDigest, ChunkDigest]", result)
                     if src_digest == tgt_digest:
                         checkpoint.record(req.range, src_digest.count)
-                if isinstance(req, NeedDigest) and req.top and progress:
-                    progress(machine.stats.rows_source)
+                if isinstance(req, NeedDigest) and req.top:
+                    t0 = began.pop(req.id, None)
+                    if chunk_time and machine.walk_boundaries and t0 is not None:
+                        took = time.monotonic() - t0
+                        src_digest = cast("tuple[ChunkDigest, ChunkDigest]", result)[0]
+                        machine.chunk_rows = adapt_chunk_rows(
+                            machine.chunk_rows, src_digest.count, took, chunk_time
+                        )
+                    if progress:
+                        progress(machine.stats.rows_source)
+                else:
+                    began.pop(req.id, None)
                 submit(follow, urgent=not planning)
     finally:
         for task in running:

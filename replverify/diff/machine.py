@@ -219,7 +219,9 @@ class TableComparison:
     def _on_boundary(self, req: NeedBoundary, key: Key | None) -> list[Request]:
         if key is None or key == req.after:
             return [NeedDigest(KeyRange(req.after, None), top=True)]
-        return [NeedBoundary(key, req.every), NeedDigest(KeyRange(req.after, key), top=True)]
+        # ``chunk_rows`` may have been adapted since (``--chunk-time``): the next chunk uses it
+        nxt = NeedBoundary(key, self.chunk_rows)
+        return [nxt, NeedDigest(KeyRange(req.after, key), top=True)]
 
     def _on_split(self, req: NeedSplit, boundaries: list[Key]) -> list[Request]:
         ranges = req.range.split(boundaries)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,37 +18,23 @@ from replverify.db import catalog
 from replverify.db.catalog import ServerInfo, TableInfo
 from replverify.db.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
 from replverify.diff.align import TablePlan, plan_table
-from replverify.diff.copyscan import locate_chunk
-from replverify.diff.driver import Sides, compare_multiset, run
 from replverify.diff.fence import Fence
-from replverify.diff.machine import TableComparison
-from replverify.diff.sources import DigestMode, PostgresSource, RowHasher
-from replverify.diff.sql import ALIAS, TableSQL, parse_where, quote_table
-from replverify.diff.state import StateFile, TableCheckpoint
+from replverify.diff.sources import DigestMode
+from replverify.diff.sql import ALIAS, TableSQL, parse_where
+from replverify.diff.state import StateFile
+from replverify.diff.table import (
+    CLIENT_CONNECTIONS,
+    _unverified,
+    compare_table,
+)
+from replverify.diff.throttle import Throttle, paused_note
 from replverify.errors import ReplverifyError, SchemaError, UsageError
 from replverify.lag.model import LsnHistory
 from replverify.lag.sampler import snapshot as lag_snapshot
 from replverify.types import DiffReport, TableRef, TableResult
-from replverify.values.canonical import Compare, encode_row
+from replverify.values.canonical import Compare
 
 DigestChoice = Literal["auto", "copy", "server", "client"]
-DIGEST_DESCRIPTIONS: dict[DigestMode, str] = {
-    "copy": "copy: xxh3-128 of each chunk's binary COPY stream, read in key order",
-    "server": "server: hashtextextended of the row text with pinned settings, 64-bit sums",
-    "client": "client: xxh3-128 of canonical values, 128-bit sums",
-}
-MULTISET_DIGEST = "multiset: md5 (128-bit) of each row's text with pinned settings, counted"
-
-
-def _column_forms(plan: TablePlan, mode: DigestMode) -> dict[str, str]:
-    """How each compared column is read for the digest: ``binary``, ``text`` or
-    ``decoded`` (client-side, from asyncpg's decoded value)."""
-    if mode == "client":
-        return {c.name: "decoded" for c in plan.columns}
-    if mode == "server" or plan.multiset:
-        return {c.name: "text" for c in plan.columns}
-    forms = plan.copy_forms or ("binary",) * len(plan.columns)
-    return {c.name: f for c, f in zip(plan.columns, forms, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -80,6 +66,18 @@ class DiffOptions:
     state: str | None = None
     #: compare a database with itself (both DSNs reach one server) instead of refusing
     allow_same_server: bool = False
+    #: where chunk work runs: ``inprocess``, ``local:N`` (N worker processes) or
+    #: ``dask://HOST:PORT`` (a running Dask scheduler); see docs/dask.md
+    executor: str = "inprocess"
+    #: connections per server, this process and all workers together
+    max_connections: int | None = None
+    #: pause new reads while the source has more than this many active backends
+    max_load: int | None = None
+    #: pause new reads while the standby's replay lag exceeds this many seconds
+    max_lag: float | None = None
+    #: adapt the chunk size towards this many seconds a chunk (``None`` or 0: fixed
+    #: ``chunk_rows``, which keeps chunk counts the same from run to run)
+    chunk_time: float | None = None
 
     def __post_init__(self) -> None:
         # A str is a sequence of characters: DiffOptions(tables="public.orders") would
@@ -117,6 +115,20 @@ class DiffOptions:
             problems.append("confirm_rounds must not be negative")
         if len(set(self.key)) != len(self.key):
             problems.append("--key names a column twice")
+        if self.max_connections is not None and self.max_connections < 2:
+            problems.append("--max-connections must be at least 2")
+        if self.max_load is not None and self.max_load < 0:
+            problems.append("--max-load must not be negative")
+        if self.max_lag is not None and self.max_lag < 0:
+            problems.append("--max-lag must not be negative")
+        if self.chunk_time is not None and self.chunk_time < 0:
+            problems.append("--chunk-time must not be negative")
+        try:
+            from replverify.diff.executor import ExecutorSpec
+
+            ExecutorSpec.parse(self.executor)
+        except UsageError as e:
+            problems.append(e.message)
         if problems:
             raise UsageError("; ".join(problems))
 
@@ -247,8 +259,17 @@ async def diff(
     src_ep = source if isinstance(source, Endpoint) else Endpoint.parse(source)
     tgt_ep = target if isinstance(target, Endpoint) else Endpoint.parse(target)
     where = parse_where(options.where) if options.where else None
+    if options.executor != "inprocess":
+        # chunk work runs on the workers: this process only plans, throttles and fences
+        sizes = (CLIENT_CONNECTIONS, CLIENT_CONNECTIONS)
+    else:
+        jobs = options.jobs
+        if options.max_connections is not None:
+            jobs = min(jobs, options.max_connections - 1)  # one more for the boundary walk
+        options = dataclasses.replace(options, jobs=jobs)
+        sizes = (jobs + 1, jobs)
     pools = await asyncio.gather(
-        open_pool(src_ep, options.jobs + 1), open_pool(tgt_ep, options.jobs), return_exceptions=True
+        open_pool(src_ep, sizes[0]), open_pool(tgt_ep, sizes[1]), return_exceptions=True
     )
     src_pool, tgt_pool = pools
     try:
@@ -311,6 +332,14 @@ async def _diff(
     fence = None
     standby = catalog.streams_from(src_server, tgt_server)
     history = LsnHistory()
+    if options.max_lag is not None and not standby:
+        raise UsageError("--max-lag needs a target that is a streaming standby of the source")
+    if options.max_connections is not None and options.executor == "inprocess":
+        from replverify.diff.executor import check_budget
+
+        for pool, size, side in ((src_pool, options.jobs + 1, "source"),
+                                 (tgt_pool, options.jobs, "target")):  # fmt: skip
+            await check_budget(pool, size, side, given=True)
     if standby:
         await _record_lag(report, "start", src_pool, tgt_pool, history)
     if options.fence is not False and standby:
@@ -349,8 +378,29 @@ async def _diff(
             },
         )
 
+    throttle = Throttle(
+        src_pool, tgt_pool, max_load=options.max_load, max_lag=options.max_lag
+    )  # fmt: skip
+    chunk_time = options.chunk_time or None
+    if chunk_time and state is not None and options.executor == "inprocess":
+        # adapted chunks have other boundaries on each run: nothing could be resumed
+        chunk_time = None
+        report.notes.append(
+            "--chunk-time was not applied: with --state in-process, chunks keep their size "
+            "so that a resumed run finds the chunks an earlier one verified"
+        )
     tables = _TableRun(
-        src_pool, tgt_pool, mode, options, where, (src_server, tgt_server), progress, fence, state
+        src_pool,
+        tgt_pool,
+        mode,
+        options,
+        where,
+        (src_server, tgt_server),
+        progress,
+        fence,
+        state,
+        throttle=throttle,
+        chunk_time=chunk_time,
     )
 
     async def one(sql: TableSQL, reason: str | None) -> TableResult:
@@ -359,13 +409,35 @@ async def _diff(
             return await tables.verify(sql, reason, (defined[0].get(ref), defined[1].get(ref)))
 
     try:
-        report.tables.extend(
-            await asyncio.gather(*(one(s, r) for s, r in zip(sqls, unreadable, strict=True)))
-        )
+        if options.executor != "inprocess":
+            from replverify.diff.executor import ClusterRun
+
+            cluster = ClusterRun(
+                src_ep, tgt_ep, src_pool, tgt_pool, mode, options, fence is not None,
+                progress, state, throttle, chunk_time,
+            )  # fmt: skip
+            results = await cluster.run(sqls, unreadable)
+            for i, r in enumerate(results):  # a table altered meanwhile mixes definitions
+                ref = sqls[i].plan.ref
+                after = await tables._definition(ref)
+                if after != (defined[0].get(ref), defined[1].get(ref)) and r.error is None:
+                    results[i] = _unverified(
+                        sqls[i].plan, f"{ref}: its definition changed during the run", r
+                    )
+            report.tables.extend(results)
+            report.notes.extend(cluster.notes)
+            report.aborted = cluster.lost
+        else:
+            report.tables.extend(
+                await asyncio.gather(*(one(s, r) for s, r in zip(sqls, unreadable, strict=True)))
+            )
         report.notes.extend(tables.notes)
     finally:
         if state is not None:
             state.close()
+    if throttle.active:
+        report.paused = {k: round(v, 3) for k, v in throttle.paused.items()}
+        report.notes.append(paused_note(throttle.paused, options.max_load, options.max_lag))
     report.tables.sort(key=lambda t: t.table)
     if standby:
         await _record_lag(report, "end", src_pool, tgt_pool, history)
@@ -400,6 +472,8 @@ class _TableRun:
     fence: Fence | None
     state: StateFile | None
     notes: list[str] = field(default_factory=list)
+    throttle: Throttle | None = None
+    chunk_time: float | None = None
 
     async def verify(
         self, sql: TableSQL, unreadable: str | None, before: Definition
@@ -423,6 +497,8 @@ class _TableRun:
                         self.progress,
                         self.fence,
                         state,
+                        throttle=self.throttle,
+                        chunk_time=self.chunk_time,
                     )
             except Exception as e:  # raised again below unless the table changed meanwhile
                 failure = e
@@ -487,20 +563,6 @@ class _TableRun:
         return TableSQL(_plan(s, t, self.options, *self.servers), self.where)  # type: ignore[arg-type]
 
 
-def _unverified(plan: TablePlan, why: str, partial: TableResult | None = None) -> TableResult:
-    """The result of a table that could not be verified, keeping what a partial
-    comparison (``partial``) counted before it stopped."""
-    result = partial or TableResult(
-        plan.ref,
-        plan.key_names,
-        plan.key_mode,
-        schema_differences=plan.schema_differences,
-        columns=tuple(c.name for c in plan.columns),
-    )
-    result.error = why if partial is None or not partial.error else f"{why}; {partial.error}"
-    return result
-
-
 async def _record_lag(
     report: DiffReport, when: str, source: asyncpg.Pool, target: asyncpg.Pool, history: LsnHistory
 ) -> None:
@@ -529,100 +591,3 @@ def _paused_note(report: DiffReport) -> str | None:
         "it holds only what it replayed before the pause (resume it on the standby with "
         "SELECT pg_wal_replay_resume())"
     )
-
-
-async def compare_table(
-    sql: TableSQL,
-    source: asyncpg.Pool,
-    target: asyncpg.Pool,
-    mode: DigestMode,
-    options: DiffOptions,
-    progress: Callable[[TableRef, int, int], None] | None = None,
-    fence: Fence | None = None,
-    state: StateFile | None = None,
-) -> TableResult:
-    """Compare one planned table; server errors end up in ``TableResult.error``."""
-    plan = sql.plan
-    started = time.perf_counter()
-    hasher = RowHasher(plan, options.compare)
-    names = [c.name for c in plan.columns]
-    machine = TableComparison(
-        hasher.differing_columns(names),
-        chunk_rows=options.chunk_rows,
-        # ``client`` digests decode every row anyway: splitting a chunk would decode it
-        # again per level, where settling it by row hashes decodes it once.
-        leaf_rows=options.leaf_rows
-        or (min(options.chunk_rows, 10_000) if fence or mode == "client" else 1_000),
-        max_diffs=options.max_diffs,
-        # one index probe per boundary needs the key order to be an index order
-        walk_boundaries=plan.key_mode == "primary key" and not any(k.collate_c for k in plan.key),
-        confirm_rounds=options.confirm_rounds if fence else 0,
-    )
-    src_side = PostgresSource(source, sql, mode, options.compare)
-    tgt_side = PostgresSource(target, sql, mode, options.compare)
-    key_of = src_side.key_of
-    if key_of is not None and plan.key_mode == "primary key":  # merging needs unique keys
-        machine.locate = functools.partial(locate_chunk, key_of=key_of)
-    result = TableResult(
-        plan.ref,
-        plan.key_names,
-        plan.key_mode,
-        schema_differences=plan.schema_differences,
-        columns=tuple(names),
-        digest=MULTISET_DIGEST if plan.multiset else DIGEST_DESCRIPTIONS[mode],
-        # keyless tables always use 128-bit row hashes (see compare_multiset)
-        digest_bits=64 if mode == "server" and not plan.multiset else 128,
-        column_forms=_column_forms(plan, mode),
-    )
-    hint: str | None = None
-    try:
-        if plan.multiset:
-            encoders = hasher.encoders
-            await compare_multiset(
-                sql, source, target, machine, fence, encode=lambda v: encode_row(encoders, v)
-            )
-        else:
-            sides = Sides(src_side, tgt_side, fence)
-            estimate = plan.estimated_rows
-
-            def tick(done: int) -> None:
-                if progress:
-                    progress(plan.ref, done, max(estimate, done))
-
-            checkpoint = None
-            if state is not None:
-                by_name = dict(zip(names, hasher.encoders, strict=True))
-                encoders = [by_name[k] for k in plan.key_names]
-                checkpoint = TableCheckpoint(state, plan.ref.qualified, encoders)
-            await run(machine, sides, jobs=options.jobs, progress=tick, checkpoint=checkpoint)
-    except asyncpg.PostgresError as e:
-        result.error = f"{quote_table(plan.ref)}: {type(e).__name__}: {e}"
-    except ReplverifyError as e:
-        result.error = e.message
-        hint = e.hint
-    if result.error:
-        stats = machine.stats
-        result.error += (
-            f" (stopped after verifying {stats.chunks:,} chunks, {stats.rows_source:,} source"
-            " rows; the rest of the table was not checked)"
-        )
-        if hint:
-            result.error += f"; hint: {hint}"
-    stats = machine.stats
-    result.rows_source, result.rows_target = stats.rows_source, stats.rows_target
-    result.chunks, result.chunks_mismatched = stats.chunks, stats.chunks_mismatched
-    result.differences = _sorted(machine.differences)
-    result.differences_total = machine.differences_total
-    result.truncated = machine.truncated
-    result.unstable = machine.unstable
-    result.elapsed_s = time.perf_counter() - started
-    if progress is not None:
-        progress(plan.ref, stats.rows_source, stats.rows_source)
-    return result
-
-
-def _sorted(diffs: list) -> list:  # type: ignore[type-arg]
-    try:
-        return sorted(diffs, key=lambda d: d.key)
-    except TypeError:
-        return diffs

@@ -42,6 +42,8 @@ class StateFile:
     path: Path
     header: dict[str, Any]
     verified: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: chunks of a verified range that held several (a cluster task), when recorded
+    chunks: dict[tuple[str, str], int] = field(default_factory=dict)
     _out: IO[str] | None = field(default=None, repr=False)
 
     @classmethod
@@ -81,6 +83,8 @@ class StateFile:
             try:
                 entry = json.loads(line)
                 self.verified[(entry["table"], entry["range"])] = int(entry["rows"])
+                if "chunks" in entry:
+                    self.chunks[(entry["table"], entry["range"])] = int(entry["chunks"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 if n == len(lines):  # a line torn by the interruption
                     break
@@ -90,12 +94,15 @@ class StateFile:
         """Rows of a chunk verified before, or None."""
         return self.verified.get((table, rid))
 
-    def record(self, table: str, rid: str, rows: int) -> None:
+    def record(self, table: str, rid: str, rows: int, chunks: int | None = None) -> None:
         if (table, rid) in self.verified or self._out is None:
             return
         self.verified[(table, rid)] = rows
+        line: dict[str, Any] = {"table": table, "range": rid, "rows": rows}
+        if chunks is not None:
+            self.chunks[(table, rid)] = line["chunks"] = chunks
         try:
-            self._out.write(json.dumps({"table": table, "range": rid, "rows": rows}) + "\n")
+            self._out.write(json.dumps(line) + "\n")
             self._out.flush()
         except OSError as e:
             # Drop what is still buffered (closing would try to write it again, and that

@@ -110,6 +110,7 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
             "differences": sum(t.differences_total for t in report.tables),
             "elapsed_s": round(report.elapsed_s, 3),
             "miss_probability": miss_probability(report),
+            **({} if report.paused is None else {"paused_s": report.paused}),
         },
         "notes": report.notes,
         "lag": report.lag,
