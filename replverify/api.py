@@ -21,6 +21,8 @@ from replverify.db import catalog
 from replverify.db.catalog import ServerInfo, TableInfo
 from replverify.db.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
 from replverify.diff.align import TablePlan, plan_table
+from replverify.diff.choose import choose as choose_auto
+from replverify.diff.choose import server_inexact
 from replverify.diff.copyscan import locate_chunk
 from replverify.diff.driver import Sides, compare_multiset, run
 from replverify.diff.fence import Fence
@@ -302,8 +304,25 @@ async def _diff(
         on_target = catalog.select_tables(list(tgt_tables), (), options.exclude)
         chosen += [r for r in on_target if r not in src_tables]
     plans, results = _plans(src_tables, tgt_tables, chosen, options, src_server, tgt_server)
-    mode, why = choose_digest(options.digest, src_server, tgt_server)
     report = DiffReport(str(src_ep), str(tgt_ep), results, compare=options.compare)
+    auto = await choose_auto(
+        options.digest,
+        options.compare,
+        (src_pool, tgt_pool),
+        [TableSQL(p, where) for p in plans],  # type: ignore[arg-type]
+        (src_server.version_num, tgt_server.version_num),
+        options.chunk_rows,
+    )
+    if auto is not None:
+        report.digest_choice = auto.as_dict()
+        report.notes.append(f"--digest auto chose {auto.why}")
+    elif options.digest == "server" and (inexact := server_inexact(plans, options.compare)):
+        report.notes.append(
+            "--digest server cannot be exact for " + ", ".join(inexact) + ": their text "
+            "shows every NaN alike, so values that differ only in NaN bits pass as equal "
+            "(--digest copy or client tells them apart)"
+        )
+    mode, why = choose_digest(auto.mode if auto else options.digest, src_server, tgt_server)
     if why:
         report.notes.append(why)
         forms = _forms_note(plans)

@@ -132,6 +132,8 @@ class DiffReport:
     lag: dict[str, dict[str, object]] = field(default_factory=dict)
     #: ``exact`` (binary send forms) or ``semantic`` (the type's ``=``): see ``--compare``
     compare: str = "exact"
+    #: ``--digest auto``: the mode it chose, why, and what it measured to choose
+    digest_choice: dict[str, object] | None = None
 
     @property
     def status(self) -> Literal["consistent", "different"]:
