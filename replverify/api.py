@@ -312,10 +312,10 @@ async def _diff(
         [TableSQL(p, where) for p in plans],  # type: ignore[arg-type]
         (src_server.version_num, tgt_server.version_num),
         options.chunk_rows,
+        options.jobs,
     )
     if auto is not None:
         report.digest_choice = auto.as_dict()
-        report.notes.append(f"--digest auto chose {auto.why}")
     elif options.digest == "server" and (inexact := server_inexact(plans, options.compare)):
         report.notes.append(
             "--digest server cannot be exact for " + ", ".join(inexact) + ": their text "
@@ -328,6 +328,8 @@ async def _diff(
         forms = _forms_note(plans)
         if forms:
             report.notes.append(forms)
+    if auto is not None:
+        report.notes.append(f"--digest auto chose {auto.why}")
     fence = None
     standby = catalog.streams_from(src_server, tgt_server)
     history = LsnHistory()

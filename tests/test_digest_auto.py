@@ -49,7 +49,8 @@ async def test_auto_picks_server_over_a_slow_link(pair: list[str]) -> None:
     measured = choice["measured"]
     assert measured["target"]["rtt_ms"] >= 35  # the proxy's 40 ms round trip, measured
     assert measured["target"]["mbit_s"] < 40
-    assert measured["chunk_server_s"] < measured["chunk_copy_s"]
+    assert measured["server_work_s"] < measured["copy_work_s"]
+    assert measured["target"]["jobs"] == 2
     assert doc["tables"][0]["digest"].startswith("server:")
     assert any(n.startswith("--digest auto chose server:") for n in doc["notes"])
 
@@ -121,15 +122,17 @@ async def test_server_digest_tells_nan_bits_apart(primary_dsn: str, other_dsn: s
 
 
 def _probe(copy_s: float, server_s: float, rtt_ms: float = 0.2) -> SideProbe:
-    return SideProbe(150000, rtt_ms, 10_000, copy_s, 2_000_000, server_s)
+    return SideProbe(150000, rtt_ms, 2_000, 2, copy_s, 300_000, server_s)
 
 
 def test_decide() -> None:
-    lan, geo = _probe(0.01, 0.03), _probe(0.2, 0.05, rtt_ms=40)
+    lan, geo = _probe(0.01, 0.03), _probe(0.2, 0.1, rtt_ms=40)
     assert decide(150000, 150000, [], (lan, lan)).mode == "copy"
     chosen = decide(150000, 150000, [], (lan, geo))
     assert chosen.mode == "server" and "rtt 40.0 ms" in chosen.why
-    assert chosen.measured is not None and chosen.measured["chunk_copy_s"] == 0.2
+    assert chosen.measured is not None and chosen.measured["copy_work_s"] == 0.16
+    # the round trip is taken off: 50 ms of copying against 40 ms of hashing is no tie
+    assert decide(150000, 150000, [], (lan, _probe(0.2, 0.19, rtt_ms=150))).mode == "server"
     # a near tie goes to copy
     assert decide(150000, 150000, [], (_probe(0.1, 0.095), lan)).mode == "copy"
     assert decide(100000, 150000, [], (lan, geo)).mode == "copy"  # no hashtextextended

@@ -9,10 +9,11 @@ throughput and the servers' hashing speed), and the servers' versions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import xxhash
@@ -28,11 +29,18 @@ from replverify.values.canonical import Compare
 #: Floating-point types whose text prints every NaN as ``NaN`` where the binary send form
 #: keeps the bits. Scalar float columns go into the server digest as their send form
 #: (``TableSQL.row_text``); inside these containers they cannot.
+T = TypeVar("T")
 _FLOAT_BASES = frozenset({"float4", "float8"})
 _GEOMETRIC = frozenset({"point", "line", "lseg", "box", "path", "polygon", "circle"})
 #: ``server`` must be this much faster than ``copy`` by the probe to be chosen: a near
 #: tie goes to ``copy`` (128-bit digests, differences located in the bytes already read).
 SERVER_MARGIN = 0.9
+#: Rows of the probe range: enough that the work shows beyond a round trip, few enough
+#: that measuring costs a few percent of a run over a slow link.
+PROBE_ROWS = 2_000
+MIN_ROUNDS, MAX_ROUNDS = 2, 5
+#: after MIN_ROUNDS, another round only while the probe has taken less than this
+ROUNDS_BUDGET_S = 0.25
 
 
 def _hides_float(ctype: ColumnType, top: bool = True) -> bool:
@@ -63,21 +71,32 @@ def server_inexact(plans: Sequence[TablePlan], compare: Compare) -> list[str]:
 
 @dataclass(frozen=True)
 class SideProbe:
-    """What one side measured: seconds, bytes."""
+    """What one side measured (seconds, bytes): its round trip, and the time ``jobs``
+    concurrent reads of one probe range took each way, as a run reads ``jobs`` chunks at
+    once: over a capped link COPYs queue behind each other, hashing in the database runs
+    on the server's cores."""
 
     version_num: int
     rtt_ms: float
-    #: rows of the probe chunk, and how long its COPY digest and server digest took
+    #: rows of the probe range, and how many reads of it ran at once
     rows: int
+    jobs: int
     copy_s: float
     copy_bytes: int
     server_s: float
 
     @property
+    def copy_work_s(self) -> float:
+        return max(self.copy_s - self.rtt_ms / 1000, 1e-6)
+
+    @property
+    def server_work_s(self) -> float:
+        return max(self.server_s - self.rtt_ms / 1000, 1e-6)
+
+    @property
     def mbit_s(self) -> float:
-        """Throughput of the COPY read, its round trip taken off."""
-        busy = max(self.copy_s - self.rtt_ms / 1000, 1e-6)
-        return self.copy_bytes * 8 / busy / 1e6
+        """Throughput of the COPY reads, the round trip taken off."""
+        return self.copy_bytes * self.jobs * 8 / self.copy_work_s / 1e6
 
 
 @dataclass(frozen=True)
@@ -120,20 +139,24 @@ def decide(
     if probes is None:
         return Choice("copy", "copy: no keyed table with rows to measure the link on")
     src, tgt = probes
-    # Both sides are read at once: a run takes as long as the slower side of each chunk.
-    copy_s = max(src.copy_s, tgt.copy_s)
-    server_s = max(src.server_s, tgt.server_s)
+    # Both sides are read at once: each chunk takes as long as its slower side. The
+    # round trip is the same either way (one statement per chunk) and overlaps between
+    # chunks in flight, so what is compared is the work beyond it.
+    copy_s = max(src.copy_work_s, tgt.copy_work_s)
+    server_s = max(src.server_work_s, tgt.server_work_s)
     measured = {
         "probe_rows": max(src.rows, tgt.rows),
         "source": _side(src),
         "target": _side(tgt),
-        "chunk_copy_s": round(copy_s, 4),
-        "chunk_server_s": round(server_s, 4),
+        "copy_work_s": round(copy_s, 4),
+        "server_work_s": round(server_s, 4),
     }
-    slow = max((src, tgt), key=lambda p: p.copy_s)
+    slow = max((src, tgt), key=lambda p: p.copy_work_s)
     link = f"rtt {slow.rtt_ms:.1f} ms, {slow.mbit_s:,.0f} Mbit/s to the slower side"
     timing = (
-        f"one chunk took {copy_s * 1000:.0f} ms by COPY, {server_s * 1000:.0f} ms in the database"
+        f"{src.jobs} reads of {max(src.rows, tgt.rows):,} rows at once took "
+        f"{copy_s * 1000:.0f} ms by COPY, {server_s * 1000:.0f} ms in the database "
+        "beyond the round trip"
     )
     if server_s < copy_s * SERVER_MARGIN:
         return Choice(
@@ -152,32 +175,77 @@ def _side(p: SideProbe) -> dict[str, Any]:
     return d
 
 
-async def probe(pool: asyncpg.Pool, sql: TableSQL, rng: KeyRange, version_num: int) -> SideProbe:
-    """Round trip (best of three ``SELECT 1``) and one chunk's digest both ways on one
-    side, each as the comparison computes it."""
+async def _rtt(pool: asyncpg.Pool) -> float:
+    """Best of three ``SELECT 1`` round trips, in ms."""
     async with pool.acquire() as conn:
-        rtts = []
+        best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
             await conn.fetchval("SELECT 1")
-            rtts.append(time.perf_counter() - t0)
-        h = xxhash.xxh3_128()
-        nbytes = 0
+            best = min(best, time.perf_counter() - t0)
+    return best * 1000
 
-        async def sink(data: bytes | bytearray) -> None:
-            nonlocal nbytes
-            h.update(data)
-            nbytes += len(data)
 
-        text, params = sql.copy_rows(rng)
-        t0 = time.perf_counter()
+async def _copy_read(pool: asyncpg.Pool, sql: TableSQL, rng: KeyRange) -> tuple[int, int]:
+    """One COPY digest of ``rng`` as the comparison computes it: (rows, bytes)."""
+    h = xxhash.xxh3_128()
+    nbytes = 0
+
+    async def sink(data: bytes | bytearray) -> None:
+        nonlocal nbytes
+        h.update(data)
+        nbytes += len(data)
+
+    text, params = sql.copy_rows(rng)
+    async with pool.acquire() as conn:
         status = await conn.copy_from_query(text, *params, output=sink, format="binary")
-        copy_s = time.perf_counter() - t0
+    return int(status.rsplit(" ", 1)[1]), nbytes
+
+
+async def _timed(jobs: int, read: Callable[[], Awaitable[T]]) -> tuple[float, T]:
     t0 = time.perf_counter()
-    await PostgresSource(pool, sql, "server").digest(rng)
-    server_s = time.perf_counter() - t0
-    rows = int(status.rsplit(" ", 1)[1])
-    return SideProbe(version_num, min(rtts) * 1000, rows, copy_s, nbytes, server_s)
+    results = await asyncio.gather(*(read() for _ in range(jobs)))
+    return time.perf_counter() - t0, results[0]
+
+
+async def probe(
+    pools: tuple[asyncpg.Pool, asyncpg.Pool],
+    sql: TableSQL,
+    rng: KeyRange,
+    versions: tuple[int, int],
+    jobs: int,
+) -> tuple[SideProbe, SideProbe]:
+    """Both sides at once, as a run reads them: round trips, then ``jobs`` concurrent
+    COPY digests of ``rng`` per side, then ``jobs`` concurrent in-database digests."""
+    rtts = await asyncio.gather(*(_rtt(p) for p in pools))
+    copies: list[list[tuple[float, tuple[int, int]]]] = [[], []]
+    servers: list[list[float]] = [[], []]
+    # Several rounds, the best of each kept: the first reads on fresh connections and
+    # a busy machine are noisy. More rounds while they are cheap (a fast link).
+    started = time.perf_counter()
+    for round_ in range(MAX_ROUNDS):
+        if round_ >= MIN_ROUNDS and time.perf_counter() - started > ROUNDS_BUDGET_S:
+            break
+        for side, result in enumerate(
+            await asyncio.gather(
+                *(_timed(jobs, functools.partial(_copy_read, p, sql, rng)) for p in pools)
+            )
+        ):
+            copies[side].append(result)
+        for side, (took, _digest) in enumerate(
+            await asyncio.gather(
+                *(
+                    _timed(jobs, functools.partial(PostgresSource(p, sql, "server").digest, rng))
+                    for p in pools
+                )
+            )
+        ):
+            servers[side].append(took)
+    src, tgt = (
+        SideProbe(v, rtt, min(c)[1][0], jobs, min(c)[0], min(c)[1][1], min(srv))
+        for v, rtt, c, srv in zip(versions, rtts, copies, servers, strict=True)
+    )
+    return src, tgt
 
 
 async def choose(
@@ -187,6 +255,7 @@ async def choose(
     sqls: Sequence[TableSQL],
     versions: tuple[int, int],
     chunk_rows: int,
+    jobs: int,
 ) -> Choice | None:
     """The ``auto`` choice, measured on the first chunk of the biggest keyed table; None
     for any other ``--digest`` (it is used as given)."""
@@ -199,13 +268,10 @@ async def choose(
         return decide(*versions, inexact, None)
     sql = max(keyed, key=lambda s: s.plan.estimated_rows)
     try:
-        hi = await PostgresSource(pools[0], sql, "copy").boundary(None, chunk_rows)
-        rng = KeyRange(None, hi)
-        probes = await asyncio.gather(
-            probe(pools[0], sql, rng, versions[0]), probe(pools[1], sql, rng, versions[1])
-        )
+        hi = await PostgresSource(pools[0], sql, "copy").boundary(None, min(chunk_rows, PROBE_ROWS))
+        probes = await probe(pools, sql, KeyRange(None, hi), versions, jobs)
     except DB_ERRORS as e:  # the table's own trouble shows when it is compared
         return Choice("copy", f"copy: the link could not be measured ({e})")
     if probes[0].rows == 0:
         return decide(*versions, inexact, None)
-    return decide(*versions, inexact, (probes[0], probes[1]))
+    return decide(*versions, inexact, probes)
