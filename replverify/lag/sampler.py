@@ -29,6 +29,18 @@ alone (grows on an idle pair) is used as the lag; they are reported as context o
 written by the source too), so neither this machine's nor the target's clock needs to
 be in sync with the source.
 
+**Logical subscribers** (e.g. an upgrade: PostgreSQL 18 subscribed to 15): a target that
+is not in recovery but has a subscription whose slot is a logical slot of the source's
+database is a ``subscriber``. Its bytes are the source's WAL position minus the slot's
+``confirmed_flush_lsn`` (what the subscriber has applied and flushed, as it told the
+source), read in one query on the source; its seconds come from the same LSN history
+(method ``slot-lsn-history``), or, when the slot was behind before the history began, the
+lower bound "behind since the history began" (``slot-history-bound``). The slot confirms
+past WAL of other databases and unpublished tables only when the source's WAL sender has
+read it, so a subscriber shows a few hundred bytes and well under a second of lag for a
+moment after such writes. Nothing is written; ``heartbeat=True`` measures through the
+heartbeat row instead.
+
 **Heartbeat** (``heartbeat=True``, for targets that are not physical standbys, e.g.
 logical replication): the ONE write replverify makes. On the source it creates, if
 missing::
@@ -56,9 +68,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import math
 import time
+import urllib.parse
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -88,21 +102,26 @@ __all__ = [
     "ReplicationState",
     "SourceFacts",
     "SourceReading",
+    "Subscription",
     "TargetFacts",
     "TargetReading",
     "WalReceiver",
     "WalSender",
     "classify",
+    "conninfo_host_port",
     "default_poll_interval",
     "ensure_heartbeat_table",
     "judge",
     "lag_from_heartbeat",
     "lag_from_lsn",
+    "lag_from_slot",
+    "match_subscription",
     "measure_lag",
     "percentile",
     "read_source",
     "read_target",
     "replication_state",
+    "slot_sample",
     "snapshot",
     "source_facts",
     "target_facts",
@@ -118,6 +137,8 @@ Method = Literal[
     "history-bound",
     "heartbeat",
     "heartbeat-missing",
+    "slot-lsn-history",
+    "slot-history-bound",
 ]
 
 #: What each ``method`` of a sample means (shown in reports).
@@ -133,6 +154,11 @@ METHODS: dict[Method, str] = {
     "heartbeat": "0 when the target shows the last heartbeat written, else the source's "
     "clock minus the heartbeat time the target shows",
     "heartbeat-missing": "a lower bound: the target shows no heartbeat row yet",
+    "slot-lsn-history": "a logical subscriber: now minus when the source wrote past its "
+    "slot's confirmed_flush_lsn (applied and flushed by the subscriber), interpolated from "
+    "the source's WAL positions polled between samples",
+    "slot-history-bound": "a lower bound: the subscriber's slot has been behind since "
+    "sampling began",
 }
 
 Bound = Literal["estimate", "upper", "lower"]
@@ -143,9 +169,13 @@ _BOUNDS: dict[Method, Bound] = {
     "history-bound": "lower",
     "heartbeat": "estimate",
     "heartbeat-missing": "lower",
+    "slot-lsn-history": "estimate",
+    "slot-history-bound": "lower",
 }
 
-Relation = Literal["streaming", "standby", "disconnected", "not_standby", "other_cluster"]
+Relation = Literal[
+    "streaming", "standby", "disconnected", "not_standby", "other_cluster", "subscriber"
+]
 
 HEARTBEAT_TABLE = "replverify.heartbeat"
 HEARTBEAT_DDL = """\
@@ -209,6 +239,10 @@ class ReplicationSlot:
     active_pid: int | None
     restart_lsn: int | None
     wal_status: str | None = None
+    #: logical slots: what the subscriber has confirmed (applied and flushed)
+    confirmed_flush_lsn: int | None = None
+    #: logical slots: the database they decode
+    database: str | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +260,22 @@ class WalReceiver:
 
 
 @dataclass(frozen=True)
+class Subscription:
+    """A logical replication subscription on the target (``pg_subscription`` with its
+    apply worker from ``pg_stat_subscription``)."""
+
+    name: str
+    enabled: bool
+    slot_name: str | None
+    #: the apply worker's pid; None when no worker runs (disabled, or failing)
+    worker_pid: int | None = None
+    received_lsn: int | None = None
+    #: host and port of ``subconninfo`` (readable by superusers only, else None)
+    host: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
 class SourceFacts:
     """What the source says about itself and its replicas."""
 
@@ -236,6 +286,8 @@ class SourceFacts:
     addresses: frozenset[str] = frozenset()
     senders: tuple[WalSender, ...] = ()
     slots: tuple[ReplicationSlot, ...] = ()
+    #: the database connected to (a logical slot decodes one database)
+    database: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +299,7 @@ class TargetFacts:
     cluster_name: str = ""
     receiver: WalReceiver | None = None
     replay_paused: bool | None = None
+    subscriptions: tuple[Subscription, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -263,11 +316,18 @@ class ReplicationState:
     slot: ReplicationSlot | None = None
     receiver: WalReceiver | None = None
     replay_paused: bool | None = None
+    #: the target's subscription to the source (relation ``subscriber``)
+    subscription: Subscription | None = None
 
     @property
     def physical(self) -> bool:
         """The target replays the source's WAL stream, so LSN distances mean something."""
         return self.relation in ("streaming", "standby", "disconnected")
+
+    @property
+    def logical(self) -> bool:
+        """The target subscribes to the source: its slot's position measures the lag."""
+        return self.relation == "subscriber" and self.slot is not None
 
 
 @dataclass(frozen=True)
@@ -511,6 +571,74 @@ def lag_from_heartbeat(
     )
 
 
+def lag_from_slot(source: SourceReading, confirmed: int | None, history: LsnHistory) -> LagSample:
+    """A sample of a logical subscriber from the source's reading (already in ``history``)
+    and its slot's ``confirmed_flush_lsn``, read in the same query (None: the slot has
+    confirmed nothing yet, so it is behind everything in the history)."""
+    now = source.at.timestamp()
+    position = confirmed if confirmed is not None else 0
+    behind = source.lsn - position
+    method: Method
+    if behind <= 0:
+        seconds, method = 0.0, "caught-up"
+    elif (passed := history.passed(position)) is not None:
+        seconds, method = now - passed, "slot-lsn-history"
+    else:
+        oldest = history.oldest
+        seconds = now - oldest[0] if oldest is not None and position < oldest[1] else 0.0
+        method = "slot-history-bound"
+    return LagSample(
+        at=source.at,
+        lag_bytes=max(behind, 0),
+        lag_seconds=max(seconds, 0.0),
+        method=method,
+        source_lsn=source.lsn,
+        replay_lsn=confirmed,
+    )
+
+
+def match_subscription(
+    source: SourceFacts, target: TargetFacts
+) -> tuple[Subscription | None, ReplicationSlot | None]:
+    """The target's subscription to the source and the source's logical slot for it: the
+    slot of the subscription's name, decoding the source's database, and (when the
+    target lets us read ``subconninfo``) a connection to the source's port."""
+    for sub in sorted(target.subscriptions, key=lambda x: not x.enabled):
+        slot = next(
+            (
+                s
+                for s in source.slots
+                if s.type == "logical" and sub.slot_name and s.name == sub.slot_name
+            ),
+            None,
+        )
+        if slot is None:
+            continue
+        if source.database and slot.database and slot.database != source.database:
+            continue
+        if sub.port is not None and source.port is not None and sub.port != source.port:
+            continue
+        return sub, slot
+    return None, None
+
+
+def _subscriber_description(sub: Subscription, slot: ReplicationSlot) -> str:
+    if not sub.enabled:
+        state = (
+            "is disabled (ALTER SUBSCRIPTION ... DISABLE): the target falls behind as the "
+            "source writes"
+        )
+    elif sub.worker_pid is None:
+        state = "is enabled but no apply worker runs (see the target's log): it falls behind"
+    else:
+        state = f"is enabled, its apply worker (pid {sub.worker_pid}) running"
+    return (
+        f"the target is a logical replication subscriber of the source: subscription "
+        f"{sub.name!r} {state}; logical slot {slot.name!r} on the source is "
+        f"{'active' if slot.active else 'inactive'}"
+    )
+
+
 def _match_sender(
     source: SourceFacts, target: TargetFacts
 ) -> tuple[WalSender | None, ReplicationSlot | None, bool]:
@@ -562,6 +690,14 @@ def classify(source: SourceFacts, target: TargetFacts) -> ReplicationState:
         )
 
     if not target.in_recovery:
+        sub, logical_slot = match_subscription(source, target)
+        if sub is not None and logical_slot is not None:
+            sender = next((w for w in source.senders if w.pid == logical_slot.active_pid), None)
+            return dataclasses.replace(
+                state("subscriber", _subscriber_description(sub, logical_slot), sender),
+                slot=logical_slot,
+                subscription=sub,
+            )
         return state(
             "not_standby",
             "the target is not a physical standby: it is not in recovery (a primary, "
@@ -641,6 +777,7 @@ RETURNING hb.at, pg_wal_lsn_diff(hb.lsn, '0/0') AS lsn"""
 _SYSTEM_ID_SQL = "SELECT system_identifier::text FROM pg_control_system()"
 _SOURCE_META_SQL = """\
 SELECT pg_is_in_recovery() AS in_recovery,
+       current_database() AS database,
        current_setting('port')::int AS port,
        host(inet_server_addr()) AS addr"""
 _SENDERS_SQL = """\
@@ -658,9 +795,30 @@ ORDER BY pid"""
 _SLOTS_SQL = """\
 SELECT slot_name, slot_type, active, active_pid,
        pg_wal_lsn_diff(restart_lsn, '0/0') AS restart_lsn,
-       to_jsonb(s) ->> 'wal_status' AS wal_status
+       to_jsonb(s) ->> 'wal_status' AS wal_status,
+       pg_wal_lsn_diff(confirmed_flush_lsn, '0/0') AS confirmed_flush_lsn,
+       database
 FROM pg_replication_slots AS s
 ORDER BY slot_name"""
+#: One sample of a logical subscriber, read on the source: clock, WAL position and what
+#: the subscription's slot has confirmed, in one snapshot.
+SOURCE_SLOT_SQL = """\
+SELECT clock_timestamp() AS at,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') AS lsn,
+       (SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')
+        FROM pg_replication_slots WHERE slot_name = $1) AS confirmed,
+       EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1) AS slot_exists"""
+# The leader apply worker only: table sync workers have a relid, parallel apply workers
+# (16+) a leader_pid. subconninfo is readable by superusers only: tried separately.
+_SUBSCRIPTIONS_SQL = """\
+SELECT s.subname, s.subenabled, s.subslotname,
+       w.pid AS worker_pid, pg_wal_lsn_diff(w.received_lsn, '0/0') AS received_lsn
+FROM pg_subscription AS s
+LEFT JOIN pg_stat_subscription AS w ON w.subid = s.oid AND w.relid IS NULL
+  AND w.pid IS NOT NULL AND to_jsonb(w) ->> 'leader_pid' IS NULL
+WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY s.subname"""
+_CONNINFO_SQL = "SELECT subname, subconninfo FROM pg_subscription"
 # to_jsonb: the LSN columns were renamed in PostgreSQL 13, sender_* appeared in 11.
 _RECEIVER_SQL = """\
 SELECT w.status, w.slot_name, w.last_msg_receipt_time,
@@ -739,6 +897,8 @@ async def source_facts(conn: asyncpg.Connection, endpoint: Endpoint | None = Non
             active_pid=r["active_pid"],
             restart_lsn=_int(r["restart_lsn"]),
             wal_status=r["wal_status"],
+            confirmed_flush_lsn=_int(r["confirmed_flush_lsn"]),
+            database=r["database"],
         )
         for r in await conn.fetch(_SLOTS_SQL)
     )
@@ -754,6 +914,7 @@ async def source_facts(conn: asyncpg.Connection, endpoint: Endpoint | None = Non
         addresses=frozenset(addresses),
         senders=senders,
         slots=slots,
+        database=meta["database"],
     )
 
 
@@ -778,7 +939,52 @@ async def target_facts(conn: asyncpg.Connection) -> TargetFacts:
         cluster_name=meta["cluster_name"] or "",
         receiver=receiver,
         replay_paused=meta["replay_paused"],
+        subscriptions=() if meta["in_recovery"] else await _subscriptions(conn),
     )
+
+
+async def _subscriptions(conn: asyncpg.Connection) -> tuple[Subscription, ...]:
+    rows = await conn.fetch(_SUBSCRIPTIONS_SQL)
+    if not rows:
+        return ()
+    where: dict[str, tuple[str | None, int | None]] = {}
+    try:
+        for r in await conn.fetch(_CONNINFO_SQL):
+            where[r["subname"]] = conninfo_host_port(r["subconninfo"])
+    except asyncpg.InsufficientPrivilegeError:
+        pass  # not a superuser: subscriptions are matched by slot and database alone
+    return tuple(
+        Subscription(
+            name=r["subname"],
+            enabled=r["subenabled"],
+            slot_name=r["subslotname"],
+            worker_pid=r["worker_pid"],
+            received_lsn=_int(r["received_lsn"]),
+            host=where.get(r["subname"], (None, None))[0],
+            port=where.get(r["subname"], (None, None))[1],
+        )
+        for r in rows
+    )
+
+
+def conninfo_host_port(conninfo: str | None) -> tuple[str | None, int | None]:
+    """Host and port of a libpq conninfo (URL or key=value) as the subscriber reads it:
+    no port means 5432; (None, None) when it names several or cannot be parsed."""
+    if not conninfo:
+        return None, None
+    try:
+        kw = dict(Endpoint.parse(conninfo).kwargs)
+        if "dsn" in kw:
+            url = urllib.parse.urlsplit(kw["dsn"])
+            host: object = url.hostname
+            port: object = url.port
+        else:
+            host, port = kw.get("host"), kw.get("port")
+    except (ReplverifyError, ValueError):
+        return None, None
+    if isinstance(host, str) and "," in host:
+        return None, None
+    return (str(host) if host else None), int(str(port)) if port else 5432
 
 
 async def replication_state(
@@ -857,7 +1063,8 @@ class LagSampler:
 
     Call :meth:`poll` often between samples (it records the source's WAL position and,
     with a ``heartbeat`` writer connection, writes the heartbeat) and :meth:`sample` when
-    a sample is due. Without a heartbeat writer the target must be a physical standby.
+    a sample is due. Without a heartbeat writer the target must be a physical standby,
+    or a logical subscriber whose slot on the source is ``slot``.
     """
 
     def __init__(
@@ -867,8 +1074,10 @@ class LagSampler:
         *,
         heartbeat: asyncpg.Connection | None = None,
         history: LsnHistory | None = None,
+        slot: str | None = None,
     ) -> None:
         self.source = source
+        self.slot = slot
         self.target = target
         self.writer = heartbeat
         self.history = history if history is not None else LsnHistory()
@@ -886,6 +1095,8 @@ class LagSampler:
         return reading
 
     async def sample(self) -> LagSample:
+        if self.writer is None and self.slot is not None:
+            return await slot_sample(self.source, self.slot, self.history)
         reading = await read_source(self.source)
         self.history.add(reading.at.timestamp(), reading.lsn)
         if self.writer is None:
@@ -927,6 +1138,23 @@ async def snapshot(
     history = history if history is not None else LsnHistory()
     history.add(reading.at.timestamp(), reading.lsn)
     return lag_from_lsn(reading, tgt, history)
+
+
+async def slot_sample(
+    source: asyncpg.Connection, slot: str, history: LsnHistory | None = None
+) -> LagSample:
+    """One lag sample of a logical subscriber: the source's position against what its
+    slot ``slot`` has confirmed, read together on the source."""
+    row = await source.fetchrow(SOURCE_SLOT_SQL, slot)
+    if not row["slot_exists"]:
+        raise UsageError(
+            f"the subscriber's replication slot {slot!r} no longer exists on the source",
+            hint="the subscription was dropped or re-created; run lag again",
+        )
+    reading = SourceReading(at=row["at"], lsn=int(row["lsn"]))
+    history = history if history is not None else LsnHistory()
+    history.add(reading.at.timestamp(), reading.lsn)
+    return lag_from_slot(reading, _int(row["confirmed"]), history)
 
 
 #: ``on_sample(sample)``: a function or a coroutine function.
@@ -1045,6 +1273,13 @@ async def _measure(
             f"{poll:g} s (the one write replverify makes); lag is read from what the target "
             "shows of it"
         )
+    elif state.logical:
+        assert state.slot is not None
+        notes.append(
+            f"a logical subscriber: lag is the source's WAL position against what slot "
+            f"{state.slot.name!r} has confirmed (confirmed_flush_lsn, read on the source); "
+            "nothing is written"
+        )
     elif not state.physical:
         raise UsageError(
             f"cannot measure lag: {state.description}; WAL positions of different servers "
@@ -1052,12 +1287,16 @@ async def _measure(
             hint="for a target fed by logical replication or another tool, use --heartbeat "
             f"(writes one row in {HEARTBEAT_TABLE} on the source)",
         )
-    if state.relation != "streaming" and state.physical:
+    if (state.relation != "streaming" and state.physical) or (
+        state.subscription is not None
+        and (not state.subscription.enabled or state.subscription.worker_pid is None)
+    ):
         notes.append(state.description)
     if state.source_in_recovery:
         notes.append("the source is itself a standby: its position is its replay position")
 
-    sampler = LagSampler(src, tgt, heartbeat=conns[2] if heartbeat else None)
+    slot = state.slot.name if state.logical and state.slot is not None else None
+    sampler = LagSampler(src, tgt, heartbeat=conns[2] if heartbeat else None, slot=slot)
     taken: list[LagSample] = []
     interrupted = False
     await sampler.poll()  # seeds the history (and writes the first heartbeat)

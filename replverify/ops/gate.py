@@ -149,7 +149,7 @@ async def gate(
 
 
 def _require_standby(state: ReplicationState) -> None:
-    if state.relation in ("not_standby", "other_cluster"):
+    if state.relation in ("not_standby", "other_cluster", "subscriber"):
         raise UsageError(
             f"cannot gate a failover to this target: {state.description}",
             hint="gate checks a planned switch from a primary to its physical standby",

@@ -7,6 +7,12 @@ receiver; the source's replication slot for it; replay paused; lag (bytes and se
 against an RPO; and timelines (a primary's from its current WAL file name, a standby's
 from ``pg_stat_wal_receiver.received_tli`` or ``pg_control_checkpoint()``).
 
+A target that subscribes to the source through logical replication (an upgrade, a
+blue/green switch) is checked as such: both sides take writes, and what matters is the
+subscription (enabled, its apply worker running), the source's logical slot for it
+(active), and the lag from that slot; WAL receiver, replay and timelines belong to
+physical standbys and are not checked.
+
 Read-only: it uses replverify's read-only sessions. Exit codes (CLI): 0 every finding
 ok, 1 a warning or failure, 2 something could not be checked (a side unreachable).
 """
@@ -25,9 +31,11 @@ from replverify.db import catalog
 from replverify.db.connect import DB_ERRORS, Endpoint, connect
 from replverify.errors import ReplverifyError
 from replverify.lag.sampler import (
+    LagSample,
     LsnHistory,
     ReplicationState,
     classify,
+    slot_sample,
     snapshot,
     source_facts,
     target_facts,
@@ -48,7 +56,9 @@ SELECT CASE WHEN pg_is_in_recovery()
 
 @dataclass(frozen=True)
 class Finding:
-    check: str  # reachability, recovery, replication, wal_receiver, slot, replay, lag, timeline
+    # reachability, recovery, replication, wal_receiver, subscription, slot, replay, lag,
+    # timeline
+    check: str
     level: Level
     message: str
     side: str = ""  # "source", "target" or "" (the pair)
@@ -131,6 +141,11 @@ async def _check_pair(
     state = classify(facts, await target_facts(tgt))
     _recovery(report, state)
     _relation(report, state)
+    if state.relation == "subscriber":
+        _subscription(report, state)
+        _slot(report, state)
+        await _lag(report, src, tgt, state)
+        return
     _receiver(report, state)
     if state.slot is None and state.receiver is None and state.target_in_recovery:
         # no receiver to name its slot: the target's configured primary_slot_name does
@@ -160,7 +175,14 @@ async def _check_pair(
 
 def _recovery(report: HealthReport, state: ReplicationState) -> None:
     s, t = state.source_in_recovery, state.target_in_recovery
-    if not s and t:
+    if state.relation == "subscriber" and not s:
+        report.add(
+            "recovery",
+            "ok",
+            "the source is a primary; the target is a logical replication subscriber (not "
+            "in recovery: it takes writes of its own too)",
+        )
+    elif not s and t:
         report.add("recovery", "ok", "the source is a primary, the target is in recovery")
     elif not s and not t:
         report.add(
@@ -185,7 +207,39 @@ def _relation(report: HealthReport, state: ReplicationState) -> None:
         "standby": "warn",
         "disconnected": "fail",
     }.get(state.relation, "fail")  # type: ignore[assignment]
+    sub = state.subscription
+    if state.relation == "subscriber" and sub is not None:
+        level = "ok" if sub.enabled and sub.worker_pid is not None else "fail"
     report.add("replication", level, state.description)
+
+
+def _subscription(report: HealthReport, state: ReplicationState) -> None:
+    sub = state.subscription
+    assert sub is not None
+    if not sub.enabled:
+        report.add(
+            "subscription",
+            "fail",
+            f"subscription {sub.name!r} is disabled: nothing is applied "
+            f"(ALTER SUBSCRIPTION {sub.name} ENABLE)",
+            "target",
+        )
+    elif sub.worker_pid is None:
+        report.add(
+            "subscription",
+            "fail",
+            f"subscription {sub.name!r} is enabled but no apply worker runs: it is failing "
+            "(a conflict, the source unreachable, a missing table; see the target's log)",
+            "target",
+        )
+    else:
+        report.add(
+            "subscription",
+            "ok",
+            f"subscription {sub.name!r} is enabled, its apply worker (pid {sub.worker_pid}) "
+            "is running",
+            "target",
+        )
 
 
 def _receiver(report: HealthReport, state: ReplicationState) -> None:
@@ -246,10 +300,19 @@ def _slot(report: HealthReport, state: ReplicationState) -> None:
 async def _lag(
     report: HealthReport, src: asyncpg.Connection, tgt: asyncpg.Connection, state: ReplicationState
 ) -> None:
-    if not state.target_in_recovery or state.relation == "other_cluster":
-        report.add("lag", "fail", "lag cannot be measured: the target is not a standby")
+    sample: LagSample | None
+    if state.logical and state.slot is not None:
+        sample = await slot_sample(src, state.slot.name)
+    elif not state.target_in_recovery or state.relation == "other_cluster":
+        report.add(
+            "lag",
+            "fail",
+            "lag cannot be measured: the target is neither a standby nor a subscriber of "
+            "the source",
+        )
         return
-    sample = await snapshot(src, tgt, history=LsnHistory())
+    else:
+        sample = await snapshot(src, tgt, history=LsnHistory())
     if sample is None:
         report.add("lag", "fail", "lag cannot be measured")
         return

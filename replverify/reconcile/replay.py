@@ -93,6 +93,25 @@ def insert_statement(ref: TableRef, values: Mapping[str, str | None]) -> str:
     ).sql(DIALECT)
 
 
+def insert_absent_statement(ref: TableRef, values: Mapping[str, str | None]) -> str:
+    """``INSERT … SELECT … WHERE NOT EXISTS`` a row equal to the image: for a table with
+    no key, where ``ON CONFLICT DO NOTHING`` would insert the row again on a rerun."""
+    cols = list(values)
+    exists = exp.Exists(
+        this=exp.select(exp.Literal.number(1)).from_(_table(ref)).where(guard((), values))
+    )
+    return exp.Insert(
+        this=exp.Schema(this=_table(ref), expressions=[ident(c) for c in cols]),
+        expression=exp.select(*(_literal(values[c]) for c in cols)).where(exp.not_(exists)),
+    ).sql(DIALECT)
+
+
+def _insert(f: Finding, values: Mapping[str, str | None]) -> str:
+    if f.write.whole_row_key:
+        return insert_absent_statement(f.write.table, values)
+    return insert_statement(f.write.table, values)
+
+
 def update_statement(
     ref: TableRef,
     key: Sequence[str],
@@ -135,7 +154,7 @@ def _from_journal(f: Finding, row: Detail) -> Step:
         if r.insert is None:
             return Step(f, "skip", "the row is absent and the journal never inserted it")
         values = {c: r.text.get(c) for c in r.insert}
-        return Step(f, "insert", "the row is absent", insert_statement(f.write.table, values))
+        return Step(f, "insert", "the row is absent", _insert(f, values))
     update = {c: r.text.get(c) for c in r.update if c not in keys}
     if not update:
         return Step(f, "skip", "nothing to set")
@@ -175,7 +194,7 @@ def _from_source(f: Finding, row: Detail, src: Detail) -> Step:
             f,
             "insert",
             "the row is absent",
-            insert_statement(f.write.table, dict(src.text)),
+            _insert(f, dict(src.text)),
             origin,
         )
     changed = {

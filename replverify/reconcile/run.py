@@ -304,8 +304,22 @@ class Ledger:
         #: open intents that a later settled write to their row covers
         self.covered: set[WriteId] = set()
         self.counts: dict[str, int] = dict.fromkeys(VERDICTS, 0)
+        #: statement intents (writes journaled by effect) of open transactions, by seq
+        self.statements: dict[TxId, dict[int, WriteRecord]] = {}
+        #: (txid, seq) of open statement intents whose rows are journaled
+        self.with_rows: set[tuple[TxId, int]] = set()
+
+    def statement(self, rec: WriteRecord) -> None:
+        self.statements.setdefault(rec.txid, {})[rec.seq] = rec
+
+    def statement_of(self, w: RowWrite) -> WriteRecord | None:
+        """The statement intent whose effect ``w`` is (open transactions only)."""
+        of = w.record.of
+        return None if of is None else self.statements.get(w.record.txid, {}).get(of)
 
     def write(self, w: RowWrite) -> None:
+        if w.record.of is not None and w.record.state == "intent":
+            self.with_rows.add((w.record.txid, w.record.of))
         if w.record.state == "committed":
             self._settle(w)
             return
@@ -313,6 +327,8 @@ class Ledger:
         self.open_rows.setdefault(w.rid, []).append(w)
 
     def marker(self, m: Marker) -> None:
+        for seq in self.statements.pop(m.txid, {}):
+            self.with_rows.discard((m.txid, seq))
         writes = self.open.pop(m.txid, None)
         if not writes:
             return
@@ -349,6 +365,41 @@ class Ledger:
     def in_doubt(self) -> list[RowWrite]:
         """Intents never settled (after the last record), in journal order."""
         return sorted((w for ws in self.open.values() for w in ws), key=_wid)
+
+    def statements_in_doubt(self) -> list[WriteRecord]:
+        """Statement intents never settled whose rows were never journaled (the endpoint
+        failed before the statement answered): only the statement is known."""
+        return sorted(
+            (
+                rec
+                for txid, recs in self.statements.items()
+                for seq, rec in recs.items()
+                if (txid, seq) not in self.with_rows
+            ),
+            key=lambda r: r.line,
+        )
+
+
+def statement_write(rec: WriteRecord) -> RowWrite:
+    """A statement intent as a write of no known row (for an in-doubt finding)."""
+    return RowWrite(
+        record=rec,
+        index=0,
+        op=rec.op,
+        table=rec.table,
+        key=(),
+        rid=(rec.table.schema, rec.table.name, "#statement", rec.line),
+        key_display=(),
+        values={},
+        check=(),
+        before=None,
+    )
+
+
+def describe_statement(rec: WriteRecord) -> str:
+    """``UPDATE ... WHERE aid = $2 with (5, 42)``: the statement and its parameters."""
+    text = " ".join((rec.stmt or "").split())
+    return f"{text} with ({', '.join(json_text(p) for p in rec.params)})" if rec.params else text
 
 
 class ChainCollector:
@@ -1175,6 +1226,8 @@ async def reconcile_with(
             ledger.marker(rec)
         elif since is not None and rec.ts < since:
             outside += 1
+        elif rec.stmt is not None:
+            ledger.statement(rec)
         else:
             for w in resolver(rec):
                 ledger.write(w)
@@ -1234,6 +1287,9 @@ async def reconcile_with(
                 obs = doubt_obs[_wid(w)] = answers[_wid(w)]
                 covered = _wid(w) in ledger.covered or any(o.line > w.line for o in ws)
                 applied, reason = judge_in_doubt(w, obs, covered=covered)
+                stmt = ledger.statement_of(w)
+                if stmt is not None:
+                    reason += f" (a row of {describe_statement(stmt)})"
                 counts["in_doubt"] += 1
                 doubt_findings.append(Finding("in_doubt", w, reason, applied=applied))
             j = deferred.get(rid)
@@ -1249,6 +1305,14 @@ async def reconcile_with(
             counts[verdict] += 1
             if verdict in ("lost", "conflict"):
                 findings.append(Finding(verdict, j, reason, differs))
+
+    for rec in ledger.statements_in_doubt():
+        counts["in_doubt"] += 1
+        reason = (
+            "never settled; the endpoint failed before the statement answered, so the rows"
+            f" it touched are unknown: {describe_statement(rec)}"
+        )
+        doubt_findings.append(Finding("in_doubt", statement_write(rec), reason, applied=None))
 
     timings["in_doubt"] = time.perf_counter() - started - sum(timings.values())
     # pass 3: lost or conflicting rows written more than once: their chains
@@ -1333,7 +1397,7 @@ async def reconcile_with(
             restore = dataclasses.replace(restore, text=dict(d.image_text))
         s = src_rows.get(k)
         applied_src = None
-        if f.verdict == "in_doubt" and s is not None:
+        if f.verdict == "in_doubt" and s is not None and k in doubt_obs:
             if f.write.op == "delete":
                 applied_src = not s.found
             else:
@@ -1384,6 +1448,9 @@ async def _details(
     out: dict[WriteId, Detail | None] = {}
     by_table: dict[TableRef, list[Finding]] = {}
     for f in findings:
+        if not f.write.key:  # a statement whose rows are unknown
+            out[_wid(f.write)] = None
+            continue
         by_table.setdefault(f.write.table, []).append(f)
     for ref, fs in by_table.items():
         info = side.tables.get(ref)

@@ -421,7 +421,7 @@ def lag_sample_to_dict(s: LagSample) -> dict[str, Any]:
 
 
 def replication_to_dict(r: ReplicationState) -> dict[str, Any]:
-    w, slot, rcv = r.sender, r.slot, r.receiver
+    w, slot, rcv, sub = r.sender, r.slot, r.receiver, r.subscription
     return {
         "relation": r.relation,
         "description": r.description,
@@ -454,6 +454,17 @@ def replication_to_dict(r: ReplicationState) -> dict[str, Any]:
             "active": slot.active,
             "restart_lsn": _lsn(slot.restart_lsn),
             "wal_status": slot.wal_status,
+            "confirmed_flush_lsn": _lsn(slot.confirmed_flush_lsn),
+            "database": slot.database,
+        },
+        "subscription": None
+        if sub is None
+        else {
+            "name": sub.name,
+            "enabled": sub.enabled,
+            "slot_name": sub.slot_name,
+            "worker_pid": sub.worker_pid,
+            "received_lsn": _lsn(sub.received_lsn),
         },
         "receiver": None
         if rcv is None
@@ -540,10 +551,21 @@ def replication_lines(r: ReplicationState) -> list[str]:
             f"{f', slot {rcv.slot_name}' if rcv.slot_name else ''},"
             f" flushed {_lsn(rcv.flushed_lsn)}"
         )
+    if (sub := r.subscription) is not None:
+        worker = f"worker pid {sub.worker_pid}" if sub.worker_pid is not None else "no worker"
+        out.append(
+            f"  subscription {sub.name} ({'enabled' if sub.enabled else 'DISABLED'}, {worker},"
+            f" received {_lsn(sub.received_lsn)})"
+        )
     if (slot := r.slot) is not None:
+        confirmed = (
+            f", confirmed {_lsn(slot.confirmed_flush_lsn)}"
+            if slot.confirmed_flush_lsn is not None
+            else ""
+        )
         out.append(
             f"  slot       {slot.name} ({slot.type}, {'active' if slot.active else 'inactive'},"
-            f" restart {_lsn(slot.restart_lsn)}, wal_status {slot.wal_status})"
+            f" restart {_lsn(slot.restart_lsn)}{confirmed}, wal_status {slot.wal_status})"
         )
     if r.replay_paused:
         out.append("  replay     paused")

