@@ -131,8 +131,8 @@ def test_decide() -> None:
     chosen = decide(150000, 150000, [], (lan, geo))
     assert chosen.mode == "server" and "rtt 40.0 ms" in chosen.why
     assert chosen.measured is not None and chosen.measured["copy_work_s"] == 0.16
-    # the round trip is taken off: 50 ms of copying against 40 ms of hashing is no tie
-    assert decide(150000, 150000, [], (lan, _probe(0.2, 0.19, rtt_ms=150))).mode == "server"
+    # the round trip is taken off: 50 ms of copying against 30 ms of hashing is no tie
+    assert decide(150000, 150000, [], (lan, _probe(0.2, 0.18, rtt_ms=150))).mode == "server"
     # a near tie goes to copy
     assert decide(150000, 150000, [], (_probe(0.1, 0.095), lan)).mode == "copy"
     assert decide(100000, 150000, [], (lan, geo)).mode == "copy"  # no hashtextextended
