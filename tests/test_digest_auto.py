@@ -51,6 +51,7 @@ async def test_auto_picks_server_over_a_slow_link(pair: list[str]) -> None:
     assert measured["target"]["mbit_s"] < 40
     assert measured["server_work_s"] < measured["copy_work_s"]
     assert measured["target"]["jobs"] == 2
+    assert measured["target"]["link_mbit_s"] < 40  # the 20 Mbit/s cap, measured alone
     assert doc["tables"][0]["digest"].startswith("server:")
     assert any(n.startswith("--digest auto chose server:") for n in doc["notes"])
 
@@ -61,6 +62,7 @@ async def test_auto_picks_copy_on_the_lan(pair: list[str]) -> None:
     doc = diff_to_dict(report)
     assert doc["digest_choice"]["mode"] == "copy", doc["digest_choice"]
     assert doc["digest_choice"]["measured"]["target"]["rtt_ms"] < 20
+    assert doc["digest_choice"]["measured"]["target"]["link_mbit_s"] >= 400
     assert doc["tables"][0]["digest"].startswith("copy:")
     assert any(n.startswith("--digest auto chose copy:") for n in doc["notes"])
     # a mode given explicitly is used as given, and nothing is measured
@@ -140,3 +142,7 @@ def test_decide() -> None:
     assert decide(120000, 150000, [], (lan, geo)).mode == "server"
     assert decide(150000, 150000, ["public.t.x (float8[])"], (lan, geo)).mode == "copy"
     assert decide(150000, 150000, [], None).mode == "copy"
+    # a fast link is a LAN: copy, whatever small reads timed against each other show
+    lan_link = SideProbe(150000, 0.1, 0, 2, 0.0, 0, 0.0, link_mbit_s=3000)
+    fast = decide(150000, 150000, [], (lan_link, lan_link))
+    assert fast.mode == "copy" and "3,000 Mbit/s" in fast.why

@@ -41,6 +41,10 @@ SERVER_MARGIN = 0.7
 #: Rows of the probe range: enough that the work shows beyond a round trip, few enough
 #: that measuring costs a few percent of a run over a slow link.
 PROBE_ROWS = 2_000
+#: A link at least this fast (Mbit/s) is a LAN: ``copy`` without timing the reads.
+FAST_LINK_MBIT = 400
+LINK_BYTES = 1 << 20
+LINK_SQL = "SELECT repeat('x', $1::int)"
 MIN_ROUNDS, MAX_ROUNDS = 2, 5
 #: after MIN_ROUNDS, another round only while the probe has taken less than this
 ROUNDS_BUDGET_S = 0.25
@@ -87,6 +91,8 @@ class SideProbe:
     copy_s: float
     copy_bytes: int
     server_s: float
+    #: the link alone: a megabyte the server makes at no cost, the round trip taken off
+    link_mbit_s: float = 0.0
 
     @property
     def copy_work_s(self) -> float:
@@ -142,6 +148,16 @@ def decide(
     if probes is None:
         return Choice("copy", "copy: no keyed table with rows to measure the link on")
     src, tgt = probes
+    carried = min(src.link_mbit_s, tgt.link_mbit_s)
+    if carried >= FAST_LINK_MBIT:
+        # Over such a link the table crossing it costs less than the servers' work
+        # to produce it; timing small reads against each other is mostly noise then.
+        return Choice(
+            "copy",
+            f"copy: the links carry {carried:,.0f} Mbit/s (at least {FAST_LINK_MBIT:,} "
+            f"measured: reading the table here is cheaper than hashing it there)",
+            {"source": _side(src), "target": _side(tgt)},
+        )
     # Both sides are read at once: each chunk takes as long as its slower side. The
     # round trip is the same either way (one statement per chunk) and overlaps between
     # chunks in flight, so what is compared is the work beyond it.
@@ -175,6 +191,7 @@ def _side(p: SideProbe) -> dict[str, Any]:
     d["copy_s"], d["server_s"] = round(p.copy_s, 4), round(p.server_s, 4)
     d["rtt_ms"] = round(p.rtt_ms, 2)
     d["mbit_s"] = round(p.mbit_s, 1)
+    d["link_mbit_s"] = round(p.link_mbit_s, 1)
     return d
 
 
@@ -187,6 +204,17 @@ async def _rtt(pool: asyncpg.Pool) -> float:
             await conn.fetchval("SELECT 1")
             best = min(best, time.perf_counter() - t0)
     return best * 1000
+
+
+async def _link(pool: asyncpg.Pool, rtt_ms: float) -> float:
+    """Mbit/s of the link alone (best of two): a string the server makes at no cost."""
+    async with pool.acquire() as conn:
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            await conn.fetchval(LINK_SQL, LINK_BYTES)
+            best = min(best, time.perf_counter() - t0)
+    return LINK_BYTES * 8 / max(best - rtt_ms / 1000, 1e-6) / 1e6
 
 
 async def _copy_read(pool: asyncpg.Pool, sql: TableSQL, rng: KeyRange) -> tuple[int, int]:
@@ -221,6 +249,13 @@ async def probe(
     """Both sides at once, as a run reads them: round trips, then ``jobs`` concurrent
     COPY digests of ``rng`` per side, then ``jobs`` concurrent in-database digests."""
     rtts = await asyncio.gather(*(_rtt(p) for p in pools))
+    links = await asyncio.gather(*(_link(p, rtt) for p, rtt in zip(pools, rtts, strict=True)))
+    if min(links) >= FAST_LINK_MBIT:
+        fast = [
+            SideProbe(v, rtt, 0, jobs, 0.0, 0, 0.0, link)
+            for v, rtt, link in zip(versions, rtts, links, strict=True)
+        ]
+        return fast[0], fast[1]
     copies: list[list[tuple[float, tuple[int, int]]]] = [[], []]
     servers: list[list[float]] = [[], []]
     # Several rounds, the best of each kept: the first reads on fresh connections and
@@ -245,8 +280,8 @@ async def probe(
         ):
             servers[side].append(took)
     src, tgt = (
-        SideProbe(v, rtt, min(c)[1][0], jobs, min(c)[0], min(c)[1][1], min(srv))
-        for v, rtt, c, srv in zip(versions, rtts, copies, servers, strict=True)
+        SideProbe(v, rtt, min(c)[1][0], jobs, min(c)[0], min(c)[1][1], min(srv), link)
+        for v, rtt, c, srv, link in zip(versions, rtts, copies, servers, links, strict=True)
     )
     return src, tgt
 
@@ -275,6 +310,6 @@ async def choose(
         probes = await probe(pools, sql, KeyRange(None, hi), versions, jobs)
     except DB_ERRORS as e:  # the table's own trouble shows when it is compared
         return Choice("copy", f"copy: the link could not be measured ({e})")
-    if probes[0].rows == 0:
+    if probes[0].rows == 0 and probes[0].link_mbit_s < FAST_LINK_MBIT:
         return decide(*versions, inexact, None)
     return decide(*versions, inexact, probes)
