@@ -32,17 +32,17 @@ from replverify.values.canonical import Compare
 T = TypeVar("T")
 _FLOAT_BASES = frozenset({"float4", "float8"})
 _GEOMETRIC = frozenset({"point", "line", "lseg", "box", "path", "polygon", "circle"})
-#: ``server`` must be this much faster than ``copy`` by the probe to be chosen. Over a
-#: slow link the probe shows about 0.5 (COPYs queue on the link; a 40 ms, 100 Mbit/s
-#: link in benchmarks/results/); on a LAN 1.2-1.6, but a busy machine's noise reaches
-#: 0.85 in small probes. A near tie goes to ``copy``: 128-bit digests, differences
-#: located in the bytes already read, and less work for the servers.
-SERVER_MARGIN = 0.7
+#: ``server`` must be this much faster than ``copy`` by the probe (scaled to a chunk) to
+#: be chosen: a near tie goes to ``copy`` (128-bit digests, differences located in the
+#: bytes already read, less work for the servers). A LAN never gets here (see
+#: ``FAST_LINK_MBIT``): small reads timed on a busy machine there are mostly noise.
+SERVER_MARGIN = 0.9
 #: Rows of the probe range: enough that the work shows beyond a round trip, few enough
 #: that measuring costs a few percent of a run over a slow link.
 PROBE_ROWS = 2_000
-#: A link at least this fast (Mbit/s) is a LAN: ``copy`` without timing the reads.
-FAST_LINK_MBIT = 400
+#: A link at least this fast (Mbit/s) is a LAN: ``copy`` without timing the reads (a
+#: busy machine's loopback measured 300 and more; a 100 Mbit/s link cannot reach it).
+FAST_LINK_MBIT = 200
 LINK_BYTES = 1 << 20
 LINK_SQL = "SELECT repeat('x', $1::int)"
 MIN_ROUNDS, MAX_ROUNDS = 2, 5
@@ -93,6 +93,14 @@ class SideProbe:
     server_s: float
     #: the link alone: a megabyte the server makes at no cost, the round trip taken off
     link_mbit_s: float = 0.0
+    #: ``jobs`` concurrent ``SELECT 1`` through the pool: what every read costs besides
+    #: its work (round trips of the statement and of the pool's reset)
+    base_s: float = 0.0
+
+    def chunk_s(self, took: float, chunk_rows: int) -> float:
+        """A probe read's time scaled to a chunk: the fixed cost once, the work by rows."""
+        base = min(self.base_s, took)
+        return base + (took - base) * max(chunk_rows / max(self.rows, 1), 1.0)
 
     @property
     def copy_work_s(self) -> float:
@@ -124,6 +132,7 @@ def decide(
     target_version: int,
     inexact: Sequence[str],
     probes: tuple[SideProbe, SideProbe] | None,
+    chunk_rows: int | None = None,
 ) -> Choice:
     """The digest for ``auto`` (pure). ``probes``: both sides' measurements, or None
     when nothing could be measured (no keyed table with rows)."""
@@ -161,8 +170,12 @@ def decide(
     # Both sides are read at once: each chunk takes as long as its slower side. The
     # round trip is the same either way (one statement per chunk) and overlaps between
     # chunks in flight, so what is compared is the work beyond it.
-    copy_s = max(src.copy_work_s, tgt.copy_work_s)
-    server_s = max(src.server_work_s, tgt.server_work_s)
+    if chunk_rows:  # the whole cost of a chunk, as a run pays it
+        copy_s = max(p.chunk_s(p.copy_s, chunk_rows) for p in probes)
+        server_s = max(p.chunk_s(p.server_s, chunk_rows) for p in probes)
+    else:
+        copy_s = max(src.copy_work_s, tgt.copy_work_s)
+        server_s = max(src.server_work_s, tgt.server_work_s)
     measured = {
         "probe_rows": max(src.rows, tgt.rows),
         "source": _side(src),
@@ -173,7 +186,11 @@ def decide(
     slow = max((src, tgt), key=lambda p: p.copy_work_s)
     link = f"rtt {slow.rtt_ms:.1f} ms, {slow.mbit_s:,.0f} Mbit/s to the slower side"
     timing = (
-        f"{src.jobs} reads of {max(src.rows, tgt.rows):,} rows at once took "
+        f"{src.jobs} reads of {max(src.rows, tgt.rows):,} rows at once, scaled to "
+        f"{chunk_rows:,}-row chunks: {copy_s * 1000:.0f} ms by COPY, "
+        f"{server_s * 1000:.0f} ms in the database"
+        if chunk_rows
+        else f"{src.jobs} reads of {max(src.rows, tgt.rows):,} rows at once took "
         f"{copy_s * 1000:.0f} ms by COPY, {server_s * 1000:.0f} ms in the database "
         "beyond the round trip"
     )
@@ -192,6 +209,7 @@ def _side(p: SideProbe) -> dict[str, Any]:
     d["rtt_ms"] = round(p.rtt_ms, 2)
     d["mbit_s"] = round(p.mbit_s, 1)
     d["link_mbit_s"] = round(p.link_mbit_s, 1)
+    d["base_s"] = round(p.base_s, 4)
     return d
 
 
@@ -207,14 +225,23 @@ async def _rtt(pool: asyncpg.Pool) -> float:
 
 
 async def _link(pool: asyncpg.Pool, rtt_ms: float) -> float:
-    """Mbit/s of the link alone (best of two): a string the server makes at no cost."""
+    """Mbit/s of the link alone (best of three; one when clearly slow): a string the
+    server makes at no cost."""
+    best = 0.0
     async with pool.acquire() as conn:
-        best = float("inf")
-        for _ in range(2):
+        for _ in range(3):
             t0 = time.perf_counter()
             await conn.fetchval(LINK_SQL, LINK_BYTES)
-            best = min(best, time.perf_counter() - t0)
-    return LINK_BYTES * 8 / max(best - rtt_ms / 1000, 1e-6) / 1e6
+            took = max(time.perf_counter() - t0 - rtt_ms / 1000, 1e-6)
+            best = max(best, LINK_BYTES * 8 / took / 1e6)
+            if best < FAST_LINK_MBIT / 4 or best >= FAST_LINK_MBIT:
+                break
+    return best
+
+
+async def _nothing(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.fetchval("SELECT 1")
 
 
 async def _copy_read(pool: asyncpg.Pool, sql: TableSQL, rng: KeyRange) -> tuple[int, int]:
@@ -260,6 +287,7 @@ async def probe(
     servers: list[list[float]] = [[], []]
     # Several rounds, the best of each kept: the first reads on fresh connections and
     # a busy machine are noisy. More rounds while they are cheap (a fast link).
+    bases: list[list[float]] = [[], []]
     started = time.perf_counter()
     for round_ in range(MAX_ROUNDS):
         if round_ >= MIN_ROUNDS and time.perf_counter() - started > ROUNDS_BUDGET_S:
@@ -279,9 +307,15 @@ async def probe(
             )
         ):
             servers[side].append(took)
+        for side, (took, _none) in enumerate(
+            await asyncio.gather(*(_timed(jobs, functools.partial(_nothing, p)) for p in pools))
+        ):
+            bases[side].append(took)
     src, tgt = (
-        SideProbe(v, rtt, min(c)[1][0], jobs, min(c)[0], min(c)[1][1], min(srv), link)
-        for v, rtt, c, srv, link in zip(versions, rtts, copies, servers, links, strict=True)
+        SideProbe(v, rtt, min(c)[1][0], jobs, min(c)[0], min(c)[1][1], min(srv), link, min(b))
+        for v, rtt, c, srv, link, b in zip(
+            versions, rtts, copies, servers, links, bases, strict=True
+        )
     )
     return src, tgt
 
@@ -312,4 +346,4 @@ async def choose(
         return Choice("copy", f"copy: the link could not be measured ({e})")
     if probes[0].rows == 0 and probes[0].link_mbit_s < FAST_LINK_MBIT:
         return decide(*versions, inexact, None)
-    return decide(*versions, inexact, probes)
+    return decide(*versions, inexact, probes, chunk_rows)
