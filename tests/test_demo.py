@@ -27,7 +27,11 @@ async def test_demo_runs_the_whole_story():
     assert "WITHIN RPO" in text  # lag of the healthy pair
     assert "missing  id=1000020" in text  # diff names the lost rows
     assert "LOSS: 9 lost" in text  # reconcile names the lost writes
-    assert "failback: 9 old-only" in text  # what a rewind of the old primary would discard
+    # what a rewind of the old primary would discard: the 9 lost writes and the
+    # unjournaled (keyless) event row, attributed on default settings by xids
+    assert "failback: 10 old-only rows, 0 conflicting, 0 unknown" in text
+    assert "failback: 1 old-only" in text  # after the reconcile replay: the event row
+    assert "== 12." in text and "SAFE to switch" in text  # rewound, a standby, gated
     assert "NO LOSS" in text  # after the replay script
 
 
@@ -64,7 +68,8 @@ async def test_demo_keep_leaves_the_servers_running_and_says_how_to_stop_them():
 
         # the demo's process has exited: its servers still answer, as they were left
         assert Path(directory, "writes.jsonl").is_file()
-        assert await _server_facts(old[1]) == (False, 200 + 5)  # the lost inserts stay
+        # the old primary was rewound onto the new one and follows it (failback runbook)
+        assert await _server_facts(old[1]) == (True, 200 + 5)
         assert await _server_facts(new[1]) == (False, 200 + 5)  # replayed onto it
 
         assert len(stop) == 3 and stop[-1] == f"rm -rf {directory}", stop

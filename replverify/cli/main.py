@@ -1195,7 +1195,15 @@ def gate(
     metavar="FILE",
     help="Write a guarded one-transaction script that brings the old primary's own "
     "changes to NEW (INSERT ... ON CONFLICT DO NOTHING, UPDATE/DELETE ... WHERE the row "
-    "is still what was observed).",
+    "is still what was observed; keyless rows by their number of copies). It covers "
+    "every old-only row, whatever --max-diffs lists.",
+)
+@click.option(
+    "--max-diffs",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Rows listed per table; every row is still attributed, counted and replayed.",
 )
 @click.option(
     "--allow-same-server",
@@ -1209,6 +1217,7 @@ def failback(
     new: str,
     tables: tuple[str, ...],
     replay_sql: str | None,
+    max_diffs: int,
     allow_same_server: bool,
     fmt: str,
     output: str | None,
@@ -1216,19 +1225,46 @@ def failback(
     """What the old primary OLD holds that the new primary NEW lacks (before a rewind).
 
     Rows changed on OLD after the divergence are told apart from writes made on NEW
-    after its promotion by commit timestamps (track_commit_timestamp). Exit 0 when OLD
-    holds nothing NEW lacks, 1 when it does (or who wrote a row cannot be told), 2 on
-    trouble.
+    after its promotion by the xid horizon of NEW's promotion (read from NEW's WAL: needs
+    superuser or pg_read_server_files on NEW), checked against commit timestamps when
+    track_commit_timestamp is on. Exit 0 when OLD holds nothing NEW lacks, 1 when it
+    does (or who wrote a row cannot be told), 2 on trouble.
     """
+    from replverify.db.connect import Endpoint
+    from replverify.ops.failback import ReplayFile
     from replverify.ops.failback import failback as run_failback
-    from replverify.ops.failback import replay_script
     from replverify.reports.ops import FAILBACK_RENDERERS
 
-    options = api.DiffOptions(tables=tables, allow_same_server=allow_same_server)
-    report = run_async(run_failback(old, new, options=options))
-    write_script_then_emit(
-        replay_sql, lambda: replay_script(report), FAILBACK_RENDERERS[fmt](report), output
+    options = api.DiffOptions(
+        tables=tables, max_diffs=max_diffs, allow_same_server=allow_same_server
     )
+    failure: OutputError | None = None
+    if replay_sql:
+        # streamed to the file as rows are attributed (check_writable vetted the path)
+        try:
+            handle = open(replay_sql, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as e:
+            msg = f"cannot write the replay script to {replay_sql}: {e.strerror}"
+            raise OutputError(msg) from None
+        replay = ReplayFile(handle, str(Endpoint.parse(old)), str(Endpoint.parse(new)))
+        try:
+            report = run_async(run_failback(old, new, options=options, replay=replay))
+            replay.close()
+        finally:
+            error = replay.error
+            try:
+                handle.close()
+            except OSError as e:  # the last buffered write (a full disk)
+                error = error or e
+        if error is not None:
+            failure = OutputError(
+                f"cannot write the replay script to {replay_sql}: {error.strerror}"
+            )
+    else:
+        report = run_async(run_failback(old, new, options=options))
+    emit(FAILBACK_RENDERERS[fmt](report), output)
+    if failure is not None:
+        fail(failure)
     if not report.complete:
         sys.exit(EXIT_TROUBLE)
     sys.exit(EXIT_OK if report.status == "nothing_to_recover" else EXIT_DIFFERENT)

@@ -156,6 +156,12 @@ def failback_to_dict(r: FailbackReport) -> dict[str, Any]:
         "promoted_at": iso_utc(r.promoted_at),
         "promotion_source": r.promotion_source,
         "timeline": r.timeline,
+        "method": r.method,
+        "xid_horizon": None
+        if r.horizon is None
+        else {"lo": r.horizon.lo, "hi": r.horizon.hi, "source": r.horizon.source},
+        "methods_agreement": dict(r.agreement),
+        "replay_statements": r.replayed,
         "can_tell": r.can_tell,
         "counts": r.counts(),
         "rows": [_row_dict(x) for x in r.rows],
@@ -200,10 +206,17 @@ def _fb_head(r: FailbackReport) -> list[str]:
         f"failback: {failback_verdict(r)}",
         f"old primary: {r.old}",
         f"new primary: {r.new} (timeline {r.timeline})",
-        f"divergence: {iso_utc(r.divergence_at) or 'unknown'}",
+        f"divergence: {iso_utc(r.divergence_at) or 'unknown'}"
+        + (f"; xid horizon {_horizon_text(r)}" if r.horizon else ""),
         f"promotion: {iso_utc(r.promoted_at) or 'unknown'}"
         + (f" ({r.promotion_source})" if r.promotion_source else ""),
     ]
+
+
+def _horizon_text(r: FailbackReport) -> str:
+    h = r.horizon
+    assert h is not None
+    return str(h.lo) if h.exact else f"in [{h.lo}, {h.hi}]"
 
 
 def failback_to_text(r: FailbackReport) -> str:
@@ -215,12 +228,13 @@ def failback_to_text(r: FailbackReport) -> str:
         rows = r.of(origin)  # type: ignore[arg-type]
         if not rows:
             continue
-        out += ["", f"{title}: {len(rows)}"]
+        total = r.counts()[origin]
+        out += ["", f"{title}: {total}"]
         for row in rows[:SHOWN]:
             cols = f" [{', '.join(row.columns)}]" if row.columns else ""
             out.append(f"  {row.table} {fmt_key(row.key)}: {row.change}{cols} - {row.reason}")
-        if len(rows) > SHOWN:
-            out.append(f"  ... and {len(rows) - SHOWN} more")
+        if total > min(len(rows), SHOWN):
+            out.append(f"  ... and {total - min(len(rows), SHOWN)} more")
     out += [""] + [f"note: {n}" for n in r.notes]
     return "\n".join(out).rstrip() + "\n"
 

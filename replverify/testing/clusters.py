@@ -70,6 +70,7 @@ import asyncpg
 from replverify.errors import ClusterError
 
 __all__ = [
+    "DEFAULT_LIKE_SETTINGS",
     "DEFAULT_SLOT",
     "EMBEDDED",
     "ENV_OTHER_DSN",
@@ -95,6 +96,7 @@ __all__ = [
     "find_bindir",
     "free_port",
     "pause_replay",
+    "pgbench",
     "promote",
     "restore_replication",
     "resume_replay",
@@ -155,6 +157,8 @@ _BASE_SETTINGS: dict[str, str] = {
     "shared_buffers": "'128MB'",
     "max_connections": "100",
     "track_commit_timestamp": "on",
+    # pg_rewind (failback) needs hint bits WAL-logged on the rewound server
+    "wal_log_hints": "on",
     "log_min_messages": "warning",
     "logging_collector": "off",
     # A standby whose primary_conninfo was just restored reconnects within 200ms
@@ -163,6 +167,25 @@ _BASE_SETTINGS: dict[str, str] = {
     # No background WAL: an idle pair must really be idle for the lag tests (tests load
     # data and ANALYZE it themselves).
     "autovacuum": "off",
+}
+
+
+def pgbench(port: int, *args: str, dbname: str = "postgres", timeout: float = 300) -> str:
+    """Run ``pgbench`` (from the server binaries) against the local cluster on ``port``."""
+    return _run(
+        [find_bindir() / "pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", _PG_USER, *args,
+         dbname],
+        what=f"pgbench {' '.join(args)}",
+        cwd=Path(tempfile.gettempdir()),
+        timeout=timeout,
+    )  # fmt: skip
+
+
+#: The settings a user has by default where the test clusters differ from them
+#: (commit timestamps off, full page writes on: pg_rewind needs them on its source).
+DEFAULT_LIKE_SETTINGS: dict[str, str] = {
+    "track_commit_timestamp": "off",
+    "full_page_writes": "on",
 }
 _HBA = """\
 # written by replverify.testing.clusters: trust everything on loopback
@@ -736,6 +759,36 @@ class Cluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _unregister(cluster=self)
+
+    def rewind_onto(self, primary: Cluster, *, timeout: float = 60) -> None:
+        """Stop this (old primary), ``pg_rewind`` it onto ``primary`` (the promoted one)
+        and start it as ``primary``'s streaming standby. Needs ``wal_log_hints`` (or
+        data checksums) here and ``full_page_writes`` on ``primary``."""
+        # PostgreSQL 15's pg_rewind reads the source's timeline from its control file,
+        # which shows the new timeline only after a checkpoint: without one, a recently
+        # promoted source looks like "no rewind required"
+        primary.psql("CHECKPOINT")
+        self.stop("fast")
+        _give_to_postgres(self.datadir / _CONF_FILE)  # pg_rewind overwrites it
+        _run(
+            [
+                self.bindir / "pg_rewind", "-D", self.datadir, "-R",
+                f"--source-server=host=127.0.0.1 port={primary.port} user=postgres dbname=postgres",
+            ],
+            what=f"pg_rewind of {self.name} onto {primary.name}",
+            cwd=self.datadir.parent,
+            timeout=300,
+        )  # fmt: skip
+        # pg_rewind copied the source's configuration files (its port, its name, and the
+        # slot pg_basebackup -R named in postgresql.auto.conf, created here on the source)
+        self.write_config()
+        primary.psql(
+            "SELECT pg_create_physical_replication_slot(s) FROM (VALUES ('"
+            + DEFAULT_SLOT
+            + "')) AS v(s) WHERE s NOT IN (SELECT slot_name FROM pg_replication_slots)"
+        )
+        self.start()
+        self._wait_streaming(primary, timeout)
 
     def pg_ctl_command(self, *args: str) -> list[str]:
         """The command line of ``pg_ctl ARGS`` as the user the cluster runs as (through
@@ -1321,8 +1374,10 @@ class LocalClusters:
             )
         return self.base_dir
 
-    def fresh_pair(self, slot: str = DEFAULT_SLOT) -> Pair:
+    def fresh_pair(self, slot: str = DEFAULT_SLOT, settings: dict[str, str] | None = None) -> Pair:
         """A NEW primary + streaming standby, for destructive tests; closed with us.
+        ``settings`` (verbatim configuration values) apply to both, e.g.
+        :data:`DEFAULT_LIKE_SETTINGS`.
 
         Blocking (about a second); from async code use ``await
         asyncio.to_thread(lc.fresh_pair)``.
@@ -1332,7 +1387,9 @@ class LocalClusters:
             self._pair_count += 1
             n = self._pair_count
         bindir = self._bindir
-        primary = self._track(Cluster.init(base, f"pair{n}-primary", bindir=bindir))
+        primary = self._track(
+            Cluster.init(base, f"pair{n}-primary", bindir=bindir, settings=settings)
+        )
         primary.start()
         standby = self._track(Cluster.standby_of(primary, base, f"pair{n}-standby", slot))
         return Pair(primary=primary, standby=standby, slot=slot)

@@ -8,26 +8,34 @@
 4. diff the old primary against the new one: exactly the lost rows;
 5. reconcile the application's write journal against the new primary, write the guarded
    replay script, apply it, and reconcile again: nothing lost;
-6. failback: what the old primary still holds that the new one lacks, before a rewind.
+6. failback: what the old primary still holds that the new one lacks, before a rewind;
+7. the failback runbook (docs/failback.md): apply its script, diff, ``pg_rewind`` the old
+   primary onto the new one, start it as a standby, gate.
+
+The pair runs on default settings where they matter (``track_commit_timestamp`` off):
+failback attributes rows by transaction ids.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 
 from replverify.api import DiffOptions, diff
 from replverify.journal.records import JournalWriter, render_sql
 from replverify.lag.sampler import measure_lag
-from replverify.ops.failback import failback
+from replverify.ops.failback import ReplayFile, failback
+from replverify.ops.gate import gate
 from replverify.reconcile.replay import replay_script
 from replverify.reconcile.run import reconcile
 from replverify.reports.common import diff_to_text, lag_to_text, reconcile_to_text
-from replverify.reports.ops import failback_to_text
+from replverify.reports.ops import failback_to_text, gate_to_text
 from replverify.testing import clusters as testing
 from replverify.testing import sample
 
@@ -91,7 +99,9 @@ async def run_demo(*, rows: int = 20_000, keep: bool = False, echo: Echo = print
 async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo: Echo) -> int:
     t0 = time.monotonic()
     echo("== 1. a primary and its streaming hot standby")
-    pair = await asyncio.to_thread(clusters.fresh_pair)
+    pair = await asyncio.to_thread(
+        functools.partial(clusters.fresh_pair, settings=testing.DEFAULT_LIKE_SETTINGS)
+    )
     primary, standby = pair.primary.dsn("shop"), pair.standby.dsn("shop")
     await testing.execute(pair.primary_dsn, "CREATE DATABASE shop")
     await sample.setup(primary, rows)
@@ -152,6 +162,8 @@ async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo
     after = await diff(primary, standby)
     echo(_indent(_last_line(diff_to_text(after))) + "   (the unjournaled event row)")
 
+    await _failback_runbook(pair, primary, standby, clusters.base_dir, echo)
+
     echo(f"\ndemo finished in {time.monotonic() - t0:.1f} s")
     if keep:
         echo(
@@ -159,6 +171,25 @@ async def _story(clusters: testing.LocalClusters, *, rows: int, keep: bool, echo
             f" and {replay_path.name}):\n   old primary {primary}\n   new primary {standby}"
         )
     return 0
+
+
+async def _failback_runbook(pair: testing.Pair, old: str, new: str, base: Path, echo: Echo) -> None:
+    """docs/failback.md, step by step."""
+    script = base / "failback.sql"
+    echo(f"\n== 10. replverify failback OLD NEW --replay-sql {script.name}")
+    with script.open("w", encoding="utf-8") as f:
+        out = ReplayFile(f, old, new)
+        back = await failback(old, new, replay=out)
+        out.close()
+    echo(_indent(failback_to_text(back)))
+    echo(f"\n== 11. apply {script.name} to the new primary; replverify diff OLD NEW")
+    await testing.execute(new, script.read_text(encoding="utf-8"))
+    after = await diff(old, new)
+    echo(_indent(_last_line(diff_to_text(after))) + "   (only new-only rows and conflicts stay)")
+    echo("\n== 12. stop OLD, pg_rewind it onto NEW, start it as NEW's standby; gate NEW OLD")
+    await asyncio.to_thread(pair.primary.rewind_onto, pair.standby)
+    verdict = await gate(new, old, timeout=60)
+    echo(_indent(gate_to_text(verdict).splitlines()[0]))
 
 
 def _indent(text: str) -> str:
