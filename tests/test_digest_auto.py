@@ -72,7 +72,8 @@ async def test_auto_picks_copy_on_the_lan(pair: list[str]) -> None:
 
 
 def test_proxy_shapes_the_link() -> None:
-    """The proxy delays and caps: 2 MB through 20 Mbit/s take at least 0.8 s."""
+    """The proxy delays and caps the link: 2 MB through 20 Mbit/s take at least 0.8 s,
+    and two connections at once share the cap (2 x 2 MB: at least 1.6 s)."""
     import asyncio
 
     async def main() -> float:
@@ -83,18 +84,26 @@ def test_proxy_shapes_the_link() -> None:
 
         server = await asyncio.start_server(echo, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        async with LinkProxy("127.0.0.1", port, rtt_ms=40, mbit_s=20) as proxy:
-            t0 = time.perf_counter()
+
+        async def fetch(proxy: LinkProxy) -> int:
             r, w = await asyncio.open_connection("127.0.0.1", proxy.port)
             got = len(await r.read(-1))
-            took = time.perf_counter() - t0
             w.close()
-        server.close()
-        assert got == 2 << 20
-        return took
+            return got
 
-    took = asyncio.run(main())
-    assert 0.8 <= took < 10
+        async with LinkProxy("127.0.0.1", port, rtt_ms=40, mbit_s=20) as proxy:
+            t0 = time.perf_counter()
+            assert await fetch(proxy) == 2 << 20
+            one = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            assert await asyncio.gather(fetch(proxy), fetch(proxy)) == [2 << 20] * 2
+            two = time.perf_counter() - t0
+        server.close()
+        return one, two
+
+    one, two = asyncio.run(main())
+    assert 0.8 <= one < 10
+    assert 1.6 <= two < 20
 
 
 NAN = "CREATE TABLE n (id int PRIMARY KEY, f float8, fs float8[]);"

@@ -39,6 +39,9 @@ class LinkProxy:
     bytes_down: int = 0
     bytes_up: int = 0
     _server: asyncio.Server | None = None
+    #: when each direction of the capped wire is free next, shared by all connections:
+    #: the cap is the link's, not each connection's
+    _free_at: dict[str, float] = field(default_factory=lambda: {"up": 0.0, "down": 0.0})
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> LinkProxy:
@@ -92,7 +95,7 @@ class LinkProxy:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(maxsize=QUEUE_PIECES)
 
         async def deliver() -> None:
-            free_at = 0.0  # when the capped wire is free for the next byte
+            free_at = self._free_at
             while True:
                 arrived, data = await queue.get()
                 if not data:
@@ -100,10 +103,11 @@ class LinkProxy:
                         w.write_eof()
                     return
                 now = time.monotonic()
-                start = max(now, free_at, arrived + delay - (len(data) / rate if rate else 0))
-                free_at = start + (len(data) / rate if rate else 0.0)
-                if free_at > now:
-                    await asyncio.sleep(free_at - now)
+                tx = len(data) / rate if rate else 0.0
+                start = max(now, free_at[way], arrived + delay - tx)
+                free_at[way] = done = start + tx
+                if done > now:
+                    await asyncio.sleep(done - now)
                 w.write(data)
                 await w.drain()
                 if way == "down":
