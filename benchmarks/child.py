@@ -185,6 +185,7 @@ def run_replverify(args: argparse.Namespace) -> dict[str, Any]:
             "compare": report.compare,
             "errors": [t.error for t in tables if t.error],
             "notes": report.notes,
+            "digest_choice": report.digest_choice,
             "report_elapsed_s": report.elapsed_s,
         }
     )

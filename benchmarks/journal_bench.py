@@ -36,12 +36,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from replverify.db.catalog import TableInfo
 from replverify.journal.records import JournalReader, Marker, RowResolver
-from replverify.reconcile.run import Ledger, reconcile_with
+from replverify.reconcile.run import Ledger, reconcile, reconcile_with
 from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, TableRef
 
@@ -170,6 +174,15 @@ def child(phase: str, journal: str, target: str) -> dict[str, Any]:
                 for w in resolver(rec):
                     ledger.write(w)
         out.update(lines=reader.lines, rows=len(ledger.rows), open=len(ledger.open))
+    elif phase == "postgres":  # the whole reconcile against a real server
+        report = asyncio.run(reconcile(journal, os.environ[DSN_ENV]))
+        out.update(
+            lines=report.lines,
+            entries=report.entries,
+            counts=report.counts,
+            lost=len(report.lost),
+            timings=dict(report.timings),
+        )
     elif phase == "reconcile":
         assert memory is not None
         report = asyncio.run(reconcile_with(journal, memory))
@@ -183,6 +196,35 @@ def child(phase: str, journal: str, target: str) -> dict[str, Any]:
     out["elapsed_s"] = time.perf_counter() - started
     out["peak_rss_mib"] = _status_mib("VmHWM")
     return out
+
+
+DSN_ENV = "RV_JOURNAL_BENCH_DSN"
+
+
+@contextlib.contextmanager
+def postgres_target(rows: list[dict[str, Any]]) -> Iterator[str]:
+    """A local cluster whose ``public.orders`` holds ``rows``; yields its DSN."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from run import local_servers  # the benchmark's clusters: fsync off, in /dev/shm
+
+    async def load(dsn: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "CREATE TABLE orders (id bigint PRIMARY KEY, status text,"
+                " amount numeric(12,2), note text)"
+            )
+            await conn.copy_records_to_table(
+                "orders",
+                records=[(r["id"], r["status"], Decimal(r["amount"]), r["note"]) for r in rows],
+            )
+            await conn.execute("VACUUM ANALYZE orders")
+        finally:
+            await conn.close()
+
+    with local_servers("256MB", plain_target=True) as servers:
+        asyncio.run(load(servers.source_dsn))
+        yield servers.source_dsn
 
 
 def run_phase(phase: str, journal: Path, target: Path) -> dict[str, Any]:
@@ -200,6 +242,11 @@ def main() -> None:
     ap.add_argument("--lost", type=int, default=100, help="rows the target lost")
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also reconcile against a local PostgreSQL server holding the target rows",
+    )
     ap.add_argument("--child", nargs=3, metavar=("PHASE", "JOURNAL", "TARGET"), help="internal")
     args = ap.parse_args()
     if args.child:
@@ -215,13 +262,19 @@ def main() -> None:
             f"journal: {gen['lines']:,} lines, {size / 2**20:,.0f} MiB, {len(gen['rows']):,} rows"
             f" (generated in {time.perf_counter() - t0:.1f} s)"
         )
-        results = {p: run_phase(p, journal, target) for p in ("read", "ledger", "reconcile")}
+        phases = ["read", "ledger", "reconcile"]
+        with contextlib.ExitStack() as stack:
+            if args.postgres:
+                os.environ[DSN_ENV] = stack.enter_context(postgres_target(gen["rows"]))
+                phases.append("postgres")
+            results = {p: run_phase(p, journal, target) for p in phases}
     notes = {
+        "postgres": "(3 passes against a local PostgreSQL 15 server, batched lookups)",
         "read": "(decode + validate every line)",
         "ledger": f"(pass 1 alone: {results['ledger']['rows']:,} rows tracked)",
         "reconcile": "(3 passes; over the in-memory target's own memory)",
     }
-    for phase in ("read", "ledger", "reconcile"):
+    for phase in results:
         r = results[phase]
         rate = r["lines"] / r["elapsed_s"]
         entries = f"  {r['entries'] / r['elapsed_s']:>8,.0f} entries/s" if "entries" in r else ""
@@ -232,6 +285,12 @@ def main() -> None:
         )
     rec = results["reconcile"]
     print(f"reconcile: {rec['entries']:,} entries, counts {rec['counts']}")
+    if "postgres" in results:
+        print(f"postgres: counts {results['postgres']['counts']}")
+        print(
+            "postgres seconds per pass: "
+            + ", ".join(f"{k} {v}" for k, v in results["postgres"]["timings"].items())
+        )
     print("reconcile seconds per pass: " + ", ".join(f"{k} {v}" for k, v in rec["timings"].items()))
     if not args.no_save:
         out = Path(__file__).parent / "results"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, get_args
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from shapes import SHAPES, TABLE, Plan, Shape, load, parse_diffs, plan_differences, plant
@@ -99,6 +101,36 @@ def local_servers(shared_buffers: str, plain_target: bool) -> Iterator[Servers]:
             with contextlib.suppress(Exception):
                 c.stop("immediate")
         lc.close()
+
+
+@contextlib.contextmanager
+def shaped_link(servers: Servers, link: tuple[float, float] | None) -> Iterator[Servers]:
+    """``servers`` with the target behind ``benchmarks/linkproxy.py`` (round trip in ms,
+    Mbit/s), run in its own process so that its work is not the measured tool's."""
+    if link is None:
+        yield servers
+        return
+    parts = urlsplit(servers.target_dsn)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "linkproxy.py"), f"{parts.hostname}:{parts.port}",
+         "--rtt-ms", str(link[0]), "--mbit", str(link[1])],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split(":", 2)[1].split(" ", 1)[0])
+        user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        target = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
+        log(f"target behind a shaped link: +{link[0]:g} ms round trip, {link[1]:g} Mbit/s")
+        yield dataclasses.replace(
+            servers,
+            target_dsn=target,
+            description=servers.description
+            + f"; target behind linkproxy.py: +{link[0]:g} ms RTT, {link[1]:g} Mbit/s",
+        )
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 # =========================================================================== CPU of servers
@@ -1190,6 +1222,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--target", metavar="DSN", help="See --source.")
     p.add_argument(
+        "--link",
+        metavar="RTT_MS/MBIT",
+        default=None,
+        help="Put the target behind a shaped link (benchmarks/linkproxy.py, its own "
+        "process): this added round trip in ms and this cap in Mbit/s, e.g. 40/100.",
+    )
+    p.add_argument(
         "--shared-buffers",
         default="2GB",
         help="shared_buffers of the local clusters (the data set must fit).",
@@ -1244,6 +1283,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown --tools {', '.join(sorted(bad))}")
     if bad := set(args.digest) - {"auto", *digest_modes()}:
         p.error(f"unknown --digest {', '.join(sorted(bad))}")
+    if args.link is not None:
+        try:
+            rtt, mbit = (float(x) for x in args.link.split("/"))
+        except ValueError:
+            p.error("--link takes RTT_MS/MBIT, e.g. 40/100")
+        args.link = (rtt, mbit)
     if bool(args.source) != bool(args.target):
         p.error("give both --source and --target, or neither")
     if args.cross_version and args.source:
@@ -1308,7 +1353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profiles: dict[str, str] = {}
     table_mb = 0.0
     try:
-        with servers_cm as servers:
+        with servers_cm as servers, shaped_link(servers, args.link) as servers:
             machine = describe_machine(servers, reladiff_note)
             tools = [
                 t for t in tools_for(args, shape, servers, reladiff_python) if t.kind in args.tools
@@ -1423,6 +1468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"!!! {r.case} / {r.tool}: {r.check[:300]}")
     args.results.mkdir(parents=True, exist_ok=True)
     suffix = "-plain-target" if args.plain_target and not args.source else ""
+    if args.link:
+        suffix += f"-link{args.link[0]:g}ms{args.link[1]:g}mbit"
     stem = args.results / f"{started.date().isoformat()}-{shape.name}-{args.rows}{suffix}"
     stem.with_suffix(".md").write_text(markdown(meta, all_rows, profiles), encoding="utf-8")
     stem.with_suffix(".json").write_text(

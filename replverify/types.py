@@ -138,6 +138,8 @@ class DiffReport:
     #: why the run ended before every table was compared (the Dask scheduler was lost);
     #: the tables then say what was verified
     aborted: str | None = None
+    #: ``--digest auto``: the mode it chose, why, and what it measured to choose
+    digest_choice: dict[str, object] | None = None
 
     @property
     def status(self) -> Literal["consistent", "different"]:

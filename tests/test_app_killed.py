@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from replverify.cli.main import main
 from replverify.journal.records import JournalReader
-from replverify.testing.clusters import cluster_tmp_root
+from replverify.testing.postgres import cluster_tmp_root
 
 APP = """
 import asyncio, sys

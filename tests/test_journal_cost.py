@@ -14,7 +14,8 @@ import pytest
 from replverify.failover.pool import FailoverPool
 from replverify.journal.records import JournalReader, JournalWriter
 from replverify.reconcile.run import reconcile
-from replverify.testing.clusters import LocalClusters, execute
+from replverify.testing.clusters import LocalClusters
+from replverify.testing.servers import execute
 
 
 async def test_a_pool_transaction_is_appended_in_one_write_before_commit(

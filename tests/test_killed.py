@@ -12,8 +12,8 @@ import urllib.parse
 
 from replverify.cli import logs
 from replverify.journal.records import JournalWriter
-from replverify.testing.clusters import wait_for_replay
 from replverify.testing.proxy import CutProxy
+from replverify.testing.servers import wait_for_replay
 
 #: What only a library's log record or an uncaught exception writes.
 LEAKS = ("Traceback", "asyncpg", "Failed to restore", "internal error", "Task exception")

@@ -14,7 +14,7 @@ from replverify.cli.main import main
 from replverify.diff.throttle import MAX_CHUNK_ROWS, MIN_CHUNK_ROWS, Throttle, adapt_chunk_rows
 from replverify.errors import UsageError
 from replverify.reports.diff import diff_to_dict
-from replverify.testing.clusters import wait_for_replay
+from replverify.testing.servers import wait_for_replay
 
 
 def test_chunk_size_moves_towards_the_chunk_time_by_at_most_a_factor_of_2():

@@ -18,6 +18,8 @@ from replverify.db import catalog
 from replverify.db.catalog import ServerInfo, TableInfo
 from replverify.db.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, open_pool, trouble
 from replverify.diff.align import TablePlan, plan_table
+from replverify.diff.choose import choose as choose_auto
+from replverify.diff.choose import server_inexact
 from replverify.diff.fence import Fence
 from replverify.diff.sources import DigestMode
 from replverify.diff.sql import ALIAS, TableSQL, parse_where
@@ -308,27 +310,51 @@ async def _diff(
     progress: Callable[[TableRef, int, int], None] | None,
 ) -> DiffReport:
     async with src_pool.acquire() as sc, tgt_pool.acquire() as tc:
-        src_server, tgt_server = await catalog.server_info(sc), await catalog.server_info(tc)
+        # both sides at once: catalog reads are a good part of a small run's time
+        src_server, tgt_server = await asyncio.gather(
+            catalog.server_info(sc), catalog.server_info(tc)
+        )
         if not options.allow_same_server:
             catalog.refuse_same_database(
                 src_server, tgt_server, src_ep, tgt_ep, "SOURCE and TARGET",
                 option="--allow-same-server",
             )  # fmt: skip
         # read before the tables: a change after it shows when the table's comparison ends
-        defined = await catalog.definitions(sc), await catalog.definitions(tc)
-        src_tables, tgt_tables = await catalog.load_tables(sc), await catalog.load_tables(tc)
+        defined = await asyncio.gather(catalog.definitions(sc), catalog.definitions(tc))
+        src_tables, tgt_tables = await asyncio.gather(
+            catalog.load_tables(sc), catalog.load_tables(tc)
+        )
     chosen = catalog.select_tables(list(src_tables), options.tables, options.exclude)
     if not options.tables:
         on_target = catalog.select_tables(list(tgt_tables), (), options.exclude)
         chosen += [r for r in on_target if r not in src_tables]
     plans, results = _plans(src_tables, tgt_tables, chosen, options, src_server, tgt_server)
-    mode, why = choose_digest(options.digest, src_server, tgt_server)
     report = DiffReport(str(src_ep), str(tgt_ep), results, compare=options.compare)
+    auto = await choose_auto(
+        options.digest,
+        options.compare,
+        (src_pool, tgt_pool),
+        [TableSQL(p, where) for p in plans],  # type: ignore[arg-type]
+        (src_server.version_num, tgt_server.version_num),
+        options.chunk_rows,
+        options.jobs,
+    )
+    if auto is not None:
+        report.digest_choice = auto.as_dict()
+    elif options.digest == "server" and (inexact := server_inexact(plans, options.compare)):
+        report.notes.append(
+            "--digest server cannot be exact for " + ", ".join(inexact) + ": their text "
+            "shows every NaN alike, so values that differ only in NaN bits pass as equal "
+            "(--digest copy or client tells them apart)"
+        )
+    mode, why = choose_digest(auto.mode if auto else options.digest, src_server, tgt_server)
     if why:
         report.notes.append(why)
         forms = _forms_note(plans)
         if forms:
             report.notes.append(forms)
+    if auto is not None:
+        report.notes.append(f"--digest auto chose {auto.why}")
     fence = None
     standby = catalog.streams_from(src_server, tgt_server)
     history = LsnHistory()

@@ -23,6 +23,8 @@ DIALECT = "postgres"
 ALIAS = "_rv_t"
 #: Seed of ``hashtextextended`` for in-database row hashes (any constant; both sides agree).
 HASH_SEED = 0x5EED
+#: Float columns go into in-database row text as their binary send form.
+SEND_FLOATS = {"float4": "float4send", "float8": "float8send"}
 
 Statement = tuple[str, list[object]]
 
@@ -256,13 +258,18 @@ class TableSQL:
     def row_text(self) -> exp.Expr:
         """The row's canonical text: the whole-row value when both sides have the same
         columns, else a ROW() of the compared columns (in source order)."""
-        if self.plan.whole_row_text:
+        floats = any(c.type.base in SEND_FLOATS for c in self.plan.columns)
+        if self.plan.whole_row_text and not floats:
             return exp.cast(exp.Column(this=ident(ALIAS)), "text")
-        row = exp.Anonymous(
-            this="ROW",
-            expressions=[self.value_expr(c.name, c.type.base) for c in self.plan.columns],
-        )
-        return exp.cast(row, "text")
+        values: list[exp.Expr] = []
+        for c in self.plan.columns:
+            if c.type.base in SEND_FLOATS:
+                # text prints every NaN as NaN; the send form keeps the bits that
+                # ``--compare exact`` tells apart (and semantic equality settles later)
+                values.append(exp.func(SEND_FLOATS[c.type.base], column(c.name)))
+            else:
+                values.append(self.value_expr(c.name, c.type.base))
+        return exp.cast(exp.Anonymous(this="ROW", expressions=values), "text")
 
     def row_hash(self) -> exp.Expr:
         return exp.func("hashtextextended", self.row_text(), exp.Literal.number(HASH_SEED))

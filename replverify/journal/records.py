@@ -107,6 +107,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, TypeAlias, TypeVar
 
+import msgspec
 import orjson
 import sqlglot
 from sqlglot import exp
@@ -307,9 +308,18 @@ def _reject_constant(name: str) -> object:
 _DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
 
 
+#: msgspec decodes a line several times faster than ``json``, numbers as exactly
+#: (``float_hook``): the same values for every valid line.
+_FAST_DECODER = msgspec.json.Decoder(float_hook=Decimal)
+
+
 def _loads(raw: bytes) -> Any:
     """One line as JSON (numbers exact; NaN/Infinity refused; UnicodeDecodeError if the
     bytes are not UTF-8)."""
+    try:
+        return _FAST_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        pass  # the standard library decides: its error messages, lone surrogates as before
     return _DECODER.decode(raw.decode("utf-8"))
 
 

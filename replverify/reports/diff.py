@@ -114,6 +114,7 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
         },
         "notes": report.notes,
         "lag": report.lag,
+        "digest_choice": report.digest_choice,
     }
 
 
