@@ -3,9 +3,11 @@ ranges still cover every key, rows added since ANALYZE included."""
 
 from __future__ import annotations
 
+import pytest
 from test_compare import fresh_pair
 
 from replverify.api import DiffOptions, diff
+from replverify.diff import sources
 from replverify.diff.sources import histogram_cuts
 from replverify.types import Changed, Extra, Missing
 
@@ -28,7 +30,10 @@ FILL = (
 )
 
 
-async def test_chunks_from_statistics_cover_every_key(primary_dsn: str, other_dsn: str) -> None:
+async def test_chunks_from_statistics_cover_every_key(
+    primary_dsn: str, other_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources, "HISTOGRAM_BOUNDARIES", True)
     # after ANALYZE: rows past its last key, a changed row and a row only the target has
     later = "INSERT INTO h SELECT i, md5(i::text) FROM generate_series(20001, 26000) i;"
     src, tgt = await fresh_pair(

@@ -29,11 +29,16 @@ from replverify.reports.diff import diff_to_dict
 
 
 def _timeless(doc: object) -> object:
-    """``doc`` without timings (the one thing that may differ between executors)."""
+    """``doc`` without timings and what ``--digest auto`` measured (round trips and
+    throughput: timings too), the only things that may differ between executors."""
     if isinstance(doc, dict):
-        return {k: _timeless(v) for k, v in doc.items() if k != "elapsed_s"}
+        return {k: _timeless(v) for k, v in doc.items() if k not in ("elapsed_s", "digest_choice")}
     if isinstance(doc, list):
-        return [_timeless(v) for v in doc]
+        return [
+            _timeless(v)
+            for v in doc
+            if not (isinstance(v, str) and v.startswith("--digest auto chose"))
+        ]
     return doc
 
 
