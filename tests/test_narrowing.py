@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from replverify.api import DiffOptions, diff
-from replverify.diff import run as diff_run
+from replverify.diff import table as diff_table
 from replverify.diff.machine import TableComparison
 from replverify.testing.servers import execute
 from replverify.types import Changed, Extra, Missing
@@ -24,7 +24,7 @@ def machines(monkeypatch):
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(diff_run, "TableComparison", Recorded)
+    monkeypatch.setattr(diff_table, "TableComparison", Recorded)
     return made
 
 
