@@ -94,6 +94,15 @@ def endpoint_label(dsn: str | Endpoint) -> str:
     return f"{ep.address}/{db}"
 
 
+def _build_info(registry: Any) -> None:
+    """``replverify_build_info{version}`` = 1 in ``registry`` (every exporter has it)."""
+    pc = _prometheus()
+    info = pc.Gauge(
+        "replverify_build_info", "replverify's version (always 1).", ["version"], registry=registry
+    )
+    info.labels(version=__version__).set(1)
+
+
 class LagMetrics:
     """The lag series of one source/target pair, in a registry of their own.
 
@@ -143,11 +152,7 @@ class LagMetrics:
             names,
             registry=self.registry,
         )
-        info = pc.Gauge(
-            "replverify_build_info", "replverify's version (always 1).", ["version"],
-            registry=self.registry,
-        )  # fmt: skip
-        info.labels(version=__version__).set(1)
+        _build_info(self.registry)
         self._up.labels(**self.labels).set(0)
         self._samples.labels(**self.labels)
         self._failures.labels(**self.labels)
@@ -246,11 +251,7 @@ class DiffMetrics:
             pair,
             registry=self.registry,
         )
-        info = pc.Gauge(
-            "replverify_build_info", "replverify's version (always 1).", ["version"],
-            registry=self.registry,
-        )  # fmt: skip
-        info.labels(version=__version__).set(1)
+        _build_info(self.registry)
         self._up.labels(**self.labels).set(0)
         self._runs.labels(**self.labels)
         self._failures.labels(**self.labels)
