@@ -463,6 +463,12 @@ def reladiff_differences(stdout: Path, nkey: int) -> tuple[int, dict[str, int]]:
     return len(signs), kinds
 
 
+def warm_up(shape: Shape, servers: Servers) -> Tool:
+    """A bare binary COPY of both sides, run once before timing (fills the caches)."""
+    argv = (sys.executable, str(CHILD), "copy", "--format", "binary", "--order-by")
+    return Tool("warm-up", "copy", (*argv, shape.order_by, servers.source_dsn, servers.target_dsn))
+
+
 def measure(tool: Tool, servers: Servers, shape: Shape, timeout: float) -> Run:
     with tempfile.TemporaryDirectory(prefix="rv-bench-") as tmp:
         run, stdout = run_child(tool.name, tool.argv, servers, timeout, Path(tmp), dict(tool.env))
@@ -1030,26 +1036,7 @@ def cross_version_main(args: argparse.Namespace, shape: Shape) -> int:
                 for k, srv in pairs.items()
             }
             for srv in pairs.values():
-                measure(
-                    Tool(
-                        "warm-up",
-                        "copy",
-                        (
-                            sys.executable,
-                            str(CHILD),
-                            "copy",
-                            "--format",
-                            "binary",
-                            "--order-by",
-                            shape.order_by,
-                            srv.source_dsn,
-                            srv.target_dsn,
-                        ),
-                    ),
-                    srv,
-                    shape,
-                    args.timeout,
-                )
+                measure(warm_up(shape, srv), srv, shape, args.timeout)
             runs: dict[str, dict[str, list[Run]]] = {
                 k: {t.name: [] for t in ts} for k, ts in tools.items()
             }
@@ -1370,22 +1357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{counts['rows_source']:,} rows ({table_mb:.0f} MB), target "
                     f"{counts['rows_target']:,} rows; warm-up read ..."
                 )
-                warm = Tool(
-                    "warm-up",
-                    "copy",
-                    (
-                        sys.executable,
-                        str(CHILD),
-                        "copy",
-                        "--format",
-                        "binary",
-                        "--order-by",
-                        shape.order_by,
-                        servers.source_dsn,
-                        servers.target_dsn,
-                    ),
-                )
-                measure(warm, servers, shape, args.timeout)
+                measure(warm_up(shape, servers), servers, shape, args.timeout)
                 cases_meta.append(
                     {
                         "label": case,
