@@ -153,6 +153,44 @@ async def test_keyless_tables_by_mode_with_128_bit_hashes(primary_dsn: str, othe
     assert semantic.tables[0].rows_source == 4
 
 
+#: arrays a client decodes to the same list: only their lower bounds differ
+BOUNDS_DDL = "CREATE TABLE a (id int PRIMARY KEY, v int[], m text[]);"
+BOUNDS_SOURCE = """INSERT INTO a VALUES (1, '{1,2}', '{{a,b},{c,d}}'), (2, '[0:1]={5,6}', NULL),
+  (3, '[0:1]={7,8}', '[0:1][1:2]={{a,b},{c,d}}'), (4, '{}', '{x}')"""
+BOUNDS_TARGET = """INSERT INTO a VALUES (1, '[0:1]={1,2}', '{{a,b},{c,d}}'), (2, '[0:1]={5,6}', NULL),
+  (3, '[0:1]={7,8}', '[1:2][0:1]={{a,b},{c,d}}'), (4, '{}', '[2:2]={x}')"""
+
+
+@pytest.mark.parametrize("compare", ["exact", "semantic"])
+@pytest.mark.parametrize("digest", ["copy", "server", "client"])
+async def test_array_lower_bounds_are_a_difference(
+    primary_dsn: str, other_dsn: str, digest: str, compare: str
+) -> None:
+    # '[0:1]={1,2}' and '{1,2}' decode to the same list, but a client reading arr[1] gets
+    # 2 from one and 1 from the other, and PostgreSQL's = calls them different too
+    src, tgt = await fresh_pair(
+        primary_dsn, other_dsn, BOUNDS_DDL + BOUNDS_SOURCE, BOUNDS_DDL + BOUNDS_TARGET
+    )
+    report = await diff(src, tgt, DiffOptions(digest=digest, compare=compare))  # type: ignore[arg-type]
+    assert changed(report) == {(1,): ("v",), (3,): ("m",), (4,): ("m",)}
+    same = await diff(src, src, DiffOptions(digest=digest, compare=compare, allow_same_server=True))  # type: ignore[arg-type]
+    assert same.status == "consistent"
+
+
+@pytest.mark.parametrize("compare", ["exact", "semantic"])
+async def test_keyless_array_lower_bounds(primary_dsn: str, other_dsn: str, compare: str) -> None:
+    ddl = "CREATE TABLE k (v int[]);"
+    src, tgt = await fresh_pair(
+        primary_dsn,
+        other_dsn,
+        ddl + "INSERT INTO k VALUES ('{1,2}'), ('[0:0]={3}')",
+        ddl + "INSERT INTO k VALUES ('[0:1]={1,2}'), ('[0:0]={3}')",
+    )
+    report = await diff(src, tgt, DiffOptions(compare=compare))  # type: ignore[arg-type]
+    kinds = sorted(type(d).__name__ for d in report.tables[0].differences)
+    assert kinds == ["Extra", "Missing"]
+
+
 async def test_keyless_row_hashes_are_128_bit_on_the_server(
     primary_dsn: str, other_dsn: str
 ) -> None:

@@ -10,7 +10,10 @@ comparison logic never knows which it talks to.
 from __future__ import annotations
 
 import itertools
+import re
+import struct
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol, cast
 
 import asyncpg
@@ -73,6 +76,51 @@ def histogram_cuts(bounds: Sequence[int], rows: int, every: int) -> list[int]:
     return out if out and out[-1] == bounds[-1] else [*out, bounds[-1]]
 
 
+#: ``array_dims`` of an array whose every lower bound is 1: what a decoded list implies.
+_DEFAULT_DIMS = re.compile(r"(?:\[1:\d+\])+")
+
+
+@dataclass(frozen=True)
+class BoundedArray:
+    """An array value whose lower bounds are not all 1 (``'[0:1]={1,2}'``): the decoded
+    ``values`` and the ``dims`` (``array_dims``) that the decoded list does not carry."""
+
+    dims: str
+    values: object
+
+
+def decoded(record: Sequence[object], start: int, sql: TableSQL) -> Row:
+    """The compared columns of a ``rows``/``rows_with_hashes`` record from ``start``, with
+    each array whose lower bounds are not all 1 as a :class:`BoundedArray`."""
+    n = len(sql.plan.columns)
+    values = tuple(record[start : start + n])
+    bounded = sql.bounded
+    if not bounded:
+        return values
+    out = list(values)
+    for j, i in enumerate(bounded):
+        dims = record[start + n + j]
+        if dims is not None and not _DEFAULT_DIMS.fullmatch(cast(str, dims)):
+            out[i] = BoundedArray(cast(str, dims), out[i])
+    return tuple(out)
+
+
+_TAG_LEN = struct.Struct(">cI").pack
+
+
+def _with_bounds(encode: Encoder) -> Encoder:
+    """An array column's encoder that also tells lower bounds apart: tag ``L`` (unused by
+    :mod:`replverify.values.canonical`), the dims text, then the array's own encoding."""
+
+    def enc(v: object) -> bytes:
+        if type(v) is BoundedArray:
+            dims = v.dims.encode()
+            return _TAG_LEN(b"L", len(dims)) + dims + encode(v.values)
+        return encode(v)
+
+    return enc
+
+
 def hashable(value: object) -> object:
     """Keys must be dict keys: arrays (lists) become tuples."""
     if isinstance(value, list):
@@ -85,7 +133,12 @@ class RowHasher:
     ``exact`` (binary send forms) or ``semantic`` (``=``) equality."""
 
     def __init__(self, plan: TablePlan, compare: Compare = "exact") -> None:
-        self.encoders: list[Encoder] = [encoder_for(c.type, compare) for c in plan.columns]
+        self.encoders: list[Encoder] = [
+            _with_bounds(encoder_for(c.type, compare))
+            if c.type.kind == "array"
+            else encoder_for(c.type, compare)
+            for c in plan.columns
+        ]
 
     def __call__(self, values: Sequence[object]) -> int:
         return row_digest(encode_row(self.encoders, values))
@@ -252,7 +305,7 @@ class PostgresSource:
         async with self.pool.acquire() as conn, conn.transaction():
             async for rec in conn.cursor(text, *params, prefetch=2000):
                 count += 1
-                total += hasher(tuple(rec)[nkey:])
+                total += hasher(decoded(rec, nkey, self.sql))
         return ChunkDigest(count, total % (1 << 128))
 
     async def split(self, rng: KeyRange, every: int, parts: int = 0) -> list[Key]:
@@ -273,7 +326,7 @@ class PostgresSource:
             async with self.pool.acquire() as conn:
                 records = await conn.fetch(text, *params)
             return self._unique(
-                [(self._key(r), self.hasher(tuple(r)[self.nkey :])) for r in records]
+                [(self._key(r), self.hasher(decoded(r, self.nkey, self.sql))) for r in records]
             )
         text, params = self.sql.row_hashes(rng)
         async with self.pool.acquire() as conn:
@@ -292,5 +345,5 @@ class PostgresSource:
         for r in records:
             key = self._key(r)
             if key in wanted:
-                out[key] = tuple(r)[self.nkey :]
+                out[key] = decoded(r, self.nkey, self.sql)
         return out

@@ -255,6 +255,20 @@ class TableSQL:
             col = exp.cast(col, TEXT_CASTS[base])
         return col
 
+    @property
+    def bounded(self) -> tuple[int, ...]:
+        """Positions (in ``plan.columns``) of the array columns: a client decodes an array
+        without its lower bounds (``'[0:1]={1,2}'`` reads as ``[1, 2]``), so ``rows`` and
+        ``rows_with_hashes`` read each one's ``array_dims`` too, after the columns."""
+        return tuple(i for i, c in enumerate(self.plan.columns) if c.type.kind == "array")
+
+    def _decoded(self) -> list[exp.Expr]:
+        columns = self.plan.columns
+        return [
+            *(self.value_expr(c.name, c.type.base) for c in columns),
+            *(exp.func("array_dims", column(columns[i].name)) for i in self.bounded),
+        ]
+
     def row_text(self) -> exp.Expr:
         """The row's canonical text: the whole-row value when both sides have the same
         columns, else a ROW() of the compared columns (in source order)."""
@@ -388,7 +402,8 @@ class TableSQL:
         return self._cached("row_hashes", rng, [], build)
 
     def rows(self, rng: KeyRange | None, keys: Sequence[Key] = ()) -> Statement:
-        """``key..., compared columns...`` for rows of ``rng`` (only ``keys`` when given).
+        """``key..., compared columns..., array dims...`` for rows of ``rng`` (only ``keys``
+        when given; see :attr:`bounded`).
 
         Composite keys are matched per column (``a = ANY($1) AND b = ANY($2)``), which can
         return a few rows beyond ``keys``; the caller keeps the exact ones.
@@ -401,7 +416,7 @@ class TableSQL:
 
         def build(params: Params) -> exp.Expr:
             projections: list[exp.Expr] = [column(k.name) for k in self.plan.key]
-            projections += [self.value_expr(c.name, c.type.base) for c in self.plan.columns]
+            projections += self._decoded()
             q = self._select(projections, rng, params)
             for k, values in zip(self.plan.key, per_column, strict=False):
                 q = q.where(
@@ -432,11 +447,12 @@ class TableSQL:
         return q.sql(DIALECT), params.values
 
     def rows_with_hashes(self, hashes: Sequence[object]) -> Statement:
-        """``hash, compared columns...`` of the rows whose 128-bit hash is in ``hashes``."""
+        """``hash, compared columns..., array dims...`` of the rows whose 128-bit hash is in
+        ``hashes`` (see :attr:`bounded`)."""
         params = Params()
         projections = [
             self.row_hash128(),
-            *(self.value_expr(c.name, c.type.base) for c in self.plan.columns),
+            *self._decoded(),
         ]
         q = self._select(projections, None, params)
         q = q.where(
