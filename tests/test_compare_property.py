@@ -214,7 +214,11 @@ TYPES: dict[str, tuple[str, S[Pair]]] = {
         "numeric[]",
         _pairs(
             st.lists(_decimals.map(str), max_size=3).map(lambda xs: "{" + ",".join(xs) + "}"),
-            *_spell(lambda a: a.replace(",", "0,").replace("}", "0}") if "." in a else a),
+            *_spell(
+                lambda a: a.replace(",", "0,").replace("}", "0}") if "." in a else a,
+                # the same elements from index 0: a client reading a[1] sees another value
+                lambda a: f"[0:{a.count(',')}]={a}" if a != "{}" else a,
+            ),
         ),
     ),
     "ea": (
