@@ -21,29 +21,31 @@ from click.testing import CliRunner
 from replverify.cli.main import lag_exit_code, main
 from replverify.db.connect import Endpoint, connect
 from replverify.errors import UsageError
-from replverify.lag.model import (
-    METHODS,
+from replverify.lag.estimate import (
     HeartbeatWrite,
-    LagReport,
-    LagSample,
     LsnHistory,
-    ReplicationSlot,
-    ReplicationState,
-    SourceFacts,
     SourceReading,
-    Subscription,
-    TargetFacts,
     TargetReading,
-    WalReceiver,
-    WalSender,
-    classify,
-    judge,
     lag_from_heartbeat,
     lag_from_lsn,
     lag_from_slot,
+)
+from replverify.lag.model import (
+    METHODS,
+    LagReport,
+    LagSample,
+    ReplicationSlot,
+    ReplicationState,
+    SourceFacts,
+    Subscription,
+    TargetFacts,
+    WalReceiver,
+    WalSender,
+    judge,
     percentile,
 )
 from replverify.lag.probe import HEARTBEAT_DDL, conninfo_host_port
+from replverify.lag.relation import classify
 from replverify.lag.sampler import measure_lag, snapshot
 from replverify.reports.formats import LAG_RENDERERS
 from replverify.reports.lag import lag_to_dict
