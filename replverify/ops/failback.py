@@ -51,8 +51,8 @@ from replverify.ops.failback_attribution import (
 )
 from replverify.ops.failback_replay import (
     ReplayFile,
-    keyless_delete,
     keyless_inserts,
+    keyless_replay,
     replay_script,
     replay_statement,
 )
@@ -475,13 +475,7 @@ async def _keyless(
             inserts: list[tuple[dict[str, str | None], int]] = []
             for og, ng in pending:
                 row, count = attribute_image(ctx, ref, og, ng)
-                stmt = None
-                if row.origin == "old_only":
-                    image, copies = (og or ng)[3], len(og[2]) if og else 0  # type: ignore[index]
-                    if row.change == "delete":
-                        stmt = keyless_delete(ref, image, copies)
-                    else:
-                        inserts.append((image, copies))
+                stmt = keyless_replay(row, len(og[2]) if og else 0, inserts)
                 for i in range(count):
                     yield row, stmt if i == 0 else None
             pending.clear()

@@ -29,6 +29,7 @@ __all__ = [
     "ReplayFile",
     "keyless_delete",
     "keyless_inserts",
+    "keyless_replay",
     "replay_script",
     "replay_statement",
 ]
@@ -197,6 +198,22 @@ def _keyless_template(ref: TableRef, columns: Sequence[Column]) -> str:
     if one not in text:
         raise AssertionError(f"keyless insert template without its marker row: {text}")
     return text
+
+
+def keyless_replay(
+    row: FailbackRow, copies: int, inserts: list[tuple[dict[str, str | None], int]]
+) -> str | None:
+    """How a keyless row's old-only change is replayed (``copies``: OLD's copies of its
+    image): deleted copies by the DELETE returned; inserted ones by an entry in
+    ``inserts``, for the one :func:`keyless_inserts` of the batch (returns None)."""
+    if row.origin != "old_only":
+        return None
+    image = row.old_image if row.old_image is not None else row.new_image
+    assert image is not None
+    if row.change == "delete":
+        return keyless_delete(row.table, image, copies)
+    inserts.append((image, copies))
+    return None
 
 
 def keyless_delete(ref: TableRef, image: dict[str, str | None], copies: int) -> str:
