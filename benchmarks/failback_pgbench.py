@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from replverify.api import DiffOptions, diff
-from replverify.testing.clusters import DEFAULT_LIKE_SETTINGS, LocalClusters, pgbench
+from replverify.testing.cluster import pgbench
+from replverify.testing.clusters import DEFAULT_LIKE_SETTINGS, LocalClusters
 from replverify.testing.servers import (
     cut_replication,
     drop_slot,

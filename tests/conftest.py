@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from replverify.errors import ClusterError
-from replverify.testing.clusters import Cluster, LocalClusters
+from replverify.testing.cluster import Cluster
+from replverify.testing.clusters import LocalClusters
 
 
 @pytest.fixture(scope="session")

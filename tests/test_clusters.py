@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -27,6 +26,7 @@ from replverify.testing.postgres import find_bindir
 from replverify.testing.servers import (
     cut_replication,
     drop_slot,
+    fetchval,
     pause_replay,
     promote,
     restore_replication,
@@ -42,11 +42,6 @@ async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
-
-
-async def fetchval(dsn: str, sql: str, *args: Any) -> Any:
-    async with connect(dsn) as conn:
-        return await conn.fetchval(sql, *args)
 
 
 def table_name() -> str:

@@ -16,7 +16,7 @@ from replverify.cli import main as cli
 from replverify.cli.main import TERMINAL, main
 from replverify.db.catalog import TableInfo
 from replverify.lag.model import LagReport, LagSample, ReplicationState
-from replverify.ops.failback import FailbackReport
+from replverify.ops.failback_attribution import FailbackReport
 from replverify.ops.files import FileDifference, FilesReport
 from replverify.ops.gate import GateReport
 from replverify.ops.health import Finding, HealthReport

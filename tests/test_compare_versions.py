@@ -17,7 +17,7 @@ from test_compare import SOURCE_ROWS, TARGET_ROWS, V_TABLE, changed, fresh_pair
 
 from replverify.api import DiffOptions, diff
 from replverify.reports.diff import diff_to_dict
-from replverify.testing.clusters import Cluster
+from replverify.testing.cluster import Cluster
 from replverify.types import Changed
 
 

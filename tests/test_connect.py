@@ -25,7 +25,7 @@ from replverify.db.connect import (
     open_pool,
 )
 from replverify.errors import ConnectError, UsageError
-from replverify.testing.clusters import Cluster
+from replverify.testing.cluster import Cluster
 from replverify.testing.postgres import cluster_tmp_root, free_port
 
 SECRET = "Tls-S3cret-77"

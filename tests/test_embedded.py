@@ -14,7 +14,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from replverify.testing.clusters import EMBEDDED, ENV_PG_BINDIR, Cluster
+from replverify.testing.cluster import Cluster
+from replverify.testing.clusters import EMBEDDED, ENV_PG_BINDIR
 from replverify.testing.postgres import cluster_tmp_root, embedded_binaries, find_binaries
 
 pytest_plugins = ["pytester"]

@@ -12,17 +12,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 from click.testing import CliRunner
 
 from replverify.api import DiffOptions, diff
 from replverify.cli.main import main
 from replverify.ops.failback import failback
-from replverify.testing.clusters import DEFAULT_LIKE_SETTINGS, LocalClusters, Pair, pgbench
+from replverify.testing.cluster import pgbench
+from replverify.testing.clusters import DEFAULT_LIKE_SETTINGS, LocalClusters, Pair
 from replverify.testing.servers import (
     cut_replication,
     drop_slot,
     execute,
+    fetchval,
     promote,
     wait_for_replay,
 )
@@ -69,14 +70,6 @@ async def lossy_failover(
 async def cli(*args: str) -> tuple[int, str]:
     result = await asyncio.to_thread(CliRunner().invoke, main, list(args))
     return result.exit_code, result.output
-
-
-async def fetchval(dsn: str, sql: str) -> object:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetchval(sql)
-    finally:
-        await conn.close()
 
 
 async def test_a_no_writes_on_new_every_row_old_only_then_the_whole_runbook(

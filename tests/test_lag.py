@@ -21,34 +21,37 @@ from click.testing import CliRunner
 from replverify.cli.main import lag_exit_code, main
 from replverify.db.connect import Endpoint, connect
 from replverify.errors import UsageError
-from replverify.lag.model import (
-    METHODS,
+from replverify.lag.estimate import (
     HeartbeatWrite,
-    LagReport,
-    LagSample,
     LsnHistory,
-    ReplicationSlot,
-    ReplicationState,
-    SourceFacts,
     SourceReading,
-    Subscription,
-    TargetFacts,
     TargetReading,
-    WalReceiver,
-    WalSender,
-    classify,
-    judge,
     lag_from_heartbeat,
     lag_from_lsn,
     lag_from_slot,
+)
+from replverify.lag.model import (
+    METHODS,
+    LagReport,
+    LagSample,
+    ReplicationSlot,
+    ReplicationState,
+    SourceFacts,
+    Subscription,
+    TargetFacts,
+    WalReceiver,
+    WalSender,
+    judge,
     percentile,
 )
 from replverify.lag.probe import HEARTBEAT_DDL, conninfo_host_port
+from replverify.lag.relation import classify
 from replverify.lag.sampler import measure_lag, snapshot
 from replverify.reports.formats import LAG_RENDERERS
 from replverify.reports.lag import lag_to_dict
 from replverify.testing.servers import (
     cut_replication,
+    fetchval,
     pause_replay,
     promote,
     restore_replication,
@@ -369,20 +372,12 @@ async def _write_loop(dsn: str, stop: threading.Event | asyncio.Event) -> int:
     return n
 
 
-async def _fetchval(dsn: str, sql: str):
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetchval(sql)
-    finally:
-        await conn.close()
-
-
 async def test_idle_caught_up_pair_is_zero_long_after_the_last_commit(clusters):
     primary, standby = clusters.primary_dsn, clusters.standby_dsn
-    await _fetchval(primary, "SELECT txid_current()")  # a commit, then silence
+    await fetchval(primary, "SELECT txid_current()")  # a commit, then silence
     await wait_for_replay(primary, standby)
     await asyncio.sleep(1.2)
-    naive = await _fetchval(
+    naive = await fetchval(
         standby, "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())"
     )
     assert naive > 1.0  # the trap: "time since the last replayed commit" keeps growing
@@ -396,7 +391,7 @@ async def test_idle_caught_up_pair_is_zero_long_after_the_last_commit(clusters):
     )
     assert report.replication.sender is not None and report.replication.receiver is not None
     # Nothing was written without --heartbeat.
-    assert await _fetchval(primary, "SELECT to_regclass('replverify.heartbeat')") is None
+    assert await fetchval(primary, "SELECT to_regclass('replverify.heartbeat')") is None
 
 
 async def test_paused_replay_grows_then_resumed_idle_is_within(pair):
@@ -664,7 +659,7 @@ async def test_heartbeat_through_a_physical_standby(pair):
     assert {s.method for s in report.samples} <= {"heartbeat", "heartbeat-missing"}
     assert report.samples[-1].method == "heartbeat"
     assert report.samples[-1].lag_seconds < 0.3
-    assert await _fetchval(pair.standby_dsn, "SELECT count(*) FROM replverify.heartbeat") == 1
+    assert await fetchval(pair.standby_dsn, "SELECT count(*) FROM replverify.heartbeat") == 1
 
 
 async def test_cut_off_standby_is_reported_and_falls_behind(pair):

@@ -165,12 +165,13 @@ def test_every_layer_is_documented() -> None:
         assert "Imports" in text or "imports" in text, init
 
 
-def _loaded(modules: list[str]) -> set[str]:
-    """Top-level names in ``sys.modules`` after importing ``modules`` in a fresh interpreter."""
+def _loaded(modules: list[str], depth: int = 1) -> set[str]:
+    """Names in ``sys.modules`` after importing ``modules`` in a fresh interpreter, cut to
+    their first ``depth`` dotted parts (1: top-level packages)."""
     code = (
         "import importlib, json, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
-        "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))\n"
+        f"print(json.dumps(sorted({{'.'.join(n.split('.')[:{depth}]) for n in sys.modules}})))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return set(json.loads(out.stdout))
@@ -178,6 +179,10 @@ def _loaded(modules: list[str]) -> set[str]:
 
 def _package_modules(package: str) -> list[str]:
     return [m for m in _modules() if m == package or m.startswith(package + ".")]
+
+
+#: the lag model's pure modules: records, arithmetic, relation
+LAG_MODEL = ["replverify.lag.model", "replverify.lag.estimate", "replverify.lag.relation"]
 
 
 def test_rendering_does_not_import_asyncpg() -> None:
@@ -189,13 +194,27 @@ def test_rendering_does_not_import_asyncpg() -> None:
     [
         _package_modules("replverify.values"),
         ["replverify.diff.machine"],
-        ["replverify.lag.model"],
+        LAG_MODEL,
+        ["replverify.ops.failback_attribution", "replverify.ops.xidhorizon"],
     ],
-    ids=["values", "diff.machine", "lag.model"],
+    ids=["values", "diff.machine", "lag.model", "failback.attribution"],
 )
 def test_pure_parts_import_no_io(modules: list[str]) -> None:
+    """Neither I/O libraries nor replverify's own I/O layer (``db``) get imported."""
     io = {"asyncpg", "socket", "ssl", "asyncio", "subprocess", "sqlglot"}
     assert _loaded(modules) & io == set()
+    assert _loaded(modules, depth=2) & {"replverify.db"} == set()
+
+
+def test_every_pure_module_is_checked() -> None:
+    """A module split off the lag model or added to values is checked above too: the
+    pure ones are named here, and every other lag module does I/O."""
+    lag = {m for m in _package_modules("replverify.lag") if m != "replverify.lag"}
+    assert lag - set(LAG_MODEL) == {
+        "replverify.lag.metrics",
+        "replverify.lag.probe",
+        "replverify.lag.sampler",
+    }
 
 
 def test_the_page_css_is_a_package_resource() -> None:

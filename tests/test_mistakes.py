@@ -74,7 +74,7 @@ async def test_failback_with_old_and_new_swapped_is_refused(clusters, make_db) -
 
 
 def test_counts_are_pluralized() -> None:
-    from replverify.ops.failback import FailbackReport, FailbackRow
+    from replverify.ops.failback_attribution import FailbackReport, FailbackRow
     from replverify.reports.diff import table_verdict
     from replverify.reports.ops import failback_verdict
     from replverify.types import TableRef, TableResult

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from replverify.cli.main import main
 from replverify.db.catalog import TableInfo
 from replverify.lag.model import LagReport, LagSample, ReplicationState
-from replverify.ops.failback import FailbackReport, FailbackRow
+from replverify.ops.failback_attribution import FailbackReport, FailbackRow
 from replverify.ops.files import FileDifference, FilesReport
 from replverify.ops.gate import GateReport
 from replverify.ops.health import Finding as HealthFinding

@@ -27,7 +27,7 @@ from test_report_html import (
     reconcile_report,
 )
 
-from replverify.ops.failback import FailbackReport, FailbackRow
+from replverify.ops.failback_attribution import FailbackReport, FailbackRow
 from replverify.reports.formats import (
     DIFF_RENDERERS,
     FAILBACK_RENDERERS,

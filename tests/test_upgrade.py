@@ -20,9 +20,10 @@ from replverify.lag.probe import HEARTBEAT_DDL
 from replverify.lag.sampler import measure_lag
 from replverify.ops.health import health
 from replverify.reports.lag import lag_to_dict, lag_to_text
-from replverify.testing.clusters import Cluster
+from replverify.testing.cluster import Cluster
 from replverify.testing.servers import (
     execute,
+    fetchval,
     subscribe,
     unsubscribe,
     wait_for_subscription,
@@ -132,14 +133,6 @@ async def upgrade(publisher15: Cluster, pg18: Cluster) -> AsyncIterator[MakeUpgr
     yield make
     for up in made:
         await unsubscribe(up.target, up.name)
-
-
-async def fetchval(dsn: str, sql: str) -> object:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetchval(sql)
-    finally:
-        await conn.close()
 
 
 async def test_the_pair_is_15_to_18_with_other_text_settings(upgrade: MakeUpgrade) -> None:

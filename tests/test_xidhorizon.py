@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from replverify.ops.failback import decide
+from replverify.ops.failback_attribution import decide
 from replverify.ops.xidhorizon import parse_history, scan_segment, segment_name, widen
 
 BLOCK = 8192

@@ -31,7 +31,7 @@ from replverify.diff.table import (
 )
 from replverify.diff.throttle import Throttle, paused_note
 from replverify.errors import ReplverifyError, SchemaError, UsageError
-from replverify.lag.model import LsnHistory
+from replverify.lag.estimate import LsnHistory
 from replverify.lag.sampler import snapshot as lag_snapshot
 from replverify.types import DiffReport, TableRef, TableResult
 from replverify.values.canonical import Compare

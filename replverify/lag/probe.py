@@ -10,22 +10,24 @@ import asyncpg
 
 from replverify.db.connect import DB_ERRORS, Endpoint
 from replverify.errors import ReplverifyError, UsageError
-from replverify.lag.model import (
+from replverify.lag.estimate import (
     HeartbeatWrite,
-    LagSample,
     LsnHistory,
+    SourceReading,
+    TargetReading,
+    lag_from_slot,
+)
+from replverify.lag.model import (
+    LagSample,
     ReplicationSlot,
     ReplicationState,
     SourceFacts,
-    SourceReading,
     Subscription,
     TargetFacts,
-    TargetReading,
     WalReceiver,
     WalSender,
-    classify,
-    lag_from_slot,
 )
+from replverify.lag.relation import classify
 from replverify.values.lsn import parse_lsn
 
 HEARTBEAT_TABLE = "replverify.heartbeat"

@@ -49,9 +49,10 @@ written, the lag is 0; otherwise it is the source's clock now minus the ``at`` t
 shows (an upper bound, by at most one poll), and the bytes are the source's WAL written
 since that heartbeat. Without ``heartbeat=True`` nothing is written anywhere.
 
-The records and the pure arithmetic are in :mod:`replverify.lag.model` (no I/O, tested
-without a database), the SQL probes in :mod:`replverify.lag.probe`; this module is the
-sampling loop.
+The records are in :mod:`replverify.lag.model`, the pure arithmetic in
+:mod:`replverify.lag.estimate` and :mod:`replverify.lag.relation` (no I/O, tested without
+a database), the SQL probes in :mod:`replverify.lag.probe`; this module is the sampling
+loop.
 """
 
 from __future__ import annotations
@@ -67,18 +68,16 @@ import asyncpg
 from replverify.db.catalog import refuse_same_database, server_info
 from replverify.db.connect import DB_ERRORS, Endpoint, connect, trouble
 from replverify.errors import ReplverifyError, UsageError
-from replverify.lag.model import (
+from replverify.lag.estimate import (
     HeartbeatWrite,
-    LagReport,
-    LagSample,
     LsnHistory,
     SourceReading,
-    _method_notes,
-    _validate,
     default_poll_interval,
     lag_from_heartbeat,
     lag_from_lsn,
+    validate_settings,
 )
+from replverify.lag.model import LagReport, LagSample, method_notes
 from replverify.lag.probe import (
     HEARTBEAT_DDL,
     HEARTBEAT_TABLE,
@@ -210,7 +209,7 @@ async def measure_lag(
     :class:`~replverify.errors.ConnectError`; high lag is a result, never an exception.
     """
     poll = poll_interval if poll_interval is not None else default_poll_interval(interval)
-    _validate(samples, interval, rpo, poll)
+    validate_settings(samples, interval, rpo, poll)
     src_ep = source if isinstance(source, Endpoint) else Endpoint.parse(source)
     tgt_ep = target if isinstance(target, Endpoint) else Endpoint.parse(target)
     opened = await asyncio.gather(
@@ -320,7 +319,7 @@ async def _measure(
     # Refresh the positions for the report; a failure here must not lose the samples.
     with contextlib.suppress(*DB_ERRORS):
         state = await replication_state(src, tgt, src_ep)
-    notes += _method_notes(taken)
+    notes += method_notes(taken)
     return LagReport(
         source=str(src_ep),
         target=str(tgt_ep),

@@ -2,10 +2,10 @@
 per line (ok / warn / fail).
 
 Checks: each side reachable; which side is in recovery (exactly the target should be);
-how the target relates to the source (:func:`replverify.lag.model.classify`); the target's WAL
-receiver; the source's replication slot for it; replay paused; lag (bytes and seconds)
-against an RPO; and timelines (a primary's from its current WAL file name, a standby's
-from ``pg_stat_wal_receiver.received_tli`` or ``pg_control_checkpoint()``).
+how the target relates to the source (:func:`replverify.lag.relation.classify`); the
+target's WAL receiver; the source's replication slot for it; replay paused; lag (bytes
+and seconds) against an RPO; and timelines (a primary's from its current WAL file name, a
+standby's from ``pg_stat_wal_receiver.received_tli`` or ``pg_control_checkpoint()``).
 
 A target that subscribes to the source through logical replication (an upgrade, a
 blue/green switch) is checked as such: both sides take writes, and what matters is the
@@ -30,8 +30,10 @@ import asyncpg
 from replverify.db import catalog
 from replverify.db.connect import DB_ERRORS, Endpoint, connect
 from replverify.errors import ReplverifyError
-from replverify.lag.model import LagSample, LsnHistory, ReplicationState, classify
+from replverify.lag.estimate import LsnHistory
+from replverify.lag.model import LagSample, ReplicationState
 from replverify.lag.probe import slot_sample, source_facts, target_facts
+from replverify.lag.relation import classify
 from replverify.lag.sampler import snapshot
 
 __all__ = ["Finding", "HealthReport", "health"]

@@ -26,7 +26,7 @@ from replverify.values.lsn import format_lsn
 from replverify.values.wording import count
 
 if TYPE_CHECKING:  # the records only: their modules do I/O, rendering must not import it
-    from replverify.ops.failback import FailbackReport, FailbackRow
+    from replverify.ops.failback_attribution import FailbackReport, FailbackRow
     from replverify.ops.files import FilesReport, RpoCheck
     from replverify.ops.gate import GateReport
     from replverify.ops.health import HealthReport

@@ -51,7 +51,7 @@ from replverify.reports.reconcile import (
 from replverify.types import DiffReport
 
 if TYPE_CHECKING:  # the records only: their modules do I/O, rendering must not import it
-    from replverify.ops.failback import FailbackReport
+    from replverify.ops.failback_attribution import FailbackReport
     from replverify.ops.files import FilesReport
     from replverify.ops.gate import GateReport
     from replverify.ops.health import HealthReport

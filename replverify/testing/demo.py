@@ -30,7 +30,8 @@ import asyncpg
 from replverify.api import DiffOptions, diff
 from replverify.journal.records import JournalWriter, render_sql
 from replverify.lag.sampler import measure_lag
-from replverify.ops.failback import ReplayFile, failback
+from replverify.ops.failback import failback
+from replverify.ops.failback_replay import ReplayFile
 from replverify.ops.gate import gate
 from replverify.reconcile.replay import replay_script
 from replverify.reconcile.run import reconcile

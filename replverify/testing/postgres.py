@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 from replverify.errors import ClusterError
 
-if TYPE_CHECKING:  # clusters imports these helpers
-    from replverify.testing.clusters import Cluster
+if TYPE_CHECKING:  # cluster imports these helpers
+    from replverify.testing.cluster import Cluster
 
 ENV_PG_BINDIR = "REPLVERIFY_PG_BINDIR"
 

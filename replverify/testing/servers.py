@@ -1,5 +1,5 @@
 """Async helpers for tests on running servers, each given a DSN or a
-:class:`~replverify.testing.clusters.Cluster`: run statements, wait for replay, cut and
+:class:`~replverify.testing.cluster.Cluster`: run statements, wait for replay, cut and
 restore replication, promote, drop a slot, pause and resume replay."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 
 from replverify.errors import ClusterError
 
-if TYPE_CHECKING:  # clusters imports these helpers
-    from replverify.testing.clusters import Cluster
+if TYPE_CHECKING:  # cluster imports these helpers
+    from replverify.testing.cluster import Cluster
 
 DEFAULT_SLOT = "replverify_standby"
 
@@ -38,6 +38,16 @@ async def execute(endpoint: Endpoint, *statements: str) -> None:
     try:
         for statement in statements:
             await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def fetchval(endpoint: Endpoint, sql: str, *args: object) -> Any:
+    """The first value of ``sql``'s first row, on a connection of its own with the
+    server's session defaults (``SHOW`` gives what the server is configured with)."""
+    conn = await _connect(endpoint)
+    try:
+        return await conn.fetchval(sql, *args)
     finally:
         await conn.close()
 
