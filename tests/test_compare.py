@@ -158,7 +158,8 @@ BOUNDS_DDL = "CREATE TABLE a (id int PRIMARY KEY, v int[], m text[]);"
 BOUNDS_SOURCE = """INSERT INTO a VALUES (1, '{1,2}', '{{a,b},{c,d}}'), (2, '[0:1]={5,6}', NULL),
   (3, '[0:1]={7,8}', '[0:1][1:2]={{a,b},{c,d}}'), (4, '{}', '{x}')"""
 BOUNDS_TARGET = """INSERT INTO a VALUES
-  (1, '[0:1]={1,2}', '{{a,b},{c,d}}'), (2, '[0:1]={5,6}', NULL), (3, '[0:1]={7,8}', '[1:2][0:1]={{a,b},{c,d}}'), (4, '{}', '[2:2]={x}')"""
+  (1, '[0:1]={1,2}', '{{a,b},{c,d}}'), (2, '[0:1]={5,6}', NULL),
+  (3, '[0:1]={7,8}', '[1:2][0:1]={{a,b},{c,d}}'), (4, '{}', '[2:2]={x}')"""
 
 
 @pytest.mark.parametrize("compare", ["exact", "semantic"])
