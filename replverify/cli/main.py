@@ -10,21 +10,21 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import io
-import os
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from replverify import __version__, api
 from replverify.cli import logs
+from replverify.cli.console import emit, emit_report, fail, run_async, write_file
+from replverify.cli.options import check_writable, output_options, scale_options, scale_settings
+from replverify.cli.progress import FilesProgress, ProgressLine
 from replverify.db.connect import Endpoint
 from replverify.errors import (
     EXIT_DIFFERENT,
@@ -38,286 +38,15 @@ from replverify.errors import (
 )
 from replverify.lag.model import LagReport, LagSample
 from replverify.lag.sampler import measure_lag
-from replverify.reports.formats import DIFF_RENDERERS, LAG_RENDERERS, Renderers
-from replverify.reports.formatting import Marks, Tone
+from replverify.reports.formats import DIFF_RENDERERS, LAG_RENDERERS
+from replverify.reports.formatting import Marks
 from replverify.reports.lag import lag_sample_line, lag_samples_header, lag_to_text
-from replverify.types import DiffReport, TableRef
+from replverify.types import DiffReport
 from replverify.values.canonical import Compare
 
 if TYPE_CHECKING:
     from replverify.cli.config import Param
-    from replverify.ops.files import FilesReport, RpoCheck
-
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
-R = TypeVar("R")
-
-FORMATS = click.Choice(["text", "json", "markdown", "html"])
-
-
-def unwritable(path: str) -> str | None:
-    """Why ``path`` cannot be written, or None; checked before the long work starts so
-    that a run's report is never lost at its end. Changes nothing on disk."""
-    p = Path(path)
-    if p.exists():
-        if p.is_dir():
-            return f"{path} is a directory"
-        try:  # appending nothing proves it opens for writing (a report, /dev/full)
-            with p.open("a", encoding="utf-8"):
-                pass
-        except OSError as e:
-            return f"cannot write {path}: {e.strerror}"
-        return None
-    parent = p.parent
-    if not parent.exists():
-        return f"directory {parent} does not exist"
-    if not parent.is_dir():
-        return f"{parent} is not a directory"
-    try:  # an unnamed file: what creating one needs (permission, a writable file system)
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as e:
-        return f"cannot create files in {parent}: {e.strerror}"
-    return None
-
-
-def check_writable(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """click callback of every option naming a file to write: a usage error (exit 2) with
-    the reason, before any server is contacted."""
-    if value is not None and (problem := unwritable(value)) is not None:
-        raise click.BadParameter(problem)
-    return value
-
-
-def write_file(path: str, text: str, what: str) -> None:
-    """Write ``text`` to ``path``; a failure (a full disk, a file gone) is trouble (exit 2)
-    with the reason, never an exit code that reads as a verdict."""
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise OutputError(f"cannot write {what} to {path}: {e.strerror}") from None
-
-
-def output_options(f: F) -> F:
-    f = click.option(
-        "-o",
-        "--output",
-        type=click.Path(dir_okay=False),
-        callback=check_writable,
-        help="Write the report to FILE instead of standard output.",
-    )(f)
-    f = click.option(
-        "--format",
-        "fmt",
-        type=FORMATS,
-        default="text",
-        show_default=True,
-        help="Report format; html is one self-contained page (no scripts, nothing loaded).",
-    )(f)
-    return f
-
-
-def scale_options(f: F) -> F:
-    """``--executor`` and the throttling options of ``diff`` and ``gate`` (docs/dask.md)."""
-    options = [
-        click.option(
-            "--executor",
-            default="inprocess",
-            show_default=True,
-            metavar="inprocess|local:N|dask://HOST:PORT",
-            help="Where chunk work runs: this process, a local cluster of N worker "
-            "processes, or a running Dask scheduler. Needs: pip install 'replverify[dask]' "
-            "(except inprocess). Workers connect with their own credentials (PGPASSWORD, "
-            "PGPASSFILE, PGSERVICE); no password is sent to them.",
-        ),
-        click.option(
-            "--max-connections",
-            type=click.IntRange(min=2),
-            metavar="N",
-            help="Connections per server, all workers together (checked against the "
-            "server's max_connections and the connections in use).",
-        ),
-        click.option(
-            "--max-load",
-            type=click.IntRange(min=0),
-            metavar="N",
-            help="Pause new reads while the source has more than N active backends "
-            "(other than replverify's own).",
-        ),
-        click.option(
-            "--max-lag",
-            type=click.FloatRange(min=0),
-            metavar="SECONDS",
-            help="Pause new reads while the standby's replay lag exceeds SECONDS.",
-        ),
-        click.option(
-            "--chunk-time",
-            type=click.FloatRange(min=0),
-            default=0.5,
-            show_default=True,
-            metavar="SECONDS",
-            help="Adapt the chunk size towards SECONDS per chunk; 0, or an explicit "
-            "--chunk-rows, keeps chunks at a fixed size.",
-        ),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def emit(text: str, output: str | None, marked: Callable[[Marks], str] | None = None) -> None:
-    """Write a rendered report to ``output`` or standard output; the text format gets its
-    verdicts coloured on a terminal (see :func:`use_color`): ``marked(marks)`` renders the
-    same text with its verdicts marked by ``marks``."""
-    if output:
-        write_file(output, text, "the report")
-        return
-    ctx = click.get_current_context(silent=True)
-    try:
-        text_format = ctx is not None and ctx.params.get("fmt", "text") == "text"
-        if marked is not None and text_format and use_color():
-            click.echo(marked(TERMINAL), nl=False, color=True)
-        else:
-            click.echo(text, nl=False)
-        sys.stdout.flush()
-    except OSError as e:
-        _discard_stdout()
-        raise OutputError(f"cannot write the report to standard output: {e.strerror}") from None
-
-
-def _discard_stdout() -> None:
-    """After a failed write to stdout, send what is still buffered to /dev/null: Python's
-    own flush at exit would fail again and turn the exit code into 120."""
-    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()
-
-
-def use_color() -> bool:
-    """Colour only for a terminal, and never when NO_COLOR is set to anything (no-color.org)."""
-    return not os.environ.get("NO_COLOR") and stdout_is_terminal()
-
-
-#: A tone's colour on a terminal: green verified, red a problem found, yellow could not
-#: tell; a report without a verdict (``info``) stays plain.
-TONE_COLORS: dict[Tone, str | None] = {"ok": "green", "bad": "red", "warn": "yellow", "info": None}
-
-
-def _color_word(text: str, tone: Tone) -> str:
-    color = TONE_COLORS[tone]
-    return click.style(text, fg=color) if color else text
-
-
-def _color_line(text: str, tone: Tone) -> str:
-    color = TONE_COLORS[tone]
-    return click.style(text, fg=color, bold=True) if color else text
-
-
-#: How text reports mark their verdicts on a terminal: a word coloured, the verdict line
-#: coloured and bold, each from its tone (the renderers decide the tone, not the words).
-TERMINAL = Marks(item=_color_word, verdict=_color_line)
-
-
-def emit_report(renderers: Renderers[R], fmt: str, report: R, output: str | None) -> None:
-    """Render ``report`` as ``fmt`` and :func:`emit` it (coloured from its tones where
-    :func:`emit` colours)."""
-    emit(renderers[fmt](report), output, lambda marks: renderers.marked(report, marks))
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; turn our errors into a message and exit code 2 (never a traceback)."""
-    try:
-        return asyncio.run(coro)
-    except ReplverifyError as e:
-        click.echo(f"replverify: error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("replverify: interrupted", err=True)
-        sys.exit(130)
-
-
-@dataclasses.dataclass
-class DiffProgress:
-    """Rows done and estimated per table, in the order the tables were announced (a
-    diff announces every planned table with 0 rows done before it starts), and the line
-    that shows them: pure, so it is tested without a terminal."""
-
-    tables: dict[TableRef, tuple[int, int]] = dataclasses.field(default_factory=dict)
-    current: TableRef | None = None
-
-    def update(self, table: TableRef, done: int, estimate: int) -> None:
-        self.tables[table] = (done, max(estimate, done))
-        if done or self.current is None:
-            self.current = table
-
-    def line(self, elapsed: float) -> str:
-        """``table 3/6 public.orders  1,000 / 5,000 rows  ·  all: 9,000 / 20,000 rows,
-        4,500 rows/s, ETA 2 s``: the table last heard of, its count against its own
-        estimate, then the totals."""
-        if self.current is None:
-            return ""
-        order = list(self.tables)
-        done, estimate = self.tables[self.current]
-        rows = sum(d for d, _ in self.tables.values())
-        total = sum(e for _, e in self.tables.values())
-        rate = rows / max(elapsed, 1e-6)
-        eta = ""
-        if rate > 0 and total > rows:
-            eta = f", ETA {fmt_duration((total - rows) / rate)}"
-        return (
-            f"table {order.index(self.current) + 1}/{len(order)} {self.current}  "
-            f"{done:,} / {estimate:,} rows  ·  all: {rows:,} / {total:,} rows, "
-            f"{rate:,.0f} rows/s{eta}"
-        )
-
-
-def fmt_duration(seconds: float) -> str:
-    """A duration for people: ``42 s``, ``3 min 20 s``, ``2 h 05 min``."""
-    s = max(round(seconds), 0)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
-
-
-class ProgressLine:
-    """:class:`DiffProgress` on stderr, redrawn in place at most 5 times a second.
-
-    Hand-drawn rather than ``click.progressbar``: that bar has one label and one length,
-    and hides itself when stderr is not a terminal, which ``--progress`` must override.
-    """
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.started = time.monotonic()
-        self.state = DiffProgress()
-        self.last = 0.0
-
-    def __call__(self, table: TableRef, done: int, estimate: int) -> None:
-        if not self.enabled:
-            return
-        self.state.update(table, done, estimate)
-        now = time.monotonic()
-        if now - self.last < 0.2 or not done:
-            return
-        self.last = now
-        click.echo(f"\r\033[K{self.state.line(now - self.started)}", err=True, nl=False)
-
-    def close(self) -> None:
-        if self.enabled and self.state.tables:
-            click.echo("\r\033[K", err=True, nl=False)
-
-
-def fail(error: ReplverifyError) -> None:
-    """Report ``error`` in one line (plus its hint) on stderr and exit with its code."""
-    click.echo(f"replverify: error: {error}", err=True)
-    sys.exit(error.exit_code)
+    from replverify.ops.files import RpoCheck
 
 
 class ReplverifyGroup(click.Group):
@@ -669,7 +398,7 @@ def diff(
         lag_timeout=lag_timeout,
         state=state,
         allow_same_server=allow_same_server,
-        **_scale(ctx, executor, max_connections, max_load, max_lag, chunk_time),
+        **scale_settings(ctx, executor, max_connections, max_load, max_lag, chunk_time),
     )
     if every is not None or metrics_port is not None:
         _diff_every(ctx, source, target, options, every, metrics_port, metrics_addr, fmt, output)
@@ -683,29 +412,6 @@ def diff(
     if report.aborted:
         click.echo(f"replverify: error: {report.aborted}", err=True)
     sys.exit(diff_exit_code(report))
-
-
-def _scale(
-    ctx: click.Context,
-    executor: str,
-    max_connections: int | None,
-    max_load: int | None,
-    max_lag: float | None,
-    chunk_time: float,
-) -> dict[str, Any]:
-    """The DiffOptions of :func:`scale_options`. An explicit --chunk-rows fixes the chunk
-    size, as pt-table-checksum's --chunk-size does."""
-    explicit = ctx.get_parameter_source("chunk_rows") not in (
-        None,
-        click.core.ParameterSource.DEFAULT,
-    )
-    return {
-        "executor": executor,
-        "max_connections": max_connections,
-        "max_load": max_load,
-        "max_lag": max_lag,
-        "chunk_time": None if explicit or not chunk_time else chunk_time,
-    }
 
 
 def _diff_every(
@@ -1259,7 +965,7 @@ def gate(
             )
 
     try:
-        scale = _scale(ctx, executor, max_connections, max_load, max_lag, chunk_time)
+        scale = scale_settings(ctx, executor, max_connections, max_load, max_lag, chunk_time)
         options = api.DiffOptions(**scale)
         report = run_async(
             run_gate(source, target, timeout=timeout, fence=fence, progress=tick, options=options)
@@ -1509,39 +1215,3 @@ def _files_rpo(source: str, target: str, rpo: float) -> RpoCheck:
         "--rpo needs an az:// location: only an Azure read-access geo-redundant account "
         "reports its secondary's last sync time; local directories, S3 and GCS cannot tell"
     )
-
-
-class FilesProgress:
-    """``objects compared, bytes read`` on stderr, redrawn in place."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.started = time.monotonic()
-        self.last = 0.0
-        self.shown = False
-        self.count = 0
-
-    def __call__(self, report: FilesReport) -> None:
-        self.count = max(report.files_a, report.files_b)
-        self._draw(report.bytes_read)
-
-    def path(self, _path: str) -> None:
-        self.count += 1
-        self._draw(None)
-
-    def _draw(self, bytes_read: int | None) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.last < 0.2:
-            return
-        self.last = now
-        rate = self.count / max(now - self.started, 1e-6)
-        read = "" if bytes_read is None else f"  {bytes_read / 2**20:,.1f} MiB read"
-        click.echo(f"\r\033[K{self.count:,} objects  {rate:,.0f}/s{read}", err=True, nl=False)
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            click.echo("\r\033[K", err=True, nl=False)
-            self.shown = False
