@@ -1,6 +1,6 @@
 """replverify: verify PostgreSQL replication and find exactly the data a failover lost.
 
-The Python API lives in :mod:`replverify.api` (``diff``); the CLI in :mod:`replverify.cli.main`
+The Python API lives in :mod:`replverify.api` (``diff``); the CLI in :mod:`replverify.cli`
 is a thin layer over it.
 
 The package is layered; a module imports from its own subpackage and from layers below

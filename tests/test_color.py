@@ -1,7 +1,7 @@
 """Text reports get colour on a terminal: the verdicts and nothing else, never with
 NO_COLOR (no-color.org), never in ``-o`` files or other formats. The colour comes from each
 report's tone (ok / bad / warn), which the renderers decide; the plain text is the same
-text without the marks (``Renderers.marked`` with :data:`replverify.cli.main.TERMINAL`)."""
+text without the marks (``Renderers.marked`` with :data:`replverify.cli.console.TERMINAL`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli import main as cli
-from replverify.cli.main import TERMINAL, main
+from replverify.cli import console
+from replverify.cli.console import TERMINAL
+from replverify.cli.main import main
 from replverify.db.catalog import TableInfo
 from replverify.lag.model import LagReport, LagSample, ReplicationState
 from replverify.ops.failback_attribution import FailbackReport
@@ -174,7 +175,7 @@ def trees(tmp_path):
 def terminal(monkeypatch):
     """Standard output counts as a terminal; NO_COLOR starts unset."""
     monkeypatch.delenv("NO_COLOR", raising=False)
-    monkeypatch.setattr(cli, "stdout_is_terminal", lambda: True)
+    monkeypatch.setattr(console, "stdout_is_terminal", lambda: True)
 
 
 GREEN = "\x1b[32m"

@@ -22,7 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 from replverify.api import DiffOptions, diff
-from replverify.cli.main import diff_exit_code, main
+from replverify.cli.diff import diff_exit_code
+from replverify.cli.main import main
 from replverify.diff.executor import ExecutorSpec, TableMerge
 from replverify.errors import UsageError
 from replverify.reports.diff import diff_to_dict

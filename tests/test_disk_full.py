@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from replverify.api import DiffOptions, diff
-from replverify.cli.main import diff_exit_code, main
+from replverify.cli.diff import diff_exit_code
+from replverify.cli.main import main
 from replverify.errors import OutputError
 from replverify.journal.records import JournalReader, JournalWriter, Marker
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from replverify.api import DiffOptions, diff
-from replverify.cli.main import diff_exit_code
+from replverify.cli.diff import diff_exit_code
 from replverify.reports.diff import diff_to_dict, diff_to_text
 from replverify.testing.servers import wait_for_replay
 

@@ -18,7 +18,8 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from replverify.cli.main import lag_exit_code, main
+from replverify.cli.lag import lag_exit_code
+from replverify.cli.main import main
 from replverify.db.connect import Endpoint, connect
 from replverify.errors import UsageError
 from replverify.lag.estimate import (

@@ -127,7 +127,7 @@ def test_paused_note_still_paused_at_the_end() -> None:
 
 
 def test_progress_line_labels_each_table_with_its_own_count() -> None:
-    from replverify.cli.main import DiffProgress, fmt_duration
+    from replverify.cli.progress import DiffProgress, fmt_duration
     from replverify.types import TableRef
 
     a, b, c = TableRef("public", "a"), TableRef("public", "b"), TableRef("public", "c")
@@ -150,7 +150,7 @@ def test_progress_line_labels_each_table_with_its_own_count() -> None:
 
 async def test_progress_of_a_whole_database_before_analyze(clusters, make_db) -> None:  # type: ignore[no-untyped-def]
     from replverify.api import DiffOptions, diff
-    from replverify.cli.main import DiffProgress
+    from replverify.cli.progress import DiffProgress
     from replverify.db import catalog
 
     src, tgt = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=300, matrix_rows=10)

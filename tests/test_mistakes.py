@@ -91,7 +91,7 @@ def test_counts_are_pluralized() -> None:
     assert failback_verdict(report).startswith("1 old-only row, 0 conflicting, 0 unknown:")
     one = TableResult(ref, ("id",), "primary key", unstable=[(1,)])
     assert table_verdict(one).startswith("1 row not verified")
-    from replverify.cli.main import TERMINAL
+    from replverify.cli.console import TERMINAL
     from replverify.reports.formats import DIFF_RENDERERS
     from replverify.types import DiffReport
 

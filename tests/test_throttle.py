@@ -165,12 +165,12 @@ def test_cli_takes_the_scale_options(shop):
 async def test_explicit_chunk_rows_keeps_chunks_fixed(shop):
     import click
 
-    from replverify.cli.main import _scale
+    from replverify.cli.options import scale_settings
 
     ctx = click.Context(main)
     ctx.set_parameter_source("chunk_rows", click.core.ParameterSource.COMMANDLINE)
-    assert _scale(ctx, "inprocess", None, None, None, 0.5)["chunk_time"] is None
+    assert scale_settings(ctx, "inprocess", None, None, None, 0.5)["chunk_time"] is None
     ctx.set_parameter_source("chunk_rows", click.core.ParameterSource.DEFAULT)
-    assert _scale(ctx, "inprocess", None, None, None, 0.5)["chunk_time"] == 0.5
-    assert _scale(ctx, "inprocess", None, None, None, 0)["chunk_time"] is None
+    assert scale_settings(ctx, "inprocess", None, None, None, 0.5)["chunk_time"] == 0.5
+    assert scale_settings(ctx, "inprocess", None, None, None, 0)["chunk_time"] is None
     assert dataclasses.replace(DiffOptions(), chunk_time=0.5).chunk_time == 0.5

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from replverify.api import DiffOptions, diff
-from replverify.cli.main import diff_exit_code, main
+from replverify.cli.diff import diff_exit_code
+from replverify.cli.main import main
 from replverify.ops import failback as failback_module
 from replverify.ops.failback import failback
 from replverify.ops.gate import gate
