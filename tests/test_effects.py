@@ -10,7 +10,7 @@ import pytest
 
 from replverify.db.catalog import TableInfo
 from replverify.errors import JournalError, UsageError
-from replverify.failover.pool import TableMeta, bind_effect, plan_write, safe_to_repeat
+from replverify.failover.effects import TableMeta, bind_effect, plan_write, safe_to_repeat
 from replverify.journal.records import JournalReader, JournalWriter, row_writes
 from replverify.reconcile.run import reconcile_with
 from replverify.testing.memory import MemoryTarget

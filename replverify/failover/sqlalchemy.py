@@ -36,13 +36,13 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_
 
+from replverify.db.errors import is_outage
 from replverify.errors import UsageError
-from replverify.failover.pool import (
+from replverify.failover.effects import (
     TABLE_SQL,
     Effect,
     TableMeta,
     bind_effect,
-    is_outage,
     plan_write,
 )
 from replverify.journal.records import (
