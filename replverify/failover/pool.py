@@ -62,15 +62,13 @@ from sqlglot.errors import SqlglotError
 from replverify.db.connect import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, Endpoint, redact_text
 from replverify.db.errors import is_outage
 from replverify.errors import ConnectError, FailoverError, InDoubtError, UsageError
-from replverify.journal.records import (
+from replverify.journal.format import Op
+from replverify.journal.statements import journal_value, parse_statement, render_sql
+from replverify.journal.writer import (
     FsyncPolicy,
     JournalTransaction,
     JournalWriter,
-    Op,
     definitely_failed,
-    journal_value,
-    parse_statement,
-    render_sql,
 )
 from replverify.types import TableRef
 

@@ -45,7 +45,7 @@ from replverify.failover.pool import (
     is_outage,
     plan_write,
 )
-from replverify.journal.records import (
+from replverify.journal.writer import (
     FsyncPolicy,
     JournalTransaction,
     JournalWriter,
