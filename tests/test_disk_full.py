@@ -17,7 +17,9 @@ from click.testing import CliRunner
 from replverify.api import DiffOptions, diff
 from replverify.cli.main import diff_exit_code, main
 from replverify.errors import OutputError
-from replverify.journal.records import JournalReader, JournalWriter, Marker
+from replverify.journal.format import Marker
+from replverify.journal.reader import JournalReader
+from replverify.journal.writer import JournalWriter
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from replverify.failover.pool import FailoverPool
-from replverify.journal.records import JournalReader, JournalWriter
+from replverify.journal.reader import JournalReader
+from replverify.journal.writer import JournalWriter
 from replverify.reconcile.run import reconcile
 from replverify.testing.clusters import LocalClusters
 from replverify.testing.servers import execute

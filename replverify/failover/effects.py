@@ -14,7 +14,8 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from replverify.errors import UsageError
-from replverify.journal.records import Op, journal_value, parse_statement, render_sql
+from replverify.journal.format import Op
+from replverify.journal.statements import journal_value, parse_statement, render_sql
 from replverify.types import TableRef
 
 __all__ = [

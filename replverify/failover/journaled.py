@@ -24,7 +24,7 @@ from replverify.failover.effects import (
     plan_write,
 )
 from replverify.failover.switching import Side, _Progress
-from replverify.journal.records import JournalTransaction, JournalWriter, definitely_failed
+from replverify.journal.writer import JournalTransaction, JournalWriter, definitely_failed
 from replverify.types import TableRef
 
 __all__ = ["EFFECT_BATCH", "EffectRunner"]

@@ -54,7 +54,7 @@ from replverify.failover.effects import plan_write
 from replverify.failover.journaled import EffectRunner
 from replverify.failover.switching import EVENTS, FailoverEvent, Switching, _Progress, is_outage
 from replverify.failover.transaction import PoolTransaction, _Rows
-from replverify.journal.records import FsyncPolicy, JournalWriter
+from replverify.journal.writer import FsyncPolicy, JournalWriter
 
 __all__ = [
     "EVENTS",

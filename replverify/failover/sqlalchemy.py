@@ -45,7 +45,7 @@ from replverify.failover.effects import (
     bind_effect,
     plan_write,
 )
-from replverify.journal.records import (
+from replverify.journal.writer import (
     FsyncPolicy,
     JournalTransaction,
     JournalWriter,

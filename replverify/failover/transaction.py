@@ -13,7 +13,7 @@ from replverify.db.errors import is_outage
 from replverify.errors import ConnectError, InDoubtError, UsageError
 from replverify.failover.effects import plan_write
 from replverify.failover.switching import Side, _why
-from replverify.journal.records import JournalTransaction
+from replverify.journal.writer import JournalTransaction
 
 if TYPE_CHECKING:
     from replverify.failover.pool import FailoverPool

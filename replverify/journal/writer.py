@@ -1,0 +1,593 @@
+"""Writing a journal.
+
+:class:`JournalWriter` is the application side::
+
+    with JournalWriter("writes.jsonl") as journal:
+        async with journal.transaction() as tx:       # marker "committed" on success
+            tx.intent("update", "public.orders", {"id": 42},
+                      values={"status": "paid"}, before={"status": "new"})
+            await conn.execute("UPDATE orders SET status = 'paid' WHERE id = 42")
+
+An intent is appended *before* the statement runs, the marker after the database
+answered. Leaving the block with a database refusal (an :class:`asyncpg.PostgresError`
+that rolled the transaction back) writes ``aborted``; any other exception - a lost
+connection, a timeout, a cancellation, an error of the COMMIT whose outcome is unknown -
+writes nothing, so the transaction stays *in doubt*, which is the truth.
+
+*Durability* (``fsync=``):
+
+``"commit"`` (default)
+    a commit marker (or a self-committed record) is on disk before
+    :meth:`JournalTransaction.commit` returns; intents and aborts are written
+    (visible to other processes, safe from a crash of the application) but reach the disk
+    with the next commit's fsync, which covers everything appended before it. A power
+    loss can therefore drop only intents of transactions that were never acknowledged.
+``"always"``
+    every record is on disk before the call returns (an intent is durable before the
+    statement runs).
+``"never"``
+    no fsync; the operating system writes when it likes (a crash of the application
+    loses nothing, a power loss may).
+
+Concurrent commits share one fsync (group commit): a committer whose record an fsync
+in progress already covers does not fsync again. The ``*_async`` methods and
+``async with`` run the fsync in a worker thread, so the event loop never blocks on the
+disk.
+
+*Concurrency*: a writer may be shared by threads and by asyncio tasks of one process.
+Each record is one ``write(2)`` of a whole line to an ``O_APPEND`` file descriptor under
+a lock, so lines never interleave. Sequence numbers (``seq``) increase in file order and
+continue from the last record when a journal is reopened; default txids are
+``<random prefix>-<n>``, unique across writers and restarts.
+
+*Torn tail*: opening a journal whose last line has no newline (a crash mid-append)
+truncates that fragment, logging how many bytes were cut, so that later appends never
+turn it into a bad line in the middle of the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import secrets
+import threading
+import weakref
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import orjson
+
+from replverify.errors import OutputError, UsageError
+from replverify.journal.format import FORMAT_VERSION, Op, TxId, _Bad, _loads
+from replverify.journal.reader import _record_from
+from replverify.journal.statements import journal_value, render_sql
+
+__all__ = [
+    "FsyncPolicy",
+    "JournalTransaction",
+    "JournalWriter",
+    "TxState",
+    "definitely_failed",
+]
+
+log = logging.getLogger("replverify.journal.writer")
+
+FsyncPolicy = Literal["commit", "always", "never"]
+
+
+def definitely_failed(exc: BaseException) -> bool:
+    """Whether the database surely rolled back after ``exc`` (then: ``aborted``); lost
+    connections, timeouts and cancellations leave the transaction in doubt. The policy
+    is :func:`replverify.db.errors.definitely_failed`."""
+    # Imported here: reading a journal must not import the database driver.
+    from replverify.db.errors import definitely_failed as policy
+
+    return policy(exc)
+
+
+class JournalWriter:
+    """Append journal records for an application; see the module docs for the rules."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fsync: FsyncPolicy = "commit",
+        txid_prefix: str | None = None,
+    ) -> None:
+        if fsync not in ("commit", "always", "never"):
+            raise UsageError(f"fsync must be 'commit', 'always' or 'never', not {fsync!r}")
+        self.path = os.fspath(path)
+        self.fsync: FsyncPolicy = fsync
+        self.prefix = txid_prefix or secrets.token_hex(4)
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._appended = 0  # records appended (tickets for group commit)
+        self._synced = 0  # records known to be on disk
+        self._txn = 0
+        self._shapes: set[Hashable] = set()  # record shapes the reader accepted
+        #: the fsync in flight for each event loop (:meth:`_sync_async`)
+        self._syncing: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Future[None]
+        ] = weakref.WeakKeyDictionary()
+        #: bytes of a torn last line cut off when the journal was opened
+        self.repaired = 0
+        created = not os.path.exists(self.path)
+        try:
+            self._fd: int | None = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        except OSError as e:
+            raise UsageError(f"cannot open journal {self.path}: {e.strerror}") from None
+        self._seq = self._recover()
+        if created and fsync != "never":
+            _fsync_dir(self.path)
+
+    # ---- opening
+
+    def _recover(self) -> int:
+        """Cut a torn last line; return the next sequence number."""
+        with open(self.path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            tail = b""
+            pos = size
+            while pos > 0 and tail.count(b"\n") < 2:
+                step = min(pos, 65536)
+                pos -= step
+                f.seek(pos)
+                tail = f.read(step) + tail
+        cut = 0
+        if not tail.endswith(b"\n"):
+            keep = tail.rfind(b"\n") + 1  # 0 when the file is one torn line
+            cut = len(tail) - keep
+            assert self._fd is not None
+            os.ftruncate(self._fd, size - cut)
+            os.fsync(self._fd)
+            self.repaired = cut
+            log.warning("%s: cut a torn last line of %d bytes (crash mid-append)", self.path, cut)
+            tail = tail[:keep]
+        lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+        try:
+            seq = _loads(lines[-1]).get("seq") if lines[-1] else None
+        except (ValueError, AttributeError):
+            seq = None
+        return seq + 1 if isinstance(seq, int) and not isinstance(seq, bool) else 0
+
+    # ---- appending
+
+    def _append(
+        self, fields: dict[str, Any], *, durable: bool, shape: Hashable | None = None
+    ) -> int:
+        """Append one record (seq and ts filled in under the lock); return its seq."""
+        return self._append_many([fields], durable=durable, shapes=(shape,))
+
+    def _append_many(
+        self,
+        batch: Sequence[dict[str, Any]],
+        *,
+        durable: bool,
+        shape: Hashable | None = None,
+        shapes: Sequence[Hashable | None] | None = None,
+    ) -> int:
+        """Append records as one ``write(2)`` (consecutive seqs); return the first seq.
+
+        Every record is checked with the reader first - except, when the caller names
+        the records' ``shape`` (one for all, or ``shapes``, one per record: the fields,
+        columns and kinds of values its own code puts in them), those of a shape already
+        checked: the reader's verdict depends on the shape, and checking costs a third of
+        an append. An ``of`` that is a :class:`_Ref` names a record of the same batch and
+        becomes its seq."""
+        with self._lock:
+            if self._fd is None:
+                raise UsageError(f"journal {self.path} is closed")
+            first = self._seq
+            ts = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            lines = []
+            for n, fields in enumerate(batch):
+                record: dict[str, Any] = {"v": FORMAT_VERSION, "txid": fields["txid"],
+                                          "seq": first + n, "ts": ts}  # fmt: skip
+                record.update(fields)
+                of = record.get("of")
+                if isinstance(of, _Ref):
+                    record["of"] = first + of.index
+                data = _dumps(record)
+                kind = shape if shapes is None else shapes[n]
+                if kind is None or kind not in self._shapes:
+                    try:
+                        _record_from(_loads(data), 0)  # never write what the reader refuses
+                    except _Bad as e:
+                        raise UsageError(f"not a valid journal record: {e}") from None
+                lines.append(data)
+            data = b"".join(lines)
+            view = memoryview(data)
+            try:
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+            except OSError as e:
+                if len(view) < len(data):  # no torn line before the next record
+                    with contextlib.suppress(OSError):
+                        size = os.fstat(self._fd).st_size
+                        os.ftruncate(self._fd, size - (len(data) - len(view)))
+                # The caller must not run the write it could not journal.
+                raise OutputError(f"cannot append to journal {self.path}: {e.strerror}") from None
+            for kind in (shape,) if shapes is None else shapes:
+                if kind is not None:
+                    self._shapes.add(kind)
+            self._seq = first + len(batch)
+            self._appended += len(batch)
+            ticket = self._appended
+        if (durable or self.fsync == "always") and self.fsync != "never":
+            self._sync_to(ticket)
+        return first
+
+    async def _sync_async(self, ticket: int) -> None:
+        """:meth:`_sync_to` from asyncio: concurrent committers of one event loop share
+        one fsync in a worker thread (a committer arriving while one runs waits for it,
+        then for the next), rather than each taking a thread of its own."""
+        loop = asyncio.get_running_loop()
+        while self._synced < ticket and self._fd is not None:
+            running = self._syncing.get(loop)
+            if running is None or running.done():
+                with self._lock:
+                    upto = self._appended
+                running = asyncio.ensure_future(asyncio.to_thread(self._sync_to, upto))
+                self._syncing[loop] = running
+            await asyncio.shield(running)
+
+    def _sync_to(self, ticket: int) -> None:
+        """fsync unless an fsync that started after record ``ticket`` already covered it."""
+        with self._sync_lock:
+            if self._synced >= ticket:
+                return
+            with self._lock:
+                upto, fd = self._appended, self._fd
+            if fd is None:
+                return
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                raise OutputError(f"cannot fsync journal {self.path}: {e.strerror}") from None
+            self._synced = upto
+
+    def new_txid(self) -> str:
+        with self._lock:
+            self._txn += 1
+            return f"{self.prefix}-{self._txn}"
+
+    def transaction(self, txid: TxId | None = None, *, defer: bool = False) -> JournalTransaction:
+        """A journaled transaction; a context manager (``with`` or ``async with``).
+
+        ``defer``: hold the intents back and append them in one write by
+        :meth:`JournalTransaction.flush`, which the caller runs before it sends COMMIT
+        (see :class:`JournalTransaction`). Ignored with ``fsync="always"``, whose promise
+        is an intent on disk before its statement runs."""
+        return JournalTransaction(self, txid if txid is not None else self.new_txid(), defer=defer)
+
+    begin = transaction
+
+    def write(
+        self,
+        op: Op,
+        table: str,
+        key: Mapping[str, object],
+        values: Mapping[str, object] | None = None,
+        before: Mapping[str, object] | None = None,
+        *,
+        txid: TxId | None = None,
+        meta: Mapping[str, object] | None = None,
+    ) -> int:
+        """Journal a write that has already committed (``state: committed``); its seq."""
+        fields = _write_fields(op, table, key, values, before, meta)
+        fields["txid"] = txid if txid is not None else self.new_txid()
+        fields["state"] = "committed"
+        return self._append(fields, durable=True)
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            if self.fsync != "never":
+                os.fsync(fd)
+            os.close(fd)
+
+    def __enter__(self) -> JournalWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> JournalWriter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
+
+def _dumps(record: Mapping[str, Any]) -> bytes:
+    """One compact JSON line (UTF-8, not ASCII-escaped). orjson is several times faster
+    than :mod:`json`; it refuses only integers beyond 64 bits, which :mod:`json` writes."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        return line.encode()
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """In a deferred batch, the record at ``index``: its seq once the batch is appended."""
+
+    index: int
+
+
+def _kinds(fields: Mapping[str, object]) -> Hashable:
+    """The shape of a record: what the reader's verdict on it depends on. Its fields;
+    for an object field (``key``, ``values``) its column names and the JSON kind of each
+    value (the reader looks no deeper: a key must be a scalar, a value any JSON); for a
+    string whether it is empty; the literal text of ``op``/``table``/``stmt`` is part of
+    the caller's shape."""
+    out: list[object] = []
+    for name, v in fields.items():
+        if isinstance(v, dict):
+            out.append((name, tuple(v), tuple(map(type, v.values()))))
+        elif isinstance(v, list):
+            out.append((name, len(v) > 0))
+        else:
+            out.append((name, type(v), v == ""))
+    return tuple(out)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(str(Path(path).resolve().parent), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_fields(
+    op: str,
+    table: str,
+    key: Mapping[str, object],
+    values: Mapping[str, object] | None,
+    before: Mapping[str, object] | None,
+    meta: Mapping[str, object] | None,
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {"op": op, "table": table, "key": journal_value(dict(key))}
+    if values is not None:
+        fields["values"] = journal_value(dict(values))
+    if before is not None:
+        fields["before"] = journal_value(dict(before))
+    if meta is not None:
+        fields["meta"] = journal_value(dict(meta))
+    return fields
+
+
+TxState = Literal["open", "committed", "aborted", "in doubt"]
+
+
+class JournalTransaction:
+    """The intents of one database transaction and their settlement.
+
+    Deferred (``defer=True``), the intents are held in memory and appended in one write
+    by :meth:`flush` (or with the marker), instead of one write each as the statements
+    run. That is as safe for a caller that flushes before it sends COMMIT: until then
+    nothing of the transaction can have committed, and a crash before it (which loses
+    the held-back intents) ends the connection, so the server rolls the transaction back.
+    """
+
+    def __init__(self, writer: JournalWriter, txid: TxId, *, defer: bool = False) -> None:
+        self.writer = writer
+        self.txid = txid
+        self.state: TxState = "open"
+        #: intents journaled or held back
+        self.intents = 0
+        self.defer = defer and writer.fsync != "always"
+        self._pending: list[dict[str, Any]] = []
+        self._pending_shapes: list[Hashable | None] = []
+
+    def intent(
+        self,
+        op: Op,
+        table: str,
+        key: Mapping[str, object],
+        values: Mapping[str, object] | None = None,
+        before: Mapping[str, object] | None = None,
+        *,
+        meta: Mapping[str, object] | None = None,
+    ) -> int:
+        """Append an intent (call it *before* running the statement); returns its seq."""
+        fields = _write_fields(op, table, key, values, before, meta)
+        return self._intent(fields)
+
+    def intent_sql(
+        self,
+        query: str,
+        *args: object,
+        before: Mapping[str, object] | None = None,
+        meta: Mapping[str, object] | None = None,
+    ) -> int:
+        """Append an intent for ``query`` with ``$n`` parameters ``args`` rendered as
+        literals; refuses (UsageError) a statement reconcile could not check."""
+        fields: dict[str, Any] = {"sql": render_sql(query, args)}
+        if before is not None:
+            fields["before"] = journal_value(dict(before))
+        if meta is not None:
+            fields["meta"] = journal_value(dict(meta))
+        return self._intent(fields)
+
+    def intent_statement(
+        self,
+        op: Op,
+        table: str,
+        stmt: str,
+        params: Sequence[object] = (),
+        *,
+        meta: Mapping[str, object] | None = None,
+    ) -> int:
+        """Append the intent of a write journaled by its effect: the statement and its
+        parameters (call it before the statement runs); its rows follow with
+        :meth:`effect_rows`. Returns its seq."""
+        fields: dict[str, Any] = {"op": op, "table": table, "stmt": stmt}
+        fields["params"] = [journal_value(a) for a in params]
+        if meta is not None:
+            fields["meta"] = journal_value(dict(meta))
+        return self._intent(fields, shape=("stmt", op, table, stmt, _kinds(fields)))
+
+    def effect_rows(
+        self,
+        of: int,
+        op: Op,
+        table: str,
+        rows: Iterable[tuple[Mapping[str, object], Mapping[str, object] | None]],
+    ) -> int:
+        """Append the post-images ``(key, values)`` of rows statement intent ``of``
+        touched (``values`` None for a delete), all in one write; how many. ``of`` is
+        what :meth:`intent_statement` returned (deferred: the intent's place among the
+        held-back records, which becomes its seq when they are appended)."""
+        if self.state != "open":
+            raise UsageError(f"transaction {self.txid} is already {self.state}")
+        batch = []
+        shapes = set()
+        link: object = _Ref(of) if self.defer else of
+        for key, values in rows:
+            fields = _write_fields(op, table, key, values, None, None)
+            fields["txid"] = self.txid
+            fields["state"] = "intent"
+            fields["of"] = link
+            batch.append(fields)
+            if not self.defer:
+                shapes.add(_kinds(fields))
+        if batch and self.defer:
+            for fields in batch:
+                self._pending.append(fields)
+                self._pending_shapes.append(("rows", op, table, _kinds(fields)))
+            self.intents += len(batch)
+        elif batch:
+            shape = ("rows", op, table, next(iter(shapes))) if len(shapes) == 1 else None
+            self.writer._append_many(batch, durable=False, shape=shape)
+            self.intents += len(batch)
+        return len(batch)
+
+    def _intent(self, fields: dict[str, Any], shape: Hashable | None = None) -> int:
+        if self.state != "open":
+            raise UsageError(f"transaction {self.txid} is already {self.state}")
+        fields["txid"] = self.txid
+        fields["state"] = "intent"
+        if self.defer:
+            self._pending.append(fields)
+            self._pending_shapes.append(shape)
+            self.intents += 1
+            return len(self._pending) - 1
+        seq = self.writer._append(fields, durable=False, shape=shape)
+        self.intents += 1
+        return seq
+
+    def flush(self) -> None:
+        """Append the held-back intents in one write (deferred; call it before COMMIT is
+        sent). When that fails they are dropped (the caller must not commit)."""
+        pending, shapes = self._pending, self._pending_shapes
+        if not pending:
+            return
+        self._pending, self._pending_shapes = [], []
+        try:
+            self.writer._append_many(pending, durable=False, shapes=shapes)
+        except BaseException:
+            self.intents -= len(pending)
+            raise
+
+    def _settle(self, state: Literal["committed", "aborted"], *, sync: bool) -> int:
+        if self.state != "open":
+            raise UsageError(f"transaction {self.txid} is already {self.state}")
+        self.state = state
+        fields = {"txid": self.txid, "state": state}
+        shape = ("marker", state, type(self.txid))
+        durable = sync and state == "committed"
+        pending, shapes = self._pending, self._pending_shapes
+        if not pending:
+            return self.writer._append(fields, durable=durable, shape=shape)
+        # held-back intents and their marker: one write
+        self._pending, self._pending_shapes = [], []
+        first = self.writer._append_many(
+            [*pending, fields], durable=durable, shapes=[*shapes, shape]
+        )
+        return first + len(pending)
+
+    def commit(self) -> None:
+        """Mark every intent committed (after the database confirmed the COMMIT)."""
+        self._settle("committed", sync=True)
+
+    def abort(self) -> None:
+        """Mark every intent aborted (after the database rolled the transaction back)."""
+        self._settle("aborted", sync=True)
+
+    def leave_in_doubt(self) -> None:
+        """Write no marker: the outcome is unknown (the intents stay in doubt). Intents
+        still held back are appended, to be reported in doubt."""
+        try:
+            self.flush()
+        except (OutputError, UsageError) as e:
+            log.warning("journal %s: in-doubt intents of %s lost: %s", self.writer.path,
+                        self.txid, e)  # fmt: skip
+        self.state = "in doubt"
+
+    async def commit_async(self) -> None:
+        """:meth:`commit`, with the fsync in a worker thread (group commit)."""
+        await self._settle_async("committed")
+
+    async def abort_async(self) -> None:
+        await self._settle_async("aborted")
+
+    async def _settle_async(self, state: Literal["committed", "aborted"]) -> None:
+        self._settle(state, sync=False)
+        w = self.writer
+        if w.fsync != "never" and (state == "committed" or w.fsync == "always"):
+            with w._lock:
+                ticket = w._appended
+            await w._sync_async(ticket)
+
+    def _outcome(self, exc: BaseException | None) -> Literal["committed", "aborted"] | None:
+        """How leaving the ``with`` block settles the transaction (None: write nothing)."""
+        if self.state != "open" or not self.intents:
+            return None
+        if exc is None:
+            return "committed"
+        if definitely_failed(exc):
+            return "aborted"
+        self.leave_in_doubt()
+        return None
+
+    def __enter__(self) -> JournalTransaction:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        outcome = self._outcome(exc)
+        if outcome is not None:
+            self._settle(outcome, sync=True)
+
+    async def __aenter__(self) -> JournalTransaction:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        outcome = self._outcome(exc)
+        if outcome is not None:
+            await self._settle_async(outcome)
