@@ -83,7 +83,10 @@ class EffectRunner:
         portal, so a 100k-row UPDATE never sits in memory); the command tag, and the rows
         when ``keep``."""
         plan, table = effect.plan, effect.table.ref.qualified
-        of = journal.intent_statement(plan.op, table, query, args, meta={"endpoint": side})
+        # in the file before the statement is sent (durable first with fsync="always")
+        of = await journal.intent_statement_async(
+            plan.op, table, query, args, meta={"endpoint": side}
+        )
         kept: list[asyncpg.Record] = []
         batch: list[tuple[dict[str, object], dict[str, object] | None]] = []
         count = 0
@@ -99,7 +102,7 @@ class EffectRunner:
                 kept.append(record)
             if len(batch) >= EFFECT_BATCH:
                 journal.effect_rows(of, plan.op, table, batch)
-                journal.flush()  # a deferred transaction holds no more than a batch
+                await journal.flush_async()  # a transaction holds no more than a batch
                 batch = []
         journal.effect_rows(of, plan.op, table, batch)
         verb = "INSERT 0" if plan.op in ("insert", "upsert") else plan.op.upper()
@@ -135,7 +138,7 @@ class EffectRunner:
             result = await self.run_effect(
                 conn, tx, effect, query, args, side, keep=keep, timeout=timeout
             )
-            tx.flush()  # the intent and its rows, one write, before COMMIT is sent
+            await tx.flush_async()  # the rows in the file before COMMIT is sent
         except BaseException:
             # no COMMIT was sent: nothing of it can have committed
             with contextlib.suppress(*DB_OR_TIMEOUT_ERRORS):

@@ -59,8 +59,8 @@ class PoolTransaction(_Rows):
         self._pool, self._conn, self.endpoint = await self._owner._switching(self._owner._checkout)
         self._generation = self._owner._generation  # after any switch the checkout made
         if self._owner.journal is not None:
-            # intents held back and appended in one write before COMMIT is sent: until
-            # then nothing of the transaction can commit
+            # each intent is appended before its statement is sent; its rows go with
+            # the next write (the next intent, or the flush before COMMIT)
             self._journal = self._owner.journal.transaction(defer=True)
         return self
 
@@ -132,7 +132,7 @@ class PoolTransaction(_Rows):
         try:
             if exc is None and journal is not None:
                 try:
-                    journal.flush()
+                    await journal.flush_async()
                 except BaseException as e:
                     # not journaled, so not committed
                     failure = e

@@ -57,7 +57,6 @@ import secrets
 import threading
 import weakref
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -177,6 +176,7 @@ class JournalWriter:
         durable: bool,
         shape: Hashable | None = None,
         shapes: Sequence[Hashable | None] | None = None,
+        wait: bool = True,
     ) -> int:
         """Append records as one ``write(2)`` (consecutive seqs); return the first seq.
 
@@ -184,8 +184,8 @@ class JournalWriter:
         the records' ``shape`` (one for all, or ``shapes``, one per record: the fields,
         columns and kinds of values its own code puts in them), those of a shape already
         checked: the reader's verdict depends on the shape, and checking costs a third of
-        an append. An ``of`` that is a :class:`_Ref` names a record of the same batch and
-        becomes its seq."""
+        an append. ``wait=False``: no fsync here even when the policy asks for one - the
+        (asyncio) caller awaits :meth:`_sync_async` instead, which concurrent tasks share."""
         with self._lock:
             if self._fd is None:
                 raise UsageError(f"journal {self.path} is closed")
@@ -196,9 +196,6 @@ class JournalWriter:
                 record: dict[str, Any] = {"v": FORMAT_VERSION, "txid": fields["txid"],
                                           "seq": first + n, "ts": ts}  # fmt: skip
                 record.update(fields)
-                of = record.get("of")
-                if isinstance(of, _Ref):
-                    record["of"] = first + of.index
                 data = _dumps(record)
                 kind = shape if shapes is None else shapes[n]
                 if kind is None or kind not in self._shapes:
@@ -226,7 +223,7 @@ class JournalWriter:
             self._seq = first + len(batch)
             self._appended += len(batch)
             ticket = self._appended
-        if (durable or self.fsync == "always") and self.fsync != "never":
+        if wait and (durable or self.fsync == "always") and self.fsync != "never":
             self._sync_to(ticket)
         return first
 
@@ -267,10 +264,9 @@ class JournalWriter:
     def transaction(self, txid: TxId | None = None, *, defer: bool = False) -> JournalTransaction:
         """A journaled transaction; a context manager (``with`` or ``async with``).
 
-        ``defer``: hold the intents back and append them in one write by
-        :meth:`JournalTransaction.flush`, which the caller runs before it sends COMMIT
-        (see :class:`JournalTransaction`). Ignored with ``fsync="always"``, whose promise
-        is an intent on disk before its statement runs."""
+        ``defer``: hold each statement's post-images back and append them with the next
+        intent, or by :meth:`JournalTransaction.flush`, which the caller runs before it
+        sends COMMIT (see :class:`JournalTransaction`). Intents are never held back."""
         return JournalTransaction(self, txid if txid is not None else self.new_txid(), defer=defer)
 
     begin = transaction
@@ -321,13 +317,6 @@ def _dumps(record: Mapping[str, Any]) -> bytes:
     except TypeError:
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
         return line.encode()
-
-
-@dataclass(frozen=True)
-class _Ref:
-    """In a deferred batch, the record at ``index``: its seq once the batch is appended."""
-
-    index: int
 
 
 def _kinds(fields: Mapping[str, object]) -> Hashable:
@@ -384,11 +373,14 @@ TxState = Literal["open", "committed", "aborted", "in doubt"]
 class JournalTransaction:
     """The intents of one database transaction and their settlement.
 
-    Deferred (``defer=True``), the intents are held in memory and appended in one write
-    by :meth:`flush` (or with the marker), instead of one write each as the statements
-    run. That is as safe for a caller that flushes before it sends COMMIT: until then
-    nothing of the transaction can have committed, and a crash before it (which loses
-    the held-back intents) ends the connection, so the server rolls the transaction back.
+    Every intent is appended when it is journaled - before its statement is sent - so a
+    reader of the file sees it while the statement runs (fsync by the policy). With
+    ``defer=True`` the post-images (:meth:`effect_rows`) are held back and go in the same
+    write as the next intent, :meth:`flush` or the marker: one write per statement, not
+    two. The caller flushes before it sends COMMIT, so the rows are in the file before
+    anything of the transaction can commit; a crash before then loses only rows of a
+    transaction whose connection dies with it, so the server rolls it back, and its
+    intents are in the file (in doubt, which is the truth).
     """
 
     def __init__(self, writer: JournalWriter, txid: TxId, *, defer: bool = False) -> None:
@@ -397,7 +389,7 @@ class JournalTransaction:
         self.state: TxState = "open"
         #: intents journaled or held back
         self.intents = 0
-        self.defer = defer and writer.fsync != "always"
+        self.defer = defer
         self._pending: list[dict[str, Any]] = []
         self._pending_shapes: list[Hashable | None] = []
 
@@ -443,11 +435,23 @@ class JournalTransaction:
         """Append the intent of a write journaled by its effect: the statement and its
         parameters (call it before the statement runs); its rows follow with
         :meth:`effect_rows`. Returns its seq."""
-        fields: dict[str, Any] = {"op": op, "table": table, "stmt": stmt}
-        fields["params"] = [journal_value(a) for a in params]
-        if meta is not None:
-            fields["meta"] = journal_value(dict(meta))
-        return self._intent(fields, shape=("stmt", op, table, stmt, _kinds(fields)))
+        return self._intent(*_statement_fields(op, table, stmt, params, meta))
+
+    async def intent_statement_async(
+        self,
+        op: Op,
+        table: str,
+        stmt: str,
+        params: Sequence[object] = (),
+        *,
+        meta: Mapping[str, object] | None = None,
+    ) -> int:
+        """:meth:`intent_statement` from asyncio: with ``fsync="always"`` the fsync that
+        makes the intent durable is shared with concurrent tasks (group commit) and runs
+        in a worker thread, instead of blocking the event loop once per intent."""
+        seq = self._intent(*_statement_fields(op, table, stmt, params, meta), wait=False)
+        await self._sync_policy()
+        return seq
 
     def effect_rows(
         self,
@@ -456,75 +460,91 @@ class JournalTransaction:
         table: str,
         rows: Iterable[tuple[Mapping[str, object], Mapping[str, object] | None]],
     ) -> int:
-        """Append the post-images ``(key, values)`` of rows statement intent ``of``
-        touched (``values`` None for a delete), all in one write; how many. ``of`` is
-        what :meth:`intent_statement` returned (deferred: the intent's place among the
-        held-back records, which becomes its seq when they are appended)."""
+        """Journal the post-images ``(key, values)`` of rows statement intent ``of`` (its
+        seq) touched (``values`` None for a delete): all in one write, or held back
+        (``defer``) for the next write; how many."""
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
         batch = []
-        shapes = set()
-        link: object = _Ref(of) if self.defer else of
+        shapes = []
         for key, values in rows:
             fields = _write_fields(op, table, key, values, None, None)
             fields["txid"] = self.txid
             fields["state"] = "intent"
-            fields["of"] = link
+            fields["of"] = of
             batch.append(fields)
-            if not self.defer:
-                shapes.add(_kinds(fields))
+            shapes.append(("rows", op, table, _kinds(fields)))
         if batch and self.defer:
-            for fields in batch:
-                self._pending.append(fields)
-                self._pending_shapes.append(("rows", op, table, _kinds(fields)))
+            self._pending += batch
+            self._pending_shapes += shapes
             self.intents += len(batch)
         elif batch:
-            shape = ("rows", op, table, next(iter(shapes))) if len(shapes) == 1 else None
-            self.writer._append_many(batch, durable=False, shape=shape)
+            self.writer._append_many(batch, durable=False, shapes=shapes)
             self.intents += len(batch)
         return len(batch)
 
-    def _intent(self, fields: dict[str, Any], shape: Hashable | None = None) -> int:
+    def _intent(
+        self, fields: dict[str, Any], shape: Hashable | None = None, *, wait: bool = True
+    ) -> int:
+        """Append held-back rows and the intent ``fields`` in one write; the intent's seq."""
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
         fields["txid"] = self.txid
         fields["state"] = "intent"
-        if self.defer:
-            self._pending.append(fields)
-            self._pending_shapes.append(shape)
-            self.intents += 1
-            return len(self._pending) - 1
-        seq = self.writer._append(fields, durable=False, shape=shape)
+        pending, shapes = self._take()
+        try:
+            first = self.writer._append_many(
+                [*pending, fields], durable=False, shapes=[*shapes, shape], wait=wait
+            )
+        except BaseException:
+            self.intents -= len(pending)  # dropped with it: the caller must not go on
+            raise
         self.intents += 1
-        return seq
+        return first + len(pending)
 
-    def flush(self) -> None:
-        """Append the held-back intents in one write (deferred; call it before COMMIT is
-        sent). When that fails they are dropped (the caller must not commit)."""
+    def _take(self) -> tuple[list[dict[str, Any]], list[Hashable | None]]:
         pending, shapes = self._pending, self._pending_shapes
+        self._pending, self._pending_shapes = [], []
+        return pending, shapes
+
+    def flush(self, *, wait: bool = True) -> None:
+        """Append the held-back rows in one write (deferred; call it before COMMIT is
+        sent). When that fails they are dropped (the caller must not commit)."""
+        pending, shapes = self._take()
         if not pending:
             return
-        self._pending, self._pending_shapes = [], []
         try:
-            self.writer._append_many(pending, durable=False, shapes=shapes)
+            self.writer._append_many(pending, durable=False, shapes=shapes, wait=wait)
         except BaseException:
             self.intents -= len(pending)
             raise
 
-    def _settle(self, state: Literal["committed", "aborted"], *, sync: bool) -> int:
+    async def flush_async(self) -> None:
+        """:meth:`flush`, with the fsync of ``fsync="always"`` shared (group commit)."""
+        self.flush(wait=False)
+        await self._sync_policy()
+
+    async def _sync_policy(self) -> None:
+        """Make what was appended durable when the policy says every record must be."""
+        w = self.writer
+        if w.fsync == "always":
+            with w._lock:
+                ticket = w._appended
+            await w._sync_async(ticket)
+
+    def _settle(
+        self, state: Literal["committed", "aborted"], *, sync: bool, wait: bool = True
+    ) -> int:
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
         self.state = state
         fields = {"txid": self.txid, "state": state}
         shape = ("marker", state, type(self.txid))
         durable = sync and state == "committed"
-        pending, shapes = self._pending, self._pending_shapes
-        if not pending:
-            return self.writer._append(fields, durable=durable, shape=shape)
-        # held-back intents and their marker: one write
-        self._pending, self._pending_shapes = [], []
+        # held-back rows and the marker: one write
+        pending, shapes = self._take()
         first = self.writer._append_many(
-            [*pending, fields], durable=durable, shapes=[*shapes, shape]
+            [*pending, fields], durable=durable, shapes=[*shapes, shape], wait=wait
         )
         return first + len(pending)
 
@@ -537,12 +557,12 @@ class JournalTransaction:
         self._settle("aborted", sync=True)
 
     def leave_in_doubt(self) -> None:
-        """Write no marker: the outcome is unknown (the intents stay in doubt). Intents
+        """Write no marker: the outcome is unknown (the intents stay in doubt). Rows
         still held back are appended, to be reported in doubt."""
         try:
             self.flush()
         except (OutputError, UsageError) as e:
-            log.warning("journal %s: in-doubt intents of %s lost: %s", self.writer.path,
+            log.warning("journal %s: in-doubt rows of %s lost: %s", self.writer.path,
                         self.txid, e)  # fmt: skip
         self.state = "in doubt"
 
@@ -554,7 +574,7 @@ class JournalTransaction:
         await self._settle_async("aborted")
 
     async def _settle_async(self, state: Literal["committed", "aborted"]) -> None:
-        self._settle(state, sync=False)
+        self._settle(state, sync=False, wait=False)
         w = self.writer
         if w.fsync != "never" and (state == "committed" or w.fsync == "always"):
             with w._lock:
@@ -591,3 +611,14 @@ class JournalTransaction:
         outcome = self._outcome(exc)
         if outcome is not None:
             await self._settle_async(outcome)
+
+
+def _statement_fields(
+    op: Op, table: str, stmt: str, params: Sequence[object], meta: Mapping[str, object] | None
+) -> tuple[dict[str, Any], Hashable]:
+    """A statement intent's fields and its shape (see :meth:`JournalWriter._append_many`)."""
+    fields: dict[str, Any] = {"op": op, "table": table, "stmt": stmt}
+    fields["params"] = [journal_value(a) for a in params]
+    if meta is not None:
+        fields["meta"] = journal_value(dict(meta))
+    return fields, ("stmt", op, table, stmt, _kinds(fields))
