@@ -336,6 +336,22 @@ def _kinds(fields: Mapping[str, object]) -> Hashable:
     return tuple(out)
 
 
+def _image_kinds(image: Mapping[str, object] | None) -> Hashable:
+    """:func:`_kinds` of one object field: its column names and the type of each value."""
+    return None if image is None else (tuple(image), tuple(map(type, image.values())))
+
+
+_PLAIN = frozenset({int, str, bool, type(None)})
+
+
+def _image(image: Mapping[str, object]) -> dict[str, Any]:
+    """``journal_value`` of a key or post-image, without its per-value walk when every
+    value is already JSON (ints and strings: the common row)."""
+    if all(type(k) is str and type(v) in _PLAIN for k, v in image.items()):
+        return dict(image)
+    return journal_value(dict(image))  # type: ignore[return-value]
+
+
 def _fsync_dir(path: str) -> None:
     try:
         fd = os.open(str(Path(path).resolve().parent), os.O_RDONLY)
@@ -357,9 +373,9 @@ def _write_fields(
     before: Mapping[str, object] | None,
     meta: Mapping[str, object] | None,
 ) -> dict[str, Any]:
-    fields: dict[str, Any] = {"op": op, "table": table, "key": journal_value(dict(key))}
+    fields: dict[str, Any] = {"op": op, "table": table, "key": _image(key)}
     if values is not None:
-        fields["values"] = journal_value(dict(values))
+        fields["values"] = _image(values)
     if before is not None:
         fields["before"] = journal_value(dict(before))
     if meta is not None:
@@ -435,7 +451,7 @@ class JournalTransaction:
         """Append the intent of a write journaled by its effect: the statement and its
         parameters (call it before the statement runs); its rows follow with
         :meth:`effect_rows`. Returns its seq."""
-        return self._intent(*_statement_fields(op, table, stmt, params, meta))
+        return self._intent(*self._statement_fields(op, table, stmt, params, meta))
 
     async def intent_statement_async(
         self,
@@ -449,7 +465,7 @@ class JournalTransaction:
         """:meth:`intent_statement` from asyncio: with ``fsync="always"`` the fsync that
         makes the intent durable is shared with concurrent tasks (group commit) and runs
         in a worker thread, instead of blocking the event loop once per intent."""
-        seq = self._intent(*_statement_fields(op, table, stmt, params, meta), wait=False)
+        seq = self._intent(*self._statement_fields(op, table, stmt, params, meta), wait=False)
         await self._sync_policy()
         return seq
 
@@ -466,14 +482,16 @@ class JournalTransaction:
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
         batch = []
-        shapes = []
+        shapes: list[Hashable | None] = []
+        # what _kinds would say of these fields, without walking them all
+        same = ("rows", op, table, type(self.txid), self.txid == "", type(of))
         for key, values in rows:
             fields = _write_fields(op, table, key, values, None, None)
             fields["txid"] = self.txid
             fields["state"] = "intent"
             fields["of"] = of
             batch.append(fields)
-            shapes.append(("rows", op, table, _kinds(fields)))
+            shapes.append((same, _image_kinds(fields["key"]), _image_kinds(fields.get("values"))))
         if batch and self.defer:
             self._pending += batch
             self._pending_shapes += shapes
@@ -482,6 +500,25 @@ class JournalTransaction:
             self.writer._append_many(batch, durable=False, shapes=shapes)
             self.intents += len(batch)
         return len(batch)
+
+    def _statement_fields(
+        self,
+        op: Op,
+        table: str,
+        stmt: str,
+        params: Sequence[object],
+        meta: Mapping[str, object] | None,
+    ) -> tuple[dict[str, Any], Hashable]:
+        """A statement intent's fields and its shape (see :meth:`JournalWriter._append_many`):
+        the literal statement, whether it has parameters (the reader checks the list, not
+        its JSON items), the meta object's kinds and the txid's."""
+        fields: dict[str, Any] = {"op": op, "table": table, "stmt": stmt}
+        fields["params"] = [journal_value(a) for a in params]
+        if meta is not None:
+            fields["meta"] = journal_value(dict(meta))
+        shape = ("stmt", op, table, stmt, bool(params), _image_kinds(fields.get("meta")),
+                 type(self.txid), self.txid == "")  # fmt: skip
+        return fields, shape
 
     def _intent(
         self, fields: dict[str, Any], shape: Hashable | None = None, *, wait: bool = True
@@ -611,14 +648,3 @@ class JournalTransaction:
         outcome = self._outcome(exc)
         if outcome is not None:
             await self._settle_async(outcome)
-
-
-def _statement_fields(
-    op: Op, table: str, stmt: str, params: Sequence[object], meta: Mapping[str, object] | None
-) -> tuple[dict[str, Any], Hashable]:
-    """A statement intent's fields and its shape (see :meth:`JournalWriter._append_many`)."""
-    fields: dict[str, Any] = {"op": op, "table": table, "stmt": stmt}
-    fields["params"] = [journal_value(a) for a in params]
-    if meta is not None:
-        fields["meta"] = journal_value(dict(meta))
-    return fields, ("stmt", op, table, stmt, _kinds(fields))
