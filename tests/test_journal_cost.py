@@ -107,13 +107,16 @@ async def test_always_makes_each_intent_durable_before_its_statement(
             real_fsync(fd)
 
         monkeypatch.setattr(os, "fsync", watched_fsync)
-        # what the journal had not made durable yet when each statement was sent
-        unsynced_at_send: list[int] = []
+        # for each statement sent: whether its intent was durable (seq s is record s+1
+        # of this new journal; the writer counts the records it fsynced)
+        durable_at_send: list[bool] = []
         real_fetch = asyncpg.Connection.fetch
 
         async def watched_fetch(self: asyncpg.Connection, query: str, *args: object, **kw: object):
             if "_rv_" in query:
-                unsynced_at_send.append(w._appended - w._synced)
+                lines = [json.loads(x) for x in journal.read_text().splitlines()]
+                seq = next(r["seq"] for r in lines if r.get("params") == list(args))
+                durable_at_send.append(seq < w._synced)
             return await real_fetch(self, query, *args, **kw)
 
         monkeypatch.setattr(asyncpg.Connection, "fetch", watched_fetch)
@@ -124,7 +127,7 @@ async def test_always_makes_each_intent_durable_before_its_statement(
 
         await asyncio.gather(*(one(i) for i in range(1, 9)))
         monkeypatch.undo()
-    assert unsynced_at_send == [0] * 8
+    assert durable_at_send == [True] * 8
     assert on_loop == 0
     report = await reconcile(journal, dsn)
     assert report.counts["durable"] == 8 and report.status == "no_loss"

@@ -55,7 +55,6 @@ import logging
 import os
 import secrets
 import threading
-import weakref
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -112,10 +111,10 @@ class JournalWriter:
         self._synced = 0  # records known to be on disk
         self._txn = 0
         self._shapes: set[Hashable] = set()  # record shapes the reader accepted
-        #: the fsync in flight for each event loop (:meth:`_sync_async`)
-        self._syncing: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, asyncio.Future[None]
-        ] = weakref.WeakKeyDictionary()
+        #: asyncio committers waiting for the fsync thread: (ticket, loop, future)
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._wake = threading.Condition(threading.Lock())
+        self._syncer: threading.Thread | None = None
         #: bytes of a torn last line cut off when the journal was opened
         self.repaired = 0
         created = not os.path.exists(self.path)
@@ -228,18 +227,53 @@ class JournalWriter:
         return first
 
     async def _sync_async(self, ticket: int) -> None:
-        """:meth:`_sync_to` from asyncio: concurrent committers of one event loop share
-        one fsync in a worker thread (a committer arriving while one runs waits for it,
-        then for the next), rather than each taking a thread of its own."""
+        """:meth:`_sync_to` from asyncio, by the writer's fsync thread: committers of
+        any event loop share its fsyncs (one arriving while an fsync runs waits for the
+        next, which covers everyone who arrived meanwhile).
+
+        The thread goes straight from one fsync to the next while anyone waits, and
+        wakes the waiters itself (one ``call_soon_threadsafe`` per loop): no trip through
+        the event loop to start an fsync, and no task or future chain between the fsync
+        and the committers, each link of which costs a turn of a busy loop. Each waiter
+        has its own future, so cancelling one cancels no one else's wait."""
+        if self._synced >= ticket or self._fd is None:
+            return
         loop = asyncio.get_running_loop()
-        while self._synced < ticket and self._fd is not None:
-            running = self._syncing.get(loop)
-            if running is None or running.done():
-                with self._lock:
-                    upto = self._appended
-                running = asyncio.ensure_future(asyncio.to_thread(self._sync_to, upto))
-                self._syncing[loop] = running
-            await asyncio.shield(running)
+        waiter = loop.create_future()
+        with self._wake:
+            self._waiters.append((ticket, loop, waiter))
+            if self._syncer is None:
+                self._syncer = threading.Thread(
+                    target=self._sync_loop, name=f"journal-fsync {self.path}", daemon=True
+                )
+                self._syncer.start()
+            self._wake.notify()
+        await waiter
+
+    def _sync_loop(self) -> None:
+        """The fsync thread: fsync while anyone waits; hand each waiter its outcome."""
+        while True:
+            with self._wake:
+                while not self._waiters and self._fd is not None:
+                    self._wake.wait()
+                if not self._waiters:
+                    return  # closed, nobody waiting
+                upto = max(w[0] for w in self._waiters)
+            error: BaseException | None = None
+            try:
+                self._sync_to(upto)
+            except BaseException as e:  # handed to the waiters, who raise it
+                error = e
+            closed = self._fd is None  # close() fsynced everything appended
+            with self._wake:
+                done = [w for w in self._waiters if closed or error or w[0] <= self._synced]
+                self._waiters = [w for w in self._waiters if w not in done]
+            by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+            for _, loop, fut in done:
+                by_loop.setdefault(loop, []).append(fut)
+            for loop, futs in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                    loop.call_soon_threadsafe(_settle_waiters, futs, error)
 
     def _sync_to(self, ticket: int) -> None:
         """fsync unless an fsync that started after record ``ticket`` already covered it."""
@@ -289,12 +323,18 @@ class JournalWriter:
         return self._append(fields, durable=True)
 
     def close(self) -> None:
-        with self._lock:
-            fd, self._fd = self._fd, None
-        if fd is not None:
-            if self.fsync != "never":
-                os.fsync(fd)
-            os.close(fd)
+        with self._sync_lock:  # not in the middle of the fsync thread's fsync
+            with self._lock:
+                fd, self._fd = self._fd, None
+            if fd is not None:
+                if self.fsync != "never":
+                    os.fsync(fd)
+                os.close(fd)
+        with self._wake:
+            syncer = self._syncer
+            self._wake.notify()
+        if syncer is not None and syncer is not threading.current_thread():
+            syncer.join(timeout=5)
 
     def __enter__(self) -> JournalWriter:
         return self
@@ -307,6 +347,16 @@ class JournalWriter:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.close)
+
+
+def _settle_waiters(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    """On a waiter's event loop: the fsync it waited for is done (or failed)."""
+    for fut in futures:
+        if not fut.done():
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
 
 
 def _dumps(record: Mapping[str, Any]) -> bytes:
