@@ -24,10 +24,11 @@ Journaling, by effect. Each INSERT / UPDATE / DELETE / INSERT ... ON CONFLICT se
 through :meth:`FailoverPool.execute`, ``fetch*`` or a :meth:`FailoverPool.transaction`
 is journaled by what it did, whatever its values (``bal = bal + $1``, a range WHERE, a
 subquery, ``CURRENT_TIMESTAMP``): a statement intent (the statement and its parameters)
-before it runs; the statement goes with a ``RETURNING`` of the key and the written
-columns (the whole row for INSERT), added through sqlglot (:func:`bind_effect`); the
-post-images of the rows it touched are journaled as they arrive (1000 at a time, through
-a portal, so memory stays bounded) before COMMIT is sent; ``committed`` after the server
+in the file before the statement is sent; the statement goes with a ``RETURNING`` of the
+key and the written columns (the whole row for INSERT), added through sqlglot
+(:func:`~replverify.failover.effects.bind_effect`); the post-images of the rows it
+touched are journaled as they arrive (with the next write, or 1000 at a time through a
+portal, so memory stays bounded) before COMMIT is sent; ``committed`` after the server
 confirmed the COMMIT, ``aborted`` when it refused or no COMMIT was sent. A COMMIT whose
 answer was lost settles nothing: the transaction is *in doubt*, the truth.
 

@@ -31,8 +31,8 @@ writes nothing, so the transaction stays *in doubt*, which is the truth.
 
 Concurrent commits share one fsync (group commit): a committer whose record an fsync
 in progress already covers does not fsync again. The ``*_async`` methods and
-``async with`` run the fsync in a worker thread, so the event loop never blocks on the
-disk.
+``async with`` leave the fsync to the writer's fsync thread, so the event loop never
+blocks on the disk.
 
 *Concurrency*: a writer may be shared by threads and by asyncio tasks of one process.
 Each record is one ``write(2)`` of a whole line to an ``O_APPEND`` file descriptor under
