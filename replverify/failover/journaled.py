@@ -8,7 +8,6 @@ catalog query for the life of the pool."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import asyncpg
 
@@ -33,14 +32,9 @@ __all__ = ["EFFECT_BATCH", "EffectRunner"]
 EFFECT_BATCH = 1000
 
 
-async def _each(records: Any) -> Any:
-    """Iterate a list or an asyncpg cursor alike."""
-    if isinstance(records, list):
-        for r in records:
-            yield r
-    else:
-        async for r in records:
-            yield r
+def _tag(op: str, count: int) -> str:
+    """The command tag PostgreSQL gives the statement without our RETURNING."""
+    return f"{'INSERT 0' if op in ('insert', 'upsert') else op.upper()} {count}"
 
 
 class EffectRunner:
@@ -92,10 +86,12 @@ class EffectRunner:
         count = 0
         if effect.bound is not None and effect.bound <= EFFECT_BATCH:
             # a handful of rows at most: one round trip (a portal would need a second)
-            records: Any = await conn.fetch(effect.sql, *args, timeout=timeout)
-        else:
-            records = conn.cursor(effect.sql, *args, prefetch=EFFECT_BATCH, timeout=timeout)
-        async for record in _each(records):
+            records = await conn.fetch(effect.sql, *args, timeout=timeout)
+            rows = [effect.row(r) for r in records]
+            journal.effect_rows(of, plan.op, table, rows)
+            return _tag(plan.op, len(rows)), records if keep else []
+        cursor = conn.cursor(effect.sql, *args, prefetch=EFFECT_BATCH, timeout=timeout)
+        async for record in cursor:
             count += 1
             batch.append(effect.row(record))
             if keep:
@@ -105,8 +101,7 @@ class EffectRunner:
                 await journal.flush_async()  # a transaction holds no more than a batch
                 batch = []
         journal.effect_rows(of, plan.op, table, batch)
-        verb = "INSERT 0" if plan.op in ("insert", "upsert") else plan.op.upper()
-        return f"{verb} {count}", kept
+        return _tag(plan.op, count), kept
 
     async def write(
         self,

@@ -563,9 +563,9 @@ class JournalTransaction:
         the literal statement, whether it has parameters (the reader checks the list, not
         its JSON items), the meta object's kinds and the txid's."""
         fields: dict[str, Any] = {"op": op, "table": table, "stmt": stmt}
-        fields["params"] = [journal_value(a) for a in params]
+        fields["params"] = [a if type(a) in _PLAIN else journal_value(a) for a in params]
         if meta is not None:
-            fields["meta"] = journal_value(dict(meta))
+            fields["meta"] = _image(meta)
         shape = ("stmt", op, table, stmt, bool(params), _image_kinds(fields.get("meta")),
                  type(self.txid), self.txid == "")  # fmt: skip
         return fields, shape
