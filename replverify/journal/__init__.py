@@ -2,7 +2,8 @@
 
 ``format`` (the records and their fields) < ``statements`` (``sql`` records, sqlglot) <
 ``reader`` (a file's lines into records) < ``resolve`` (records into rows, against a
-catalog) and ``writer`` (the fsync'd append-only writer). The names below are the
+catalog) and ``transaction`` < ``writer`` (a journaled transaction's records; the
+fsync'd append-only writer). The names below are the
 documented ones; import them from here.
 
 Imports db, values, errors and types."""
