@@ -8,7 +8,7 @@ records, a few in-doubt intents) over ``--rows`` distinct rows, and a target tha
 the last value of every row except a few lost ones. Then, each in its own process so
 peak RSS is its own:
 
-* ``read``      - :class:`~replverify.journal.records.JournalReader`: decode and validate
+* ``read``      - :class:`~replverify.journal.reader.JournalReader`: decode and validate
   every line;
 * ``reconcile`` - the whole :func:`~replverify.reconcile.run.reconcile_with` (three passes,
   batched lookups) against a :class:`~replverify.testing.memory.MemoryTarget`;
@@ -44,7 +44,9 @@ from typing import Any
 import asyncpg
 
 from replverify.db.catalog import TableInfo
-from replverify.journal.records import JournalReader, Marker, RowResolver
+from replverify.journal.format import Marker
+from replverify.journal.reader import JournalReader
+from replverify.journal.resolve import RowResolver
 from replverify.reconcile.run import Ledger, reconcile, reconcile_with
 from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, TableRef

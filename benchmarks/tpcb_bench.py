@@ -2,24 +2,31 @@
 
     python benchmarks/tpcb_bench.py --clients 8 --seconds 10 --repeat 3 --scale 8
 
-Starts a local primary with a streaming standby (``replverify.testing.clusters``; its
-settings: server ``fsync=off``, data on /dev/shm when it has room, so the servers' commits
-are not durable while the journal's are), loads it with ``pgbench -i -s SCALE`` and runs
-pgbench's built-in
-"tpcb-like" transaction (UPDATE accounts, SELECT its balance, UPDATE tellers, UPDATE
-branches, INSERT INTO history with CURRENT_TIMESTAMP) from ``--clients`` concurrent tasks
-for ``--seconds`` through:
+Starts a local primary with a streaming standby (``replverify.testing.clusters``), loads
+it with ``pgbench -i -s SCALE`` and runs pgbench's built-in "tpcb-like" transaction
+(UPDATE accounts, SELECT its balance, UPDATE tellers, UPDATE branches, INSERT INTO
+history with CURRENT_TIMESTAMP) from ``--clients`` concurrent tasks for ``--seconds``
+through:
 
 * ``asyncpg``        - a plain asyncpg pool (``conn.transaction()``): the yardstick;
-* ``failover``       - :class:`~replverify.failover.pool.FailoverPool` without a journal;
-* ``failover+journal`` - the same with the journal at its default fsync policy
-  (``commit``): each write's intent and post-images, a fsync'd marker per transaction;
+* ``failover``       - :class:`~replverify.failover.FailoverPool` without a journal;
+* ``failover+journal[P]`` - the same with the journal at fsync policy ``P`` (each
+  ``--fsync`` given; ``commit`` is the default policy);
 * ``sqlalchemy``     - an async SQLAlchemy engine (asyncpg dialect), no journal;
-* ``sqlalchemy+journal`` - the same with :func:`replverify.failover.sqlalchemy.journal_engine`.
+* ``sqlalchemy+journal[P]`` - the same with
+  :func:`replverify.failover.sqlalchemy.journal_engine` (the first ``--fsync`` policy).
 
-The modes run in turn, ``--repeat`` rounds, so that a noisy neighbour hits all alike;
+``--durability`` says what the servers promise. ``on`` (PostgreSQL's defaults:
+``fsync=on``, ``synchronous_commit=on``, ``full_page_writes=on``, data on a disk, not
+tmpfs) is what a real application's database does, so it is the honest yardstick for a
+journal that fsyncs; ``off`` is the test clusters' setting (``fsync=off``, data on
+/dev/shm when it has room), where the servers' commits cost no I/O and any fsync of the
+journal's stands out. ``both`` (the default) runs each on its own pair.
+
+The modes run in turn, ``--repeat`` rounds (each round starting one mode later), so that
+a noisy neighbour hits all alike;
 the report gives the median round of each (transactions/s, p50 and p99 latency) and the
-journal's cost relative to the plain pool. Results go to
+journal's cost relative to the plain pool measured in the same rounds. Results go to
 ``benchmarks/results/tpcb-<timestamp>.json`` and ``.md`` unless ``--no-save``.
 """
 
@@ -41,9 +48,9 @@ from typing import Any
 
 import asyncpg
 
-from replverify.failover.pool import FailoverPool
+from replverify.failover import FailoverPool
 from replverify.testing.clusters import LocalClusters
-from replverify.testing.postgres import find_bindir
+from replverify.testing.postgres import ENV_TMPDIR, find_bindir
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -80,15 +87,18 @@ async def run_clients(txn: Txn, clients: int, seconds: float, scale: int) -> dic
             await txn(aid, tid, bid, delta)
             latencies.append(time.perf_counter() - t0)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client(n) for n in range(clients)))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     latencies.sort()
     return {
         "transactions": len(latencies),
         "tps": len(latencies) / elapsed,
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        # the client's own CPU (all its threads) per transaction: on a shared 2-core
+        # machine the steadiest measure of what the client-side layers add
+        "cpu_us_per_txn": 1e6 * cpu / max(1, len(latencies)),
     }
 
 
@@ -111,8 +121,9 @@ async def mode_asyncpg(dsn: str, a: argparse.Namespace, tmp: Path) -> dict[str, 
 
 
 async def mode_failover(
-    dsn: str, standby: str, a: argparse.Namespace, tmp: Path, *, journal: bool
+    dsn: str, standby: str, a: argparse.Namespace, tmp: Path, *, fsync: str | None
 ) -> dict[str, Any]:
+    journal = fsync is not None
     path = tmp / f"journal-{time.monotonic_ns()}.jsonl"
     pool = await FailoverPool.connect(
         dsn,
@@ -120,7 +131,7 @@ async def mode_failover(
         journal=path if journal else None,
         min_size=a.clients,
         max_size=a.clients,
-        fsync=a.fsync,
+        fsync=fsync or "commit",
     )
 
     async def txn(aid: int, tid: int, bid: int, delta: int) -> None:
@@ -142,8 +153,9 @@ async def mode_failover(
 
 
 async def mode_sqlalchemy(
-    dsn: str, a: argparse.Namespace, tmp: Path, *, journal: bool
+    dsn: str, a: argparse.Namespace, tmp: Path, *, fsync: str | None
 ) -> dict[str, Any]:
+    journal = fsync is not None
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -155,7 +167,7 @@ async def mode_sqlalchemy(
         max_overflow=0,
     )
     path = tmp / f"journal-{time.monotonic_ns()}.jsonl"
-    hooks = journal_engine(engine, path, fsync=a.fsync) if journal else None
+    hooks = journal_engine(engine, path, fsync=fsync) if fsync is not None else None
     stmts = [
         text("UPDATE pgbench_accounts SET abalance = abalance + :d WHERE aid = :aid"),
         text("SELECT abalance FROM pgbench_accounts WHERE aid = :aid"),
@@ -240,33 +252,77 @@ async def range_update(dsn: str, standby: str, rows: int, tmp: Path) -> dict[str
     return out
 
 
-MODES = ("asyncpg", "failover", "failover+journal", "sqlalchemy", "sqlalchemy+journal")
+BASE_MODES = ("asyncpg", "failover", "failover+journal", "sqlalchemy", "sqlalchemy+journal")
+
+#: PostgreSQL's own defaults where the test clusters turn durability off
+DURABLE_SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 
 
-async def bench(a: argparse.Namespace) -> dict[str, Any]:
-    lc = LocalClusters(use_env=False).start_empty()
+def mode_names(a: argparse.Namespace) -> list[str]:
+    """Each mode to run; a journal mode once per fsync policy (SQLAlchemy's: the first)."""
+    out: list[str] = []
+    for m in a.modes:
+        if m == "failover+journal":
+            out += [f"{m}[{p}]" for p in a.fsync]
+        elif m == "sqlalchemy+journal":
+            out.append(f"{m}[{a.fsync[0]}]")
+        else:
+            out.append(m)
+    return out
+
+
+async def run_mode(m: str, dsn: str, standby: str, a: argparse.Namespace, tmp: Path) -> Any:
+    base, _, rest = m.partition("[")
+    fsync = rest.rstrip("]") or None
+    if base == "asyncpg":
+        return await mode_asyncpg(dsn, a, tmp)
+    if base.startswith("failover"):
+        return await mode_failover(dsn, standby, a, tmp, fsync=fsync)
+    return await mode_sqlalchemy(dsn, a, tmp, fsync=fsync)
+
+
+async def bench_one(a: argparse.Namespace, durable: bool) -> dict[str, Any]:
+    """All modes, ``--repeat`` rounds, on one new pair (durable: PostgreSQL's defaults,
+    data on a disk)."""
+    saved = os.environ.get(ENV_TMPDIR)
+    if durable:
+        # the clusters' directory on a disk: on tmpfs fsync=on would cost nothing
+        os.environ[ENV_TMPDIR] = a.durable_dir
     try:
-        pair = await asyncio.to_thread(lc.fresh_pair)
+        lc = LocalClusters(use_env=False).start_empty()
+    finally:
+        if saved is None:
+            os.environ.pop(ENV_TMPDIR, None)
+        else:
+            os.environ[ENV_TMPDIR] = saved
+    modes = mode_names(a)
+    try:
+        settings = DURABLE_SETTINGS if durable else None
+        pair = await asyncio.to_thread(lc.fresh_pair, settings=settings)
         dsn, standby = pair.primary_dsn, pair.standby_dsn
+        conn = await asyncpg.connect(dsn)
+        try:
+            server = {k: await conn.fetchval(f"SHOW {k}") for k in ("fsync", "synchronous_commit")}
+            server["data_directory"] = await conn.fetchval("SHOW data_directory")
+        finally:
+            await conn.close()
         subprocess.run(
             [str(find_bindir() / "pgbench"), "-i", "-q", "-s", str(a.scale), dsn],
             check=True,
             capture_output=True,
         )
         tmp = Path(tempfile.mkdtemp(prefix="tpcb-journal-", dir=a.journal_dir))
-        rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in a.modes}
+        rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
         for r in range(a.repeat):
-            for m in a.modes:
-                if m == "asyncpg":
-                    res = await mode_asyncpg(dsn, a, tmp)
-                elif m.startswith("failover"):
-                    res = await mode_failover(dsn, standby, a, tmp, journal="journal" in m)
-                else:
-                    res = await mode_sqlalchemy(dsn, a, tmp, journal="journal" in m)
+            # each round starts one mode later: no mode always runs first (after the
+            # previous round's heaviest) or last
+            for m in modes[r % len(modes) :] + modes[: r % len(modes)]:
+                res = await run_mode(m, dsn, standby, a, tmp)
                 rounds[m].append(res)
                 print(
-                    f"round {r + 1} {m:<20} {res['tps']:8.1f} tps"
-                    f"  p50 {res['p50_ms']:6.2f} ms  p99 {res['p99_ms']:6.2f} ms",
+                    f"{'durable' if durable else 'fsync=off'} round {r + 1} {m:<26}"
+                    f" {res['tps']:8.1f} tps  p50 {res['p50_ms']:6.2f} ms"
+                    f"  p99 {res['p99_ms']:6.2f} ms",
                     flush=True,
                 )
         ranged = await range_update(dsn, standby, a.range_rows, tmp) if a.range_rows else None
@@ -277,10 +333,22 @@ async def bench(a: argparse.Namespace) -> dict[str, Any]:
     for m, rs in rounds.items():
         best = sorted(rs, key=lambda x: x["tps"])[len(rs) // 2]
         medians[m] = {**best, "tps_all": [round(x["tps"], 1) for x in rs]}
-    base = medians.get("asyncpg", {}).get("tps")
-    for m in medians.values():
-        if base:
-            m["cost_vs_asyncpg"] = 1 - m["tps"] / base
+    if "asyncpg" in rounds:
+        # cost per round against the plain pool of the same round, then the median:
+        # a neighbour's burst hits both sides of each ratio alike
+        for m, rs in rounds.items():
+            pairs = zip(rs, rounds["asyncpg"], strict=True)
+            costs = sorted(1 - x["tps"] / b["tps"] for x, b in pairs)
+            medians[m]["cost_vs_asyncpg"] = costs[len(costs) // 2]
+            medians[m]["cost_all"] = [round(c, 3) for c in costs]
+    return {"durable": durable, "server": server, "medians": medians, "rounds": rounds,
+            "range_update": ranged}  # fmt: skip
+
+
+async def bench(a: argparse.Namespace) -> dict[str, Any]:
+    runs = []
+    for durable in {"on": [True], "off": [False], "both": [True, False]}[a.durability]:
+        runs.append(await bench_one(a, durable))
     return {
         "benchmark": "tpcb",
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -296,9 +364,7 @@ async def bench(a: argparse.Namespace) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "load_avg": os.getloadavg(),
         },
-        "medians": medians,
-        "rounds": rounds,
-        "range_update": ranged,
+        "runs": runs,
     }
 
 
@@ -307,33 +373,49 @@ def markdown(doc: dict[str, Any]) -> str:
         f"# TPC-B through the journal ({doc['at']})",
         "",
         f"{doc['clients']} clients, {doc['seconds']} s per run, {doc['repeat']} rounds"
-        f" (median round shown), pgbench scale {doc['scale']}; primary with a streaming"
-        f" standby, server fsync off (the test clusters' setting); journal in"
-        f" {doc['journal_dir']} (fsync policy `{doc['fsync']}`).",
+        f" (median round shown; cost = median over rounds of 1 - tps / asyncpg tps of the"
+        f" same round), pgbench scale {doc['scale']}; primary with a streaming standby;"
+        f" journal in {doc['journal_dir']}; the default fsync policy is `commit`.",
         f"Machine: {doc['machine']['cpus']} CPUs, load average at the end"
         f" {', '.join(f'{x:.1f}' for x in doc['machine']['load_avg'])}.",
-        "",
-        "| mode | tps | p50 ms | p99 ms | cost vs asyncpg | journal bytes/txn | tps per round |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for m, r in doc["medians"].items():
-        cost = r.get("cost_vs_asyncpg")
-        jb = r.get("journal_bytes_per_txn")
-        lines.append(
-            f"| {m} | {r['tps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
-            f" {'' if cost is None else f'{100 * cost:+.1f}%'} |"
-            f" {'' if jb is None else f'{jb:.0f}'} | {', '.join(map(str, r['tps_all']))} |"
+    for run in doc["runs"]:
+        s = run["server"]
+        title = (
+            "Servers with PostgreSQL's default durability"
+            if run["durable"]
+            else "Servers with fsync off (the test clusters' setting)"
         )
-    r = doc.get("range_update")
-    if r:
         lines += [
             "",
-            f"One `UPDATE ... WHERE aid <= {r['rows']}` ({r['rows']:,} rows):"
-            f" plain asyncpg {r['asyncpg_s']:.2f} s; through the journaling pool"
-            f" {r['journaled_s']:.2f} s, {r['journal_lines']:,} journal lines"
-            f" ({r['journal_bytes'] / 2**20:.1f} MiB), peak memory growth"
-            f" {r['journaled_peak_kib'] / 1024:.1f} MiB (rows streamed 1000 at a time).",
+            f"## {title}",
+            "",
+            f"`fsync={s['fsync']}`, `synchronous_commit={s['synchronous_commit']}`,"
+            f" data in `{s['data_directory']}`.",
+            "",
+            "| mode | tps | p50 ms | p99 ms | cost vs asyncpg | client CPU µs/txn"
+            " | journal bytes/txn | tps per round |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
+        for m, r in run["medians"].items():
+            cost = r.get("cost_vs_asyncpg")
+            jb = r.get("journal_bytes_per_txn")
+            lines.append(
+                f"| {m} | {r['tps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+                f" {'' if cost is None else f'{100 * cost:+.1f}%'} |"
+                f" {r.get('cpu_us_per_txn', 0):.0f} |"
+                f" {'' if jb is None else f'{jb:.0f}'} | {', '.join(map(str, r['tps_all']))} |"
+            )
+        r = run.get("range_update")
+        if r:
+            lines += [
+                "",
+                f"One `UPDATE ... WHERE aid <= {r['rows']}` ({r['rows']:,} rows):"
+                f" plain asyncpg {r['asyncpg_s']:.2f} s; through the journaling pool"
+                f" {r['journaled_s']:.2f} s, {r['journal_lines']:,} journal lines"
+                f" ({r['journal_bytes'] / 2**20:.1f} MiB), peak memory growth"
+                f" {r['journaled_peak_kib'] / 1024:.1f} MiB (rows streamed 1000 at a time).",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -343,10 +425,19 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--scale", type=int, default=8)
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--modes", nargs="+", default=list(BASE_MODES), choices=BASE_MODES)
     p.add_argument("--journal-dir", default=None, help="where the journals go (default /tmp)")
     p.add_argument("--range-rows", type=int, default=100_000, help="0: skip the range UPDATE")
-    p.add_argument("--fsync", default="commit", choices=["commit", "always", "never"])
+    p.add_argument(
+        "--fsync", nargs="+", default=["commit", "always", "never"],
+        choices=["commit", "always", "never"],
+    )  # fmt: skip
+    p.add_argument("--durability", default="both", choices=["on", "off", "both"])
+    p.add_argument(
+        "--durable-dir", default=tempfile.gettempdir(),
+        help="where the durable servers' data goes (a disk, not tmpfs)",
+    )  # fmt: skip
+    p.add_argument("--tag", default="", help="appended to the results' file name")
     p.add_argument("--no-save", action="store_true")
     a = p.parse_args()
     doc = asyncio.run(bench(a))
@@ -354,7 +445,8 @@ def main() -> None:
     print(text)
     if not a.no_save:
         RESULTS.mkdir(exist_ok=True)
-        stem = RESULTS / f"tpcb-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        tag = f"-{a.tag}" if a.tag else ""
+        stem = RESULTS / f"tpcb-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}{tag}"
         stem.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
         stem.with_suffix(".md").write_text(text)
         print(f"saved {stem}.json and .md")

@@ -16,7 +16,7 @@ import asyncpg
 from click.testing import CliRunner
 
 from replverify.cli.main import main
-from replverify.journal.records import JournalReader
+from replverify.journal.reader import JournalReader
 from replverify.testing.postgres import cluster_tmp_root
 
 APP = """

@@ -18,7 +18,9 @@ from replverify.api import DiffOptions, diff
 from replverify.cli.diff import diff_exit_code
 from replverify.cli.main import main
 from replverify.errors import OutputError
-from replverify.journal.records import JournalReader, JournalWriter, Marker
+from replverify.journal.format import Marker
+from replverify.journal.reader import JournalReader
+from replverify.journal.writer import JournalWriter
 
 
 @pytest.fixture

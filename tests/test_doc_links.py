@@ -20,7 +20,8 @@ import click
 import pytest
 
 from replverify.cli.main import main
-from replverify.journal.records import JournalReader, Marker, WriteRecord
+from replverify.journal.format import Marker, WriteRecord
+from replverify.journal.reader import JournalReader
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -10,8 +10,10 @@ import pytest
 
 from replverify.db.catalog import TableInfo
 from replverify.errors import JournalError, UsageError
-from replverify.failover.pool import TableMeta, bind_effect, plan_write, safe_to_repeat
-from replverify.journal.records import JournalReader, JournalWriter, row_writes
+from replverify.failover.effects import TableMeta, bind_effect, plan_write, safe_to_repeat
+from replverify.journal.reader import JournalReader
+from replverify.journal.resolve import row_writes
+from replverify.journal.writer import JournalWriter
 from replverify.reconcile.run import reconcile_with
 from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, TableRef

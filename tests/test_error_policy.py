@@ -12,7 +12,7 @@ from replverify.db.errors import Fault, classify, definitely_failed, is_outage, 
 from replverify.diff import fence
 from replverify.errors import LagTimeout, ReadError, ReplayPaused, ReplverifyError
 from replverify.failover import pool
-from replverify.journal import records
+from replverify.journal import writer
 
 X = asyncpg.exceptions
 
@@ -56,7 +56,7 @@ def test_one_table_answers_all_three_questions(exc, is_transient, outage, failed
 def test_the_three_modules_ask_the_one_policy(exc, is_transient, outage, failed):
     assert fence.transient(exc) is is_transient
     assert pool.is_outage(exc) is outage
-    assert records.definitely_failed(exc) is failed
+    assert writer.definitely_failed(exc) is failed
 
 
 def test_a_code_is_looked_up_before_its_class():
@@ -76,7 +76,7 @@ def test_every_table_key_is_a_sqlstate_or_a_class():
 def test_no_module_decides_by_the_word_connection():
     import inspect
 
-    for module in (fence, pool, records, policy):
+    for module in (fence, pool, writer, policy):
         source = inspect.getsource(module)
         assert '"connection" in str(' not in source.replace("'", '"')
 

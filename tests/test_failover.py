@@ -299,7 +299,7 @@ async def test_a_write_whose_commit_answer_is_lost_is_not_run_twice(
 async def test_a_range_update_streams_its_post_images_in_batches(
     clusters: LocalClusters, make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from replverify.failover import pool as failover
+    from replverify.failover import journaled
 
     (dsn,) = await make_db(clusters.primary_dsn, rows=10, matrix_rows=1)
     await execute(
@@ -307,7 +307,7 @@ async def test_a_range_update_streams_its_post_images_in_batches(
         "CREATE TABLE counters (id int PRIMARY KEY, n int)",
         "INSERT INTO counters SELECT g, 0 FROM generate_series(1, 95) g",
     )
-    monkeypatch.setattr(failover, "EFFECT_BATCH", 10)
+    monkeypatch.setattr(journaled, "EFFECT_BATCH", 10)
     journal = tmp_path / "writes.jsonl"
     async with FailoverPool(dsn, clusters.standby_dsn, journal=journal) as pool:
         await pool.start()

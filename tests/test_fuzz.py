@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from replverify.diff.sql import parse_where
 from replverify.errors import ReplverifyError, UsageError
-from replverify.journal.records import JournalReader, JournalWriter
+from replverify.journal.reader import JournalReader
+from replverify.journal.writer import JournalWriter
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -18,21 +18,12 @@ import pytest
 
 from replverify.db.catalog import TableInfo
 from replverify.errors import JournalError, UsageError
-from replverify.journal import records as journal_mod
-from replverify.journal.records import (
-    JournalReader,
-    JournalWriter,
-    Marker,
-    RowResolver,
-    RowWrite,
-    Statement,
-    WriteRecord,
-    definitely_failed,
-    journal_value,
-    parse_statement,
-    render_sql,
-    row_writes,
-)
+from replverify.journal import writer as journal_mod
+from replverify.journal.format import Marker, RowWrite, Statement, WriteRecord
+from replverify.journal.reader import JournalReader
+from replverify.journal.resolve import RowResolver, row_writes
+from replverify.journal.statements import journal_value, parse_statement, render_sql
+from replverify.journal.writer import JournalWriter, definitely_failed
 from replverify.reconcile.run import reconcile_with
 from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, TableRef

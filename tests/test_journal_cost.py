@@ -1,26 +1,33 @@
-"""What keeps the journal cheap (issue 20's cost goal): a pool transaction's intents and
-rows go in one write before COMMIT, and concurrent commits share an fsync."""
+"""What keeps the journal cheap (issue 20's cost goal) without bending its contract: an
+intent is in the file before its statement is sent, a statement's rows go with the next
+write, and concurrent tasks share an fsync."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 
-from replverify.failover.pool import FailoverPool
-from replverify.journal.records import JournalReader, JournalWriter
+from replverify.failover import FailoverPool
+from replverify.journal.reader import JournalReader
+from replverify.journal.writer import JournalWriter
 from replverify.reconcile.run import reconcile
 from replverify.testing.clusters import LocalClusters
 from replverify.testing.servers import execute
 
 
-async def test_a_pool_transaction_is_appended_in_one_write_before_commit(
+async def test_an_intent_is_in_the_file_before_its_statement_runs(
     clusters: LocalClusters, make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """DESIGN.md: an intent is "written before the statement runs" - inside
+    pool.transaction() too. Each statement's rows go with the next write: one write per
+    statement, the last rows before COMMIT, the marker after."""
     (dsn,) = await make_db(clusters.primary_dsn, rows=10, matrix_rows=1)
     await execute(
         dsn,
@@ -28,6 +35,10 @@ async def test_a_pool_transaction_is_appended_in_one_write_before_commit(
         "INSERT INTO acc SELECT g, 0 FROM generate_series(1, 3) g",
     )
     journal = tmp_path / "writes.jsonl"
+
+    def on_file() -> list[dict]:
+        return [json.loads(x) for x in journal.read_text().splitlines()]
+
     async with FailoverPool(dsn, clusters.standby_dsn, journal=journal) as pool:
         await pool.start()
         assert pool.journal is not None
@@ -41,20 +52,85 @@ async def test_a_pool_transaction_is_appended_in_one_write_before_commit(
         monkeypatch.setattr(os, "write", counting_write)
         async with pool.transaction() as tx:
             await tx.execute("UPDATE acc SET bal = bal + $1 WHERE id = $2", 5, 1)
+            # the transaction is open, the statement ran: its intent is in the file
+            seen = on_file()
+            assert [(r["state"], r["stmt"], r["params"]) for r in seen] == [
+                ("intent", "UPDATE acc SET bal = bal + $1 WHERE id = $2", [5, 1])
+            ]
+            assert seen[0]["txid"] == tx.txid
             await tx.execute("UPDATE acc SET bal = bal + $1 WHERE id = $2", 7, 2)
-            assert writes == []  # held back: nothing can commit before COMMIT
+            seen = on_file()
+            # the first statement's row went with the second intent
+            assert [("stmt" in r, r.get("params"), r.get("of")) for r in seen] == [
+                (True, [5, 1], None),
+                (False, None, seen[0]["seq"]),
+                (True, [7, 2], None),
+            ]
         monkeypatch.undo()
-    # the two intents and their rows in one write, then the marker
-    assert writes == [4, 1]
+    # intent; row + intent; the last row (before COMMIT); the marker
+    assert writes == [1, 2, 1, 1]
     records = list(JournalReader(journal))
-    assert [r.seq for r in records[:4]] == sorted(r.seq for r in records[:4])
+    assert [r.seq for r in records] == sorted(r.seq for r in records)
     stmts = [r for r in records if getattr(r, "stmt", None)]
     rows = [r for r in records if getattr(r, "of", None) is not None]
     assert [r.of for r in rows] == [s.seq for s in stmts]
-    lines = [json.loads(x) for x in journal.read_text().splitlines()]
+    lines = on_file()
     assert [x["values"]["bal"] for x in lines if "of" in x] == [5, 7]
+    assert lines[-1]["state"] == "committed"
     report = await reconcile(journal, dsn)
     assert report.counts["durable"] == 2 and report.status == "no_loss"
+
+
+async def test_always_makes_each_intent_durable_before_its_statement(
+    clusters: LocalClusters, make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync="always" fsyncs an intent before its statement is sent - in a worker thread
+    shared by concurrent tasks, never on the event loop."""
+    (dsn,) = await make_db(clusters.primary_dsn, rows=10, matrix_rows=1)
+    await execute(
+        dsn,
+        "CREATE TABLE acc (id int PRIMARY KEY, bal int)",
+        "INSERT INTO acc SELECT g, 0 FROM generate_series(1, 8) g",
+    )
+    journal = tmp_path / "writes.jsonl"
+    async with FailoverPool(dsn, clusters.standby_dsn, journal=journal, fsync="always") as pool:
+        await pool.start()
+        w = pool.journal
+        assert w is not None
+        loop_thread = threading.get_ident()
+        on_loop = 0
+        real_fsync = os.fsync
+
+        def watched_fsync(fd: int) -> None:
+            nonlocal on_loop
+            on_loop += threading.get_ident() == loop_thread
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", watched_fsync)
+        # for each statement sent: whether its intent was durable (seq s is record s+1
+        # of this new journal; the writer counts the records it fsynced)
+        durable_at_send: list[bool] = []
+        real_fetch = asyncpg.Connection.fetch
+
+        async def watched_fetch(self: asyncpg.Connection, query: str, *args: object, **kw: object):
+            if "_rv_" in query:
+                lines = [json.loads(x) for x in journal.read_text().splitlines()]
+                seq = next(r["seq"] for r in lines if r.get("params") == list(args))
+                durable_at_send.append(seq < w._synced)
+            return await real_fetch(self, query, *args, **kw)
+
+        monkeypatch.setattr(asyncpg.Connection, "fetch", watched_fetch)
+
+        async def one(i: int) -> None:
+            async with pool.transaction() as tx:
+                await tx.execute("UPDATE acc SET bal = bal + $1 WHERE id = $2", 1, i)
+
+        await asyncio.gather(*(one(i) for i in range(1, 9)))
+        monkeypatch.undo()
+    assert durable_at_send == [True] * 8
+    assert on_loop == 0
+    report = await reconcile(journal, dsn)
+    assert report.counts["durable"] == 8 and report.status == "no_loss"
 
 
 async def test_concurrent_commits_share_an_fsync(

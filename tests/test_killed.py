@@ -11,7 +11,7 @@ import sys
 import urllib.parse
 
 from replverify.cli import logs
-from replverify.journal.records import JournalWriter
+from replverify.journal.writer import JournalWriter
 from replverify.testing.proxy import CutProxy
 from replverify.testing.servers import wait_for_replay
 

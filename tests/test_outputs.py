@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from replverify.cli.main import main
 from replverify.errors import OutputError
-from replverify.journal.records import JournalWriter
+from replverify.journal.writer import JournalWriter
 from replverify.testing.servers import cut_replication, execute, promote, wait_for_replay
 
 #: A server nothing listens on: a command that got past its option checks fails on it.
@@ -205,7 +205,7 @@ def test_a_journal_append_cut_short_leaves_no_torn_line(tmp_path):
     code = f"""
 import os, resource, signal
 from replverify.errors import OutputError
-from replverify.journal.records import JournalWriter
+from replverify.journal.writer import JournalWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 writer = JournalWriter({str(path)!r}, fsync="never")
 writer.write("insert", "public.t", {{"id": 1}}, {{"v": "x"}})

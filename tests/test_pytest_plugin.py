@@ -171,7 +171,7 @@ def test_planted_differences_fail_readably(adopting: pytest.Pytester) -> None:
 
 
 FAILOVER = """
-    from replverify.journal.records import JournalWriter
+    from replverify.journal.writer import JournalWriter
     from replverify.testing.pytest_plugin import assert_consistent, assert_no_data_loss
 
     def test_local_shared_pair(replverify_clusters):

@@ -1,6 +1,6 @@
 """``reconcile`` against real PostgreSQL: a failover with real loss, fixtures, errors, CLI.
 
-The failover test journals writes with :class:`~replverify.journal.records.JournalWriter` while it
+The failover test journals writes with :class:`~replverify.journal.writer.JournalWriter` while it
 runs them on a fresh primary, cuts the standby off, writes more, promotes the standby,
 edits one row by hand there, and checks that reconcile names exactly what was lost;
 then it applies the replay script and checks that nothing is lost any more and that
@@ -25,7 +25,7 @@ from replverify.cli.main import main
 from replverify.db.catalog import TableInfo
 from replverify.diff.sql import ident, quote_table
 from replverify.errors import JournalError
-from replverify.journal.records import JournalWriter
+from replverify.journal.writer import JournalWriter
 from replverify.reconcile.replay import replay_script
 from replverify.reconcile.run import Finding, ReconcileReport, reconcile, reconcile_with
 from replverify.reports.reconcile import reconcile_to_dict

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from replverify.cli.main import main
 from replverify.db.connect import Endpoint
-from replverify.journal.records import JournalWriter
+from replverify.journal.writer import JournalWriter
 
 SECRET = "S3cr3t-pw-9q"
 

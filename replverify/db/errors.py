@@ -7,7 +7,7 @@ Three questions are asked of a failed database call, each by a different caller:
 * :func:`is_outage` - did the endpoint fail, rather than the statement? (switching
   endpoints, :mod:`replverify.failover.pool`)
 * :func:`definitely_failed` - did the server surely roll the transaction back, so a
-  journaled write is ``aborted`` rather than in doubt? (:mod:`replverify.journal.records`)
+  journaled write is ``aborted`` rather than in doubt? (:mod:`replverify.journal.writer`)
 
 The answers come from one table, :data:`SQLSTATE_FAULTS` (by SQLSTATE, code first, then
 class), and from the exception classes of :data:`LOST_CONNECTION`, never from the wording

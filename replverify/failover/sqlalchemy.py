@@ -28,6 +28,7 @@ buffer; :func:`journal_engine` checks the engine uses that dialect.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -36,16 +37,16 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_
 
-from replverify.errors import UsageError
-from replverify.failover.pool import (
+from replverify.db.errors import is_outage
+from replverify.errors import OutputError, UsageError
+from replverify.failover.effects import (
     TABLE_SQL,
     Effect,
     TableMeta,
     bind_effect,
-    is_outage,
     plan_write,
 )
-from replverify.journal.records import (
+from replverify.journal.writer import (
     FsyncPolicy,
     JournalTransaction,
     JournalWriter,
@@ -92,7 +93,8 @@ class EngineJournal:
         key = _key(conn.connection)
         tx = self._open.get(key)
         if tx is None:
-            tx = self._open[key] = self.journal.transaction()
+            # rows held back for the next write: one write per statement, not two
+            tx = self._open[key] = self.journal.transaction(defer=True)
             conn.info["replverify_txid"] = tx.txid
         return tx
 
@@ -107,7 +109,10 @@ class EngineJournal:
             return statement, parameters
         tx = self._transaction(conn)
         params = tuple(parameters or ())
-        of = tx.intent_statement(effect.plan.op, effect.table.ref.qualified, statement, params)
+        # in the file before the statement is sent; fsync="always" shares the fsync
+        of = await_(
+            tx.intent_statement_async(effect.plan.op, effect.table.ref.qualified, statement, params)
+        )
         conn.info[_TX] = (effect, of)
         return effect.sql, parameters
 
@@ -140,7 +145,7 @@ class EngineJournal:
         tx = self._transaction(conn)
         table = effect.table.ref.qualified
         for params in parameters:
-            of = tx.intent_statement(effect.plan.op, table, statement, tuple(params))
+            of = await_(tx.intent_statement_async(effect.plan.op, table, statement, tuple(params)))
             cursor.execute(effect.sql, params)
             self._journal_rows(conn, cursor, effect, of)
         return True
@@ -162,6 +167,16 @@ class EngineJournal:
 
         def do_commit(dbapi_connection: Any) -> None:
             tx = self._open.pop(_key(dbapi_connection), None)
+            if tx is not None:
+                try:
+                    await_(tx.flush_async())  # the rows in the file before COMMIT is sent
+                except BaseException:
+                    # not journaled, so not committed
+                    with contextlib.suppress(Exception):
+                        rollback(dbapi_connection)
+                    with contextlib.suppress(OutputError, UsageError):
+                        tx.abort()
+                    raise
             try:
                 commit(dbapi_connection)
             except Exception as e:

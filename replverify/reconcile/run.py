@@ -72,17 +72,17 @@ from replverify.db.catalog import TableInfo
 from replverify.db.connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
 from replverify.diff.sql import DIALECT, ident
 from replverify.errors import JournalError, SchemaError, UsageError
-from replverify.journal.records import (
-    JournalReader,
+from replverify.journal.format import (
     JSONValue,
     Marker,
     RowId,
-    RowResolver,
     RowWrite,
     TornTail,
     TxId,
     WriteRecord,
 )
+from replverify.journal.reader import JournalReader
+from replverify.journal.resolve import RowResolver
 from replverify.types import ColumnType, TableRef
 from replverify.values.canonical import Encoder, encoder_for
 from replverify.values.pgtext import jsonable

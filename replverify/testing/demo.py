@@ -28,7 +28,8 @@ from pathlib import Path
 import asyncpg
 
 from replverify.api import DiffOptions, diff
-from replverify.journal.records import JournalWriter, render_sql
+from replverify.journal.statements import render_sql
+from replverify.journal.writer import JournalWriter
 from replverify.lag.sampler import measure_lag
 from replverify.ops.failback import failback
 from replverify.ops.failback_replay import ReplayFile

@@ -17,7 +17,8 @@ from replverify.diff.machine import Request, TableComparison
 from replverify.diff.ranges import KeyRange
 from replverify.diff.sources import Row
 from replverify.errors import UsageError
-from replverify.journal.records import JSONValue, RowId, RowResolver, RowWrite
+from replverify.journal.format import JSONValue, RowId, RowWrite
+from replverify.journal.resolve import RowResolver
 from replverify.reconcile.run import (
     BadValue,
     Detail,

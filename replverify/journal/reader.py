@@ -1,0 +1,246 @@
+"""Reading a journal.
+
+:class:`JournalReader` streams a journal of any size one line at a time (memory: one line,
+at most ``max_line_bytes``) and validates every record into :class:`WriteRecord` or
+:class:`Marker`. A *torn last line* - no newline at the end of the file and not valid JSON,
+which is what a crash in the middle of an append leaves - is skipped and reported in
+:attr:`JournalReader.torn`. Any other bad line raises
+:class:`~replverify.errors.JournalError` naming the file and line; nothing is skipped
+silently. ``sql`` records are parsed with :mod:`.statements`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any, BinaryIO
+
+from replverify.errors import JournalError, UsageError
+from replverify.journal.format import (
+    _MARKER_FIELDS,
+    _STMT_FIELDS,
+    _WRITE_FIELDS,
+    FORMAT_VERSION,
+    MAX_LINE_BYTES,
+    OPS,
+    Marker,
+    Record,
+    TornTail,
+    TxId,
+    WriteRecord,
+    _Bad,
+    _build,
+    _loads,
+    _names,
+    _parse_image,
+    _parse_key,
+    _parse_seq,
+    _parse_ts,
+    _parse_txid,
+    _table,
+)
+from replverify.journal.statements import _parse_statement
+
+__all__ = [
+    "JournalReader",
+    "read_journal",
+]
+
+
+def _record_from(obj: object, line: int) -> Record:
+    """Validate one decoded line (raises :class:`_Bad`)."""
+    if not isinstance(obj, dict):
+        raise _Bad("a record must be a JSON object")
+    v = obj.get("v")
+    if v != FORMAT_VERSION or isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad(f'"v" must be {FORMAT_VERSION} (this reader knows format version 1)')
+    txid = _parse_txid(obj.get("txid"))
+    ts_text = obj.get("ts")
+    ts = _parse_ts(ts_text)
+    assert isinstance(ts_text, str)
+    meta = obj.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise _Bad('"meta" must be an object')
+    state = obj.get("state")
+    if "op" not in obj and "sql" not in obj:
+        unknown = obj.keys() - _MARKER_FIELDS
+        if unknown:
+            raise _Bad(f"unknown field(s) {_names(unknown)} in a marker record")
+        if state not in ("committed", "aborted"):
+            raise _Bad('a marker\'s "state" must be "committed" or "aborted"')
+        seq = obj.get("seq")
+        return Marker(line, txid, state, ts, ts_text, None if seq is None else _parse_seq(seq))
+    if "stmt" in obj:
+        return _statement_intent(obj, line, txid, ts, ts_text, state)
+    unknown = obj.keys() - _WRITE_FIELDS
+    if unknown:
+        raise _Bad(f"unknown field(s) {_names(unknown)}")
+    if state not in ("intent", "committed"):
+        raise _Bad('a write\'s "state" must be "intent" or "committed"')
+    seq = _parse_seq(obj.get("seq"))
+    before = _parse_image(obj, "before")
+    of = obj.get("of")
+    if of is not None and ("sql" in obj or not isinstance(of, int) or isinstance(of, bool)):
+        raise _Bad('"of" must be the seq of a statement intent, on a record with "key"')
+    common = {"line": line, "txid": txid, "seq": seq, "ts": ts, "ts_text": ts_text,
+              "state": state, "before": before, "stmt": None, "params": (), "of": of}  # fmt: skip
+    op = obj.get("op")
+    if op is not None and op not in OPS:
+        raise _Bad(f'"op" must be one of {", ".join(OPS)}, not {op!r}')
+    sql = obj.get("sql")
+    if sql is not None:
+        if not isinstance(sql, str):
+            raise _Bad('"sql" must be a string')
+        for field in ("table", "key", "values"):
+            if field in obj:
+                raise _Bad(f'a record with "sql" must not also have "{field}"')
+        stmt = _parse_statement(sql)
+        if op is not None and op != stmt.op:
+            raise _Bad(f'"op" says {op} but the statement is an {stmt.op}')
+        if before is not None and stmt.op == "insert":
+            raise _Bad('"before" makes no sense for an INSERT')
+        return _build(
+            WriteRecord,
+            {**common, "op": stmt.op, "table": stmt.table, "key": {}, "values": None,
+             "sql": sql, "statement": stmt},
+        )  # fmt: skip
+    if op is None:
+        raise _Bad('a write record needs "op" (or "sql")')
+    if "table" not in obj or not isinstance(obj["table"], str):
+        raise _Bad('"table" must be a string: schema.table or table')
+    table = _table(obj["table"])
+    key = _parse_key(obj.get("key"))
+    values = _parse_image(obj, "values")
+    if op == "delete":
+        if values is not None:
+            raise _Bad('a delete has no "values"')
+    elif values is None:
+        raise _Bad(f'an {op} needs "values" (the post-image of the written columns)')
+    elif op == "update" and not values:
+        raise _Bad('an update needs at least one column in "values"')
+    return _build(
+        WriteRecord,
+        {**common, "op": op, "table": table, "key": key, "values": values, "sql": None,
+         "statement": None},
+    )  # fmt: skip
+
+
+def _statement_intent(
+    obj: Mapping[str, Any], line: int, txid: TxId, ts: _dt.datetime, ts_text: str, state: object
+) -> WriteRecord:
+    """A statement intent: ``stmt`` (with ``$n`` parameters), ``params``, ``op``, ``table``."""
+    unknown = obj.keys() - _STMT_FIELDS
+    if unknown:
+        raise _Bad(f"unknown field(s) {_names(unknown)} in a statement intent")
+    if state != "intent":
+        raise _Bad('a statement record ("stmt") is an intent: its rows settle with the marker')
+    stmt = obj["stmt"]
+    if not isinstance(stmt, str) or not stmt.strip():
+        raise _Bad('"stmt" must be the statement text')
+    op = obj.get("op")
+    if op not in OPS:
+        raise _Bad(f'"op" must be one of {", ".join(OPS)}, not {op!r}')
+    if not isinstance(obj.get("table"), str):
+        raise _Bad('"table" must be a string: schema.table or table')
+    params = obj.get("params", [])
+    if not isinstance(params, list):
+        raise _Bad('"params" must be an array of the statement\'s parameter values')
+    return _build(
+        WriteRecord,
+        {"line": line, "txid": txid, "seq": _parse_seq(obj.get("seq")), "ts": ts,
+         "ts_text": ts_text, "state": "intent", "op": op, "table": _table(obj["table"]),
+         "key": {}, "values": None, "before": None, "sql": None, "statement": None,
+         "stmt": stmt, "params": tuple(params), "of": None},
+    )  # fmt: skip
+
+
+class JournalReader:
+    """Stream and validate a journal; iterate for :data:`Record` objects.
+
+    >>> reader = JournalReader("writes.jsonl")
+    >>> for record in reader: ...
+    >>> reader.torn          # TornTail or None, once iteration has finished
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LINE_BYTES):
+        self.path = os.fspath(path)
+        self.max_line_bytes = max_line_bytes
+        #: lines read so far (including a torn one)
+        self.lines = 0
+        #: the torn last line, once iteration has reached it
+        self.torn: TornTail | None = None
+
+    def __iter__(self) -> Iterator[Record]:
+        for line, raw in self.raw_lines():
+            yield self.parse(line, raw)
+
+    def raw_lines(self) -> Iterator[tuple[int, bytes]]:
+        """``(line number, bytes)`` of every complete line, without validating it.
+
+        A torn last line is not yielded (see :attr:`torn`). Callers that skip lines
+        they do not need (``reconcile``'s second pass) still get exact line numbers.
+        """
+        try:
+            f: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise UsageError(f"cannot read journal {self.path}: {e.strerror}") from None
+        with f:
+            limit = self.max_line_bytes + 1
+            readline = f.readline
+            n = 0
+            while True:
+                raw = readline(limit)
+                if not raw:
+                    break
+                n += 1
+                self.lines = n
+                if raw[-1:] == b"\n":
+                    yield n, raw
+                    continue
+                if len(raw) >= limit:
+                    raise JournalError(
+                        f"line longer than {self.max_line_bytes} bytes",
+                        path=self.path,
+                        line=n,
+                    )
+                # the last line, without a newline: complete JSON, or torn
+                try:
+                    _loads(raw)
+                except ValueError:
+                    self.torn = TornTail(n, len(raw))
+                    break
+                yield n, raw
+                break
+
+    @staticmethod
+    def decode(raw: bytes) -> Any:
+        """A line as JSON, unvalidated (for lines :meth:`parse` already accepted)."""
+        return _loads(raw)
+
+    def parse(self, line: int, raw: bytes) -> Record:
+        """Decode and validate one line (raises :class:`JournalError`)."""
+        if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            raise JournalError("empty line", path=self.path, line=line)
+        try:
+            obj = _loads(raw)
+        except UnicodeDecodeError:
+            raise JournalError("not UTF-8", path=self.path, line=line) from None
+        except json.JSONDecodeError as e:
+            raise JournalError(
+                f"not valid JSON: {e.msg} (column {e.colno})", path=self.path, line=line
+            ) from None
+        except ValueError as e:
+            raise JournalError(f"not valid JSON: {e}", path=self.path, line=line) from None
+        try:
+            return _record_from(obj, line)
+        except _Bad as e:
+            raise JournalError(str(e), path=self.path, line=line) from None
+
+
+def read_journal(path: str | os.PathLike[str]) -> Iterator[Record]:
+    """Every record of the journal at ``path``, validated, streamed."""
+    return iter(JournalReader(path))

@@ -1,0 +1,376 @@
+"""Writing a journal.
+
+:class:`JournalWriter` is the application side::
+
+    with JournalWriter("writes.jsonl") as journal:
+        async with journal.transaction() as tx:       # marker "committed" on success
+            tx.intent("update", "public.orders", {"id": 42},
+                      values={"status": "paid"}, before={"status": "new"})
+            await conn.execute("UPDATE orders SET status = 'paid' WHERE id = 42")
+
+An intent is appended *before* the statement runs, the marker after the database
+answered. Leaving the block with a database refusal (an :class:`asyncpg.PostgresError`
+that rolled the transaction back) writes ``aborted``; any other exception - a lost
+connection, a timeout, a cancellation, an error of the COMMIT whose outcome is unknown -
+writes nothing, so the transaction stays *in doubt*, which is the truth.
+
+*Durability* (``fsync=``):
+
+``"commit"`` (default)
+    a commit marker (or a self-committed record) is on disk before
+    :meth:`JournalTransaction.commit` returns; intents and aborts are written
+    (visible to other processes, safe from a crash of the application) but reach the disk
+    with the next commit's fsync, which covers everything appended before it. A power
+    loss can therefore drop only intents of transactions that were never acknowledged.
+``"always"``
+    every record is on disk before the call returns (an intent is durable before the
+    statement runs).
+``"never"``
+    no fsync; the operating system writes when it likes (a crash of the application
+    loses nothing, a power loss may).
+
+Concurrent commits share one fsync (group commit): a committer whose record an fsync
+in progress already covers does not fsync again. The ``*_async`` methods and
+``async with`` leave the fsync to the writer's fsync thread, so the event loop never
+blocks on the disk.
+
+*Concurrency*: a writer may be shared by threads and by asyncio tasks of one process.
+Each record is one ``write(2)`` of a whole line to an ``O_APPEND`` file descriptor under
+a lock, so lines never interleave. Sequence numbers (``seq``) increase in file order and
+continue from the last record when a journal is reopened; default txids are
+``<random prefix>-<n>``, unique across writers and restarts.
+
+*Torn tail*: opening a journal whose last line has no newline (a crash mid-append)
+truncates that fragment, logging how many bytes were cut, so that later appends never
+turn it into a bad line in the middle of the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from replverify.errors import OutputError, UsageError
+from replverify.journal.format import FORMAT_VERSION, Op, TxId, _Bad, _loads
+from replverify.journal.reader import _record_from
+from replverify.journal.transaction import (
+    JournalTransaction,
+    TxState,
+    _write_fields,
+    definitely_failed,
+)
+
+__all__ = [
+    "FsyncPolicy",
+    "JournalTransaction",
+    "JournalWriter",
+    "TxState",
+    "definitely_failed",
+]
+
+log = logging.getLogger("replverify.journal.writer")
+
+FsyncPolicy = Literal["commit", "always", "never"]
+
+
+class JournalWriter:
+    """Append journal records for an application; see the module docs for the rules."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fsync: FsyncPolicy = "commit",
+        txid_prefix: str | None = None,
+    ) -> None:
+        if fsync not in ("commit", "always", "never"):
+            raise UsageError(f"fsync must be 'commit', 'always' or 'never', not {fsync!r}")
+        self.path = os.fspath(path)
+        self.fsync: FsyncPolicy = fsync
+        self.prefix = txid_prefix or secrets.token_hex(4)
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._appended = 0  # records appended (tickets for group commit)
+        self._synced = 0  # records known to be on disk
+        self._txn = 0
+        self._shapes: set[Hashable] = set()  # record shapes the reader accepted
+        #: asyncio committers waiting for the fsync thread: (ticket, loop, future)
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._wake = threading.Condition(threading.Lock())
+        self._syncer: threading.Thread | None = None
+        #: bytes of a torn last line cut off when the journal was opened
+        self.repaired = 0
+        created = not os.path.exists(self.path)
+        try:
+            self._fd: int | None = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        except OSError as e:
+            raise UsageError(f"cannot open journal {self.path}: {e.strerror}") from None
+        self._seq = self._recover()
+        if created and fsync != "never":
+            _fsync_dir(self.path)
+
+    # ---- opening
+
+    def _recover(self) -> int:
+        """Cut a torn last line; return the next sequence number."""
+        with open(self.path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            tail = b""
+            pos = size
+            while pos > 0 and tail.count(b"\n") < 2:
+                step = min(pos, 65536)
+                pos -= step
+                f.seek(pos)
+                tail = f.read(step) + tail
+        cut = 0
+        if not tail.endswith(b"\n"):
+            keep = tail.rfind(b"\n") + 1  # 0 when the file is one torn line
+            cut = len(tail) - keep
+            assert self._fd is not None
+            os.ftruncate(self._fd, size - cut)
+            os.fsync(self._fd)
+            self.repaired = cut
+            log.warning("%s: cut a torn last line of %d bytes (crash mid-append)", self.path, cut)
+            tail = tail[:keep]
+        lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+        try:
+            seq = _loads(lines[-1]).get("seq") if lines[-1] else None
+        except (ValueError, AttributeError):
+            seq = None
+        return seq + 1 if isinstance(seq, int) and not isinstance(seq, bool) else 0
+
+    # ---- appending
+
+    def _append(
+        self, fields: dict[str, Any], *, durable: bool, shape: Hashable | None = None
+    ) -> int:
+        """Append one record (seq and ts filled in under the lock); return its seq."""
+        return self._append_many([fields], durable=durable, shapes=(shape,))
+
+    def _append_many(
+        self,
+        batch: Sequence[dict[str, Any]],
+        *,
+        durable: bool,
+        shape: Hashable | None = None,
+        shapes: Sequence[Hashable | None] | None = None,
+        wait: bool = True,
+    ) -> int:
+        """Append records as one ``write(2)`` (consecutive seqs); return the first seq.
+
+        Every record is checked with the reader first - except, when the caller names
+        the records' ``shape`` (one for all, or ``shapes``, one per record: the fields,
+        columns and kinds of values its own code puts in them), those of a shape already
+        checked: the reader's verdict depends on the shape, and checking costs a third of
+        an append. ``wait=False``: no fsync here even when the policy asks for one - the
+        (asyncio) caller awaits :meth:`_sync_async` instead, which concurrent tasks share."""
+        with self._lock:
+            if self._fd is None:
+                raise UsageError(f"journal {self.path} is closed")
+            first = self._seq
+            ts = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            lines = []
+            for n, fields in enumerate(batch):
+                record: dict[str, Any] = {"v": FORMAT_VERSION, "txid": fields["txid"],
+                                          "seq": first + n, "ts": ts}  # fmt: skip
+                record.update(fields)
+                data = _dumps(record)
+                kind = shape if shapes is None else shapes[n]
+                if kind is None or kind not in self._shapes:
+                    try:
+                        _record_from(_loads(data), 0)  # never write what the reader refuses
+                    except _Bad as e:
+                        raise UsageError(f"not a valid journal record: {e}") from None
+                lines.append(data)
+            data = b"".join(lines)
+            view = memoryview(data)
+            try:
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+            except OSError as e:
+                if len(view) < len(data):  # no torn line before the next record
+                    with contextlib.suppress(OSError):
+                        size = os.fstat(self._fd).st_size
+                        os.ftruncate(self._fd, size - (len(data) - len(view)))
+                # The caller must not run the write it could not journal.
+                raise OutputError(f"cannot append to journal {self.path}: {e.strerror}") from None
+            for kind in (shape,) if shapes is None else shapes:
+                if kind is not None:
+                    self._shapes.add(kind)
+            self._seq = first + len(batch)
+            self._appended += len(batch)
+            ticket = self._appended
+        if wait and (durable or self.fsync == "always") and self.fsync != "never":
+            self._sync_to(ticket)
+        return first
+
+    async def _sync_async(self, ticket: int) -> None:
+        """:meth:`_sync_to` from asyncio, by the writer's fsync thread: committers of
+        any event loop share its fsyncs (one arriving while an fsync runs waits for the
+        next, which covers everyone who arrived meanwhile).
+
+        The thread goes straight from one fsync to the next while anyone waits, and
+        wakes the waiters itself (one ``call_soon_threadsafe`` per loop): no trip through
+        the event loop to start an fsync, and no task or future chain between the fsync
+        and the committers, each link of which costs a turn of a busy loop. Each waiter
+        has its own future, so cancelling one cancels no one else's wait."""
+        if self._synced >= ticket or self._fd is None:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        with self._wake:
+            self._waiters.append((ticket, loop, waiter))
+            if self._syncer is None:
+                self._syncer = threading.Thread(
+                    target=self._sync_loop, name=f"journal-fsync {self.path}", daemon=True
+                )
+                self._syncer.start()
+            self._wake.notify()
+        await waiter
+
+    def _sync_loop(self) -> None:
+        """The fsync thread: fsync while anyone waits; hand each waiter its outcome."""
+        while True:
+            with self._wake:
+                while not self._waiters and self._fd is not None:
+                    self._wake.wait()
+                if not self._waiters:
+                    return  # closed, nobody waiting
+                upto = max(w[0] for w in self._waiters)
+            error: BaseException | None = None
+            try:
+                self._sync_to(upto)
+            except BaseException as e:  # handed to the waiters, who raise it
+                error = e
+            closed = self._fd is None  # close() fsynced everything appended
+            with self._wake:
+                done = [w for w in self._waiters if closed or error or w[0] <= self._synced]
+                self._waiters = [w for w in self._waiters if w not in done]
+            by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+            for _, loop, fut in done:
+                by_loop.setdefault(loop, []).append(fut)
+            for loop, futs in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                    loop.call_soon_threadsafe(_settle_waiters, futs, error)
+
+    def _sync_to(self, ticket: int) -> None:
+        """fsync unless an fsync that started after record ``ticket`` already covered it."""
+        with self._sync_lock:
+            if self._synced >= ticket:
+                return
+            with self._lock:
+                upto, fd = self._appended, self._fd
+            if fd is None:
+                return
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                raise OutputError(f"cannot fsync journal {self.path}: {e.strerror}") from None
+            self._synced = upto
+
+    def new_txid(self) -> str:
+        with self._lock:
+            self._txn += 1
+            return f"{self.prefix}-{self._txn}"
+
+    def transaction(self, txid: TxId | None = None, *, defer: bool = False) -> JournalTransaction:
+        """A journaled transaction; a context manager (``with`` or ``async with``).
+
+        ``defer``: hold each statement's post-images back and append them with the next
+        intent, or by :meth:`JournalTransaction.flush`, which the caller runs before it
+        sends COMMIT (see :class:`JournalTransaction`). Intents are never held back."""
+        return JournalTransaction(self, txid if txid is not None else self.new_txid(), defer=defer)
+
+    begin = transaction
+
+    def write(
+        self,
+        op: Op,
+        table: str,
+        key: Mapping[str, object],
+        values: Mapping[str, object] | None = None,
+        before: Mapping[str, object] | None = None,
+        *,
+        txid: TxId | None = None,
+        meta: Mapping[str, object] | None = None,
+    ) -> int:
+        """Journal a write that has already committed (``state: committed``); its seq."""
+        fields = _write_fields(op, table, key, values, before, meta)
+        fields["txid"] = txid if txid is not None else self.new_txid()
+        fields["state"] = "committed"
+        return self._append(fields, durable=True)
+
+    def close(self) -> None:
+        with self._sync_lock:  # not in the middle of the fsync thread's fsync
+            with self._lock:
+                fd, self._fd = self._fd, None
+            if fd is not None:
+                if self.fsync != "never":
+                    os.fsync(fd)
+                os.close(fd)
+        with self._wake:
+            syncer = self._syncer
+            self._wake.notify()
+        if syncer is not None and syncer is not threading.current_thread():
+            syncer.join(timeout=5)
+
+    def __enter__(self) -> JournalWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> JournalWriter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
+
+def _settle_waiters(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    """On a waiter's event loop: the fsync it waited for is done (or failed)."""
+    for fut in futures:
+        if not fut.done():
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
+
+def _dumps(record: Mapping[str, Any]) -> bytes:
+    """One compact JSON line (UTF-8, not ASCII-escaped). orjson is several times faster
+    than :mod:`json`; it refuses only integers beyond 64 bits, which :mod:`json` writes."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        return line.encode()
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(str(Path(path).resolve().parent), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
