@@ -10,12 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replverify.diff.copyscan import (
+    MAX_LENGTHS,
     SIGNATURE,
+    LearnedSkip,
+    body_start,
     common_prefix,
     common_suffix,
     differing_keys,
     key_reader,
     locate_chunk,
+    row_skipper,
+    skip_rows,
 )
 from replverify.diff.hashing import ChunkDigest
 
@@ -160,3 +165,87 @@ def test_no_difference_is_missed_even_if_the_key_order_were_wrong(base, data):
     }
     found = differing_keys(as_stream(base), as_stream(other), key_of)
     assert found is not None and differing <= set(found)
+
+
+sizes_hints = st.lists(st.one_of(st.none(), st.integers(0, 12)), min_size=1, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_specialised_walk_stops_where_the_plain_walk_does(data):
+    """Whatever the size hints say (right, wrong, NULLs in fixed-size fields, rows of
+    another width), the generated walk ends at the same row start as the plain one."""
+    hints = data.draw(sizes_hints)
+    field = st.one_of(
+        st.none(),
+        st.binary(max_size=12),
+        *(st.binary(min_size=h, max_size=h) for h in hints if h is not None),
+    )
+    width = data.draw(st.sampled_from([len(hints), len(hints), len(hints) + 1]))
+    rows = data.draw(st.lists(st.lists(field, min_size=width, max_size=width), max_size=30))
+    buf = stream(rows)
+    start = body_start(buf)
+    skip = row_skipper(hints)
+    for limit in {start, len(buf), len(buf) - 2, data.draw(st.integers(start, len(buf)))}:
+        assert skip(buf, start, limit) == skip_rows(buf, start, limit)
+
+
+def test_a_specialised_walk_of_a_torn_stream_fails_like_the_plain_one():
+    buf = stream([[b"12345678", b"ab"], [b"12345678", None]])
+    skip = row_skipper([8, None])
+    torn = buf[:-5]
+    with pytest.raises(struct.error):
+        skip_rows(torn, 19, len(torn))
+    with pytest.raises(struct.error):
+        skip(torn, 19, len(torn))
+
+
+@settings(max_examples=300, deadline=None)
+@given(tables, st.data())
+def test_the_differing_keys_are_the_same_with_a_specialised_walk(base, data):
+    other = {k: v for k, v in base.items() if data.draw(st.booleans())}
+    for k in data.draw(st.lists(st.integers(0, 400), max_size=4)):
+        other[k] = data.draw(payloads)
+    skip = row_skipper([8, *data.draw(st.lists(st.one_of(st.none(), st.integers(0, 3))))])
+    a, b = as_stream(base), as_stream(other)
+    expected = differing_keys(a, b, KEY_OF)
+    assert differing_keys(a, b, KEY_OF, skip) == expected
+    assert differing_keys(a, b, KEY_OF, LearnedSkip(2, skip)) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_learned_walk_stops_where_the_plain_walk_does(data):
+    """One learned walk over several streams (it keeps what it learned), rows of varying
+    lengths, NULLs and widths: it always ends at the plain walk's row start."""
+    width = data.draw(st.integers(1, 4))
+    field = st.one_of(st.none(), st.binary(max_size=6))
+    walk = LearnedSkip(width, skip_rows)
+    for _ in range(3):
+        widths = st.sampled_from([width, width, width, width + 1])
+        rows = data.draw(
+            st.lists(widths.flatmap(lambda w: st.lists(field, min_size=w, max_size=w)), max_size=25)
+        )
+        buf = stream(rows)
+        start = body_start(buf)
+        for limit in {len(buf), data.draw(st.integers(start, len(buf)))}:
+            assert walk(buf, start, limit) == skip_rows(buf, start, limit)
+
+
+def test_a_learned_walk_gives_up_on_fields_of_many_lengths():
+    walk = LearnedSkip(2, skip_rows)
+    few = stream([[struct.pack(">q", i), b"x" * (i % 3)] for i in range(50)])
+    assert walk(few, 19, len(few)) == len(few) - 2
+    assert walk.learning and walk.pattern is not None
+    many = stream([[struct.pack(">q", i), b"x" * i] for i in range(MAX_LENGTHS + 5)])
+    assert walk(many, 19, len(many)) == len(many) - 2
+    assert not walk.learning
+    assert walk(few, 19, len(few)) == len(few) - 2
+
+
+def test_a_learned_walk_of_a_torn_stream_fails():
+    buf = stream([[b"12345678", b"ab"]] * 3)
+    walk = LearnedSkip(2, skip_rows)
+    assert walk(buf, 19, len(buf)) == len(buf) - 2
+    with pytest.raises(struct.error):
+        walk(buf[:-5], 19, len(buf) - 5)

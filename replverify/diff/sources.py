@@ -20,7 +20,15 @@ import asyncpg
 import xxhash
 
 from replverify.diff.align import TablePlan
-from replverify.diff.copyscan import KeyOf, key_reader
+from replverify.diff.copyscan import (
+    SEND_SIZES,
+    KeyOf,
+    LearnedSkip,
+    Skip,
+    key_reader,
+    row_skipper,
+    skip_rows,
+)
 from replverify.diff.hashing import ChunkDigest, row_digest, to_unsigned64
 from replverify.diff.ranges import KeyRange
 from replverify.diff.sql import TableSQL
@@ -185,12 +193,20 @@ class PostgresSource:
         self._planned_after: Key | None = None
         #: decodes keys out of this table's COPY rows; set when chunks keep their streams
         self.key_of: KeyOf | None = None
+        #: walks this table's COPY rows (to locate differing keys in them)
+        self.skip: Skip = skip_rows
         if mode == "copy" and self.nkey:
             positions = [
                 i for k in sql.plan.key_names for i, c in enumerate(sql.plan.columns) if c.name == k
             ]
             bases = [by_name[k].type.base for k in sql.plan.key_names]
             self.key_of = key_reader(positions, bases)
+            forms = sql.plan.copy_forms or ("binary",) * len(sql.plan.columns)
+            sizes = [
+                SEND_SIZES.get(c.type.base) if f == "binary" and c.type.kind == "base" else None
+                for c, f in zip(sql.plan.columns, forms, strict=True)
+            ]
+            self.skip = LearnedSkip(len(sizes), row_skipper(sizes))
 
     def _key(self, record: Sequence[object]) -> Key:
         if self._plain_keys:

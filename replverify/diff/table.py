@@ -103,7 +103,7 @@ async def compare_table(
     tgt_side = PostgresSource(target, sql, mode, options.compare)
     key_of = src_side.key_of
     if key_of is not None and plan.key_mode == "primary key":  # merging needs unique keys
-        machine.locate = functools.partial(locate_chunk, key_of=key_of)
+        machine.locate = functools.partial(locate_chunk, key_of=key_of, skip=src_side.skip)
     result = TableResult(
         plan.ref,
         plan.key_names,
