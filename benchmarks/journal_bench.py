@@ -47,7 +47,8 @@ from replverify.db.catalog import TableInfo
 from replverify.journal.format import Marker
 from replverify.journal.reader import JournalReader
 from replverify.journal.resolve import RowResolver
-from replverify.reconcile.run import Ledger, reconcile, reconcile_with
+from replverify.reconcile.ledger import Ledger
+from replverify.reconcile.run import reconcile, reconcile_with
 from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, TableRef
 

@@ -190,8 +190,9 @@ def test_rendering_does_not_import_asyncpg() -> None:
         _package_modules("replverify.values"),
         ["replverify.diff.machine"],
         ["replverify.lag.model"],
+        ["replverify.reconcile.judge", "replverify.reconcile.ledger"],
     ],
-    ids=["values", "diff.machine", "lag.model"],
+    ids=["values", "diff.machine", "lag.model", "reconcile.judge"],
 )
 def test_pure_parts_import_no_io(modules: list[str]) -> None:
     io = {"asyncpg", "socket", "ssl", "asyncio", "subprocess", "sqlglot"}
