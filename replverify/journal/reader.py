@@ -25,6 +25,7 @@ from replverify.journal.format import (
     FORMAT_VERSION,
     MAX_LINE_BYTES,
     OPS,
+    Glance,
     Marker,
     Record,
     TornTail,
@@ -40,6 +41,7 @@ from replverify.journal.format import (
     _parse_ts,
     _parse_txid,
     _table,
+    glance,
 )
 from replverify.journal.statements import _parse_statement
 
@@ -215,9 +217,10 @@ class JournalReader:
                 break
 
     @staticmethod
-    def decode(raw: bytes) -> Any:
-        """A line as JSON, unvalidated (for lines :meth:`parse` already accepted)."""
-        return _loads(raw)
+    def glance(raw: bytes) -> Glance:
+        """The fields of a line a second pass looks at, unvalidated (for lines
+        :meth:`parse` already accepted)."""
+        return glance(raw)
 
     def parse(self, line: int, raw: bytes) -> Record:
         """Decode and validate one line (raises :class:`JournalError`)."""

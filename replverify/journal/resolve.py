@@ -12,11 +12,11 @@ import decimal
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
-from typing import Any
 
 from replverify.db.catalog import TableInfo
 from replverify.errors import JournalError, UsageError
 from replverify.journal.format import (
+    Glance,
     JSONValue,
     Op,
     RowId,
@@ -122,12 +122,12 @@ class RowResolver:
         except _Bad as e:
             raise JournalError(str(e), path=self.path, line=record.line) from None
 
-    def row_ids(self, obj: Mapping[str, Any]) -> list[RowId]:
-        """The rows a write record writes, from its decoded JSON, without building the
-        records: for a second look at a journal already validated (unknown tables and
-        keys that do not resolve give no rows)."""
+    def row_ids(self, obj: Glance) -> list[RowId]:
+        """The rows a write record writes, from a :class:`~.format.Glance` at its line,
+        without building the records: for a second look at a journal already validated
+        (unknown tables and keys that do not resolve give no rows)."""
         try:
-            sql = obj.get("sql")
+            sql = obj.sql
             if sql is not None:
                 stmt = _parse_statement(sql)
                 info = self.tables.get(stmt.table)
@@ -139,7 +139,9 @@ class RowResolver:
                 else:
                     keys = [dict(stmt.where)]
                 return [self.key_identity(stmt.table, k) for k in keys]
-            return [self.key_identity(_table(obj["table"]), obj["key"])]
+            if obj.key is None:
+                return []  # a marker, or a statement intent (its rows are records)
+            return [self.key_identity(_table(obj.table), obj.key)]
         except (_Bad, UsageError, KeyError, TypeError):
             return []
 

@@ -401,10 +401,10 @@ async def reconcile_with(
         for line, raw in again.raw_lines():  # validated in pass 1: decode, look, skip
             if collector.complete:
                 break
-            obj = again.decode(raw)
-            sql = obj.get("sql")
-            if "op" not in obj and sql is None:
-                collector.settle(obj["txid"], obj["state"])
+            obj = again.glance(raw)
+            sql = obj.sql
+            if obj.op is None and sql is None:
+                collector.settle(obj.txid, obj.state)
             elif sql is not None and not any(n in sql.lower() for n in table_names):
                 continue  # a statement that cannot name a table of interest: not parsed
             elif not wanted.isdisjoint(resolver.row_ids(obj)):

@@ -7,6 +7,7 @@ with ``jsonb_populate_record``), inside the caller's read-only repeatable-read s
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -159,9 +160,22 @@ def lookup_sql(
     Parameters: ``$1`` row numbers, ``$2`` keys, ``$3`` images (if ``image_cols``), as
     jsonb objects; ``jsonb_populate_record`` reads them with the columns' input functions.
     """
+    return _lookup_sql(info.ref, tuple(key), tuple(target_cols), tuple(image_cols), as_text)
+
+
+@functools.lru_cache(maxsize=256)
+def _lookup_sql(
+    ref: TableRef,
+    key: tuple[str, ...],
+    target_cols: tuple[str, ...],
+    image_cols: tuple[str, ...],
+    as_text: bool,
+) -> str:
+    """:func:`lookup_sql`, built once per shape: sqlglot takes milliseconds, and a
+    reconcile asks for the same few shapes for every batch."""
     with_image = bool(image_cols)
     tree = sqlglot.parse_one(_LOOKUP_IMAGES if with_image else _LOOKUP, read=DIALECT)
-    tname = exp.Table(this=ident(info.ref.name), db=ident(info.ref.schema))
+    tname = exp.Table(this=ident(ref.name), db=ident(ref.schema))
     rowtype = exp.DataType.build(tname.sql(DIALECT), dialect=DIALECT, udt=True)
 
     def fill(node: exp.Expr) -> exp.Expr:
@@ -169,8 +183,8 @@ def lookup_sql(
             return rowtype.copy()
         if isinstance(node, exp.Table) and node.name == "_rv_table":
             return exp.Table(
-                this=ident(info.ref.name),
-                db=ident(info.ref.schema),
+                this=ident(ref.name),
+                db=ident(ref.schema),
                 alias=exp.TableAlias(this=exp.to_identifier("t")),
             )
         return node
