@@ -3,10 +3,14 @@
     python benchmarks/journal_bench.py --lines 1000000 --rows 100000
 
 Generates a journal of ``--lines`` lines (transactions of one to three writes settled by
-a commit marker, self-committed writes, aborted transactions, a share of ``sql``
-records, a few in-doubt intents) over ``--rows`` distinct rows, and a target that holds
-the last value of every row except a few lost ones. Then, each in its own process so
-peak RSS is its own:
+a commit marker, self-committed writes, aborted transactions, a few in-doubt intents)
+over ``--rows`` distinct rows, and a target that holds the last value of every row
+except a few lost ones. ``--kind`` says how the writes are journaled: ``literal``
+(structured records with ``key``/``values``/``before``, plus a ``--sql-share`` of ``sql``
+records), ``sql`` (every write an ``sql`` record with literal values), ``effects``
+(every write a statement intent with ``$n`` parameters plus the record of the row it
+touched, as the failover pool journals a statement by its effect). Then, each in its own
+process so peak RSS is its own:
 
 * ``read``      - :class:`~replverify.journal.reader.JournalReader`: decode and validate
   every line;
@@ -17,8 +21,8 @@ peak RSS is its own:
 
 Peak memory is VmHWM reset after the setup of each phase (Linux), minus the RSS then.
 
-Prints entries/s and peak memory per phase, and writes JSON to ``benchmarks/results/``
-unless ``--no-save``.
+Prints entries/s and peak memory per phase, and writes JSON and a Markdown table to
+``benchmarks/results/`` unless ``--no-save``.
 """
 
 from __future__ import annotations
@@ -66,10 +70,20 @@ INFO = TableInfo(
     0,
 )
 STATUSES = ("new", "paid", "shipped", "cancelled")
+#: the statements of an effects journal (journaled with their parameters)
+STATEMENTS = {
+    "update": "UPDATE orders SET status = $1, amount = $2 WHERE id = $3",
+    "insert": "INSERT INTO orders (id, status, amount) VALUES ($3, $1, $2)",
+}
 
 
-def generate(path: Path, lines: int, rows: int, sql_share: float, lost: int, seed: int) -> dict:
+def generate(
+    path: Path, lines: int, rows: int, sql_share: float, lost: int, seed: int, kind: str = "literal"
+) -> dict:
     """Write the journal; return the target's rows (the last value of every row)."""
+    if kind == "sql":
+        sql_share = 1.0
+    journaled = kind
     rnd = random.Random(seed)
     state: dict[int, dict[str, Any]] = {}
     n = seq = tx = 0
@@ -87,7 +101,7 @@ def generate(path: Path, lines: int, rows: int, sql_share: float, lost: int, see
             ts = f"2026-11-23T10:{minute:02d}:{second:02d}.{n % 1000:03d}+00:00"
             kind = rnd.random()
             writes = 1 if kind < 0.5 else rnd.randint(1, 3)
-            self_committed = kind < 0.25
+            self_committed = kind < 0.25 and journaled != "effects"  # a statement settles
             aborted = kind > 0.97
             for _ in range(writes):
                 seq += 1
@@ -101,7 +115,18 @@ def generate(path: Path, lines: int, rows: int, sql_share: float, lost: int, see
                     "ts": ts,
                     "state": "committed" if self_committed else "intent",
                 }
-                if rnd.random() < sql_share:
+                if journaled == "effects":
+                    exists = rid in state
+                    stmt = STATEMENTS["update" if exists else "insert"]
+                    emit({**rec, "op": "update" if exists else "insert", "table": "public.orders",
+                          "stmt": stmt, "params": [status, amount, rid]})  # fmt: skip
+                    seq += 1
+                    rec = {**rec, "seq": seq, "op": "update" if exists else "insert",
+                           "table": "public.orders", "key": {"id": rid}, "of": seq - 1,
+                           "values": {"status": status, "amount": amount}}  # fmt: skip
+                    if not exists:
+                        rec["values"]["note"] = None
+                elif rnd.random() < sql_share:
                     rec["sql"] = (
                         f"UPDATE orders SET status = '{status}', amount = {amount} WHERE id = {rid}"
                         if rid in state
@@ -237,6 +262,35 @@ def run_phase(phase: str, journal: Path, target: Path) -> dict[str, Any]:
     return result
 
 
+def markdown(doc: dict[str, Any], notes: dict[str, str]) -> str:
+    """One run as a Markdown table."""
+    a = doc["args"]
+    out = [
+        f"# Journal benchmark: {a['kind']} journal, {a['lines']:,} lines, {a['rows']:,} rows"
+        + (f" ({a['label']})" if a["label"] else ""),
+        "",
+        f"`python benchmarks/journal_bench.py --kind {a['kind']} --lines {a['lines']}"
+        f" --rows {a['rows']}{' --postgres' if a['postgres'] else ''}`;"
+        f" {doc['journal_bytes'] / 2**20:,.0f} MiB; Python {doc['machine']['python']},"
+        f" {doc['machine']['cpus']} CPUs (shared with other jobs: compare ratios in one run).",
+        "",
+        "| phase | seconds | lines/s | entries/s | peak RSS growth (MiB) | seconds per pass |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for phase, r in doc["results"].items():
+        entries = f"{r['entries'] / r['elapsed_s']:,.0f}" if "entries" in r else ""
+        passes = ", ".join(f"{k} {v}" for k, v in r.get("timings", {}).items())
+        out.append(
+            f"| {phase} {notes[phase]} | {r['elapsed_s']:.1f} | {r['lines'] / r['elapsed_s']:,.0f}"
+            f" | {entries} | {r['peak_rss_mib'] - r['rss_before_mib']:,.0f} | {passes} |"
+        )
+    for phase in ("reconcile", "postgres"):
+        if phase in doc["results"]:
+            out.append("")
+            out.append(f"{phase} counts: `{doc['results'][phase]['counts']}`")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--lines", type=int, default=1_000_000)
@@ -244,6 +298,8 @@ def main() -> None:
     ap.add_argument("--sql-share", type=float, default=0.01, help="share of sql records")
     ap.add_argument("--lost", type=int, default=100, help="rows the target lost")
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--kind", choices=("literal", "sql", "effects"), default="literal")
+    ap.add_argument("--label", default="", help="a word for the result files' names")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument(
         "--postgres",
@@ -258,7 +314,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         journal, target = Path(tmp) / "writes.jsonl", Path(tmp) / "target.json"
         t0 = time.perf_counter()
-        gen = generate(journal, args.lines, args.rows, args.sql_share, args.lost, args.seed)
+        gen = generate(
+            journal, args.lines, args.rows, args.sql_share, args.lost, args.seed, args.kind
+        )
         target.write_text(json.dumps(gen["rows"]))
         size = journal.stat().st_size
         print(
@@ -298,7 +356,9 @@ def main() -> None:
     if not args.no_save:
         out = Path(__file__).parent / "results"
         out.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        stamp = (
+            time.strftime("%Y%m%d-%H%M%S") + f"-{args.kind}" + (f"-{args.label}" * bool(args.label))
+        )
         doc = {
             "args": vars(args) | {"child": None},
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
@@ -306,6 +366,7 @@ def main() -> None:
             "results": results,
         }
         (out / f"journal-{stamp}.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (out / f"journal-{stamp}.md").write_text(markdown(doc, notes))
 
 
 if __name__ == "__main__":

@@ -67,8 +67,8 @@ def _record_from(obj: object, line: int) -> Record:
         raise _Bad('"meta" must be an object')
     state = obj.get("state")
     if "op" not in obj and "sql" not in obj:
-        unknown = obj.keys() - _MARKER_FIELDS
-        if unknown:
+        if not _MARKER_FIELDS.issuperset(obj):
+            unknown = obj.keys() - _MARKER_FIELDS
             raise _Bad(f"unknown field(s) {_names(unknown)} in a marker record")
         if state not in ("committed", "aborted"):
             raise _Bad('a marker\'s "state" must be "committed" or "aborted"')
@@ -76,8 +76,8 @@ def _record_from(obj: object, line: int) -> Record:
         return Marker(line, txid, state, ts, ts_text, None if seq is None else _parse_seq(seq))
     if "stmt" in obj:
         return _statement_intent(obj, line, txid, ts, ts_text, state)
-    unknown = obj.keys() - _WRITE_FIELDS
-    if unknown:
+    if not _WRITE_FIELDS.issuperset(obj):
+        unknown = obj.keys() - _WRITE_FIELDS
         raise _Bad(f"unknown field(s) {_names(unknown)}")
     if state not in ("intent", "committed"):
         raise _Bad('a write\'s "state" must be "intent" or "committed"')
