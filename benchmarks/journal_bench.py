@@ -255,39 +255,73 @@ def postgres_target(rows: list[dict[str, Any]]) -> Iterator[str]:
         yield servers.source_dsn
 
 
-def run_phase(phase: str, journal: Path, target: Path) -> dict[str, Any]:
+def run_phase(
+    phase: str, journal: Path, target: Path, baseline: str | None = None
+) -> dict[str, Any]:
+    """One phase in a child process; ``baseline``: with that checkout of replverify first
+    on the path instead of this one."""
+    env = dict(os.environ)
+    if baseline is not None:
+        env["PYTHONPATH"] = baseline
     cmd = [sys.executable, __file__, "--child", phase, str(journal), str(target)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
 
 
-def markdown(doc: dict[str, Any], notes: dict[str, str]) -> str:
-    """One run as a Markdown table."""
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ranked = sorted(runs, key=lambda r: r["elapsed_s"])
+    out = dict(ranked[len(ranked) // 2])
+    out["runs_s"] = [round(r["elapsed_s"], 2) for r in runs]
+    return out
+
+
+NOTES = {
+    "postgres": "(3 passes against a local PostgreSQL 15 server, batched lookups)",
+    "read": "(decode + validate every line)",
+    "ledger": "(pass 1 alone)",
+    "reconcile": "(3 passes; over the in-memory target's own memory)",
+}
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """One run as a Markdown table (with the baseline's rows and the speed-up, if any)."""
     a = doc["args"]
+    base = doc.get("baseline") or {}
     out = [
         f"# Journal benchmark: {a['kind']} journal, {a['lines']:,} lines, {a['rows']:,} rows"
         + (f" ({a['label']})" if a["label"] else ""),
         "",
         f"`python benchmarks/journal_bench.py --kind {a['kind']} --lines {a['lines']}"
-        f" --rows {a['rows']}{' --postgres' if a['postgres'] else ''}`;"
+        f" --rows {a['rows']} --phases {a['phases']}{' --postgres' if a['postgres'] else ''}"
+        f"{' --baseline ' + str(a['baseline']) if a['baseline'] else ''} --repeat {a['repeat']}`;"
         f" {doc['journal_bytes'] / 2**20:,.0f} MiB; Python {doc['machine']['python']},"
-        f" {doc['machine']['cpus']} CPUs (shared with other jobs: compare ratios in one run).",
+        f" {doc['machine']['cpus']} CPUs shared with other jobs (absolute times vary from run"
+        " to run: compare within one run). Times are the median of the runs listed.",
         "",
-        "| phase | seconds | lines/s | entries/s | peak RSS growth (MiB) | seconds per pass |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| phase | code | seconds (runs) | lines/s | entries/s | peak RSS growth (MiB) |"
+        " seconds per pass | speed-up |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for phase, r in doc["results"].items():
-        entries = f"{r['entries'] / r['elapsed_s']:,.0f}" if "entries" in r else ""
-        passes = ", ".join(f"{k} {v}" for k, v in r.get("timings", {}).items())
-        out.append(
-            f"| {phase} {notes[phase]} | {r['elapsed_s']:.1f} | {r['lines'] / r['elapsed_s']:,.0f}"
-            f" | {entries} | {r['peak_rss_mib'] - r['rss_before_mib']:,.0f} | {passes} |"
-        )
+        for name, x in (("baseline", base.get(phase)), ("this", r)):
+            if x is None:
+                continue
+            entries = f"{x['entries'] / x['elapsed_s']:,.0f}" if "entries" in x else ""
+            passes = ", ".join(f"{k} {v}" for k, v in x.get("timings", {}).items())
+            runs = ", ".join(f"{t:g}" for t in x.get("runs_s", []))
+            up = ""
+            if name == "this" and phase in base:
+                up = f"{base[phase]['elapsed_s'] / x['elapsed_s']:.2f}x"
+            out.append(
+                f"| {phase} {NOTES[phase]} | {name} | {x['elapsed_s']:.1f} ({runs})"
+                f" | {x['lines'] / x['elapsed_s']:,.0f} | {entries}"
+                f" | {x['peak_rss_mib'] - x['rss_before_mib']:,.0f} | {passes} | {up} |"
+            )
     for phase in ("reconcile", "postgres"):
-        if phase in doc["results"]:
-            out.append("")
-            out.append(f"{phase} counts: `{doc['results'][phase]['counts']}`")
+        for name, res in (("baseline", base), ("this", doc["results"])):
+            if phase in res:
+                out += ["", f"{phase} counts ({name}): `{res[phase]['counts']}`"]
     return "\n".join(out) + "\n"
 
 
@@ -299,6 +333,13 @@ def main() -> None:
     ap.add_argument("--lost", type=int, default=100, help="rows the target lost")
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--kind", choices=("literal", "sql", "effects"), default="literal")
+    ap.add_argument("--phases", default="read,ledger,reconcile", help="comma-separated")
+    ap.add_argument(
+        "--baseline",
+        help="a checkout of replverify (git worktree add DIR COMMIT) to run each phase with"
+        " too, alternating with this one",
+    )
+    ap.add_argument("--repeat", type=int, default=1, help="runs per phase (median reported)")
     ap.add_argument("--label", default="", help="a word for the result files' names")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument(
@@ -323,36 +364,39 @@ def main() -> None:
             f"journal: {gen['lines']:,} lines, {size / 2**20:,.0f} MiB, {len(gen['rows']):,} rows"
             f" (generated in {time.perf_counter() - t0:.1f} s)"
         )
-        phases = ["read", "ledger", "reconcile"]
+        phases = [p for p in args.phases.split(",") if p]
+        runs: dict[str, list[dict[str, Any]]] = {}
+        base_runs: dict[str, list[dict[str, Any]]] = {}
         with contextlib.ExitStack() as stack:
             if args.postgres:
                 os.environ[DSN_ENV] = stack.enter_context(postgres_target(gen["rows"]))
                 phases.append("postgres")
-            results = {p: run_phase(p, journal, target) for p in phases}
-    notes = {
-        "postgres": "(3 passes against a local PostgreSQL 15 server, batched lookups)",
-        "read": "(decode + validate every line)",
-        "ledger": f"(pass 1 alone: {results['ledger']['rows']:,} rows tracked)",
-        "reconcile": "(3 passes; over the in-memory target's own memory)",
-    }
+            for _ in range(args.repeat):
+                for p in phases:
+                    if args.baseline:
+                        base_runs.setdefault(p, []).append(
+                            run_phase(p, journal, target, args.baseline)
+                        )
+                    runs.setdefault(p, []).append(run_phase(p, journal, target))
+        results = {p: _median(r) for p, r in runs.items()}
+        baseline = {p: _median(r) for p, r in base_runs.items()}
+    for name, res in (("baseline", baseline), ("this", results)):
+        for phase, r in res.items():
+            rate = r["lines"] / r["elapsed_s"]
+            entries = (
+                f"  {r['entries'] / r['elapsed_s']:>8,.0f} entries/s" if "entries" in r else ""
+            )
+            grown = r["peak_rss_mib"] - r["rss_before_mib"]
+            print(
+                f"{name:<8} {phase:<10} {r['elapsed_s']:6.1f} s {rate:>9,.0f} lines/s{entries}"
+                f"  peak RSS +{grown:,.0f} MiB {NOTES[phase]}"
+            )
+            if "counts" in r:
+                passes = ", ".join(f"{k} {v}" for k, v in r["timings"].items())
+                print(f"         counts {r['counts']}; seconds per pass: {passes}")
     for phase in results:
-        r = results[phase]
-        rate = r["lines"] / r["elapsed_s"]
-        entries = f"  {r['entries'] / r['elapsed_s']:>8,.0f} entries/s" if "entries" in r else ""
-        grown = r["peak_rss_mib"] - r["rss_before_mib"]
-        print(
-            f"{phase:<10} {r['elapsed_s']:6.1f} s {rate:>9,.0f} lines/s{entries}"
-            f"  peak RSS +{grown:,.0f} MiB {notes[phase]}"
-        )
-    rec = results["reconcile"]
-    print(f"reconcile: {rec['entries']:,} entries, counts {rec['counts']}")
-    if "postgres" in results:
-        print(f"postgres: counts {results['postgres']['counts']}")
-        print(
-            "postgres seconds per pass: "
-            + ", ".join(f"{k} {v}" for k, v in results["postgres"]["timings"].items())
-        )
-    print("reconcile seconds per pass: " + ", ".join(f"{k} {v}" for k, v in rec["timings"].items()))
+        if phase in baseline and "counts" in results[phase]:
+            assert results[phase]["counts"] == baseline[phase]["counts"], phase
     if not args.no_save:
         out = Path(__file__).parent / "results"
         out.mkdir(exist_ok=True)
@@ -364,9 +408,10 @@ def main() -> None:
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
             "journal_bytes": size,
             "results": results,
+            "baseline": baseline,
         }
         (out / f"journal-{stamp}.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (out / f"journal-{stamp}.md").write_text(markdown(doc, notes))
+        (out / f"journal-{stamp}.md").write_text(markdown(doc))
 
 
 if __name__ == "__main__":

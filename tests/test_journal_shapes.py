@@ -97,6 +97,8 @@ def test_a_shape_parses_as_the_statement_itself(sql: str) -> None:
         "INSERT INTO t (a, a) VALUES (1, 2)",
         "UPDATE t SET a = 'a' 'b' WHERE id = 1",
         "UPDATE t SET a = '\ue0000' WHERE id = 1",  # the marker character itself
+        "UPDATE t2 SET c1 = 5, ü2 = 'x' WHERE id = 1",  # digits in names are no numbers
+        "UPDATE t SET a = x.5 WHERE id = 1",
     ],
 )
 def test_statements_that_look_alike(sql: str) -> None:

@@ -161,13 +161,13 @@ def _parse_statement(sql: str) -> Statement:
 #: A literal where its text cannot change how the statement parses: a plain string (no
 #: backslash, no prefix such as E'' or U&'') or an unsigned number, after one of ( , = [
 #: (a number also after a unary minus that follows one), and before ) , ] ; ::, the end,
-#: or a word. Anything else in the statement that is not a literal or a quoted identifier
-#: is kept; a statement with $, comments or a literal elsewhere has no shape.
+#: or a word. Digits inside a word are part of a name, not a number. Anything else in
+#: the statement is kept; a statement with $, comments or a literal elsewhere has no shape.
 _TOKEN = re.compile(
     r"""(?P<qid>"(?:[^"]|"")*")
       | (?P<str>'(?:[^'\\]|'')*')
-      | (?P<num>(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)
-      | (?P<word>[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9$\x80-\U0010ffff]*)
+      | (?<![A-Za-z_0-9\x80-\U0010ffff])
+        (?P<num>(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)
       | (?P<bad>['\\$]|--|/\*)""",
     re.VERBOSE,
 )
@@ -187,7 +187,7 @@ def _shape_of(sql: str) -> tuple[str, tuple[tuple[bool, str], ...]] | None:
         kind = m.lastgroup
         if kind == "bad":
             return None
-        if kind not in ("str", "num"):
+        if kind == "qid":
             continue
         start, end = m.span()
         i = _skip_back(sql, start)

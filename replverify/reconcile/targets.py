@@ -218,6 +218,8 @@ class PostgresTarget:
         self.name = name
         self.tables = tables
         self._encoders: dict[tuple[TableRef, str], Encoder] = {}
+        #: per column: its type and its JSON name (a payload is built per probe image)
+        self._columns: dict[tuple[TableRef, str], tuple[ColumnType, str]] = {}
 
     def _enc(self, info: TableInfo, col: str) -> Encoder:
         e = self._encoders.get((info.ref, col))
@@ -227,12 +229,16 @@ class PostgresTarget:
 
     def _payload(self, info: TableInfo, image: Image) -> str:
         parts = []
+        columns = self._columns
         for col, v in image.items():
+            known = columns.get((info.ref, col))
+            if known is None:
+                known = columns[(info.ref, col)] = (_ctype(info, col), f"{json.dumps(col)}:")
             try:
-                value = column_value(v, _ctype(info, col))
+                value = column_value(v, known[0])
             except ValueError as e:
                 raise BadValue(-1, f"{col}: {e}") from None
-            parts.append(f"{json.dumps(col)}:{json_text(value)}")
+            parts.append(known[1] + json_text(value))
         return "{" + ",".join(parts) + "}"
 
     async def _fetch(self, sql: str, args: Sequence[object], count: int) -> list[asyncpg.Record]:
