@@ -198,6 +198,8 @@ def child(phase: str, journal: str, target: str) -> dict[str, Any]:
         for rec in reader:
             if isinstance(rec, Marker):
                 ledger.marker(rec)
+            elif rec.stmt is not None:  # as reconcile does: a statement intent
+                ledger.statement(rec)
             else:
                 for w in resolver(rec):
                     ledger.write(w)
