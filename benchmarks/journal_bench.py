@@ -3,10 +3,14 @@
     python benchmarks/journal_bench.py --lines 1000000 --rows 100000
 
 Generates a journal of ``--lines`` lines (transactions of one to three writes settled by
-a commit marker, self-committed writes, aborted transactions, a share of ``sql``
-records, a few in-doubt intents) over ``--rows`` distinct rows, and a target that holds
-the last value of every row except a few lost ones. Then, each in its own process so
-peak RSS is its own:
+a commit marker, self-committed writes, aborted transactions, a few in-doubt intents)
+over ``--rows`` distinct rows, and a target that holds the last value of every row
+except a few lost ones. ``--kind`` says how the writes are journaled: ``literal``
+(structured records with ``key``/``values``/``before``, plus a ``--sql-share`` of ``sql``
+records), ``sql`` (every write an ``sql`` record with literal values), ``effects``
+(every write a statement intent with ``$n`` parameters plus the record of the row it
+touched, as the failover pool journals a statement by its effect). Then, each in its own
+process so peak RSS is its own:
 
 * ``read``      - :class:`~replverify.journal.reader.JournalReader`: decode and validate
   every line;
@@ -17,8 +21,8 @@ peak RSS is its own:
 
 Peak memory is VmHWM reset after the setup of each phase (Linux), minus the RSS then.
 
-Prints entries/s and peak memory per phase, and writes JSON to ``benchmarks/results/``
-unless ``--no-save``.
+Prints entries/s and peak memory per phase, and writes JSON and a Markdown table to
+``benchmarks/results/`` unless ``--no-save``.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ from replverify.db.catalog import TableInfo
 from replverify.journal.format import Marker
 from replverify.journal.reader import JournalReader
 from replverify.journal.resolve import RowResolver
-from replverify.reconcile.run import Ledger, reconcile, reconcile_with
+from replverify.reconcile.ledger import Ledger
+from replverify.reconcile.run import reconcile, reconcile_with
 from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, TableRef
 
@@ -65,10 +70,20 @@ INFO = TableInfo(
     0,
 )
 STATUSES = ("new", "paid", "shipped", "cancelled")
+#: the statements of an effects journal (journaled with their parameters)
+STATEMENTS = {
+    "update": "UPDATE orders SET status = $1, amount = $2 WHERE id = $3",
+    "insert": "INSERT INTO orders (id, status, amount) VALUES ($3, $1, $2)",
+}
 
 
-def generate(path: Path, lines: int, rows: int, sql_share: float, lost: int, seed: int) -> dict:
+def generate(
+    path: Path, lines: int, rows: int, sql_share: float, lost: int, seed: int, kind: str = "literal"
+) -> dict:
     """Write the journal; return the target's rows (the last value of every row)."""
+    if kind == "sql":
+        sql_share = 1.0
+    journaled = kind
     rnd = random.Random(seed)
     state: dict[int, dict[str, Any]] = {}
     n = seq = tx = 0
@@ -86,7 +101,7 @@ def generate(path: Path, lines: int, rows: int, sql_share: float, lost: int, see
             ts = f"2026-11-23T10:{minute:02d}:{second:02d}.{n % 1000:03d}+00:00"
             kind = rnd.random()
             writes = 1 if kind < 0.5 else rnd.randint(1, 3)
-            self_committed = kind < 0.25
+            self_committed = kind < 0.25 and journaled != "effects"  # a statement settles
             aborted = kind > 0.97
             for _ in range(writes):
                 seq += 1
@@ -100,7 +115,18 @@ def generate(path: Path, lines: int, rows: int, sql_share: float, lost: int, see
                     "ts": ts,
                     "state": "committed" if self_committed else "intent",
                 }
-                if rnd.random() < sql_share:
+                if journaled == "effects":
+                    exists = rid in state
+                    stmt = STATEMENTS["update" if exists else "insert"]
+                    emit({**rec, "op": "update" if exists else "insert", "table": "public.orders",
+                          "stmt": stmt, "params": [status, amount, rid]})  # fmt: skip
+                    seq += 1
+                    rec = {**rec, "seq": seq, "op": "update" if exists else "insert",
+                           "table": "public.orders", "key": {"id": rid}, "of": seq - 1,
+                           "values": {"status": status, "amount": amount}}  # fmt: skip
+                    if not exists:
+                        rec["values"]["note"] = None
+                elif rnd.random() < sql_share:
                     rec["sql"] = (
                         f"UPDATE orders SET status = '{status}', amount = {amount} WHERE id = {rid}"
                         if rid in state
@@ -172,6 +198,8 @@ def child(phase: str, journal: str, target: str) -> dict[str, Any]:
         for rec in reader:
             if isinstance(rec, Marker):
                 ledger.marker(rec)
+            elif rec.stmt is not None:  # as reconcile does: a statement intent
+                ledger.statement(rec)
             else:
                 for w in resolver(rec):
                     ledger.write(w)
@@ -229,11 +257,74 @@ def postgres_target(rows: list[dict[str, Any]]) -> Iterator[str]:
         yield servers.source_dsn
 
 
-def run_phase(phase: str, journal: Path, target: Path) -> dict[str, Any]:
+def run_phase(
+    phase: str, journal: Path, target: Path, baseline: str | None = None
+) -> dict[str, Any]:
+    """One phase in a child process; ``baseline``: with that checkout of replverify first
+    on the path instead of this one."""
+    env = dict(os.environ)
+    if baseline is not None:
+        env["PYTHONPATH"] = baseline
     cmd = [sys.executable, __file__, "--child", phase, str(journal), str(target)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ranked = sorted(runs, key=lambda r: r["elapsed_s"])
+    out = dict(ranked[len(ranked) // 2])
+    out["runs_s"] = [round(r["elapsed_s"], 2) for r in runs]
+    return out
+
+
+NOTES = {
+    "postgres": "(3 passes against a local PostgreSQL 15 server, batched lookups)",
+    "read": "(decode + validate every line)",
+    "ledger": "(pass 1 alone)",
+    "reconcile": "(3 passes; over the in-memory target's own memory)",
+}
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """One run as a Markdown table (with the baseline's rows and the speed-up, if any)."""
+    a = doc["args"]
+    base = doc.get("baseline") or {}
+    out = [
+        f"# Journal benchmark: {a['kind']} journal, {a['lines']:,} lines, {a['rows']:,} rows"
+        + (f" ({a['label']})" if a["label"] else ""),
+        "",
+        f"`python benchmarks/journal_bench.py --kind {a['kind']} --lines {a['lines']}"
+        f" --rows {a['rows']} --phases {a['phases']}{' --postgres' if a['postgres'] else ''}"
+        f"{' --baseline ' + str(a['baseline']) if a['baseline'] else ''} --repeat {a['repeat']}`;"
+        f" {doc['journal_bytes'] / 2**20:,.0f} MiB; Python {doc['machine']['python']},"
+        f" {doc['machine']['cpus']} CPUs shared with other jobs (absolute times vary from run"
+        " to run: compare within one run). Times are the median of the runs listed.",
+        "",
+        "| phase | code | seconds (runs) | lines/s | entries/s | peak RSS growth (MiB) |"
+        " seconds per pass | speed-up |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for phase, r in doc["results"].items():
+        for name, x in (("baseline", base.get(phase)), ("this", r)):
+            if x is None:
+                continue
+            entries = f"{x['entries'] / x['elapsed_s']:,.0f}" if "entries" in x else ""
+            passes = ", ".join(f"{k} {v}" for k, v in x.get("timings", {}).items())
+            runs = ", ".join(f"{t:g}" for t in x.get("runs_s", []))
+            up = ""
+            if name == "this" and phase in base:
+                up = f"{base[phase]['elapsed_s'] / x['elapsed_s']:.2f}x"
+            out.append(
+                f"| {phase} {NOTES[phase]} | {name} | {x['elapsed_s']:.1f} ({runs})"
+                f" | {x['lines'] / x['elapsed_s']:,.0f} | {entries}"
+                f" | {x['peak_rss_mib'] - x['rss_before_mib']:,.0f} | {passes} | {up} |"
+            )
+    for phase in ("reconcile", "postgres"):
+        for name, res in (("baseline", base), ("this", doc["results"])):
+            if phase in res:
+                out += ["", f"{phase} counts ({name}): `{res[phase]['counts']}`"]
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
@@ -243,6 +334,15 @@ def main() -> None:
     ap.add_argument("--sql-share", type=float, default=0.01, help="share of sql records")
     ap.add_argument("--lost", type=int, default=100, help="rows the target lost")
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--kind", choices=("literal", "sql", "effects"), default="literal")
+    ap.add_argument("--phases", default="read,ledger,reconcile", help="comma-separated")
+    ap.add_argument(
+        "--baseline",
+        help="a checkout of replverify (git worktree add DIR COMMIT) to run each phase with"
+        " too, alternating with this one",
+    )
+    ap.add_argument("--repeat", type=int, default=1, help="runs per phase (median reported)")
+    ap.add_argument("--label", default="", help="a word for the result files' names")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument(
         "--postgres",
@@ -257,54 +357,63 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         journal, target = Path(tmp) / "writes.jsonl", Path(tmp) / "target.json"
         t0 = time.perf_counter()
-        gen = generate(journal, args.lines, args.rows, args.sql_share, args.lost, args.seed)
+        gen = generate(
+            journal, args.lines, args.rows, args.sql_share, args.lost, args.seed, args.kind
+        )
         target.write_text(json.dumps(gen["rows"]))
         size = journal.stat().st_size
         print(
             f"journal: {gen['lines']:,} lines, {size / 2**20:,.0f} MiB, {len(gen['rows']):,} rows"
             f" (generated in {time.perf_counter() - t0:.1f} s)"
         )
-        phases = ["read", "ledger", "reconcile"]
+        phases = [p for p in args.phases.split(",") if p]
+        runs: dict[str, list[dict[str, Any]]] = {}
+        base_runs: dict[str, list[dict[str, Any]]] = {}
         with contextlib.ExitStack() as stack:
             if args.postgres:
                 os.environ[DSN_ENV] = stack.enter_context(postgres_target(gen["rows"]))
                 phases.append("postgres")
-            results = {p: run_phase(p, journal, target) for p in phases}
-    notes = {
-        "postgres": "(3 passes against a local PostgreSQL 15 server, batched lookups)",
-        "read": "(decode + validate every line)",
-        "ledger": f"(pass 1 alone: {results['ledger']['rows']:,} rows tracked)",
-        "reconcile": "(3 passes; over the in-memory target's own memory)",
-    }
+            for _ in range(args.repeat):
+                for p in phases:
+                    if args.baseline:
+                        base_runs.setdefault(p, []).append(
+                            run_phase(p, journal, target, args.baseline)
+                        )
+                    runs.setdefault(p, []).append(run_phase(p, journal, target))
+        results = {p: _median(r) for p, r in runs.items()}
+        baseline = {p: _median(r) for p, r in base_runs.items()}
+    for name, res in (("baseline", baseline), ("this", results)):
+        for phase, r in res.items():
+            rate = r["lines"] / r["elapsed_s"]
+            entries = (
+                f"  {r['entries'] / r['elapsed_s']:>8,.0f} entries/s" if "entries" in r else ""
+            )
+            grown = r["peak_rss_mib"] - r["rss_before_mib"]
+            print(
+                f"{name:<8} {phase:<10} {r['elapsed_s']:6.1f} s {rate:>9,.0f} lines/s{entries}"
+                f"  peak RSS +{grown:,.0f} MiB {NOTES[phase]}"
+            )
+            if "counts" in r:
+                passes = ", ".join(f"{k} {v}" for k, v in r["timings"].items())
+                print(f"         counts {r['counts']}; seconds per pass: {passes}")
     for phase in results:
-        r = results[phase]
-        rate = r["lines"] / r["elapsed_s"]
-        entries = f"  {r['entries'] / r['elapsed_s']:>8,.0f} entries/s" if "entries" in r else ""
-        grown = r["peak_rss_mib"] - r["rss_before_mib"]
-        print(
-            f"{phase:<10} {r['elapsed_s']:6.1f} s {rate:>9,.0f} lines/s{entries}"
-            f"  peak RSS +{grown:,.0f} MiB {notes[phase]}"
-        )
-    rec = results["reconcile"]
-    print(f"reconcile: {rec['entries']:,} entries, counts {rec['counts']}")
-    if "postgres" in results:
-        print(f"postgres: counts {results['postgres']['counts']}")
-        print(
-            "postgres seconds per pass: "
-            + ", ".join(f"{k} {v}" for k, v in results["postgres"]["timings"].items())
-        )
-    print("reconcile seconds per pass: " + ", ".join(f"{k} {v}" for k, v in rec["timings"].items()))
+        if phase in baseline and "counts" in results[phase]:
+            assert results[phase]["counts"] == baseline[phase]["counts"], phase
     if not args.no_save:
         out = Path(__file__).parent / "results"
         out.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        stamp = (
+            time.strftime("%Y%m%d-%H%M%S") + f"-{args.kind}" + (f"-{args.label}" * bool(args.label))
+        )
         doc = {
             "args": vars(args) | {"child": None},
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
             "journal_bytes": size,
             "results": results,
+            "baseline": baseline,
         }
         (out / f"journal-{stamp}.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (out / f"journal-{stamp}.md").write_text(markdown(doc))
 
 
 if __name__ == "__main__":

@@ -196,8 +196,9 @@ def test_rendering_does_not_import_asyncpg() -> None:
         ["replverify.diff.machine"],
         LAG_MODEL,
         ["replverify.ops.failback_attribution", "replverify.ops.xidhorizon"],
+        ["replverify.reconcile.judge", "replverify.reconcile.ledger"],
     ],
-    ids=["values", "diff.machine", "lag.model", "failback.attribution"],
+    ids=["values", "diff.machine", "lag.model", "failback.attribution", "reconcile.judge"],
 )
 def test_pure_parts_import_no_io(modules: list[str]) -> None:
     """Neither I/O libraries nor replverify's own I/O layer (``db``) get imported."""

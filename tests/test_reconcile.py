@@ -26,8 +26,9 @@ from replverify.db.catalog import TableInfo
 from replverify.diff.sql import ident, quote_table
 from replverify.errors import JournalError
 from replverify.journal.writer import JournalWriter
+from replverify.reconcile.findings import Finding, ReconcileReport
 from replverify.reconcile.replay import replay_script
-from replverify.reconcile.run import Finding, ReconcileReport, reconcile, reconcile_with
+from replverify.reconcile.run import reconcile, reconcile_with
 from replverify.reports.reconcile import reconcile_to_dict
 from replverify.testing import clusters as testing
 from replverify.testing.memory import MemoryTarget

@@ -10,8 +10,9 @@ import sqlglot
 
 from replverify.db.catalog import TableInfo
 from replverify.diff.sql import ident, quote_table
+from replverify.reconcile.findings import ReconcileReport
 from replverify.reconcile.replay import plan_replay, replay_script
-from replverify.reconcile.run import ReconcileReport, reconcile, reconcile_with
+from replverify.reconcile.run import reconcile, reconcile_with
 from replverify.testing.memory import MemoryTarget
 from replverify.types import Column, ColumnType, TableRef
 

@@ -33,7 +33,8 @@ from replverify.ops.files import FileDifference, FilesReport
 from replverify.ops.gate import GateReport
 from replverify.ops.health import Finding as HealthFinding
 from replverify.ops.health import HealthReport
-from replverify.reconcile.run import ReconcileReport, reconcile_with
+from replverify.reconcile.findings import ReconcileReport
+from replverify.reconcile.run import reconcile_with
 from replverify.reports.chart import ticks
 from replverify.reports.formats import (
     DIFF_RENDERERS,

@@ -25,6 +25,7 @@ from replverify.journal.format import (
     FORMAT_VERSION,
     MAX_LINE_BYTES,
     OPS,
+    Glance,
     Marker,
     Record,
     TornTail,
@@ -40,6 +41,7 @@ from replverify.journal.format import (
     _parse_ts,
     _parse_txid,
     _table,
+    glance,
 )
 from replverify.journal.statements import _parse_statement
 
@@ -65,8 +67,8 @@ def _record_from(obj: object, line: int) -> Record:
         raise _Bad('"meta" must be an object')
     state = obj.get("state")
     if "op" not in obj and "sql" not in obj:
-        unknown = obj.keys() - _MARKER_FIELDS
-        if unknown:
+        if not _MARKER_FIELDS.issuperset(obj):
+            unknown = obj.keys() - _MARKER_FIELDS
             raise _Bad(f"unknown field(s) {_names(unknown)} in a marker record")
         if state not in ("committed", "aborted"):
             raise _Bad('a marker\'s "state" must be "committed" or "aborted"')
@@ -74,8 +76,8 @@ def _record_from(obj: object, line: int) -> Record:
         return Marker(line, txid, state, ts, ts_text, None if seq is None else _parse_seq(seq))
     if "stmt" in obj:
         return _statement_intent(obj, line, txid, ts, ts_text, state)
-    unknown = obj.keys() - _WRITE_FIELDS
-    if unknown:
+    if not _WRITE_FIELDS.issuperset(obj):
+        unknown = obj.keys() - _WRITE_FIELDS
         raise _Bad(f"unknown field(s) {_names(unknown)}")
     if state not in ("intent", "committed"):
         raise _Bad('a write\'s "state" must be "intent" or "committed"')
@@ -215,9 +217,10 @@ class JournalReader:
                 break
 
     @staticmethod
-    def decode(raw: bytes) -> Any:
-        """A line as JSON, unvalidated (for lines :meth:`parse` already accepted)."""
-        return _loads(raw)
+    def glance(raw: bytes) -> Glance:
+        """The fields of a line a second pass looks at, unvalidated (for lines
+        :meth:`parse` already accepted)."""
+        return glance(raw)
 
     def parse(self, line: int, raw: bytes) -> Record:
         """Decode and validate one line (raises :class:`JournalError`)."""

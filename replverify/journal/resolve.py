@@ -12,11 +12,11 @@ import decimal
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
-from typing import Any
 
 from replverify.db.catalog import TableInfo
 from replverify.errors import JournalError, UsageError
 from replverify.journal.format import (
+    Glance,
     JSONValue,
     Op,
     RowId,
@@ -114,6 +114,8 @@ class RowResolver:
         self.path = path
         self._normalizers: dict[TableRef, tuple[tuple[str, ...], tuple[Normalizer, ...]]] = {}
         self._known: dict[TableRef, frozenset[str]] = {}
+        #: shapes of structured records (table and column names) whose columns resolved
+        self._shapes: set[tuple[object, ...]] = set()
 
     def __call__(self, record: WriteRecord) -> list[RowWrite]:
         """The rows ``record`` writes; raises :class:`JournalError` naming its line."""
@@ -122,12 +124,12 @@ class RowResolver:
         except _Bad as e:
             raise JournalError(str(e), path=self.path, line=record.line) from None
 
-    def row_ids(self, obj: Mapping[str, Any]) -> list[RowId]:
-        """The rows a write record writes, from its decoded JSON, without building the
-        records: for a second look at a journal already validated (unknown tables and
-        keys that do not resolve give no rows)."""
+    def row_ids(self, obj: Glance) -> list[RowId]:
+        """The rows a write record writes, from a :class:`~.format.Glance` at its line,
+        without building the records: for a second look at a journal already validated
+        (unknown tables and keys that do not resolve give no rows)."""
         try:
-            sql = obj.get("sql")
+            sql = obj.sql
             if sql is not None:
                 stmt = _parse_statement(sql)
                 info = self.tables.get(stmt.table)
@@ -139,7 +141,9 @@ class RowResolver:
                 else:
                     keys = [dict(stmt.where)]
                 return [self.key_identity(stmt.table, k) for k in keys]
-            return [self.key_identity(_table(obj["table"]), obj["key"])]
+            if obj.key is None:
+                return []  # a marker, or a statement intent (its rows are records)
+            return [self.key_identity(_table(obj.table), obj.key)]
         except (_Bad, UsageError, KeyError, TypeError):
             return []
 
@@ -188,18 +192,24 @@ class RowResolver:
         stmt = record.statement
         if stmt is None:
             key = dict(record.key)
-            check_columns(key, "key")
-            pk = info.primary_key
-            if pk and (len(key) != len(pk) or any(c not in key for c in pk)):
-                raise _Bad(
-                    f"key columns {_names(key)} are not the primary key of {record.table}"
-                    f" ({', '.join(info.primary_key)})"
-                )
             values = dict(record.values or {})
-            check_columns(values, "values")
-            if record.before is not None:
-                check_columns(record.before, "before")
-            return [self._make(record, 0, record.op, info, key, values, record.before)]
+            before = record.before
+            # the checks below depend on the columns named only: once per shape
+            shape = (record.table, *key, None, *values, None, *(before or ()), before is None)
+            if shape not in self._shapes:
+                check_columns(key, "key")
+                pk = info.primary_key
+                if pk and (len(key) != len(pk) or any(c not in key for c in pk)):
+                    raise _Bad(
+                        f"key columns {_names(key)} are not the primary key of {record.table}"
+                        f" ({', '.join(info.primary_key)})"
+                    )
+                check_columns(values, "values")
+                if before is not None:
+                    check_columns(before, "before")
+                if len(self._shapes) < 65536:
+                    self._shapes.add(shape)
+            return [self._make(record, 0, record.op, info, key, values, before)]
         # a parsed statement
         if not info.primary_key:
             raise _Bad(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import decimal
 import functools
 import json
+import re
 from collections.abc import Sequence
 from decimal import Decimal
 
@@ -142,8 +143,143 @@ def parse_statement(sql: str) -> Statement:
         raise UsageError(str(e)) from None
 
 
-@functools.lru_cache(maxsize=1024)
 def _parse_statement(sql: str) -> Statement:
+    """The statement of a ``sql`` record: from the cached parse of its shape when it has
+    one (:func:`_shape_of`), else parsed itself. Refusals always come from parsing the
+    statement itself, so their messages name its own text."""
+    shape = _shape_of(sql)
+    if shape is not None:
+        template, literals = shape
+        parsed = _parse_template(template)
+        if parsed is not None:
+            filled = _fill(parsed, literals)
+            if filled is not None:
+                return filled
+    return _parse_exact(sql)
+
+
+#: A literal where its text cannot change how the statement parses: a plain string (no
+#: backslash, no prefix such as E'' or U&'') or an unsigned number, after one of ( , = [
+#: (a number also after a unary minus that follows one), and before ) , ] ; ::, the end,
+#: or a word. Digits inside a word are part of a name, not a number. Anything else in
+#: the statement is kept; a statement with $, comments or a literal elsewhere has no shape.
+_TOKEN = re.compile(
+    r"""(?P<qid>"(?:[^"]|"")*")
+      | (?P<str>'(?:[^'\\]|'')*')
+      | (?<![A-Za-z_0-9\x80-\U0010ffff])
+        (?P<num>(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)
+      | (?P<bad>['\\$]|--|/\*)""",
+    re.VERBOSE,
+)
+_BEFORE = frozenset("(,=[")
+_AFTER = frozenset("),];:")
+_MARK = "\ue000"  # a private-use character: the marker of a templated string literal
+
+
+def _shape_of(sql: str) -> tuple[str, tuple[tuple[bool, str], ...]] | None:
+    """``sql`` with every literal replaced by a marker (strings by ``'<mark>k'``, numbers
+    by ``k + 1``), and the literals ``(is_string, text)`` in order; None when ``sql`` has
+    a literal whose context this does not vouch for (then it is parsed itself)."""
+    out: list[str] = []
+    literals: list[tuple[bool, str]] = []
+    pos = 0
+    for m in _TOKEN.finditer(sql):
+        kind = m.lastgroup
+        if kind == "bad":
+            return None
+        if kind == "qid":
+            continue
+        start, end = m.span()
+        i = _skip_back(sql, start)
+        if kind == "num" and i >= 0 and sql[i] == "-":
+            i = _skip_back(sql, i)
+        if i < 0 or sql[i] not in _BEFORE:
+            return None
+        nxt = sql[end : end + 1]
+        if nxt and not nxt.isspace() and nxt not in _AFTER:
+            return None  # 1abc, 1.2.3, 'a''b'c, ...
+        j = end
+        while j < len(sql) and sql[j].isspace():
+            j += 1
+        if j < len(sql) and sql[j] not in _AFTER and not (sql[j].isalpha() and j > end):
+            return None  # an operator, another literal, ...
+        out.append(sql[pos:start])
+        k = len(literals)
+        if kind == "str":
+            out.append(f"'{_MARK}{k}'")
+            literals.append((True, m.group()[1:-1].replace("''", "'")))
+        else:
+            out.append(str(k + 1))
+            literals.append((False, m.group()))
+        pos = end
+    if not literals:
+        return None
+    out.append(sql[pos:])
+    return "".join(out), tuple(literals)
+
+
+def _skip_back(sql: str, i: int) -> int:
+    """The index of the last non-space character before ``i`` (-1: none)."""
+    i -= 1
+    while i >= 0 and sql[i].isspace():
+        i -= 1
+    return i
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_template(template: str) -> Statement | None:
+    """The parsed statement of a shape, markers in place of its literals (None: refused;
+    the statement itself is then parsed, for its own message)."""
+    try:
+        return _parse_exact.__wrapped__(template)
+    except _Bad:
+        return None
+
+
+def _fill(stmt: Statement, literals: tuple[tuple[bool, str], ...]) -> Statement | None:
+    """``stmt`` with its markers replaced by ``literals`` as :func:`_literal` reads them;
+    None if a marker is not where a literal of its kind was (each must appear once)."""
+    used: list[bool] = [False] * len(literals)
+
+    def value(v: JSONValue) -> JSONValue:
+        if type(v) is int:
+            k = abs(v) - 1
+            if not 0 <= k < len(literals) or literals[k][0] or used[k]:
+                raise LookupError
+            used[k] = True
+            n = _number(literals[k][1])
+            return -n if v < 0 else n
+        if type(v) is str:
+            if not v.startswith(_MARK):
+                raise LookupError
+            k = int(v[1:])
+            if not literals[k][0] or used[k]:
+                raise LookupError
+            used[k] = True
+            return literals[k][1]
+        if type(v) is list:
+            return [value(x) for x in v]
+        if v is None or type(v) is bool:
+            return v
+        raise LookupError  # a Decimal: no literal of the template reads as one
+
+    try:
+        filled = Statement(
+            stmt.op,
+            stmt.table,
+            columns=stmt.columns,
+            rows=tuple(tuple(value(v) for v in row) for row in stmt.rows),
+            assignments=tuple((c, value(v)) for c, v in stmt.assignments),
+            where=tuple((c, value(v)) for c, v in stmt.where),
+            on_conflict=stmt.on_conflict,
+        )
+    except (LookupError, ValueError, _Bad):
+        return None
+    return filled if all(used) else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_exact(sql: str) -> Statement:
     try:
         trees = [t for t in sqlglot.parse(sql, read=_DIALECT) if t is not None]
     except SqlglotError as e:

@@ -20,7 +20,7 @@ the header lists them, and every lost write the script cannot restore, with the 
 Statements follow the journal order of the rows' first lost writes (parents before
 children), and deferrable constraints are deferred to the COMMIT.
 
-Pure: builds text from a :class:`~replverify.reconcile.run.ReconcileReport`; SQL is built
+Pure: builds text from a :class:`~replverify.reconcile.findings.ReconcileReport`; SQL is built
 with sqlglot (identifiers quoted, values as string literals the columns' types read).
 """
 
@@ -34,7 +34,7 @@ from typing import Literal
 from sqlglot import exp
 
 from replverify.diff.sql import DIALECT, ident, set_local
-from replverify.reconcile.run import Detail, Finding, ReconcileReport
+from replverify.reconcile.findings import Detail, Finding, ReconcileReport
 from replverify.types import TableRef
 
 __all__ = ["Step", "plan_replay", "replay_script"]

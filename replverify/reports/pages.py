@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # the records only: their modules do I/O, rendering must not 
     from replverify.ops.files import FilesReport
     from replverify.ops.gate import GateReport
     from replverify.ops.health import HealthReport
-    from replverify.reconcile.run import Finding, ReconcileReport
+    from replverify.reconcile.findings import Finding, ReconcileReport
 
 from replverify.reports.chart import (
     lag_chart,

@@ -19,7 +19,7 @@ from replverify.reports.formatting import (
 )
 
 if TYPE_CHECKING:  # the records only: their module does I/O, rendering must not import it
-    from replverify.reconcile.run import Detail, Finding, ReconcileReport
+    from replverify.reconcile.findings import Detail, Finding, ReconcileReport
 
 # -- reconcile --------------------------------------------------------------------------------
 RECONCILE_SCHEMA = "replverify.reconcile/1"

@@ -19,17 +19,9 @@ from replverify.diff.sources import Row
 from replverify.errors import UsageError
 from replverify.journal.format import JSONValue, RowId, RowWrite
 from replverify.journal.resolve import RowResolver
-from replverify.reconcile.run import (
-    BadValue,
-    Detail,
-    Image,
-    Observation,
-    Probe,
-    _ctype,
-    _encoder,
-    column_value,
-    json_text,
-)
+from replverify.reconcile.findings import Detail
+from replverify.reconcile.judge import Image, Observation, Probe
+from replverify.reconcile.targets import BadValue, _ctype, _encoder, column_value, json_text
 from replverify.types import ColumnType, Key, TableRef
 from replverify.values.pgtext import jsonable, pg_text
 

@@ -46,7 +46,7 @@ import pytest
 
 if TYPE_CHECKING:
     from replverify.api import DiffOptions
-    from replverify.reconcile.run import Finding, ReconcileReport
+    from replverify.reconcile.findings import Finding, ReconcileReport
     from replverify.testing.clusters import LocalClusters, Pair
     from replverify.types import DiffReport, TableResult
 
