@@ -79,18 +79,29 @@ class Effect:
     #: at most this many rows (keyed UPDATE/DELETE, INSERT ... VALUES); None: unbounded
     bound: int | None = None
 
+    @functools.cached_property
+    def _split(self) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
+        """Where the key and the other returned columns are, counted from the end of
+        the row (the application's own RETURNING items come first)."""
+        width, key = len(self.returned), self.table.key
+        at = {c: i - width for i, c in enumerate(self.returned)}
+        rest = tuple((c, i) for c, i in at.items() if c not in key)
+        return tuple((c, at[c]) for c in key), rest
+
     def row(self, record: Any) -> tuple[dict[str, object], dict[str, object] | None]:
+        if self.table.key:  # the common case, once per row: no intermediate dict
+            key_at, rest_at = self._split
+            n = len(record)
+            key = {c: record[n + i] for c, i in key_at}
+            if self.plan.op == "delete":
+                return key, None
+            return key, {c: record[n + i] for c, i in rest_at}
         width = len(self.returned)
         values = dict(zip(self.returned, tuple(record)[len(record) - width :], strict=True))
-        key_cols = self.table.key
-        if not key_cols:  # no primary key: the row is identified by its whole image
-            key = {c: v for c, v in values.items() if _scalar(v)}
-            rest = {c: v for c, v in values.items() if c not in key}
-            return key, (None if self.plan.op == "delete" else rest)
-        key = {c: values[c] for c in key_cols}
-        if self.plan.op == "delete":
-            return key, None
-        return key, {c: v for c, v in values.items() if c not in key}
+        # no primary key: the row is identified by its whole image
+        key = {c: v for c, v in values.items() if _scalar(v)}
+        rest = {c: v for c, v in values.items() if c not in key}
+        return key, (None if self.plan.op == "delete" else rest)
 
 
 def _scalar(v: object) -> bool:

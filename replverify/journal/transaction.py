@@ -59,9 +59,11 @@ _PLAIN = frozenset({int, str, bool, type(None)})
 def _image(image: Mapping[str, object]) -> dict[str, Any]:
     """``journal_value`` of a key or post-image, without its per-value walk when every
     value is already JSON (ints and strings: the common row)."""
-    if all(type(k) is str and type(v) in _PLAIN for k, v in image.items()):
-        return dict(image)
-    return journal_value(dict(image))  # type: ignore[return-value]
+    # a loop, not all() over a generator: this runs for every key and row journaled
+    for k, v in image.items():
+        if type(v) not in _PLAIN or type(k) is not str:
+            return journal_value(dict(image))  # type: ignore[return-value]
+    return dict(image)
 
 
 def _write_fields(
@@ -165,7 +167,8 @@ class JournalTransaction:
         makes the intent durable is shared with concurrent tasks (group commit) and runs
         in a worker thread, instead of blocking the event loop once per intent."""
         seq = self._intent(*self._statement_fields(op, table, stmt, params, meta), wait=False)
-        await self._sync_policy()
+        if self.writer.fsync == "always":  # no coroutine call for the other policies
+            await self._sync_policy()
         return seq
 
     def effect_rows(
@@ -184,13 +187,20 @@ class JournalTransaction:
         shapes: list[Hashable | None] = []
         # what _kinds would say of these fields, without walking them all
         same = ("rows", op, table, type(self.txid), self.txid == "", type(of))
+        txid = self.txid
         for key, values in rows:
-            fields = _write_fields(op, table, key, values, None, None)
-            fields["txid"] = self.txid
-            fields["state"] = "intent"
-            fields["of"] = of
+            # the fields of _write_fields(op, table, key, values), built inline: once per row
+            k = _image(key)
+            if values is None:
+                fields = {"op": op, "table": table, "key": k, "txid": txid, "state": "intent",
+                          "of": of}  # fmt: skip
+                shapes.append((same, _image_kinds(k), None))
+            else:
+                v = _image(values)
+                fields = {"op": op, "table": table, "key": k, "values": v, "txid": txid,
+                          "state": "intent", "of": of}  # fmt: skip
+                shapes.append((same, _image_kinds(k), _image_kinds(v)))
             batch.append(fields)
-            shapes.append((same, _image_kinds(fields["key"]), _image_kinds(fields.get("values"))))
         if batch and self.defer:
             self._pending += batch
             self._pending_shapes += shapes
@@ -258,7 +268,8 @@ class JournalTransaction:
     async def flush_async(self) -> None:
         """:meth:`flush`, with the fsync of ``fsync="always"`` shared (group commit)."""
         self.flush(wait=False)
-        await self._sync_policy()
+        if self.writer.fsync == "always":
+            await self._sync_policy()
 
     async def _sync_policy(self) -> None:
         """Make what was appended durable when the policy says every record must be."""

@@ -83,6 +83,8 @@ log = logging.getLogger("replverify.journal.writer")
 
 FsyncPolicy = Literal["commit", "always", "never"]
 
+_UTC = _dt.timezone.utc
+
 
 class JournalWriter:
     """Append journal records for an application; see the module docs for the rules."""
@@ -180,40 +182,45 @@ class JournalWriter:
         an append. ``wait=False``: no fsync here even when the policy asks for one - the
         (asyncio) caller awaits :meth:`_sync_async` instead, which concurrent tasks share."""
         with self._lock:
-            if self._fd is None:
+            fd = self._fd
+            if fd is None:
                 raise UsageError(f"journal {self.path} is closed")
-            first = self._seq
-            ts = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            first = seq = self._seq
+            ts = _dt.datetime.now(_UTC).isoformat()
+            checked = self._shapes
+            kinds = (shape,) * len(batch) if shapes is None else shapes
             lines = []
-            for n, fields in enumerate(batch):
+            for fields, kind in zip(batch, kinds, strict=True):
                 record: dict[str, Any] = {"v": FORMAT_VERSION, "txid": fields["txid"],
-                                          "seq": first + n, "ts": ts}  # fmt: skip
+                                          "seq": seq, "ts": ts}  # fmt: skip
                 record.update(fields)
-                data = _dumps(record)
-                kind = shape if shapes is None else shapes[n]
-                if kind is None or kind not in self._shapes:
+                try:
+                    data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+                except TypeError:
+                    data = _dumps(record)
+                if kind is None or kind not in checked:
                     try:
                         _record_from(_loads(data), 0)  # never write what the reader refuses
                     except _Bad as e:
                         raise UsageError(f"not a valid journal record: {e}") from None
                 lines.append(data)
-            data = b"".join(lines)
-            view = memoryview(data)
+                seq += 1
+            data = lines[0] if len(lines) == 1 else b"".join(lines)
+            written = 0
             try:
-                while view:
-                    written = os.write(self._fd, view)
-                    view = view[written:]
+                written = os.write(fd, data)
+                while written < len(data):  # a short write (a signal, a nearly full disk)
+                    written += os.write(fd, memoryview(data)[written:])
             except OSError as e:
-                if len(view) < len(data):  # no torn line before the next record
+                if written:  # no torn line before the next record
                     with contextlib.suppress(OSError):
-                        size = os.fstat(self._fd).st_size
-                        os.ftruncate(self._fd, size - (len(data) - len(view)))
+                        os.ftruncate(fd, os.fstat(fd).st_size - written)
                 # The caller must not run the write it could not journal.
                 raise OutputError(f"cannot append to journal {self.path}: {e.strerror}") from None
-            for kind in (shape,) if shapes is None else shapes:
+            for kind in kinds:
                 if kind is not None:
-                    self._shapes.add(kind)
-            self._seq = first + len(batch)
+                    checked.add(kind)
+            self._seq = seq
             self._appended += len(batch)
             ticket = self._appended
         if wait and (durable or self.fsync == "always") and self.fsync != "never":
