@@ -147,22 +147,35 @@ def _qualify(where: exp.Expr) -> exp.Expr:
     return where.copy().transform(fix)
 
 
-#: Types whose infinities asyncpg decodes to the largest or smallest finite value
-#: (``'infinity'::date`` reads as ``date.max``, as does the real ``9999-12-31``).
-_CLAMPED = frozenset({"date", "timestamp", "timestamptz"})
-_CLAMPED_RANGES = frozenset({"daterange", "tsrange", "tstzrange"})
-_CLAMPED_MULTIRANGES = frozenset({"datemultirange", "tsmultirange", "tstzmultirange"})
+#: Types some of whose values asyncpg cannot decode as they are: infinities read as the
+#: largest or smallest finite value (``'infinity'::date`` as ``date.max``, as does the
+#: real ``9999-12-31``), and BC dates and ``24:00`` fail to decode. Base → SQL condition
+#: (on ``{e}``) of the values it decodes faithfully.
+_DECODABLE = {
+    "date": "{e} BETWEEN '0001-01-01' AND '9999-12-31'",
+    "timestamp": "{e} BETWEEN '0001-01-01' AND '9999-12-31 23:59:59.999999'",
+    "timestamptz": "{e} BETWEEN '0001-01-01 00:00:00+00' AND '9999-12-31 23:59:59.999999+00'",
+    "time": "{e} < '24:00'",
+    "timetz": "CAST({e} AS time) < '24:00'",
+}
+_CLAMPED_RANGES = {"daterange": "date", "tsrange": "timestamp", "tstzrange": "timestamptz"}
+_CLAMPED_MULTIRANGES = {
+    "datemultirange": "date",
+    "tsmultirange": "timestamp",
+    "tstzmultirange": "timestamptz",
+}
 
 
 def lossy(t: ColumnType) -> bool:
     """Whether a decoded value of type ``t`` can drop what a client reads: an array's
     lower bounds (``'[0:1]={1,2}'`` reads as ``[1, 2]``), also inside composites and
-    arrays of them, and infinite dates and timestamps, also inside ranges (pure)."""
+    arrays of them, and the dates and times of :data:`_DECODABLE`, also inside ranges
+    (pure)."""
     if t.kind == "array":
         return True
     if t.kind == "composite":
         return any(lossy(ft) for _, ft in t.fields)
-    return t.base in _CLAMPED or t.base in _CLAMPED_RANGES or t.base in _CLAMPED_MULTIRANGES
+    return t.base in _DECODABLE or t.base in _CLAMPED_RANGES or t.base in _CLAMPED_MULTIRANGES
 
 
 def _shape_text(e: str, t: ColumnType, depth: int) -> str:
@@ -184,25 +197,28 @@ def _shape_text(e: str, t: ColumnType, depth: int) -> str:
         return f"concat_ws(';', {', '.join(parts)})"
     if t.base in _CLAMPED_MULTIRANGES:
         r = f"_rv_r{depth}"
-        return f"array_to_string(ARRAY(SELECT {_range_shape(r)} FROM unnest({e}) AS {r}), ';', '')"
+        ranges = _range_shape(r, _CLAMPED_MULTIRANGES[t.base])
+        return f"array_to_string(ARRAY(SELECT {ranges} FROM unnest({e}) AS {r}), ';', '')"
     if t.base in _CLAMPED_RANGES:
-        return _range_shape(e)
-    return _infinite(e)
+        return _range_shape(e, _CLAMPED_RANGES[t.base])
+    return _undecodable(e, t.base)
 
 
-def _range_shape(e: str) -> str:
-    return f"concat({_infinite(f'lower({e})')}, ',', {_infinite(f'upper({e})')})"
+def _range_shape(e: str, sub: str) -> str:
+    return f"concat({_undecodable(f'lower({e})', sub)}, ',', {_undecodable(f'upper({e})', sub)})"
 
 
-def _infinite(e: str) -> str:
-    """The text of ``e`` when it is an infinite date or timestamp, else NULL."""
-    return f"CASE WHEN isfinite({e}) THEN NULL ELSE CAST({e} AS TEXT) END"
+def _undecodable(e: str, base: str) -> str:
+    """SQL text: the text of ``e`` (of type ``base``, a key of :data:`_DECODABLE`) when
+    asyncpg cannot decode it as it is, else NULL."""
+    return f"CASE WHEN {_DECODABLE[base].format(e=e)} THEN NULL ELSE CAST({e} AS TEXT) END"
 
 
 def shape(col: exp.Expr, t: ColumnType) -> exp.Expr:
     """What decoding drops of a :func:`lossy` column, as text: ``array_dims`` of every
-    array in the value (element by element, in order) and the text of every infinite
-    date or timestamp; NULL or only ``[1:n]`` dims and separators when nothing is lost."""
+    array in the value (element by element, in order) and the text of every date or time
+    asyncpg cannot decode as it is (``infinity``, BC, ``24:00``); NULL or only ``[1:n]``
+    dims and separators when nothing is lost."""
     return sqlglot.parse_one(_shape_text(col.sql(DIALECT), t, 0), read=DIALECT)
 
 
@@ -324,9 +340,18 @@ class TableSQL:
     def _decoded(self) -> list[exp.Expr]:
         columns = self.plan.columns
         return [
-            *(self.value_expr(c.name, c.type.base) for c in columns),
+            *(self._decodable(c.name, c.type.base) for c in columns),
             *(shape(column(columns[i].name), columns[i].type) for i in self.bounded),
         ]
+
+    def _decodable(self, name: str, base: str) -> exp.Expr:
+        """The column for decoding: a date or time asyncpg cannot decode as it is reads as
+        NULL (its :func:`shape` carries its text instead)."""
+        value = self.value_expr(name, base)
+        if base not in _DECODABLE:
+            return value
+        ok = _DECODABLE[base].format(e=value.sql(DIALECT))
+        return sqlglot.parse_one(f"CASE WHEN {ok} THEN {value.sql(DIALECT)} END", read=DIALECT)
 
     def row_text(self) -> exp.Expr:
         """The row's canonical text: the whole-row value when both sides have the same
