@@ -333,3 +333,54 @@ async def test_gate_reads_the_probes_from_a_fenced_standby(
         report = await gate(primary, standby, options=DiffOptions(compare=compare))  # type: ignore[arg-type]
         assert report.diff is not None and report.diff.status == "consistent", compare
         assert all(t.error is None for t in report.diff.tables)
+
+
+async def test_keyless_images_show_what_asyncpg_cannot_decode(
+    primary_dsn: str, other_dsn: str
+) -> None:
+    ddl = "CREATE TABLE k (v int[], d date, t time);"
+    src, tgt = await fresh_pair(
+        primary_dsn,
+        other_dsn,
+        ddl + "INSERT INTO k VALUES ('[0:1]={1,2}', 'infinity', '24:00')",
+        ddl + "INSERT INTO k VALUES ('{1,2}', '9999-12-31', '00:00')",
+    )
+    from replverify.reports.diff import diff_to_dict
+
+    report = await diff(src, tgt, DiffOptions())
+    missing, extra = diff_to_dict(report)["tables"][0]["differences"]
+    assert (missing["kind"], missing["key"]["d"], missing["key"]["t"]) == (
+        "missing",
+        "infinity",
+        "24:00:00",
+    )
+    assert (extra["kind"], extra["key"]["d"], extra["key"]["t"]) == (
+        "extra",
+        "9999-12-31",
+        "00:00:00",
+    )
+
+
+async def test_enum_labels_renamed(primary_dsn: str, other_dsn: str) -> None:
+    """A renamed label reads as another value; labels declared in another order do not."""
+    table = "CREATE TABLE e (id int PRIMARY KEY, m mood, ms mood[]);"
+    rows = "INSERT INTO e VALUES (1, 'ok', '{ok}'), (2, 'sad', '{sad,ok}');"
+    src, tgt = await fresh_pair(
+        primary_dsn,
+        other_dsn,
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');" + table + rows,
+        "CREATE TYPE mood AS ENUM ('ok', 'sad');"
+        + table
+        + rows
+        + "ALTER TYPE mood RENAME VALUE 'ok' TO 'fine';",
+    )
+    for compare in ("exact", "semantic"):
+        for digest in ("copy", "server", "client"):
+            options = DiffOptions(digest=digest, compare=compare)  # type: ignore[arg-type]
+            got = {
+                d.key: d.columns
+                for t in (await diff(src, tgt, options)).tables
+                for d in t.differences
+                if isinstance(d, Changed)
+            }
+            assert got == {(1,): ("m", "ms"), (2,): ("ms",)}, (compare, digest)

@@ -108,6 +108,15 @@ def decoded(record: Sequence[object], start: int, sql: TableSQL) -> Row:
     return tuple(out)
 
 
+def shown(record: Sequence[object], start: int, sql: TableSQL) -> Row:
+    """:func:`decoded` for a report's row image: a date or time asyncpg cannot decode as
+    it is (read as NULL beside its text) as that text, other values as decoded."""
+    return tuple(
+        (v.dims if v.values is None else v.values) if type(v) is BoundedArray else v
+        for v in decoded(record, start, sql)
+    )
+
+
 _TAG_LEN = struct.Struct(">cI").pack
 
 
