@@ -99,6 +99,7 @@ CASES: dict[str, tuple[str, str | None, str | None]] = {
     "date_neginf_vs_min": ("date", "-infinity", "0001-01-01"),
     "date_arr_inf_vs_max": ("date[]", "{infinity}", "{9999-12-31}"),
     "comp_ts_inf_vs_max": ("cf2", "(infinity)", '("9999-12-31 23:59:59.999999")'),
+    "arr_comp_ts_inf_vs_max": ("cf2[]", '{"(infinity)"}', '{"(\\"9999-12-31 23:59:59.999999\\")"}'),
     "tsmultirange_inf": ("tsmultirange", "{[2020-01-01,infinity)}", "{[2020-01-01,9999-12-31)}"),
     # values asyncpg cannot decode at all (read as NULL beside their text)
     "date_bc": ("date", "0044-03-15 BC", "0044-03-15"),

@@ -77,14 +77,14 @@ def histogram_cuts(bounds: Sequence[int], rows: int, every: int) -> list[int]:
 
 
 #: A :func:`~replverify.diff.sql.shape` that drops nothing: every array's lower bounds
-#: are 1 (what a decoded list implies) and no date or timestamp is infinite.
+#: are 1 (what a decoded list implies) and every date and time decodes as it is.
 _DEFAULT_DIMS = re.compile(r"(?:\[1:\d+\]|[(),;])*")
 
 
 @dataclass(frozen=True)
 class BoundedArray:
     """A value whose decoding dropped what a client reads (an array whose lower bounds are
-    not all 1, ``'[0:1]={1,2}'``, also inside a composite; an infinite date): the decoded
+    not all 1, ``'[0:1]={1,2}'``, also inside a composite; ``'infinity'::date``): the decoded
     ``values`` and the ``dims`` (:func:`~replverify.diff.sql.shape`) they do not carry."""
 
     dims: str
