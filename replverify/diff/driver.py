@@ -29,7 +29,7 @@ from replverify.diff.machine import (
     Request,
     TableComparison,
 )
-from replverify.diff.sources import RowSource, decoded, hashable
+from replverify.diff.sources import RowSource, decoded, hashable, shown
 from replverify.diff.sql import TableSQL
 from replverify.diff.state import TableCheckpoint
 from replverify.diff.throttle import Throttle, adapt_chunk_rows
@@ -211,8 +211,7 @@ async def compare_multiset(
             for rec in await conn.fetch(text, *params):
                 if rec[0] not in images:
                     values[rec[0]] = decoded(rec, 1, sql)
-                    ncols = len(sql.plan.columns)
-                    images[rec[0]] = tuple(hashable(v) for v in tuple(rec)[1 : 1 + ncols])
+                    images[rec[0]] = tuple(hashable(v) for v in shown(rec, 1, sql))
     net: dict[uuid.UUID, int] = {}  # a representative row hash per distinct encoding → count
     by_encoding: dict[bytes, uuid.UUID] = {}
     for h in wanted:

@@ -31,7 +31,7 @@ from replverify.diff.copyscan import (
 )
 from replverify.diff.hashing import ChunkDigest, row_digest, to_unsigned64
 from replverify.diff.ranges import KeyRange
-from replverify.diff.sql import TableSQL
+from replverify.diff.sql import TableSQL, lossy
 from replverify.errors import SchemaError
 from replverify.types import Key
 from replverify.values.canonical import Compare, Encoder, encode_row, encoder_for
@@ -84,14 +84,16 @@ def histogram_cuts(bounds: Sequence[int], rows: int, every: int) -> list[int]:
     return out if out and out[-1] == bounds[-1] else [*out, bounds[-1]]
 
 
-#: ``array_dims`` of an array whose every lower bound is 1: what a decoded list implies.
-_DEFAULT_DIMS = re.compile(r"(?:\[1:\d+\])+")
+#: A :func:`~replverify.diff.sql.shape` that drops nothing: every array's lower bounds
+#: are 1 (what a decoded list implies) and every date and time decodes as it is.
+_DEFAULT_DIMS = re.compile(r"(?:\[1:\d+\]|[(),;])*")
 
 
 @dataclass(frozen=True)
 class BoundedArray:
-    """An array value whose lower bounds are not all 1 (``'[0:1]={1,2}'``): the decoded
-    ``values`` and the ``dims`` (``array_dims``) that the decoded list does not carry."""
+    """A value whose decoding dropped what a client reads (an array whose lower bounds are
+    not all 1, ``'[0:1]={1,2}'``, also inside a composite; ``'infinity'::date``): the decoded
+    ``values`` and the ``dims`` (:func:`~replverify.diff.sql.shape`) they do not carry."""
 
     dims: str
     values: object
@@ -99,7 +101,8 @@ class BoundedArray:
 
 def decoded(record: Sequence[object], start: int, sql: TableSQL) -> Row:
     """The compared columns of a ``rows``/``rows_with_hashes`` record from ``start``, with
-    each array whose lower bounds are not all 1 as a :class:`BoundedArray`."""
+    each value whose decoding dropped something (:attr:`TableSQL.bounded`) as a
+    :class:`BoundedArray`."""
     n = len(sql.plan.columns)
     values = tuple(record[start : start + n])
     bounded = sql.bounded
@@ -113,12 +116,22 @@ def decoded(record: Sequence[object], start: int, sql: TableSQL) -> Row:
     return tuple(out)
 
 
+def shown(record: Sequence[object], start: int, sql: TableSQL) -> Row:
+    """:func:`decoded` for a report's row image: a date or time asyncpg cannot decode as
+    it is (read as NULL beside its text) as that text, other values as decoded."""
+    return tuple(
+        (v.dims if v.values is None else v.values) if type(v) is BoundedArray else v
+        for v in decoded(record, start, sql)
+    )
+
+
 _TAG_LEN = struct.Struct(">cI").pack
 
 
 def _with_bounds(encode: Encoder) -> Encoder:
-    """An array column's encoder that also tells lower bounds apart: tag ``L`` (unused by
-    :mod:`replverify.values.canonical`), the dims text, then the array's own encoding."""
+    """A :func:`~replverify.diff.sql.lossy` column's encoder that also tells apart what
+    decoding dropped: tag ``L`` (unused by :mod:`replverify.values.canonical`), the
+    shape text, then the value's own encoding."""
 
     def enc(v: object) -> bytes:
         if type(v) is BoundedArray:
@@ -143,7 +156,7 @@ class RowHasher:
     def __init__(self, plan: TablePlan, compare: Compare = "exact") -> None:
         self.encoders: list[Encoder] = [
             _with_bounds(encoder_for(c.type, compare))
-            if c.type.kind == "array"
+            if lossy(c.type)
             else encoder_for(c.type, compare)
             for c in plan.columns
         ]

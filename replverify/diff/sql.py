@@ -17,7 +17,7 @@ from sqlglot.errors import SqlglotError
 from replverify.diff.align import TEXT_CASTS, TablePlan
 from replverify.diff.ranges import KeyRange
 from replverify.errors import UsageError
-from replverify.types import Key, TableRef
+from replverify.types import ColumnType, Key, TableRef
 
 DIALECT = "postgres"
 ALIAS = "_rv_t"
@@ -147,6 +147,81 @@ def _qualify(where: exp.Expr) -> exp.Expr:
     return where.copy().transform(fix)
 
 
+#: Types some of whose values asyncpg cannot decode as they are: infinities read as the
+#: largest or smallest finite value (``'infinity'::date`` as ``date.max``, as does the
+#: real ``9999-12-31``), and BC dates and ``24:00`` fail to decode. Base → SQL condition
+#: (on ``{e}``) of the values it decodes faithfully.
+_DECODABLE = {
+    "date": "{e} BETWEEN '0001-01-01' AND '9999-12-31'",
+    "timestamp": "{e} BETWEEN '0001-01-01' AND '9999-12-31 23:59:59.999999'",
+    "timestamptz": "{e} BETWEEN '0001-01-01 00:00:00+00' AND '9999-12-31 23:59:59.999999+00'",
+    "time": "{e} < '24:00'",
+    "timetz": "CAST({e} AS time) < '24:00'",
+}
+_CLAMPED_RANGES = {"daterange": "date", "tsrange": "timestamp", "tstzrange": "timestamptz"}
+_CLAMPED_MULTIRANGES = {
+    "datemultirange": "date",
+    "tsmultirange": "timestamp",
+    "tstzmultirange": "timestamptz",
+}
+
+
+def lossy(t: ColumnType) -> bool:
+    """Whether a decoded value of type ``t`` can drop what a client reads: an array's
+    lower bounds (``'[0:1]={1,2}'`` reads as ``[1, 2]``), also inside composites and
+    arrays of them, and the dates and times of :data:`_DECODABLE`, also inside ranges
+    (pure)."""
+    if t.kind == "array":
+        return True
+    if t.kind == "composite":
+        return any(lossy(ft) for _, ft in t.fields)
+    return t.base in _DECODABLE or t.base in _CLAMPED_RANGES or t.base in _CLAMPED_MULTIRANGES
+
+
+def _shape_text(e: str, t: ColumnType, depth: int) -> str:
+    """SQL text of :func:`shape` for the expression text ``e``."""
+    if t.kind == "array":
+        dims = f"array_dims({e})"
+        if t.element is None or not lossy(t.element):
+            return dims
+        u = f"_rv_u{depth}"
+        inner = _shape_text(u, t.element, depth + 1)
+        elements = f"array_to_string(ARRAY(SELECT {inner} FROM unnest({e}) AS {u}), ',', '')"
+        return f"concat({dims}, '(', {elements}, ')')"
+    if t.kind == "composite":
+        parts = [
+            f"coalesce({_shape_text(f'({e}).{ident(name).sql(DIALECT)}', ft, depth)}, '')"
+            for name, ft in t.fields
+            if lossy(ft)
+        ]
+        return f"concat_ws(';', {', '.join(parts)})"
+    if t.base in _CLAMPED_MULTIRANGES:
+        r = f"_rv_r{depth}"
+        ranges = _range_shape(r, _CLAMPED_MULTIRANGES[t.base])
+        return f"array_to_string(ARRAY(SELECT {ranges} FROM unnest({e}) AS {r}), ';', '')"
+    if t.base in _CLAMPED_RANGES:
+        return _range_shape(e, _CLAMPED_RANGES[t.base])
+    return _undecodable(e, t.base)
+
+
+def _range_shape(e: str, sub: str) -> str:
+    return f"concat({_undecodable(f'lower({e})', sub)}, ',', {_undecodable(f'upper({e})', sub)})"
+
+
+def _undecodable(e: str, base: str) -> str:
+    """SQL text: the text of ``e`` (of type ``base``, a key of :data:`_DECODABLE`) when
+    asyncpg cannot decode it as it is, else NULL."""
+    return f"CASE WHEN {_DECODABLE[base].format(e=e)} THEN NULL ELSE CAST({e} AS TEXT) END"
+
+
+def shape(col: exp.Expr, t: ColumnType) -> exp.Expr:
+    """What decoding drops of a :func:`lossy` column, as text: ``array_dims`` of every
+    array in the value (element by element, in order) and the text of every date or time
+    asyncpg cannot decode as it is (``infinity``, BC, ``24:00``); NULL or only ``[1:n]``
+    dims and separators when nothing is lost."""
+    return sqlglot.parse_one(_shape_text(col.sql(DIALECT), t, 0), read=DIALECT)
+
+
 # -- statements -----------------------------------------------------------------------------
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
@@ -257,17 +332,26 @@ class TableSQL:
 
     @property
     def bounded(self) -> tuple[int, ...]:
-        """Positions (in ``plan.columns``) of the array columns: a client decodes an array
-        without its lower bounds (``'[0:1]={1,2}'`` reads as ``[1, 2]``), so ``rows`` and
-        ``rows_with_hashes`` read each one's ``array_dims`` too, after the columns."""
-        return tuple(i for i, c in enumerate(self.plan.columns) if c.type.kind == "array")
+        """Positions (in ``plan.columns``) of the columns whose decoded value can lose what
+        a client reads (see :func:`lossy`): ``rows`` and ``rows_with_hashes`` read each
+        one's :func:`shape` too, after the columns."""
+        return tuple(i for i, c in enumerate(self.plan.columns) if lossy(c.type))
 
     def _decoded(self) -> list[exp.Expr]:
         columns = self.plan.columns
         return [
-            *(self.value_expr(c.name, c.type.base) for c in columns),
-            *(exp.func("array_dims", column(columns[i].name)) for i in self.bounded),
+            *(self._decodable(c.name, c.type.base) for c in columns),
+            *(shape(column(columns[i].name), columns[i].type) for i in self.bounded),
         ]
+
+    def _decodable(self, name: str, base: str) -> exp.Expr:
+        """The column for decoding: a date or time asyncpg cannot decode as it is reads as
+        NULL (its :func:`shape` carries its text instead)."""
+        value = self.value_expr(name, base)
+        if base not in _DECODABLE:
+            return value
+        ok = _DECODABLE[base].format(e=value.sql(DIALECT))
+        return sqlglot.parse_one(f"CASE WHEN {ok} THEN {value.sql(DIALECT)} END", read=DIALECT)
 
     def row_text(self) -> exp.Expr:
         """The row's canonical text: the whole-row value when both sides have the same
