@@ -104,7 +104,7 @@ Normalizer = Callable[[JSONValue], tuple[object, object]]
 
 
 #: the values of a delete (shared, never changed)
-_NO_VALUES: dict[str, JSONValue] = {}
+_NO_VALUES: Mapping[str, JSONValue] = {}
 
 
 class RowResolver:
@@ -272,7 +272,7 @@ class RowResolver:
         op: Op,
         info: TableInfo,
         key: Mapping[str, JSONValue],
-        values: dict[str, JSONValue],
+        values: Mapping[str, JSONValue],
         before: Mapping[str, JSONValue] | None,
         on_conflict: tuple[str, ...] = (),
     ) -> RowWrite:
