@@ -41,6 +41,18 @@ class TableRef:
     schema: str
     name: str
 
+    def __post_init__(self) -> None:
+        # a dict key several times per journal line: hash the fields once (the same
+        # value the generated __hash__ gives; equality and ordering stay the fields')
+        object.__setattr__(self, "_hash", hash((self.schema, self.name)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined,no-any-return]
+
+    def __reduce__(self) -> tuple[type[TableRef], tuple[str, str]]:
+        # str hashes differ between processes: an unpickled copy hashes itself anew
+        return (TableRef, (self.schema, self.name))
+
     @property
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"

@@ -3,11 +3,14 @@ line msgspec refuses: the same values, the same errors."""
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 from decimal import Decimal
 
 import pytest
 
 from replverify.journal import format as journal_format
+from replverify.types import TableRef
 
 
 def test_fast_decoder_gives_the_same_values() -> None:
@@ -30,3 +33,24 @@ def test_refused_lines_fall_back_to_the_standard_library() -> None:
         journal_format._loads(b'{"x": NaN}')
     with pytest.raises(UnicodeDecodeError):
         journal_format._loads(b'{"x": "\xff"}')
+
+
+def test_table_names_give_one_table_ref_each() -> None:
+    ref = journal_format._table("orders")
+    assert ref is journal_format._table("orders")
+    assert ref == journal_format._table("public.orders") == TableRef("public", "orders")
+    with pytest.raises(journal_format._Bad, match="bad table name"):
+        journal_format._table("a.b.c")
+    with pytest.raises(journal_format._Bad, match="bad table name"):
+        journal_format._table("a.b.c")  # refusals are not cached
+
+
+def test_table_ref_hash_equality_and_order_are_the_fields() -> None:
+    a, b = TableRef("public", "orders"), TableRef("public", "orders")
+    assert a == b and hash(a) == hash(b) == hash(("public", "orders"))
+    assert TableRef("a", "z") < TableRef("b", "a") and {a: 1}[b] == 1
+    copy = pickle.loads(pickle.dumps(a))  # str hashes differ between processes
+    assert copy == a and hash(copy) == hash(a)
+    assert dataclasses.asdict(a) == {"schema": "public", "name": "orders"}
+    assert dataclasses.replace(a, name="x") == TableRef("public", "x")
+    assert hash(dataclasses.replace(a, name="x")) == hash(("public", "x"))

@@ -311,7 +311,10 @@ def _parse_key(value: object) -> dict[str, JSONValue]:
 
 
 @functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def _table(name: str) -> TableRef:
+    """One :class:`TableRef` per table name (its hash is taken several times a line);
+    a bad name is not cached and raises every time."""
     try:
         schema, table = parse_table_pattern(name)
     except UsageError as e:

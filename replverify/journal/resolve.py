@@ -103,6 +103,10 @@ def _normalizer(ctype: ColumnType) -> Callable[[JSONValue], tuple[object, object
 Normalizer = Callable[[JSONValue], tuple[object, object]]
 
 
+#: the values of a delete (shared, never changed)
+_NO_VALUES: Mapping[str, JSONValue] = {}
+
+
 class RowResolver:
     """Turns records into :class:`RowWrite` objects against one catalog.
 
@@ -191,8 +195,9 @@ class RowResolver:
 
         stmt = record.statement
         if stmt is None:
-            key = dict(record.key)
-            values = dict(record.values or {})
+            # the record's own dicts: nothing below changes them (_make copies what it keeps)
+            key = record.key
+            values = record.values or _NO_VALUES
             before = record.before
             # the checks below depend on the columns named only: once per shape
             shape = (record.table, *key, None, *values, None, *(before or ()), before is None)
@@ -267,12 +272,13 @@ class RowResolver:
         op: Op,
         info: TableInfo,
         key: Mapping[str, JSONValue],
-        values: dict[str, JSONValue],
+        values: Mapping[str, JSONValue],
         before: Mapping[str, JSONValue] | None,
         on_conflict: tuple[str, ...] = (),
     ) -> RowWrite:
-        order, normalizers = self._key_rules(info, tuple(key))
         ref = info.ref
+        rules = self._normalizers.get(ref)  # the common case, without building tuple(key)
+        order, normalizers = rules if rules is not None else self._key_rules(info, tuple(key))
         ident: list[object] = [ref.schema, ref.name]
         display: list[tuple[str, object]] = []
         for col, norm in zip(order, normalizers, strict=True):
@@ -282,7 +288,7 @@ class RowResolver:
                 raise _Bad(f"key {col}: {e}") from None
             ident.append(i)
             display.append((col, d))
-            if col in values:
+            if values and col in values:
                 try:
                     same = norm(values[col])[0] == i
                 except _Bad:
