@@ -149,6 +149,18 @@ async def compare_table(
     except ReplverifyError as e:
         result.error = e.message
         hint = e.hint
+    except (ValueError, OverflowError) as e:
+        if not _decoding_failed(e):
+            raise
+        # asyncpg cannot build a Python value of what the server sent (a BC date or
+        # 24:00 inside an array, range or composite): this table cannot be verified row
+        # by row here, and the others still can
+        result.error = (
+            f"{quote_table(plan.ref)}: a value could not be decoded by the client library"
+            f" ({type(e).__name__}: {e}; e.g. a date before year 1 or a 24:00 time inside"
+            " an array, range or composite)"
+        )
+        hint = "psql shows its rows (it reads them as text); --exclude skips the table"
     if result.error:
         stats = machine.stats
         result.error += (
@@ -168,6 +180,14 @@ async def compare_table(
     if progress is not None:
         progress(plan.ref, stats.rows_source, stats.rows_source)
     return result
+
+
+def _decoding_failed(e: BaseException) -> bool:
+    """Whether ``e`` was raised inside asyncpg's decoding of a row (its innermost frame)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "asyncpg" in tb.tb_frame.f_code.co_filename
 
 
 def _sorted(diffs: list) -> list:  # type: ignore[type-arg]
