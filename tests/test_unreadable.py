@@ -354,12 +354,16 @@ async def test_a_value_the_client_cannot_decode_is_trouble_for_that_table_alone(
             dsn,
             "CREATE TABLE ides (id int PRIMARY KEY, d date[])",
             f"INSERT INTO ides VALUES (1, '{{{day}}}'), (2, '{{2020-01-01}}')",
+            "CREATE TABLE ides_key (d date PRIMARY KEY, n int)",
+            f"INSERT INTO ides_key VALUES ('0044-03-15 BC', {day[3]}), ('2020-01-01', 2)",
         )
     report = await diff(src, tgt)
-    ides = table(report, "public.ides")
-    assert ides.error and "could not be decoded by the client library" in ides.error
-    assert "psql shows its rows" in ides.error
-    assert_others_verified(report, "public.ides")
+    for name in ("public.ides", "public.ides_key"):
+        t = table(report, name)
+        assert t.error and "could not be decoded by the client library" in t.error
+        assert "psql shows its rows" in t.error
+    others = [t for t in report.tables if t.table.name not in ("ides", "ides_key")]
+    assert others and all(t.verified and t.error is None for t in others)
     assert diff_exit_code(report) == 2
     result = await cli("diff", src, tgt, "--format", "json")
     assert result.exit_code == 2

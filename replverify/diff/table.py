@@ -153,12 +153,12 @@ async def compare_table(
         if not _decoding_failed(e):
             raise
         # asyncpg cannot build a Python value of what the server sent (a BC date or
-        # 24:00 inside an array, range or composite): this table cannot be verified row
+        # 24:00 in a key, array, range or composite): this table cannot be verified row
         # by row here, and the others still can
         result.error = (
             f"{quote_table(plan.ref)}: a value could not be decoded by the client library"
-            f" ({type(e).__name__}: {e}; e.g. a date before year 1 or a 24:00 time inside"
-            " an array, range or composite)"
+            f" ({type(e).__name__}: {e}; e.g. a BC date or a 24:00 time in a key, an array,"
+            " a range or a composite)"
         )
         hint = "psql shows its rows (it reads them as text); --exclude skips the table"
     if result.error:
