@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, cast
@@ -35,6 +34,7 @@ from replverify.diff.sql import TableSQL, lossy
 from replverify.errors import SchemaError
 from replverify.types import Key
 from replverify.values.canonical import Compare, Encoder, encode_row, encoder_for
+from replverify.values.tags import TAG_LEN
 
 #: How equal chunks are recognised: ``copy`` streams each chunk's binary COPY into xxh3
 #: here (fastest; the whole table crosses the network), ``server`` sums row-text hashes in
@@ -125,18 +125,15 @@ def shown(record: Sequence[object], start: int, sql: TableSQL) -> Row:
     )
 
 
-_TAG_LEN = struct.Struct(">cI").pack
-
-
 def _with_bounds(encode: Encoder) -> Encoder:
     """A :func:`~replverify.diff.sql.lossy` column's encoder that also tells apart what
-    decoding dropped: tag ``L`` (unused by :mod:`replverify.values.canonical`), the
+    decoding dropped: tag ``L`` (in :mod:`replverify.values.canonical`'s table), the
     shape text, then the value's own encoding."""
 
     def enc(v: object) -> bytes:
         if type(v) is BoundedArray:
             dims = v.dims.encode()
-            return _TAG_LEN(b"L", len(dims)) + dims + encode(v.values)
+            return TAG_LEN(b"L", len(dims)) + dims + encode(v.values)
         return encode(v)
 
     return enc

@@ -6,6 +6,7 @@ and the parameter list that goes with it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -330,11 +331,12 @@ class TableSQL:
             col = exp.cast(col, TEXT_CASTS[base])
         return col
 
-    @property
+    @functools.cached_property
     def bounded(self) -> tuple[int, ...]:
         """Positions (in ``plan.columns``) of the columns whose decoded value can lose what
         a client reads (see :func:`lossy`): ``rows`` and ``rows_with_hashes`` read each
-        one's :func:`shape` too, after the columns."""
+        one's :func:`shape` too, after the columns. Computed once: every decoded row
+        asks for it."""
         return tuple(i for i, c in enumerate(self.plan.columns) if lossy(c.type))
 
     def _decoded(self) -> list[exp.Expr]:

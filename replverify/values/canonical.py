@@ -36,6 +36,7 @@ Tags (the byte that starts every encoding)::
     v  interval: 16-byte signed µs (months as 30 days, days as 24 h, as PostgreSQL compares)
     u  uuid: 16 bytes                   4 / 6  inet/cidr: prefix length byte + 4 / 16 bytes
     A  array, multirange: count + encodings     C  composite: count + encodings
+    L  what decoding dropped (diff.sources): len + shape text (array bounds...) + encoding
     o  mapping (not from PostgreSQL): count + (key, value) encodings in byte order
     S  set (not from PostgreSQL): count + element encodings in byte order
     R  range: flags byte (1 lower_inc, 2 upper_inc, 4 empty) + lower + upper unless empty
