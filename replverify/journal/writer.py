@@ -194,10 +194,7 @@ class JournalWriter:
                 record: dict[str, Any] = {"v": FORMAT_VERSION, "txid": fields["txid"],
                                           "seq": seq, "ts": ts}  # fmt: skip
                 record.update(fields)
-                try:
-                    data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-                except TypeError:
-                    data = _dumps(record)
+                data = _dumps(record)
                 if kind is None or kind not in checked:
                     try:
                         _record_from(_loads(data), 0)  # never write what the reader refuses

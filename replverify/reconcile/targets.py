@@ -245,9 +245,7 @@ class PostgresTarget:
             # surrogates, which json_text writes
             return orjson.dumps(values).decode()
         except TypeError:
-            return (
-                "{" + ",".join(f"{json.dumps(c)}:{json_text(v)}" for c, v in values.items()) + "}"
-            )
+            return json_text(values)
 
     async def _fetch(self, sql: str, args: Sequence[object], count: int) -> list[asyncpg.Record]:
         try:
