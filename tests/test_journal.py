@@ -706,7 +706,7 @@ def test_the_fast_record_constructor_matches_the_dataclass(tmp_path):
     )
     assert again == w and hash(w.rid) == hash(again.rid)
     r = w.record
-    fields = [getattr(r, f) for f in WriteRecord.__dataclass_fields__]
+    fields = [getattr(r, f) for f in WriteRecord.__struct_fields__]
     assert WriteRecord(*fields) == r
     with pytest.raises(AttributeError):
         r.line = 5  # type: ignore[misc]

@@ -17,11 +17,17 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
+import msgspec
+
 from replverify.errors import JournalError, UsageError
 from replverify.journal.format import (
     _MARKER_FIELDS,
+    _MARKER_LINE,
+    _SQL_LINE,
     _STMT_FIELDS,
+    _STMT_LINE,
     _WRITE_FIELDS,
+    _WRITE_LINE,
     FORMAT_VERSION,
     MAX_LINE_BYTES,
     OPS,
@@ -32,7 +38,6 @@ from replverify.journal.format import (
     TxId,
     WriteRecord,
     _Bad,
-    _build,
     _loads,
     _names,
     _parse_image,
@@ -49,6 +54,9 @@ __all__ = [
     "JournalReader",
     "read_journal",
 ]
+
+#: bytes read at a time (lines are split from them)
+_CHUNK_BYTES = 1 << 16
 
 
 def _record_from(obj: object, line: int) -> Record:
@@ -103,10 +111,9 @@ def _record_from(obj: object, line: int) -> Record:
             raise _Bad(f'"op" says {op} but the statement is an {stmt.op}')
         if before is not None and stmt.op == "insert":
             raise _Bad('"before" makes no sense for an INSERT')
-        return _build(
-            WriteRecord,
-            {**common, "op": stmt.op, "table": stmt.table, "key": {}, "values": None,
-             "sql": sql, "statement": stmt},
+        return WriteRecord(
+            **common, op=stmt.op, table=stmt.table, key={}, values=None, sql=sql,
+            statement=stmt,
         )  # fmt: skip
     if op is None:
         raise _Bad('a write record needs "op" (or "sql")')
@@ -122,11 +129,9 @@ def _record_from(obj: object, line: int) -> Record:
         raise _Bad(f'an {op} needs "values" (the post-image of the written columns)')
     elif op == "update" and not values:
         raise _Bad('an update needs at least one column in "values"')
-    return _build(
-        WriteRecord,
-        {**common, "op": op, "table": table, "key": key, "values": values, "sql": None,
-         "statement": None},
-    )  # fmt: skip
+    return WriteRecord(
+        **common, op=op, table=table, key=key, values=values, sql=None, statement=None
+    )
 
 
 def _statement_intent(
@@ -149,13 +154,67 @@ def _statement_intent(
     params = obj.get("params", [])
     if not isinstance(params, list):
         raise _Bad('"params" must be an array of the statement\'s parameter values')
-    return _build(
-        WriteRecord,
-        {"line": line, "txid": txid, "seq": _parse_seq(obj.get("seq")), "ts": ts,
-         "ts_text": ts_text, "state": "intent", "op": op, "table": _table(obj["table"]),
-         "key": {}, "values": None, "before": None, "sql": None, "statement": None,
-         "stmt": stmt, "params": tuple(params), "of": None},
+    return WriteRecord(
+        line, txid, _parse_seq(obj.get("seq")), ts, ts_text, "intent", op, _table(obj["table"]),
+        {}, None, None, None, None, stmt, tuple(params), None
     )  # fmt: skip
+
+
+_fromisoformat = _dt.datetime.fromisoformat
+
+
+def _typed_record(raw: bytes, line: int) -> Record | None:
+    """The record of a line that the typed decoders (``format.py``, "typed lines") and
+    the few checks they cannot make prove valid; None for any other line, which
+    :func:`_record_from` then decides and words the error for.
+
+    The bytes only pick the decoder to try (a wrong pick is refused and goes the checked
+    way): ``"key"`` is a structured write, ``"stmt"`` a statement intent, ``"sql"`` an
+    ``sql`` record, anything else a marker.
+    """
+    try:
+        if b'"key"' in raw:
+            w = _WRITE_LINE.decode(raw)
+            ts = _fromisoformat(w.ts)
+            op, values = w.op, w.values
+            if ts.tzinfo is None or (values is None) != (op == "delete"):
+                return None
+            if op == "update" and not values:
+                return None
+            return WriteRecord(
+                line, w.txid, w.seq, ts, w.ts, w.state, op, _table(w.table), w.key, values,
+                w.before, None, None, None, (), w.of
+            )  # fmt: skip
+        if b'"stmt"' in raw:
+            i = _STMT_LINE.decode(raw)
+            ts = _fromisoformat(i.ts)
+            if ts.tzinfo is None or not i.stmt.strip():
+                return None
+            return WriteRecord(
+                line, i.txid, i.seq, ts, i.ts, "intent", i.op, _table(i.table), {}, None,
+                None, None, None, i.stmt, i.params, None
+            )  # fmt: skip
+        if b'"sql"' in raw:
+            q = _SQL_LINE.decode(raw)
+            ts = _fromisoformat(q.ts)
+            if ts.tzinfo is None:
+                return None
+            stmt = _parse_statement(q.sql)
+            if (q.op is not None and q.op != stmt.op) or (
+                q.before is not None and stmt.op == "insert"
+            ):
+                return None
+            return WriteRecord(
+                line, q.txid, q.seq, ts, q.ts, q.state, stmt.op, stmt.table, {}, None,
+                q.before, q.sql, stmt, None, (), None
+            )  # fmt: skip
+        m = _MARKER_LINE.decode(raw)
+        ts = _fromisoformat(m.ts)
+        if ts.tzinfo is None:
+            return None
+        return Marker(line, m.txid, m.state, ts, m.ts, m.seq)
+    except (msgspec.DecodeError, ValueError, _Bad):
+        return None
 
 
 class JournalReader:
@@ -175,8 +234,15 @@ class JournalReader:
         self.torn: TornTail | None = None
 
     def __iter__(self) -> Iterator[Record]:
-        for line, raw in self.raw_lines():
-            yield self.parse(line, raw)
+        typed, checked = _typed_record, self._checked
+        for n, lines, ended in self._blocks():
+            for raw in lines:
+                self.lines = n
+                rec = typed(raw, n)
+                if rec is None:
+                    rec = checked(n, raw + b"\n" if ended else raw)
+                yield rec
+                n += 1
 
     def raw_lines(self) -> Iterator[tuple[int, bytes]]:
         """``(line number, bytes)`` of every complete line, without validating it.
@@ -184,37 +250,67 @@ class JournalReader:
         A torn last line is not yielded (see :attr:`torn`). Callers that skip lines
         they do not need (``reconcile``'s second pass) still get exact line numbers.
         """
+        for n, lines, ended in self._blocks():
+            for raw in lines:
+                self.lines = n
+                yield n, raw + b"\n" if ended else raw
+                n += 1
+
+    def _blocks(self) -> Iterator[tuple[int, list[bytes], bool]]:
+        """The file in blocks of lines: ``(number of the first, the lines without their
+        newline, whether they had one)``. Read in chunks and split (a line at a time
+        costs more than decoding it); a line longer than :attr:`max_line_bytes` is an
+        error once that many bytes of it are read, not after reading it whole."""
         try:
             f: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed below
         except OSError as e:
             raise UsageError(f"cannot read journal {self.path}: {e.strerror}") from None
         with f:
-            limit = self.max_line_bytes + 1
-            readline = f.readline
-            n = 0
+            limit = self.max_line_bytes
+            # no line inside a chunk is longer than the limit: only the first one
+            # (continuing the previous chunk's tail) needs its length checked
+            size = min(_CHUNK_BYTES, limit + 1)
+            read = f.read
+            n = 1  # the number of the next line
+            tail: list[bytes] = []  # the start of a line, not yet ended
+            tail_len = 0
             while True:
-                raw = readline(limit)
-                if not raw:
+                data = read(size)
+                if not data:
                     break
-                n += 1
-                self.lines = n
-                if raw[-1:] == b"\n":
-                    yield n, raw
-                    continue
-                if len(raw) >= limit:
-                    raise JournalError(
-                        f"line longer than {self.max_line_bytes} bytes",
-                        path=self.path,
-                        line=n,
-                    )
-                # the last line, without a newline: complete JSON, or torn
-                try:
-                    _loads(raw)
-                except ValueError:
-                    self.torn = TornTail(n, len(raw))
-                    break
-                yield n, raw
-                break
+                lines = data.split(b"\n")
+                del data  # memory: the lines of one chunk, not two copies of them
+                rest = lines.pop()
+                if lines:
+                    if tail:
+                        lines[0] = b"".join([*tail, lines[0]])
+                        tail, tail_len = [], 0
+                    if len(lines[0]) > limit:
+                        self._too_long(n)
+                    yield n, lines, True
+                    n += len(lines)
+                if rest:
+                    tail.append(rest)
+                    tail_len += len(rest)
+                    if tail_len > limit:
+                        self._too_long(n)
+            if not tail:
+                return
+            # the last line, without a newline: complete JSON, or torn
+            last = b"".join(tail)
+            self.lines = n
+            try:
+                _loads(last)
+            except ValueError:
+                self.torn = TornTail(n, len(last))
+                return
+            yield n, [last], False
+
+    def _too_long(self, line: int) -> None:
+        self.lines = line
+        raise JournalError(
+            f"line longer than {self.max_line_bytes} bytes", path=self.path, line=line
+        )
 
     @staticmethod
     def glance(raw: bytes) -> Glance:
@@ -224,6 +320,11 @@ class JournalReader:
 
     def parse(self, line: int, raw: bytes) -> Record:
         """Decode and validate one line (raises :class:`JournalError`)."""
+        return _typed_record(raw, line) or self._checked(line, raw)
+
+    def _checked(self, line: int, raw: bytes) -> Record:
+        """:meth:`parse` by the checks of :func:`_record_from`: the reference, and the
+        path of every line the typed decoders do not prove valid."""
         if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         if not raw.strip():
