@@ -186,7 +186,7 @@ def child(phase: str, journal: str, target: str) -> dict[str, Any]:
     gc.collect()
     _reset_peak()
     out: dict[str, Any] = {"phase": phase, "rss_before_mib": _status_mib("VmRSS")}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     if phase == "read":
         reader = JournalReader(journal)
         records = sum(1 for _ in reader)
@@ -224,6 +224,7 @@ def child(phase: str, journal: str, target: str) -> dict[str, Any]:
             timings=dict(report.timings),
         )
     out["elapsed_s"] = time.perf_counter() - started
+    out["cpu_s"] = time.process_time() - cpu  # the process's own CPU: less noisy under load
     out["peak_rss_mib"] = _status_mib("VmHWM")
     return out
 
@@ -275,6 +276,8 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ranked = sorted(runs, key=lambda r: r["elapsed_s"])
     out = dict(ranked[len(ranked) // 2])
     out["runs_s"] = [round(r["elapsed_s"], 2) for r in runs]
+    out["cpu_runs_s"] = [round(r.get("cpu_s", 0.0), 2) for r in runs]
+    out["cpu_median_s"] = sorted(out["cpu_runs_s"])[len(runs) // 2]
     return out
 
 
@@ -302,8 +305,8 @@ def markdown(doc: dict[str, Any]) -> str:
         " to run: compare within one run). Times are the median of the runs listed.",
         "",
         "| phase | code | seconds (runs) | lines/s | entries/s | peak RSS growth (MiB) |"
-        " seconds per pass | speed-up |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
+        " seconds per pass | speed-up | CPU s (runs) | CPU us/line | CPU speed-up |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for phase, r in doc["results"].items():
         for name, x in (("baseline", base.get(phase)), ("this", r)):
@@ -312,13 +315,18 @@ def markdown(doc: dict[str, Any]) -> str:
             entries = f"{x['entries'] / x['elapsed_s']:,.0f}" if "entries" in x else ""
             passes = ", ".join(f"{k} {v}" for k, v in x.get("timings", {}).items())
             runs = ", ".join(f"{t:g}" for t in x.get("runs_s", []))
-            up = ""
+            up = cpu_up = ""
+            cpu = x.get("cpu_median_s", 0.0)
             if name == "this" and phase in base:
                 up = f"{base[phase]['elapsed_s'] / x['elapsed_s']:.2f}x"
+                if cpu:
+                    cpu_up = f"{base[phase].get('cpu_median_s', 0.0) / cpu:.2f}x"
+            cpu_runs = ", ".join(f"{t:g}" for t in x.get("cpu_runs_s", []))
             out.append(
                 f"| {phase} {NOTES[phase]} | {name} | {x['elapsed_s']:.1f} ({runs})"
                 f" | {x['lines'] / x['elapsed_s']:,.0f} | {entries}"
-                f" | {x['peak_rss_mib'] - x['rss_before_mib']:,.0f} | {passes} | {up} |"
+                f" | {x['peak_rss_mib'] - x['rss_before_mib']:,.0f} | {passes} | {up}"
+                f" | {cpu:.2f} ({cpu_runs}) | {cpu / x['lines'] * 1e6:.2f} | {cpu_up} |"
             )
     for phase in ("reconcile", "postgres"):
         for name, res in (("baseline", base), ("this", doc["results"])):
@@ -391,7 +399,8 @@ def main() -> None:
             grown = r["peak_rss_mib"] - r["rss_before_mib"]
             print(
                 f"{name:<8} {phase:<10} {r['elapsed_s']:6.1f} s {rate:>9,.0f} lines/s{entries}"
-                f"  peak RSS +{grown:,.0f} MiB {NOTES[phase]}"
+                f"  CPU {r['cpu_median_s']:.2f} s ({r['cpu_median_s'] / r['lines'] * 1e6:.2f}"
+                f" us/line)  peak RSS +{grown:,.0f} MiB {NOTES[phase]}"
             )
             if "counts" in r:
                 passes = ", ".join(f"{k} {v}" for k, v in r["timings"].items())

@@ -28,7 +28,6 @@ json parameters. Numbers are read exactly (as :class:`~decimal.Decimal`, never f
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -313,15 +312,25 @@ def _parse_key(value: object) -> dict[str, JSONValue]:
     return value
 
 
-@functools.lru_cache(maxsize=4096)
+#: one :class:`TableRef` per table name (its hash is taken several times a line); the
+#: typed path looks names up here itself before calling :func:`_table`
+_TABLES: dict[str, TableRef] = {}
+
+
 def _table(name: str) -> TableRef:
-    """One :class:`TableRef` per table name (its hash is taken several times a line);
-    a bad name is not cached and raises every time."""
+    """The :class:`TableRef` of a record's ``table``; a bad name is not kept and raises
+    every time. At most 4096 names are kept."""
+    ref = _TABLES.get(name)
+    if ref is not None:
+        return ref
     try:
         schema, table = parse_table_pattern(name)
     except UsageError as e:
         raise _Bad(f'"table": {e.message}') from None
-    return TableRef(schema, table)
+    ref = TableRef(schema, table)
+    if len(_TABLES) < 4096:
+        _TABLES[name] = ref
+    return ref
 
 
 def _names(names: object) -> str:

@@ -26,6 +26,7 @@ from replverify.journal.format import (
     _SQL_LINE,
     _STMT_FIELDS,
     _STMT_LINE,
+    _TABLES,
     _WRITE_FIELDS,
     _WRITE_LINE,
     FORMAT_VERSION,
@@ -172,20 +173,21 @@ def _typed_record(raw: bytes, line: int) -> Record | None:
     way): ``"key"`` is a structured write, ``"stmt"`` a statement intent, ``"sql"`` an
     ``sql`` record, anything else a marker.
     """
+    find = raw.find  # not ``in``: bytes.__contains__ tries the needle as an int first
     try:
-        if b'"key"' in raw:
+        if find(b'"key"') >= 0:
             w = _WRITE_LINE.decode(raw)
             ts = _fromisoformat(w.ts)
-            op, values = w.op, w.values
+            op, values, table = w.op, w.values, w.table
             if ts.tzinfo is None or (values is None) != (op == "delete"):
                 return None
             if op == "update" and not values:
                 return None
             return WriteRecord(
-                line, w.txid, w.seq, ts, w.ts, w.state, op, _table(w.table), w.key, values,
-                w.before, None, None, None, (), w.of
+                line, w.txid, w.seq, ts, w.ts, w.state, op, _TABLES.get(table) or _table(table),
+                w.key, values, w.before, None, None, None, (), w.of
             )  # fmt: skip
-        if b'"stmt"' in raw:
+        if find(b'"stmt"') >= 0:
             i = _STMT_LINE.decode(raw)
             ts = _fromisoformat(i.ts)
             if ts.tzinfo is None or not i.stmt.strip():
@@ -194,7 +196,7 @@ def _typed_record(raw: bytes, line: int) -> Record | None:
                 line, i.txid, i.seq, ts, i.ts, "intent", i.op, _table(i.table), {}, None,
                 None, None, None, i.stmt, i.params, None
             )  # fmt: skip
-        if b'"sql"' in raw:
+        if find(b'"sql"') >= 0:
             q = _SQL_LINE.decode(raw)
             ts = _fromisoformat(q.ts)
             if ts.tzinfo is None:
