@@ -32,6 +32,8 @@ def _outcome(parse: Callable[[], object]) -> tuple[object, ...]:
         rec = parse()
     except JournalError as e:
         return ("error", str(e), e.line)
+    except Exception as e:  # any other exception must be the same too
+        return ("raised", type(e).__name__, str(e))
     return ("record", type(rec).__name__, repr(rec))
 
 
@@ -162,6 +164,7 @@ _TEXT_EDITS = [  # on the serialised line: numbers, escapes, duplicates, whitesp
     (b'"seq": ', b'"seq": -'),
     (b": 1", b": 1e0"),
     (b": 7", b": 7.0"),
+    (b": 1", b": 1e999999999999999999999"),
     (b'"op"', b'"\\u006fp"'),
     (b'"key"', b'"k\\u0065y"'),
     (b'"state": "', b'"state": "\\u0020'),
@@ -335,3 +338,23 @@ def test_line_length_limit_at_every_chunk_boundary(
         path.write_bytes(first + _padded(limit + delta) + (b"\n" if newline else b""))
         monkeypatch.setattr(journal_reader, "_CHUNK_BYTES", chunk)
         assert _read(path, limit) == _reference(path, limit), (before, chunk, delta)
+
+
+def test_a_number_no_decimal_holds_is_a_journal_error(tmp_path: Path) -> None:
+    """Until now ``1e999999999999999999999`` escaped as decimal.InvalidOperation (an
+    internal error) from both decoders; it is a bad line like any other."""
+    base = {"v": 1, "txid": "t", "seq": 1, "ts": TS, "state": "committed", "op": "update",
+            "table": "orders", "key": {"id": 1}, "values": {"n": 1}}  # fmt: skip
+    huge = "1e999999999999999999999"
+    text = json.dumps(base)
+    for raw in (
+        text.replace('"n": 1', f'"n": {huge}'),
+        text.replace('"id": 1', f'"id": {huge}'),
+        text.replace('"n": 1', f'"n": {huge}, "x": "\\ud800"'),  # the json module's turn
+    ):
+        path = tmp_path / "j.jsonl"
+        path.write_text(json.dumps(base) + "\n" + raw + "\n")
+        with pytest.raises(JournalError, match="beyond the range of exact decimals") as e:
+            list(JournalReader(path))
+        assert e.value.line == 2
+        assert _same(raw.encode() + b"\n")[0] == "error"

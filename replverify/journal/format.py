@@ -31,7 +31,7 @@ import datetime as _dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
 import msgspec
@@ -228,6 +228,10 @@ _DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant
 _FAST_DECODER = msgspec.json.Decoder(float_hook=Decimal)
 
 
+#: a number whose exponent no Decimal holds (``1e999999999999999999``)
+_OUT_OF_RANGE = "a number beyond the range of exact decimals"
+
+
 def _loads(raw: bytes) -> Any:
     """One line as JSON (numbers exact; NaN/Infinity refused; UnicodeDecodeError if the
     bytes are not UTF-8)."""
@@ -235,7 +239,12 @@ def _loads(raw: bytes) -> Any:
         return _FAST_DECODER.decode(raw)
     except msgspec.DecodeError:
         pass  # the standard library decides: its error messages, lone surrogates as before
-    return _DECODER.decode(raw.decode("utf-8"))
+    except InvalidOperation:
+        raise ValueError(_OUT_OF_RANGE) from None
+    try:
+        return _DECODER.decode(raw.decode("utf-8"))
+    except InvalidOperation:
+        raise ValueError(_OUT_OF_RANGE) from None
 
 
 class Glance(msgspec.Struct):

@@ -215,8 +215,8 @@ def _typed_record(raw: bytes, line: int) -> Record | None:
         if ts.tzinfo is None:
             return None
         return Marker(line, m.txid, m.state, ts, m.ts, m.seq)
-    except (msgspec.DecodeError, ValueError, _Bad):
-        return None
+    except (msgspec.DecodeError, ValueError, ArithmeticError, _Bad):
+        return None  # ArithmeticError: a number no Decimal holds (float_hook)
 
 
 class JournalReader:
