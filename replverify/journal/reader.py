@@ -1,12 +1,17 @@
 """Reading a journal.
 
-:class:`JournalReader` streams a journal of any size one line at a time (memory: one line,
-at most ``max_line_bytes``) and validates every record into :class:`WriteRecord` or
-:class:`Marker`. A *torn last line* - no newline at the end of the file and not valid JSON,
-which is what a crash in the middle of an append leaves - is skipped and reported in
-:attr:`JournalReader.torn`. Any other bad line raises
+:class:`JournalReader` streams a journal of any size (memory: the lines of one 64 KiB
+chunk, and one line of at most ``max_line_bytes``) and validates every record into
+:class:`WriteRecord` or :class:`Marker`. A *torn last line* - no newline at the end of
+the file and not valid JSON, which is what a crash in the middle of an append leaves - is
+skipped and reported in :attr:`JournalReader.torn`. Any other bad line raises
 :class:`~replverify.errors.JournalError` naming the file and line; nothing is skipped
 silently. ``sql`` records are parsed with :mod:`.statements`.
+
+Two paths, one verdict: :func:`_typed_record` decodes the ordinary valid line into
+msgspec Structs whose types are the format's checks (in C); every line it does not prove
+valid goes to :func:`_record_from`, the reference, which decides it and words the error.
+``tests/test_journal_typed.py`` holds them to the same records and errors.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import datetime as _dt
 import json
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import msgspec
 
@@ -308,7 +313,7 @@ class JournalReader:
                 return
             yield n, [last], False
 
-    def _too_long(self, line: int) -> None:
+    def _too_long(self, line: int) -> NoReturn:
         self.lines = line
         raise JournalError(
             f"line longer than {self.max_line_bytes} bytes", path=self.path, line=line
