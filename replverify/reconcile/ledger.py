@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from replverify.reconcile.findings import Restore
@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from replverify.journal.format import JSONValue, Marker, RowId, RowWrite, TxId, WriteRecord
 
 __all__ = [
-    "LINE_BITS",
-    "LINE_MASK",
     "SETTLED_WIDTH",
     "ChainCollector",
     "Folder",
@@ -28,9 +26,12 @@ __all__ = [
 ]
 
 
-#: bits of a packed ledger entry that hold the line number (journals of up to 2**40 lines)
+#: a packed ledger entry: ((settled at << LINE_BITS | line) << OFFSET_BITS | byte offset)
+#: << 1 | earlier; journals of up to 2**40 lines and 2**48 bytes
 LINE_BITS = 40
+OFFSET_BITS = 48
 LINE_MASK = (1 << LINE_BITS) - 1
+OFFSET_MASK = (1 << OFFSET_BITS) - 1
 #: ints per settled write in :attr:`Ledger.settled`
 SETTLED_WIDTH = 4
 #: settled writes kept in memory before they go to ``spill``
@@ -40,7 +41,7 @@ SPILL_WRITES = 1 << 10
 class Ledger:
     """Pass 1 (pure): settles transactions and keeps, per written row, the line and byte
     offset of the write that will be judged (its last settled write), so that pass 2
-    reads only those lines.
+    reads only those lines, and the line at which it was settled.
 
     Every settled write is also logged, in settlement order, as four ints (the row's
     ``hash``, line, row index, byte offset) in :attr:`settled`; with ``spill`` given,
@@ -52,14 +53,10 @@ class Ledger:
     """
 
     def __init__(self, spill: Callable[[array[int]], None] | None = None) -> None:
-        #: row -> ((byte offset << LINE_BITS | judged line) << 1) | (1 if an earlier
-        #: settled write to the row exists)
+        #: row -> its judged write, packed (see LINE_BITS)
         self.rows: dict[RowId, int] = {}
         #: txid -> its open intents and their lines' byte offsets
         self.open: dict[TxId, list[tuple[RowWrite, int]]] = {}
-        self.open_rows: dict[RowId, list[RowWrite]] = {}
-        #: open intents that a later settled write to their row covers
-        self.covered: set[WriteId] = set()
         self.counts: dict[str, int] = dict.fromkeys(VERDICTS, 0)
         #: statement intents (writes journaled by effect) of open transactions, by seq
         self.statements: dict[TxId, dict[int, WriteRecord]] = {}
@@ -81,21 +78,15 @@ class Ledger:
         """``w``, from the line at byte ``offset`` of the journal."""
         record = w.record
         if record.state == "committed":
-            self._settle(w, offset)
+            self._settle(w, offset, record.line)
             return
         if record.of is not None:
             self.with_rows.add((record.txid, record.of))
-        txid = record.txid
-        tx = self.open.get(txid)
+        tx = self.open.get(record.txid)
         if tx is None:
-            self.open[txid] = [(w, offset)]
+            self.open[record.txid] = [(w, offset)]
         else:
             tx.append((w, offset))
-        same_row = self.open_rows.get(w.rid)
-        if same_row is None:
-            self.open_rows[w.rid] = [w]
-        else:
-            same_row.append(w)
 
     def marker(self, m: Marker) -> None:
         if self.statements:
@@ -104,46 +95,44 @@ class Ledger:
         writes = self.open.pop(m.txid, None)
         if not writes:
             return
-        open_rows = self.open_rows
-        for w, _ in writes:
-            same_row = open_rows[w.rid]
-            if len(same_row) == 1:
-                del open_rows[w.rid]
-            else:
-                same_row.remove(w)
         if m.state == "aborted":
             self.counts["aborted"] += len(writes)
             return
         for w, offset in writes:
-            self._settle(w, offset)
+            self._settle(w, offset, m.line)
 
-    def _settle(self, w: RowWrite, offset: int) -> None:
+    def _settle(self, w: RowWrite, offset: int, at: int) -> None:
+        """Settle ``w`` (from byte ``offset``) while reading line ``at``."""
         rid = w.rid
         line = w.record.line
         rows = self.rows
         prev = rows.get(rid)
-        rows[rid] = ((offset << LINE_BITS | line) << 1) | (prev is not None)
+        rows[rid] = (((at << LINE_BITS | line) << OFFSET_BITS | offset) << 1) | (prev is not None)
         if prev is not None:
             self.counts["superseded"] += 1
-        if self.open_rows:
-            for i in self.open_rows.get(rid, ()):
-                self.covered.add(_wid(i))
         settled = self.settled
         settled.extend((hash(rid), line, w.index, offset))
         if self._spill is not None and len(settled) >= SPILL_WRITES * SETTLED_WIDTH:
             self._spill(settled)
             del settled[:]
 
-    def judged(self) -> list[int]:
-        """``offset << LINE_BITS | line`` of each line holding a judged write, ascending."""
-        return sorted({v >> 1 for v in self.rows.values()})
+    def judged(self) -> Iterator[tuple[int, int]]:
+        """``(line, byte offset)`` of each line holding a judged write, ascending."""
+        mask = (1 << (LINE_BITS + OFFSET_BITS)) - 1
+        for v in sorted({v >> 1 & mask for v in self.rows.values()}):
+            yield v >> OFFSET_BITS, v & OFFSET_MASK
 
     def is_judged(self, w: RowWrite) -> bool:
         v = self.rows.get(w.rid)
-        return v is not None and (v >> 1) & LINE_MASK == w.record.line
+        return v is not None and (v >> 1 + OFFSET_BITS) & LINE_MASK == w.record.line
 
     def has_chain(self, w: RowWrite) -> bool:
         return bool(self.rows.get(w.rid, 0) & 1)
+
+    def covered(self, w: RowWrite) -> bool:
+        """An intent still open (``w``) was followed by a settled write to its row."""
+        v = self.rows.get(w.rid)
+        return v is not None and v >> 1 + OFFSET_BITS + LINE_BITS > w.record.line
 
     def in_doubt(self) -> list[RowWrite]:
         """Intents never settled (after the last record), in journal order."""

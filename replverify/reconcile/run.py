@@ -86,8 +86,6 @@ from replverify.reconcile.judge import (
     probe_for,
 )
 from replverify.reconcile.ledger import (
-    LINE_BITS,
-    LINE_MASK,
     SETTLED_WIDTH,
     ChainCollector,
     Ledger,
@@ -424,9 +422,8 @@ async def _passes(
 
     batcher = _Batcher(target, batch_rows, on_judged, path)
     try:
-        for at in ledger.judged():
-            line = at & LINE_MASK
-            rec = parse(line, lines.read(at >> LINE_BITS))
+        for line, at in ledger.judged():
+            rec = parse(line, lines.read(at))
             assert isinstance(rec, WriteRecord)
             for w in resolver(rec):
                 if not ledger.is_judged(w):
@@ -454,7 +451,7 @@ async def _passes(
         for rid, ws in doubt_rows.items():
             for w in ws:
                 obs = doubt_obs[_wid(w)] = answers[_wid(w)]
-                covered = _wid(w) in ledger.covered or any(o.line > w.line for o in ws)
+                covered = ledger.covered(w) or any(o.line > w.line for o in ws)
                 applied, reason = judge_in_doubt(w, obs, covered=covered)
                 stmt = ledger.statement_of(w)
                 if stmt is not None:
