@@ -37,12 +37,16 @@ then both sides are compared with :mod:`replverify.values.canonical` encodings -
 :mod:`.targets` the edge that reads the target's rows, :mod:`.findings` the report's
 data; this module drives the passes.
 
-The journal is streamed in up to three passes: (1) validate every line and settle
-transactions, keeping per written row only its judged write's line, plus the intents of
-open transactions; (2) re-read only the judged lines, look them up in batches, judge;
-(3) only for lost or conflicting rows written more than once in the window: collect
-their chains, re-judge them against every state the row passed through, and fold each
-chain into the image that restores it. ``since`` skips older writes.
+The journal is streamed once and then read back only where needed: (1) validate every
+line and settle transactions, keeping per written row only its judged write's line and
+byte offset, plus the intents of open transactions, and logging every settled write (its
+row's hash, line, index and offset; spilled to a temporary file, so memory stays flat in
+the journal's length); (2) read back only the judged lines, by offset, look them up in
+batches, judge; (3) only for lost or conflicting rows written more than once in the
+window: read back, from the log, the lines of their settled writes (a hash match is
+checked against the whole row), re-judge them against every state the row passed
+through, and fold each chain into the image that restores it. ``since`` skips older
+writes.
 """
 
 from __future__ import annotations
