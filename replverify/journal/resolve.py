@@ -16,7 +16,6 @@ from decimal import Decimal
 from replverify.db.catalog import TableInfo
 from replverify.errors import JournalError, UsageError
 from replverify.journal.format import (
-    Glance,
     JSONValue,
     Op,
     RowId,
@@ -25,9 +24,7 @@ from replverify.journal.format import (
     _Bad,
     _build,
     _names,
-    _table,
 )
-from replverify.journal.statements import _parse_statement
 from replverify.types import ColumnType, TableRef
 
 __all__ = [
@@ -51,7 +48,7 @@ def _normalizer(ctype: ColumnType) -> Callable[[JSONValue], tuple[object, object
     if base in ("int2", "int4", "int8", "oid"):
 
         def integer(v: JSONValue) -> tuple[object, object]:
-            if isinstance(v, int) and not isinstance(v, bool):
+            if type(v) is int or (isinstance(v, int) and not isinstance(v, bool)):
                 return v, v
             try:
                 n = int(str(v).strip()) if not isinstance(v, bool) else None
@@ -101,6 +98,10 @@ def _normalizer(ctype: ColumnType) -> Callable[[JSONValue], tuple[object, object
 
 
 Normalizer = Callable[[JSONValue], tuple[object, object]]
+#: a structured record shape's table (the journal's TableRef) and its catalog entry, key
+#: order, normalisers, written non-key columns, and whether the post-image is
+#: ``{**key, **values}``
+_Plan = tuple[TableRef, TableInfo, tuple[str, ...], tuple[Normalizer, ...], tuple[str, ...], bool]
 
 
 #: the values of a delete (shared, never changed)
@@ -118,8 +119,12 @@ class RowResolver:
         self.path = path
         self._normalizers: dict[TableRef, tuple[tuple[str, ...], tuple[Normalizer, ...]]] = {}
         self._known: dict[TableRef, frozenset[str]] = {}
-        #: shapes of structured records (table and column names) whose columns resolved
-        self._shapes: set[tuple[object, ...]] = set()
+        #: per shape of structured record (table and column names): what resolving it
+        #: needs that depends on the names only (checked once)
+        self._plans: dict[tuple[object, ...], _Plan] = {}
+        #: the catalog's tables by the journal's TableRef objects (one per name): found
+        #: by identity, without the dataclass's ``__eq__``
+        self._infos: dict[TableRef, TableInfo] = {}
 
     def __call__(self, record: WriteRecord) -> list[RowWrite]:
         """The rows ``record`` writes; raises :class:`JournalError` naming its line."""
@@ -127,29 +132,6 @@ class RowResolver:
             return self._row_writes(record)
         except _Bad as e:
             raise JournalError(str(e), path=self.path, line=record.line) from None
-
-    def row_ids(self, obj: Glance) -> list[RowId]:
-        """The rows a write record writes, from a :class:`~.format.Glance` at its line,
-        without building the records: for a second look at a journal already validated
-        (unknown tables and keys that do not resolve give no rows)."""
-        try:
-            sql = obj.sql
-            if sql is not None:
-                stmt = _parse_statement(sql)
-                info = self.tables.get(stmt.table)
-                if info is None or not info.primary_key:
-                    return []
-                if stmt.op in ("insert", "upsert"):
-                    cols = stmt.columns or tuple(c.name for c in info.columns)
-                    keys = [dict(zip(cols, row, strict=False)) for row in stmt.rows]
-                else:
-                    keys = [dict(stmt.where)]
-                return [self.key_identity(stmt.table, k) for k in keys]
-            if obj.key is None:
-                return []  # a marker, or a statement intent (its rows are records)
-            return [self.key_identity(_table(obj.table), obj.key)]
-        except (_Bad, UsageError, KeyError, TypeError):
-            return []
 
     def key_identity(self, table: TableRef, key: Mapping[str, JSONValue]) -> RowId:
         """The row identity of ``key`` (all key columns) in ``table``."""
@@ -180,42 +162,76 @@ class RowResolver:
             known = self._known[info.ref] = frozenset(c.name for c in info.columns)
         return known
 
+    def _info(self, table: TableRef) -> TableInfo:
+        info = self._infos.get(table)
+        if info is None:
+            info = self.tables.get(table)
+            if info is None:
+                raise _Bad(f"table {table} does not exist on the target")
+            if len(self._infos) < 4096:
+                self._infos[table] = info
+        return info
+
+    def _check_columns(
+        self, table: TableRef, info: TableInfo, cols: Iterable[str], what: str
+    ) -> None:
+        known = self._columns(info)
+        if not known.issuperset(cols):
+            missing = [c for c in cols if c not in known]
+            raise _Bad(f"{what}: {table} has no column {_names(missing)}")
+
+    def _plan(
+        self,
+        table: TableRef,
+        info: TableInfo,
+        key: Mapping[str, JSONValue],
+        values: Mapping[str, JSONValue],
+        before: Mapping[str, JSONValue] | None,
+    ) -> _Plan:
+        """Check a structured record's column names against ``info``; what resolving
+        a record of this shape needs (raises :class:`_Bad`)."""
+        self._check_columns(table, info, key, "key")
+        pk = info.primary_key
+        if pk and (len(key) != len(pk) or any(c not in key for c in pk)):
+            raise _Bad(
+                f"key columns {_names(key)} are not the primary key of {table}"
+                f" ({', '.join(info.primary_key)})"
+            )
+        self._check_columns(table, info, values, "values")
+        if before is not None:
+            self._check_columns(table, info, before, "before")
+        order, norms = self._key_rules(info, tuple(key))
+        written = tuple([c for c in values if c not in order])
+        # the post-image is {**key, **values} when that gives the same items in order
+        simple = tuple(key) == order and len(written) == len(values)
+        return table, info, order, norms, written, simple
+
     def _row_writes(self, record: WriteRecord) -> list[RowWrite]:
         if record.stmt is not None:
             return []  # a statement intent: its rows are records of their own
-        info = self.tables.get(record.table)
-        if info is None:
-            raise _Bad(f"table {record.table} does not exist on the target")
-        known = self._columns(info)
-
-        def check_columns(cols: Iterable[str], what: str) -> None:
-            if not known.issuperset(cols):
-                missing = [c for c in cols if c not in known]
-                raise _Bad(f"{what}: {record.table} has no column {_names(missing)}")
-
         stmt = record.statement
         if stmt is None:
-            # the record's own dicts: nothing below changes them (_make copies what it keeps)
+            # the record's own dicts: nothing below changes them (what is kept is copied)
             key = record.key
             values = record.values or _NO_VALUES
             before = record.before
-            # the checks below depend on the columns named only: once per shape
-            shape = (record.table, *key, None, *values, None, *(before or ()), before is None)
-            if shape not in self._shapes:
-                check_columns(key, "key")
-                pk = info.primary_key
-                if pk and (len(key) != len(pk) or any(c not in key for c in pk)):
-                    raise _Bad(
-                        f"key columns {_names(key)} are not the primary key of {record.table}"
-                        f" ({', '.join(info.primary_key)})"
-                    )
-                check_columns(values, "values")
-                if before is not None:
-                    check_columns(before, "before")
-                if len(self._shapes) < 65536:
-                    self._shapes.add(shape)
-            return [self._make(record, 0, record.op, info, key, values, before)]
+            # keyed by the TableRef's id, not its (Python-level) hash: the plan holds the
+            # TableRef, so no other object can have that id while the plan exists
+            table = record.table
+            shape = (id(table), *key, None, *values, None, *(before or ()), before is None)
+            plan = self._plans.get(shape)
+            if plan is None or plan[0] is not table:
+                plan = self._plan(table, self._info(table), key, values, before)
+                if len(self._plans) < 65536:
+                    self._plans[shape] = plan
+            return [self._structured(record, plan, key, values, before)]
+        info = self._info(record.table)
         # a parsed statement
+        table = record.table
+
+        def check_columns(cols: Iterable[str], what: str) -> None:
+            self._check_columns(table, info, cols, what)
+
         if not info.primary_key:
             raise _Bad(
                 f"{record.table} has no primary key: journal its writes as structured records"
@@ -265,6 +281,55 @@ class RowResolver:
         check_columns(values, "SET")
         return [self._make(record, 0, stmt.op, info, key, values, before)]
 
+    def _structured(
+        self,
+        record: WriteRecord,
+        plan: _Plan,
+        key: Mapping[str, JSONValue],
+        values: Mapping[str, JSONValue],
+        before: Mapping[str, JSONValue] | None,
+    ) -> RowWrite:
+        """:meth:`_make` for a structured record, with its shape's :data:`_Plan`."""
+        _, info, order, normalizers, written, simple = plan
+        op = record.op
+        ref = info.ref
+        if simple and len(order) == 1:  # one key column, not in values: _identify inline
+            col = order[0]
+            try:
+                i, d = normalizers[0](key[col])
+            except _Bad as e:
+                raise _Bad(f"key {col}: {e}") from None
+            rid: RowId = (ref.schema, ref.name, i)
+            display: tuple[tuple[str, object], ...] = ((col, d),)
+        else:
+            rid, display = _identify(ref, order, normalizers, key, values)
+        if simple:
+            post = {**key, **values}
+            pairs = tuple(key.items())
+        else:
+            post = {c: key[c] for c in order}
+            for c in written:
+                post[c] = values[c]
+            pairs = tuple([(c, key[c]) for c in order])
+        check = () if op == "delete" else written
+        return _build(
+            RowWrite,
+            {
+                "record": record,
+                "index": 0,
+                "op": op,
+                "table": ref,
+                "key": pairs,
+                "rid": rid,
+                "key_display": display,
+                "values": post,
+                "check": check,
+                "before": dict(before) if before is not None else None,
+                "on_conflict": check if op == "upsert" else (),
+                "whole_row_key": not info.primary_key,
+            },
+        )
+
     def _make(
         self,
         record: WriteRecord,
@@ -276,28 +341,11 @@ class RowResolver:
         before: Mapping[str, JSONValue] | None,
         on_conflict: tuple[str, ...] = (),
     ) -> RowWrite:
+        """One row of a parsed statement (``sql`` record)."""
         ref = info.ref
         rules = self._normalizers.get(ref)  # the common case, without building tuple(key)
         order, normalizers = rules if rules is not None else self._key_rules(info, tuple(key))
-        ident: list[object] = [ref.schema, ref.name]
-        display: list[tuple[str, object]] = []
-        for col, norm in zip(order, normalizers, strict=True):
-            try:
-                i, d = norm(key[col])
-            except _Bad as e:
-                raise _Bad(f"key {col}: {e}") from None
-            ident.append(i)
-            display.append((col, d))
-            if values and col in values:
-                try:
-                    same = norm(values[col])[0] == i
-                except _Bad:
-                    same = False
-                if not same:
-                    raise _Bad(
-                        f"values.{col} = {values[col]!r} changes the key ({key[col]!r}): a key"
-                        " change is a delete plus an insert; journal it as two writes"
-                    )
+        rid, display = _identify(ref, order, normalizers, key, values)
         # key columns first, then the written ones (as the statement gave them)
         post: dict[str, JSONValue] = {c: key[c] for c in order}
         written = [c for c in values if c not in post]
@@ -305,12 +353,10 @@ class RowResolver:
             post[c] = values[c]
         if op == "delete":
             check: tuple[str, ...] = ()
-        elif op == "upsert" and record.statement is not None:
+        elif op == "upsert":
             check = tuple([c for c in on_conflict if c not in order])
         else:
             check = tuple(written)
-        if op == "upsert" and record.statement is None:
-            on_conflict = check
         return _build(
             RowWrite,
             {
@@ -319,8 +365,8 @@ class RowResolver:
                 "op": op,
                 "table": ref,
                 "key": tuple([(c, key[c]) for c in order]),
-                "rid": tuple(ident),
-                "key_display": tuple(display),
+                "rid": rid,
+                "key_display": display,
                 "values": post,
                 "check": check,
                 "before": dict(before) if before is not None else None,
@@ -328,6 +374,37 @@ class RowResolver:
                 "whole_row_key": not info.primary_key,
             },
         )
+
+
+def _identify(
+    ref: TableRef,
+    order: tuple[str, ...],
+    normalizers: tuple[Normalizer, ...],
+    key: Mapping[str, JSONValue],
+    values: Mapping[str, JSONValue],
+) -> tuple[RowId, tuple[tuple[str, object], ...]]:
+    """The row identity and the key as reported; a value in ``values`` that changes the
+    key is refused (raises :class:`_Bad`)."""
+    ident: list[object] = [ref.schema, ref.name]
+    display: list[tuple[str, object]] = []
+    for col, norm in zip(order, normalizers, strict=True):
+        try:
+            i, d = norm(key[col])
+        except _Bad as e:
+            raise _Bad(f"key {col}: {e}") from None
+        ident.append(i)
+        display.append((col, d))
+        if values and col in values:
+            try:
+                same = norm(values[col])[0] == i
+            except _Bad:
+                same = False
+            if not same:
+                raise _Bad(
+                    f"values.{col} = {values[col]!r} changes the key ({key[col]!r}): a key"
+                    " change is a delete plus an insert; journal it as two writes"
+                )
+    return tuple(ident), tuple(display)
 
 
 def row_writes(

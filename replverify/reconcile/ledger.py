@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from replverify.reconcile.findings import Restore
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from replverify.journal.format import JSONValue, Marker, RowId, RowWrite, TxId, WriteRecord
 
 __all__ = [
+    "SETTLED_WIDTH",
     "ChainCollector",
     "Folder",
     "Ledger",
@@ -25,26 +26,45 @@ __all__ = [
 ]
 
 
+#: a packed ledger entry: ((settled at << LINE_BITS | line) << OFFSET_BITS | byte offset)
+#: << 1 | earlier; journals of up to 2**40 lines and 2**48 bytes
+LINE_BITS = 40
+OFFSET_BITS = 48
+LINE_MASK = (1 << LINE_BITS) - 1
+OFFSET_MASK = (1 << OFFSET_BITS) - 1
+#: ints per settled write in :attr:`Ledger.settled`
+SETTLED_WIDTH = 4
+#: settled writes kept in memory before they go to ``spill``
+SPILL_WRITES = 1 << 10
+
+
 class Ledger:
-    """Pass 1 (pure): settles transactions and keeps, per written row, the line of the
-    write that will be judged (its last settled write).
+    """Pass 1 (pure): settles transactions and keeps, per written row, the line and byte
+    offset of the write that will be judged (its last settled write), so that pass 2
+    reads only those lines, and the line at which it was settled.
+
+    Every settled write is also logged, in settlement order, as four ints (the row's
+    ``hash``, line, row index, byte offset) in :attr:`settled`; with ``spill`` given,
+    every :data:`SPILL_WRITES` of them are handed to it and dropped here. Pass 3 finds
+    the chains of the few rows it needs from this log instead of reading the journal.
 
     Memory: one entry per distinct row written in the window, plus the intents of the
-    transactions still open.
+    transactions still open (and the unspilled tail of the log).
     """
 
-    def __init__(self) -> None:
-        #: row -> judged line * 2 + (1 if an earlier settled write to the row exists)
+    def __init__(self, spill: Callable[[array[int]], None] | None = None) -> None:
+        #: row -> its judged write, packed (see LINE_BITS)
         self.rows: dict[RowId, int] = {}
-        self.open: dict[TxId, list[RowWrite]] = {}
-        self.open_rows: dict[RowId, list[RowWrite]] = {}
-        #: open intents that a later settled write to their row covers
-        self.covered: set[WriteId] = set()
+        #: txid -> its open intents and their lines' byte offsets
+        self.open: dict[TxId, list[tuple[RowWrite, int]]] = {}
         self.counts: dict[str, int] = dict.fromkeys(VERDICTS, 0)
         #: statement intents (writes journaled by effect) of open transactions, by seq
         self.statements: dict[TxId, dict[int, WriteRecord]] = {}
         #: (txid, seq) of open statement intents whose rows are journaled
         self.with_rows: set[tuple[TxId, int]] = set()
+        #: the settled writes not yet spilled: hash(rid), line, index, offset each
+        self.settled: array[int] = array("q")
+        self._spill = spill
 
     def statement(self, rec: WriteRecord) -> None:
         self.statements.setdefault(rec.txid, {})[rec.seq] = rec
@@ -54,54 +74,69 @@ class Ledger:
         of = w.record.of
         return None if of is None else self.statements.get(w.record.txid, {}).get(of)
 
-    def write(self, w: RowWrite) -> None:
-        if w.record.of is not None and w.record.state == "intent":
-            self.with_rows.add((w.record.txid, w.record.of))
-        if w.record.state == "committed":
-            self._settle(w)
+    def write(self, w: RowWrite, offset: int = 0) -> None:
+        """``w``, from the line at byte ``offset`` of the journal."""
+        record = w.record
+        if record.state == "committed":
+            self._settle(w, offset, record.line)
             return
-        self.open.setdefault(w.record.txid, []).append(w)
-        self.open_rows.setdefault(w.rid, []).append(w)
+        if record.of is not None:
+            self.with_rows.add((record.txid, record.of))
+        tx = self.open.get(record.txid)
+        if tx is None:
+            self.open[record.txid] = [(w, offset)]
+        else:
+            tx.append((w, offset))
 
     def marker(self, m: Marker) -> None:
-        for seq in self.statements.pop(m.txid, {}):
-            self.with_rows.discard((m.txid, seq))
+        if self.statements:
+            for seq in self.statements.pop(m.txid, {}):
+                self.with_rows.discard((m.txid, seq))
         writes = self.open.pop(m.txid, None)
         if not writes:
             return
-        for w in writes:
-            same_row = self.open_rows[w.rid]
-            same_row.remove(w)
-            if not same_row:
-                del self.open_rows[w.rid]
         if m.state == "aborted":
             self.counts["aborted"] += len(writes)
             return
-        for w in writes:
-            self._settle(w)
+        for w, offset in writes:
+            self._settle(w, offset, m.line)
 
-    def _settle(self, w: RowWrite) -> None:
-        prev = self.rows.get(w.rid)
-        self.rows[w.rid] = w.record.line << 1 | (prev is not None)
+    def _settle(self, w: RowWrite, offset: int, at: int) -> None:
+        """Settle ``w`` (from byte ``offset``) while reading line ``at``."""
+        rid = w.rid
+        line = w.record.line
+        rows = self.rows
+        prev = rows.get(rid)
+        rows[rid] = (((at << LINE_BITS | line) << OFFSET_BITS | offset) << 1) | (prev is not None)
         if prev is not None:
             self.counts["superseded"] += 1
-        for i in self.open_rows.get(w.rid, ()):
-            self.covered.add(_wid(i))
+        settled = self.settled
+        settled.extend((hash(rid), line, w.index, offset))
+        if self._spill is not None and len(settled) >= SPILL_WRITES * SETTLED_WIDTH:
+            self._spill(settled)
+            del settled[:]
 
-    def judged_lines(self) -> array[int]:
-        """Lines holding a judged write, ascending (8 bytes each)."""
-        return array("q", sorted({v >> 1 for v in self.rows.values()}))
+    def judged(self) -> Iterator[tuple[int, int]]:
+        """``(line, byte offset)`` of each line holding a judged write, ascending."""
+        mask = (1 << (LINE_BITS + OFFSET_BITS)) - 1
+        for v in sorted({v >> 1 & mask for v in self.rows.values()}):
+            yield v >> OFFSET_BITS, v & OFFSET_MASK
 
     def is_judged(self, w: RowWrite) -> bool:
         v = self.rows.get(w.rid)
-        return v is not None and v >> 1 == w.record.line
+        return v is not None and (v >> 1 + OFFSET_BITS) & LINE_MASK == w.record.line
 
     def has_chain(self, w: RowWrite) -> bool:
         return bool(self.rows.get(w.rid, 0) & 1)
 
+    def covered(self, w: RowWrite) -> bool:
+        """An intent still open (``w``) was followed by a settled write to its row."""
+        v = self.rows.get(w.rid)
+        return v is not None and v >> 1 + OFFSET_BITS + LINE_BITS > w.record.line
+
     def in_doubt(self) -> list[RowWrite]:
         """Intents never settled (after the last record), in journal order."""
-        return sorted((w for ws in self.open.values() for w in ws), key=_wid)
+        return sorted((w for ws in self.open.values() for w, _ in ws), key=_wid)
 
     def statements_in_doubt(self) -> list[WriteRecord]:
         """Statement intents never settled whose rows were never journaled (the endpoint
@@ -149,7 +184,7 @@ class ChainCollector:
         if w.rid not in self.recent:
             return
         if w.record.state == "committed":
-            self._append(w)
+            self.settled(w)
         else:
             self.open.setdefault(w.record.txid, []).append(w)
 
@@ -160,9 +195,13 @@ class ChainCollector:
         writes = self.open.pop(txid, None)
         if writes and state == "committed":
             for w in writes:
-                self._append(w)
+                self.settled(w)
 
-    def _append(self, w: RowWrite) -> None:
+    def settled(self, w: RowWrite) -> None:
+        """A settled write of one of the rows, in settlement order (from
+        :attr:`Ledger.settled`; :meth:`write` and :meth:`marker` settle a journal's)."""
+        if w.rid not in self.recent:
+            return
         state = ChainState.of(w)
         self.first.setdefault(w.rid, state)
         self.recent[w.rid].append(state)

@@ -37,12 +37,16 @@ then both sides are compared with :mod:`replverify.values.canonical` encodings -
 :mod:`.targets` the edge that reads the target's rows, :mod:`.findings` the report's
 data; this module drives the passes.
 
-The journal is streamed in up to three passes: (1) validate every line and settle
-transactions, keeping per written row only its judged write's line, plus the intents of
-open transactions; (2) re-read only the judged lines, look them up in batches, judge;
-(3) only for lost or conflicting rows written more than once in the window: collect
-their chains, re-judge them against every state the row passed through, and fold each
-chain into the image that restores it. ``since`` skips older writes.
+The journal is streamed once and then read back only where needed: (1) validate every
+line and settle transactions, keeping per written row only its judged write's line and
+byte offset, plus the intents of open transactions, and logging every settled write (its
+row's hash, line, index and offset; spilled to a temporary file, so memory stays flat in
+the journal's length); (2) read back only the judged lines, by offset, look them up in
+batches, judge; (3) only for lost or conflicting rows written more than once in the
+window: read back, from the log, the lines of their settled writes (a hash match is
+checked against the whole row), re-judge them against every state the row passed
+through, and fold each chain into the image that restores it. ``since`` skips older
+writes.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ import dataclasses
 import datetime as _dt
 import os
 import time
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import BinaryIO
 
 import asyncpg
 
@@ -61,7 +67,9 @@ from replverify.db import catalog
 from replverify.db.connect import DB_ERRORS, PINNED_SETTINGS, Endpoint, connect, trouble
 from replverify.errors import JournalError, UsageError
 from replverify.journal.format import (
+    MAX_LINE_BYTES,
     Marker,
+    Record,
     RowId,
     RowWrite,
     WriteRecord,
@@ -81,13 +89,20 @@ from replverify.reconcile.judge import (
     judge_in_doubt,
     probe_for,
 )
-from replverify.reconcile.ledger import ChainCollector, Ledger, fold
+from replverify.reconcile.ledger import (
+    SETTLED_WIDTH,
+    ChainCollector,
+    Ledger,
+    fold,
+)
+from replverify.reconcile.spill import Spill
 from replverify.reconcile.targets import BadValue, PostgresTarget, Target, json_text
 from replverify.types import TableRef
 
 __all__ = [
     "BATCH_ROWS",
     "describe_statement",
+    "first_pass",
     "parse_since",
     "reconcile",
     "reconcile_with",
@@ -185,6 +200,57 @@ class _Batcher:
                 await self.inflight
 
 
+class _LineAt:
+    """Reads single lines of the journal by byte offset (opened on first use)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: BinaryIO | None = None
+
+    def read(self, offset: int) -> bytes:
+        f = self._file
+        if f is None:
+            try:
+                f = self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+            except OSError as e:
+                raise UsageError(f"cannot read journal {self.path}: {e.strerror}") from None
+        f.seek(offset)
+        return f.readline(MAX_LINE_BYTES + 1)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _collect_chains(
+    collector: ChainCollector,
+    log: Iterable[array[int]],
+    lines: _LineAt,
+    parse: Callable[[int, bytes], Record],
+    resolver: RowResolver,
+) -> None:
+    """Feed ``collector`` the settled writes of its rows, in settlement order, from pass
+    1's log of settled writes (:attr:`Ledger.settled`): only the lines of writes whose
+    row hash matches are read again, and their rows are compared whole."""
+    wanted = {hash(rid) for rid in collector.recent}
+    last: tuple[int, list[RowWrite]] = (0, [])
+    for chunk in log:
+        hashes = chunk[::SETTLED_WIDTH]
+        for k, h in enumerate(hashes):
+            if h not in wanted:
+                continue
+            at = k * SETTLED_WIDTH
+            line, index, offset = chunk[at + 1], chunk[at + 2], chunk[at + 3]
+            if last[0] != line:
+                rec = parse(line, lines.read(offset))
+                assert isinstance(rec, WriteRecord)
+                last = (line, resolver(rec))
+            collector.settled(last[1][index])
+            if collector.complete:
+                return
+
+
 async def _observe_all(
     target: Target, probes: Iterable[Probe], batch_rows: int, path: str
 ) -> dict[WriteId, Observation]:
@@ -201,6 +267,33 @@ async def _observe_all(
     finally:
         await batcher.close()
     return answers
+
+
+def first_pass(
+    path: str, resolver: RowResolver, since: _dt.datetime | None, spill: Spill
+) -> tuple[Ledger, JournalReader, int]:
+    """Pass 1: validate every line, settle transactions, find each row's judged write.
+    Returns the ledger, the reader (lines read, torn tail) and the writes before
+    ``since``."""
+    ledger = Ledger(spill)
+    reader = JournalReader(path)
+    outside = 0
+    offset = 0  # of the line in the file: passes 2 and 3 read only the lines they need
+    parse = reader.parse
+    for line, raw in reader.raw_lines():
+        rec = parse(line, raw)
+        at = offset
+        offset += len(raw)
+        if isinstance(rec, Marker):
+            ledger.marker(rec)
+        elif since is not None and rec.ts < since:
+            outside += 1
+        elif rec.stmt is not None:
+            ledger.statement(rec)
+        else:
+            for w in resolver(rec):
+                ledger.write(w, at)
+    return ledger, reader, outside
 
 
 def parse_since(text: str) -> _dt.datetime:
@@ -291,19 +384,30 @@ async def reconcile_with(
     resolver = RowResolver(target.tables, path=path)
 
     # pass 1: validate every line, settle transactions, find each row's judged write
-    ledger = Ledger()
-    reader = JournalReader(path)
-    outside = 0
-    for rec in reader:
-        if isinstance(rec, Marker):
-            ledger.marker(rec)
-        elif since is not None and rec.ts < since:
-            outside += 1
-        elif rec.stmt is not None:
-            ledger.statement(rec)
-        else:
-            for w in resolver(rec):
-                ledger.write(w)
+    spill = Spill()
+    lines = _LineAt(path)
+    try:
+        return await _passes(
+            path, target, source, since, batch_rows, resolver, spill, lines, started
+        )
+    finally:
+        spill.close()
+        lines.close()
+
+
+async def _passes(
+    path: str,
+    target: Target,
+    source: Target | None,
+    since: _dt.datetime | None,
+    batch_rows: int,
+    resolver: RowResolver,
+    spill: Spill,
+    lines: _LineAt,
+    started: float,
+) -> ReconcileReport:
+    ledger, reader, outside = first_pass(path, resolver, since, spill)
+    parse = reader.parse
     counts = ledger.counts
     doubt_rows: dict[RowId, list[RowWrite]] = {}
     for w in ledger.in_doubt():
@@ -320,17 +424,10 @@ async def reconcile_with(
         if verdict != "durable":
             findings.append(Finding(verdict, probe.write, reason, differs))
 
-    judged = ledger.judged_lines()
     batcher = _Batcher(target, batch_rows, on_judged, path)
     try:
-        i = 0
-        for line, raw in JournalReader(path).raw_lines():
-            if i >= len(judged):
-                break
-            if line != judged[i]:
-                continue
-            i += 1
-            rec = reader.parse(line, raw)
+        for line, at in ledger.judged():
+            rec = parse(line, lines.read(at))
             assert isinstance(rec, WriteRecord)
             for w in resolver(rec):
                 if not ledger.is_judged(w):
@@ -358,7 +455,7 @@ async def reconcile_with(
         for rid, ws in doubt_rows.items():
             for w in ws:
                 obs = doubt_obs[_wid(w)] = answers[_wid(w)]
-                covered = _wid(w) in ledger.covered or any(o.line > w.line for o in ws)
+                covered = ledger.covered(w) or any(o.line > w.line for o in ws)
                 applied, reason = judge_in_doubt(w, obs, covered=covered)
                 stmt = ledger.statement_of(w)
                 if stmt is not None:
@@ -391,28 +488,12 @@ async def reconcile_with(
     # pass 3: lost or conflicting rows written more than once: their chains
     folds: dict[RowId, Restore] = {}
     interest = [f.write.rid for f in findings if ledger.has_chain(f.write)]
+    spill(ledger.settled)  # the log's tail
     del ledger  # the per-row map is no longer needed
     if interest:
         ends = {f.write.rid: _wid(f.write) for f in findings if f.write.rid in interest}
         collector = ChainCollector(interest, ends)
-        wanted = set(interest)
-        table_names = {str(rid[1]).lower() for rid in interest}
-        again = JournalReader(path)
-        for line, raw in again.raw_lines():  # validated in pass 1: decode, look, skip
-            if collector.complete:
-                break
-            obj = again.glance(raw)
-            sql = obj.sql
-            if obj.op is None and sql is None:
-                collector.settle(obj.txid, obj.state)
-            elif sql is not None and not any(n in sql.lower() for n in table_names):
-                continue  # a statement that cannot name a table of interest: not parsed
-            elif not wanted.isdisjoint(resolver.row_ids(obj)):
-                rec = again.parse(line, raw)
-                assert isinstance(rec, WriteRecord)
-                if since is None or rec.ts >= since:
-                    for w in resolver(rec):
-                        collector.write(w)
+        _collect_chains(collector, spill.chunks(), lines, parse, resolver)
         judged_writes = {f.write.rid: f.write for f in findings}
         answers = await _observe_all(
             target,

@@ -7,6 +7,7 @@ with ``jsonb_populate_record``), inside the caller's read-only repeatable-read s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Mapping, Sequence
@@ -111,6 +112,10 @@ def column_value(v: JSONValue, ctype: ColumnType) -> JSONValue:
             return parsed
         return v
     return _undecimal(v)
+
+
+#: types of values that column_value leaves as they are (outside json columns)
+_PLAIN = frozenset({str, int, bool, type(None)})
 
 
 def _encoder(ctype: ColumnType) -> Encoder:
@@ -221,6 +226,16 @@ class PostgresTarget:
         self._encoders: dict[tuple[TableRef, str], Encoder] = {}
         #: each column's type (a payload is built per probe image)
         self._columns: dict[tuple[TableRef, str], ColumnType] = {}
+        #: each table's json and jsonb columns (their strings are JSON text)
+        self._json: dict[TableRef, frozenset[str]] = {}
+
+    def _json_columns(self, info: TableInfo) -> frozenset[str]:
+        cols = self._json.get(info.ref)
+        if cols is None:
+            cols = self._json[info.ref] = frozenset(
+                c.name for c in info.columns if _is_json(c.type)
+            )
+        return cols
 
     def _enc(self, info: TableInfo, col: str) -> Encoder:
         e = self._encoders.get((info.ref, col))
@@ -229,6 +244,13 @@ class PostgresTarget:
         return e
 
     def _payload(self, info: TableInfo, image: Image) -> str:
+        if self._json_columns(info).isdisjoint(image):
+            for v in image.values():
+                if type(v) not in _PLAIN:
+                    break
+            else:  # no value column_value would change: the image as it is
+                with contextlib.suppress(TypeError):  # ints beyond 64 bits: below
+                    return orjson.dumps(image).decode()
         values: dict[str, JSONValue] = {}
         columns = self._columns
         for col, v in image.items():
