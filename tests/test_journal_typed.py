@@ -358,3 +358,28 @@ def test_a_number_no_decimal_holds_is_a_journal_error(tmp_path: Path) -> None:
             list(JournalReader(path))
         assert e.value.line == 2
         assert _same(raw.encode() + b"\n")[0] == "error"
+
+
+@pytest.mark.parametrize("where", ["values", "meta", "key"])
+@pytest.mark.parametrize("newline", [True, False])
+def test_a_line_nested_too_deeply_is_a_journal_error(
+    tmp_path: Path, where: str, newline: bool
+) -> None:
+    """RecursionError from either decoder escaped the reader (an internal error, at a
+    depth that depends on the caller's stack: the typed path, a frame shallower, took
+    lines the reader refused before); it is a bad line like any other, and a complete
+    last line, not a torn one."""
+    base = {"v": 1, "txid": "t", "seq": 1, "ts": TS, "state": "committed", "op": "update",
+            "table": "orders", "key": {"id": 1}, "values": {"n": 1}}  # fmt: skip
+    deep = "[" * 100_000 + "]" * 100_000
+    raw = json.dumps({**base, where: {"n": 0}}).replace('{"n": 0}', '{"n": ' + deep + "}")
+    path = tmp_path / "j.jsonl"
+    path.write_text(json.dumps(base) + "\n" + raw + ("\n" if newline else ""))
+    with pytest.raises(JournalError, match="not valid JSON: nested too deeply") as e:
+        list(JournalReader(path))
+    assert e.value.line == 2
+    assert _same(raw.encode() + b"\n") == (
+        "error",
+        "j.jsonl:2: not valid JSON: nested too deeply",
+        2,
+    )
