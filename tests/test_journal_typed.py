@@ -383,3 +383,30 @@ def test_a_line_nested_too_deeply_is_a_journal_error(
         "j.jsonl:2: not valid JSON: nested too deeply",
         2,
     )
+
+
+def test_what_the_writer_writes_reads_the_same_both_ways(tmp_path: Path) -> None:
+    """Round trip: every line :class:`JournalWriter` makes of awkward values (ints beyond
+    64 bits, floats, Decimals, NUL, non-BMP, BOM-like text, nested json) gives the same
+    record by both paths, the ordinary ones by the typed path."""
+    import datetime as dt
+    from decimal import Decimal
+
+    from replverify.journal.writer import JournalWriter
+
+    odd: list[object] = [0, -1, 2**63, 2**64, -(2**63) - 1, True, None, 0.1, -0.0, 1e300,
+                         Decimal("1.0"), Decimal("-0"), Decimal("1E+2"), "", "\x00", "\U0001f600",
+                         "\ufeff", "\u2028", dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+                         [1, "a"], {"x": {"y": [1.5]}}]  # fmt: skip
+    path = tmp_path / "w.jsonl"
+    with JournalWriter(path, fsync="never") as w:
+        for i, v in enumerate(odd):
+            w.write("update", '"Sales"."Orders"', {"id": i}, {"a": v, "\x00": v}, {"a": v})
+            with w.transaction(txid=2**63 + i) as tx:
+                s = tx.intent_statement("update", "t", "UPDATE t SET a = $1", [v])
+                tx.effect_rows(s, "update", "t", [({"id": i}, {"a": v})])
+                tx.intent("insert", "orders", {"id": str(v)}, {"v": v}, meta={"m": v})
+    raws = path.read_bytes().splitlines(keepends=True)
+    outcomes = [_same(raw, n) for n, raw in enumerate(raws, 1)]
+    assert all(o[0] == "record" for o in outcomes)
+    assert sum(_typed_record(raw, 1) is not None for raw in raws) >= len(raws) // 2
