@@ -358,3 +358,55 @@ def test_a_number_no_decimal_holds_is_a_journal_error(tmp_path: Path) -> None:
             list(JournalReader(path))
         assert e.value.line == 2
         assert _same(raw.encode() + b"\n")[0] == "error"
+
+
+@pytest.mark.parametrize("where", ["values", "meta", "key"])
+@pytest.mark.parametrize("newline", [True, False])
+def test_a_line_nested_too_deeply_is_a_journal_error(
+    tmp_path: Path, where: str, newline: bool
+) -> None:
+    """RecursionError from either decoder escaped the reader (an internal error, at a
+    depth that depends on the caller's stack: the typed path, a frame shallower, took
+    lines the reader refused before); it is a bad line like any other, and a complete
+    last line, not a torn one."""
+    base = {"v": 1, "txid": "t", "seq": 1, "ts": TS, "state": "committed", "op": "update",
+            "table": "orders", "key": {"id": 1}, "values": {"n": 1}}  # fmt: skip
+    deep = "[" * 100_000 + "]" * 100_000
+    raw = json.dumps({**base, where: {"n": 0}}).replace('{"n": 0}', '{"n": ' + deep + "}")
+    path = tmp_path / "j.jsonl"
+    path.write_text(json.dumps(base) + "\n" + raw + ("\n" if newline else ""))
+    with pytest.raises(JournalError, match="not valid JSON: nested too deeply") as e:
+        list(JournalReader(path))
+    assert e.value.line == 2
+    assert _same(raw.encode() + b"\n") == (
+        "error",
+        "j.jsonl:2: not valid JSON: nested too deeply",
+        2,
+    )
+
+
+def test_what_the_writer_writes_reads_the_same_both_ways(tmp_path: Path) -> None:
+    """Round trip: every line :class:`JournalWriter` makes of awkward values (ints beyond
+    64 bits, floats, Decimals, NUL, non-BMP, BOM-like text, nested json) gives the same
+    record by both paths, the ordinary ones by the typed path."""
+    import datetime as dt
+    from decimal import Decimal
+
+    from replverify.journal.writer import JournalWriter
+
+    odd: list[object] = [0, -1, 2**63, 2**64, -(2**63) - 1, True, None, 0.1, -0.0, 1e300,
+                         Decimal("1.0"), Decimal("-0"), Decimal("1E+2"), "", "\x00", "\U0001f600",
+                         "\ufeff", "\u2028", dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+                         [1, "a"], {"x": {"y": [1.5]}}]  # fmt: skip
+    path = tmp_path / "w.jsonl"
+    with JournalWriter(path, fsync="never") as w:
+        for i, v in enumerate(odd):
+            w.write("update", '"Sales"."Orders"', {"id": i}, {"a": v, "\x00": v}, {"a": v})
+            with w.transaction(txid=2**63 + i) as tx:
+                s = tx.intent_statement("update", "t", "UPDATE t SET a = $1", [v])
+                tx.effect_rows(s, "update", "t", [({"id": i}, {"a": v})])
+                tx.intent("insert", "orders", {"id": str(v)}, {"v": v}, meta={"m": v})
+    raws = path.read_bytes().splitlines(keepends=True)
+    outcomes = [_same(raw, n) for n, raw in enumerate(raws, 1)]
+    assert all(o[0] == "record" for o in outcomes)
+    assert sum(_typed_record(raw, 1) is not None for raw in raws) >= len(raws) // 2

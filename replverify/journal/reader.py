@@ -220,8 +220,10 @@ def _typed_record(raw: bytes, line: int) -> Record | None:
         if ts.tzinfo is None:
             return None
         return Marker(line, m.txid, m.state, ts, m.ts, m.seq)
-    except (msgspec.DecodeError, ValueError, ArithmeticError, _Bad):
-        return None  # ArithmeticError: a number no Decimal holds (float_hook)
+    except (msgspec.DecodeError, ValueError, ArithmeticError, RecursionError, _Bad):
+        # ArithmeticError: a number no Decimal holds (float_hook); RecursionError: nested
+        # too deeply for this stack, which the checked path reports
+        return None
 
 
 class JournalReader:
@@ -311,6 +313,8 @@ class JournalReader:
             except ValueError:
                 self.torn = TornTail(n, len(last))
                 return
+            except RecursionError:
+                pass  # not known to be torn: parsed (and refused) as a line
             yield n, [last], False
 
     def _too_long(self, line: int) -> NoReturn:
@@ -346,6 +350,10 @@ class JournalReader:
             ) from None
         except ValueError as e:
             raise JournalError(f"not valid JSON: {e}", path=self.path, line=line) from None
+        except RecursionError:  # was an internal error escaping the reader
+            raise JournalError(
+                "not valid JSON: nested too deeply", path=self.path, line=line
+            ) from None
         try:
             return _record_from(obj, line)
         except _Bad as e:
