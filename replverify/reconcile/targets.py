@@ -114,8 +114,11 @@ def column_value(v: JSONValue, ctype: ColumnType) -> JSONValue:
     return _undecimal(v)
 
 
-#: types of values that column_value leaves as they are (outside json columns)
-_PLAIN = frozenset({str, int, bool, type(None)})
+def _decimal_text(v: object) -> str:
+    """orjson's ``default``: a Decimal as its exact text, as :func:`_undecimal` writes it."""
+    if isinstance(v, Decimal):
+        return str(v)
+    raise TypeError
 
 
 def _encoder(ctype: ColumnType) -> Encoder:
@@ -245,12 +248,11 @@ class PostgresTarget:
 
     def _payload(self, info: TableInfo, image: Image) -> str:
         if self._json_columns(info).isdisjoint(image):
-            for v in image.values():
-                if type(v) not in _PLAIN:
-                    break
-            else:  # no value column_value would change: the image as it is
-                with contextlib.suppress(TypeError):  # ints beyond 64 bits: below
-                    return orjson.dumps(image).decode()
+            # outside json columns column_value only writes Decimals as their text, which
+            # orjson's default does in one C call (ints beyond 64 bits, lone surrogates:
+            # TypeError, below)
+            with contextlib.suppress(TypeError):
+                return orjson.dumps(image, default=_decimal_text).decode()
         values: dict[str, JSONValue] = {}
         columns = self._columns
         for col, v in image.items():
