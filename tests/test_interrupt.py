@@ -24,9 +24,12 @@ async def _replverify_backends(dsn: str) -> list[str]:
 
 
 async def test_ctrl_c_leaves_no_server_side_work(clusters, make_db):
-    src, tgt = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=60_000)
+    src, tgt = await make_db(clusters.primary_dsn, clusters.other_dsn, rows=200_000)
     cmd = [sys.executable, "-m", "replverify", "diff", src, tgt, "--digest", "client",
-           "--chunk-rows", "500", "--jobs", "2", "-t", "orders"]  # fmt: skip
+           "--chunk-rows", "100", "--jobs", "2", "-t", "orders"]  # fmt: skip
+    # 200k rows in 100-row chunks: over 3 s even on an idle machine, so the signal lands
+    # well inside the run (60k rows in 500-row chunks took 1.6 s, and CI once finished
+    # before the signal came)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     while not await _replverify_backends(src) and time.monotonic() < deadline:
