@@ -37,7 +37,6 @@ from replverify.journal.format import (
     FORMAT_VERSION,
     MAX_LINE_BYTES,
     OPS,
-    Glance,
     Marker,
     Record,
     TornTail,
@@ -52,7 +51,6 @@ from replverify.journal.format import (
     _parse_ts,
     _parse_txid,
     _table,
-    glance,
 )
 from replverify.journal.statements import _parse_statement
 
@@ -322,12 +320,6 @@ class JournalReader:
         raise JournalError(
             f"line longer than {self.max_line_bytes} bytes", path=self.path, line=line
         )
-
-    @staticmethod
-    def glance(raw: bytes) -> Glance:
-        """The fields of a line a second pass looks at, unvalidated (for lines
-        :meth:`parse` already accepted)."""
-        return glance(raw)
 
     def parse(self, line: int, raw: bytes) -> Record:
         """Decode and validate one line (raises :class:`JournalError`)."""

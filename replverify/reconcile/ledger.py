@@ -159,14 +159,13 @@ class ChainCollector:
     :func:`judge_chain` compares the target with) and a :class:`Folder` of all of them,
     so memory stays bounded however often a row was written. ``ends`` (optional): each
     row's judged write; once all are collected :attr:`complete` is true and the rest of
-    the journal is not needed.
+    the log of settled writes is not needed.
     """
 
     def __init__(self, rows: Iterable[RowId], ends: Mapping[RowId, WriteId] | None = None):
         self.first: dict[RowId, ChainState] = {}
         self.recent: dict[RowId, deque[ChainState]] = {r: deque(maxlen=CHAIN_STATES) for r in rows}
         self.folders: dict[RowId, Folder] = {r: Folder() for r in self.recent}
-        self.open: dict[TxId, list[RowWrite]] = {}
         self.ends = ends
         self._reached = 0
 
@@ -180,26 +179,9 @@ class ChainCollector:
         first = self.first.get(rid)
         return recent if first is None or (recent and recent[0] is first) else [first, *recent]
 
-    def write(self, w: RowWrite) -> None:
-        if w.rid not in self.recent:
-            return
-        if w.record.state == "committed":
-            self.settled(w)
-        else:
-            self.open.setdefault(w.record.txid, []).append(w)
-
-    def marker(self, m: Marker) -> None:
-        self.settle(m.txid, m.state)
-
-    def settle(self, txid: TxId, state: str) -> None:
-        writes = self.open.pop(txid, None)
-        if writes and state == "committed":
-            for w in writes:
-                self.settled(w)
-
     def settled(self, w: RowWrite) -> None:
         """A settled write of one of the rows, in settlement order (from
-        :attr:`Ledger.settled`; :meth:`write` and :meth:`marker` settle a journal's)."""
+        :attr:`Ledger.settled`)."""
         if w.rid not in self.recent:
             return
         state = ChainState.of(w)
