@@ -4,11 +4,14 @@ ranges still cover every key, rows added since ANALYZE included."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_compare import fresh_pair
 
 from replverify.api import DiffOptions, diff
 from replverify.diff import sources
-from replverify.diff.sources import histogram_cuts
+from replverify.diff.ranges import ranges_between
+from replverify.diff.sources import cuts_within, histogram_cuts
 from replverify.types import Changed, Extra, Missing
 
 
@@ -22,6 +25,51 @@ def test_histogram_cuts() -> None:
     assert skewed[:2] == [1, 2] and skewed[-1] == 10**12
     assert histogram_cuts([1, 5], 3, 10) == []  # one chunk: nothing to cut
     assert histogram_cuts([7], 1000, 10) == []
+
+
+def _chunk_cuts(
+    cuts: list[int], keys: list[int], lo: int | None, hi: int | None, every: int, stride: int
+) -> list[int]:
+    """What ``PostgresSource.chunk_cuts`` makes of ``cuts`` over a table of ``keys``: the
+    row-count part modelled as ``split`` runs it (every ``every × stride``-th key)."""
+    inside, start, beyond = cuts_within(cuts, lo, hi, stride)
+    if not beyond:
+        return inside
+    rest = [k for k in keys if (start is None or k > start) and (hi is None or k <= hi)]
+    return inside + rest[every * stride - 1 :: every * stride]
+
+
+@given(
+    st.lists(st.integers(0, 400), min_size=1, max_size=60, unique=True),
+    st.lists(st.integers(0, 500), max_size=120, unique=True),
+    st.integers(1, 4),
+    st.integers(1, 5),
+)
+def test_tasks_cut_the_chunks_of_one_cut(
+    cuts: list[int], keys: list[int], every: int, stride: int
+) -> None:
+    # A cluster run's planner cuts the table into tasks of ``stride`` chunks, and each
+    # task cuts its range into chunks: they must be the in-process run's chunks.
+    cuts, keys = sorted(cuts), sorted(keys)
+    whole = ranges_between([(c,) for c in _chunk_cuts(cuts, keys, None, None, every, 1)])
+    tasks = ranges_between([(c,) for c in _chunk_cuts(cuts, keys, None, None, every, stride)])
+    per_task = []
+    for task in tasks:
+        lo = None if task.lo is None else int(task.lo[0])  # type: ignore[call-overload]
+        hi = None if task.hi is None else int(task.hi[0])  # type: ignore[call-overload]
+        chunks = _chunk_cuts(cuts, keys, lo, hi, every, 1)
+        per_task += ranges_between([(c,) for c in chunks], task.lo, task.hi)
+    assert per_task == whole
+
+
+def test_cuts_within() -> None:
+    cuts = [10, 20, 30, 40, 50]
+    assert cuts_within(cuts, None, None) == (cuts, 50, True)
+    assert cuts_within(cuts, None, None, stride=2) == ([20, 40, 50], 50, True)
+    assert cuts_within(cuts, 20, 40) == ([30], 50, False)  # all inside the statistics
+    assert cuts_within(cuts, 40, None, stride=2) == ([50], 50, True)
+    assert cuts_within(cuts, 60, 90) == ([], 60, True)  # past them: count from lo
+    assert cuts_within([], 5, None) == ([], 5, True)
 
 
 FILL = (

@@ -73,7 +73,32 @@ async def test_local_cluster_report_is_the_in_process_report(clusters, make_db):
     assert local.status == "different"
     assert _timeless(diff_to_dict(spread)) == _timeless(diff_to_dict(local))
     orders = next(t for t in spread.tables if t.table.name == "orders")
-    assert orders.chunks == 41 and orders.differences_total == 3
+    # the chunks are cut from the planner's histogram (100 buckets of 200 rows: two a chunk)
+    assert orders.chunks == 51 and orders.differences_total == 3
+
+
+async def test_tasks_cut_the_chunks_of_an_in_process_run_past_the_statistics(clusters, make_db):
+    # rows added since ANALYZE: chunks from the histogram, then walked (in-process) or
+    # counted by the tasks past its last key; both make the same chunks
+    src, tgt = await _planted(make_db, clusters)
+    for dsn in (src, tgt):
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "INSERT INTO orders (id, customer, status, amount, placed_at, items, paid)"
+                " SELECT i, 'c', 'new', 1, '2026-01-01Z', '[]', false"
+                " FROM generate_series(20001, 27300) i"
+            )
+        finally:
+            await conn.close()
+    base = DiffOptions(chunk_rows=500, tables=("orders",))
+    local = await diff(src, tgt, base)
+    spread = await diff(src, tgt, dataclasses.replace(base, executor="local:1"))
+    assert _timeless(diff_to_dict(spread)) == _timeless(diff_to_dict(local))
+    (orders,) = spread.tables
+    # 50 chunks up to the histogram's last key, 14 walked past it, and the tail
+    assert orders.rows_source == 27_300 and orders.differences_total == 3
+    assert orders.chunks == 65, orders.chunks
 
 
 def test_merge_keeps_max_diffs_and_counts_every_difference():

@@ -273,7 +273,8 @@ class ClusterRun:
         if plan.multiset or plan.estimated_rows <= task_rows:
             return [KeyRange()]
         source = PostgresSource(self.src_pool, sql, self.mode, self.options.compare)
-        return ranges_between(await source.split(KeyRange(), task_rows))
+        cuts = await source.chunk_cuts(KeyRange(), self.options.chunk_rows, CHUNKS_PER_TASK)
+        return ranges_between(cuts)
 
     def _task_id(self, plan: TablePlan, rng: KeyRange) -> str:
         names = [c.name for c in plan.columns]

@@ -9,6 +9,8 @@ comparison logic never knows which it talks to.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import itertools
 import re
 from collections.abc import Callable, Sequence
@@ -53,11 +55,12 @@ class RowSource(Protocol):
     async def rows(self, rng: KeyRange, keys: Sequence[Key]) -> dict[Key, Row]: ...
 
 
-#: The planner's histogram of a column (``{1,9871,...}``), when ANALYZE made one.
-#: Off: chunk boundaries from the planner's histogram make chunks uneven in a way that
-#: a cluster run (whose tasks walk their own key ranges) does not reproduce, so the two
-#: executors' reports would differ in their chunk counts. On only where that is accepted.
-HISTOGRAM_BOUNDARIES = False
+#: Chunk boundaries of a single integer key come from the planner's histogram, when
+#: ANALYZE made one (``{1,9871,...}``): the walk would read every key of the index once
+#: more, on the source. A cluster run's planner and tasks take the same cuts (see
+#: :func:`cuts_within`), so both executors make the same chunks. Off in tests that need
+#: walked (row-count exact) chunks.
+HISTOGRAM_BOUNDARIES = True
 
 HISTOGRAM_SQL = (
     "SELECT histogram_bounds::text FROM pg_catalog.pg_stats"
@@ -82,6 +85,36 @@ def histogram_cuts(bounds: Sequence[int], rows: int, every: int) -> list[int]:
             cuts += [lo + (hi - lo) * j // parts for j in range(1, parts + 1)]
     out = sorted(set(cuts))
     return out if out and out[-1] == bounds[-1] else [*out, bounds[-1]]
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_cuts(bounds: tuple[int, ...], rows: int, every: int) -> list[int]:
+    return histogram_cuts(bounds, rows, every) if bounds else []
+
+
+def cuts_within(
+    cuts: Sequence[int], lo: int | None, hi: int | None, stride: int = 1
+) -> tuple[list[int], int | None, bool]:
+    """The histogram ``cuts`` (ascending, a whole table's) that bound chunks of the range
+    ``(lo, hi]`` (pure): those strictly inside it at every ``stride``-th place of the whole
+    list, and the last cut wherever it falls; then where row counting takes over and
+    whether any of the range lies past the last cut (rows added since ANALYZE).
+
+    A range cut at ``stride`` > 1 (a cluster run's tasks) is thereby cut at boundaries of
+    ``stride`` = 1 (the in-process run's chunks), and past the last cut both count rows
+    from it (or from ``lo``, itself such a boundary).
+    """
+    inside = [
+        c
+        for i, c in enumerate(cuts)
+        if (lo is None or c > lo)
+        and (hi is None or c < hi)
+        and ((i + 1) % stride == 0 or i == len(cuts) - 1)
+    ]
+    last = cuts[-1] if cuts else None
+    start = lo if last is None or (lo is not None and lo >= last) else last
+    beyond = last is None or hi is None or hi > last
+    return inside, start, beyond
 
 
 #: A :func:`~replverify.diff.sql.shape` that drops nothing: every array's lower bounds
@@ -198,9 +231,8 @@ class PostgresSource:
             "int4",
             "int8",
         )
-        #: boundaries planned from statistics, handed out in order (see ``boundary``)
-        self._planned: list[int] | None = None
-        self._planned_after: Key | None = None
+        #: the key's histogram bounds (see ``_statistics_cuts``), once read
+        self._bounds: list[int] | None = None
         #: decodes keys out of this table's COPY rows; set when chunks keep their streams
         self.key_of: KeyOf | None = None
         #: walks this table's COPY rows (to locate differing keys in them)
@@ -296,33 +328,53 @@ class PostgresSource:
         return ChunkDigest(int(status.rsplit(" ", 1)[1]), h.intdigest(), tuple(pieces))
 
     async def boundary(self, after: Key | None, every: int) -> Key | None:
-        if HISTOGRAM_BOUNDARIES and self._int_key and self._planned is None and after is None:
-            self._planned = await self._histogram_cuts(every)
-        if self._planned and after == self._planned_after:
-            key = (self._planned.pop(0),)
-            self._planned_after = key
-            return key
+        cuts = await self._statistics_cuts(every)
+        if cuts:
+            i = 0 if after is None else bisect.bisect_right(cuts, cast("int", after[0]))
+            if i < len(cuts):
+                return (cuts[i],)
         text, params = self.sql.next_boundary(after, every)
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(text, *params)
         return None if row is None else tuple(hashable(v) for v in row)
 
-    async def _histogram_cuts(self, every: int) -> list[int]:
+    async def chunk_cuts(self, rng: KeyRange, every: int, stride: int = 1) -> list[Key]:
+        """Boundaries cutting ``rng`` into chunks of about ``every`` rows (``stride`` > 1:
+        into runs of ``stride`` such chunks), as ``boundary`` would walk them: from the
+        statistics where they reach, then every ``every × stride``-th row."""
+        cuts = await self._statistics_cuts(every)
+        if not cuts:
+            return await self._row_cuts(rng, every * stride)
+        lo, hi = (None if k is None else cast("int", k[0]) for k in (rng.lo, rng.hi))
+        inside, start, beyond = cuts_within(cuts, lo, hi, stride)
+        out: list[Key] = [(c,) for c in inside]
+        if beyond:
+            rest = KeyRange(None if start is None else (start,), rng.hi)
+            out += await self._row_cuts(rest, every * stride)
+        return out
+
+    async def _row_cuts(self, rng: KeyRange, every: int) -> list[Key]:
+        text, params = self.sql.split(rng, every)
+        async with self.pool.acquire() as conn:
+            records = await conn.fetch(text, *params)
+        return [tuple(hashable(v) for v in r) for r in records]
+
+    async def _statistics_cuts(self, every: int) -> list[int]:
         """Chunk boundaries of an integer key from the planner's histogram, cut evenly in
         key span within each bucket: no index walk on the server (it would scan every
         key once more). Boundaries only shape the ranges: wrong statistics make chunks
         uneven, never the comparison wrong. Past the histogram's last key (rows added
         since ANALYZE) the walk takes over. [] when there is no histogram."""
-        plan = self.sql.plan
-        async with self.pool.acquire() as conn:
-            text = await conn.fetchval(
-                HISTOGRAM_SQL, plan.ref.schema, plan.ref.name, plan.key_names[0]
-            )
-        if not text:
+        if not (HISTOGRAM_BOUNDARIES and self._int_key):
             return []
-        return histogram_cuts(
-            [int(v) for v in text.strip("{}").split(",")], plan.estimated_rows, every
-        )
+        if self._bounds is None:
+            plan = self.sql.plan
+            async with self.pool.acquire() as conn:
+                text = await conn.fetchval(
+                    HISTOGRAM_SQL, plan.ref.schema, plan.ref.name, plan.key_names[0]
+                )
+            self._bounds = [int(v) for v in text.strip("{}").split(",")] if text else []
+        return _cached_cuts(tuple(self._bounds), self.sql.plan.estimated_rows, every)
 
     async def _client_digest(self, rng: KeyRange) -> ChunkDigest:
         text, params = self.sql.rows(rng)
@@ -341,10 +393,9 @@ class PostgresSource:
             lo, hi = int(rng.lo[0]), int(rng.hi[0])  # type: ignore[call-overload]
             if hi - lo >= 2:
                 return [(lo + (hi - lo) * i // parts,) for i in range(1, parts)]
-        text, params = self.sql.split(rng, every)
-        async with self.pool.acquire() as conn:
-            records = await conn.fetch(text, *params)
-        return [tuple(hashable(v) for v in r) for r in records]
+        if parts == 0:  # a whole table's or a task's chunks
+            return await self.chunk_cuts(rng, every)
+        return await self._row_cuts(rng, every)
 
     async def row_hashes(self, rng: KeyRange) -> dict[Key, int]:
         if self.mode == "client":
