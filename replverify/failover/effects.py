@@ -14,6 +14,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from replverify.errors import UsageError
+from replverify.journal.encode import PLAIN
 from replverify.journal.format import Op
 from replverify.journal.statements import journal_value, parse_statement, render_sql
 from replverify.types import TableRef
@@ -105,7 +106,9 @@ class Effect:
 
 
 def _scalar(v: object) -> bool:
-    return v is not None and not isinstance(journal_value(v), (dict, list))
+    if type(v) in PLAIN:  # most columns: no journal_value() to find out
+        return v is not None
+    return not isinstance(journal_value(v), (dict, list))
 
 
 def _ident_name(node: exp.Identifier) -> str:

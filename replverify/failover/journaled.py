@@ -23,7 +23,12 @@ from replverify.failover.effects import (
     plan_write,
 )
 from replverify.failover.switching import Side, _Progress
-from replverify.journal.writer import JournalTransaction, JournalWriter, definitely_failed
+from replverify.journal.writer import (
+    IntentTemplate,
+    JournalTransaction,
+    JournalWriter,
+    definitely_failed,
+)
 from replverify.types import TableRef
 
 __all__ = ["EFFECT_BATCH", "EffectRunner"]
@@ -43,6 +48,8 @@ class EffectRunner:
     def __init__(self) -> None:
         self._tables: dict[str, TableMeta] = {}
         self._effects: dict[str, Effect] = {}
+        #: the encoded constant part of each statement's intent, per endpoint (its meta)
+        self._intents: dict[tuple[str, Side], IntentTemplate] = {}
 
     async def table_meta(self, conn: asyncpg.Connection, plan: WritePlan) -> TableMeta:
         meta = self._tables.get(plan.table_text)
@@ -77,10 +84,12 @@ class EffectRunner:
         portal, so a 100k-row UPDATE never sits in memory); the command tag, and the rows
         when ``keep``."""
         plan, table = effect.plan, effect.table.ref.qualified
+        template = self._intents.get((query, side))
+        if template is None:
+            template = IntentTemplate(plan.op, table, query, {"endpoint": side})
+            self._intents[(query, side)] = template
         # in the file before the statement is sent (durable first with fsync="always")
-        of = await journal.intent_statement_async(
-            plan.op, table, query, args, meta={"endpoint": side}
-        )
+        of = await journal.intent_from_async(template, args)
         kept: list[asyncpg.Record] = []
         batch: list[tuple[dict[str, object], dict[str, object] | None]] = []
         count = 0

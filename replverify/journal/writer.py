@@ -49,22 +49,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as _dt
-import json
 import logging
 import os
 import secrets
 import threading
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
-
-import orjson
+from typing import Literal
 
 from replverify.errors import OutputError, UsageError
-from replverify.journal.format import FORMAT_VERSION, Op, TxId, _Bad, _loads
+from replverify.journal.encode import Clock, body, txid_head
+from replverify.journal.format import Op, TxId, _Bad, _loads
 from replverify.journal.reader import _record_from
 from replverify.journal.transaction import (
+    IntentTemplate,
     JournalTransaction,
     TxState,
     _write_fields,
@@ -73,6 +71,7 @@ from replverify.journal.transaction import (
 
 __all__ = [
     "FsyncPolicy",
+    "IntentTemplate",
     "JournalTransaction",
     "JournalWriter",
     "TxState",
@@ -82,8 +81,6 @@ __all__ = [
 log = logging.getLogger("replverify.journal.writer")
 
 FsyncPolicy = Literal["commit", "always", "never"]
-
-_UTC = _dt.timezone.utc
 
 
 class JournalWriter:
@@ -107,6 +104,7 @@ class JournalWriter:
         self._synced = 0  # records known to be on disk
         self._txn = 0
         self._shapes: set[Hashable] = set()  # record shapes the reader accepted
+        self._clock = Clock()
         #: asyncio committers waiting for the fsync thread: (ticket, loop, future)
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._wake = threading.Condition(threading.Lock())
@@ -158,49 +156,42 @@ class JournalWriter:
 
     # ---- appending
 
-    def _append(
-        self, fields: dict[str, Any], *, durable: bool, shape: Hashable | None = None
-    ) -> int:
-        """Append one record (seq and ts filled in under the lock); return its seq."""
-        return self._append_many([fields], durable=durable, shapes=(shape,))
-
-    def _append_many(
+    def _append_lines(
         self,
-        batch: Sequence[dict[str, Any]],
+        head: bytes,
+        bodies: Sequence[bytes],
+        shapes: Sequence[Hashable | None],
         *,
         durable: bool,
-        shape: Hashable | None = None,
-        shapes: Sequence[Hashable | None] | None = None,
         wait: bool = True,
-    ) -> int:
-        """Append records as one ``write(2)`` (consecutive seqs); return the first seq.
+    ) -> tuple[int, int]:
+        """Append records of one txid as one ``write(2)`` (consecutive seqs): each line is
+        ``head`` (:func:`~.encode.txid_head`), its seq, the time and its ``body``
+        (:func:`~.encode.body`). Returns the first seq and the ticket that
+        :meth:`_sync_to` / :meth:`_sync_async` take to make the lines durable.
 
-        Every record is checked with the reader first - except, when the caller names
-        the records' ``shape`` (one for all, or ``shapes``, one per record: the fields,
-        columns and kinds of values its own code puts in them), those of a shape already
-        checked: the reader's verdict depends on the shape, and checking costs a third of
-        an append. ``wait=False``: no fsync here even when the policy asks for one - the
-        (asyncio) caller awaits :meth:`_sync_async` instead, which concurrent tasks share."""
+        Every record is checked with the reader first - except those of a shape already
+        checked (``shapes``, one per record, None for none: the fields, columns and kinds
+        of values the caller's code puts in them): the reader's verdict depends on the
+        shape, and checking costs a third of an append. ``wait=False``: no fsync here
+        even when the policy asks for one - the (asyncio) caller awaits
+        :meth:`_sync_async` instead, which concurrent tasks share."""
         with self._lock:
             fd = self._fd
             if fd is None:
                 raise UsageError(f"journal {self.path} is closed")
             first = seq = self._seq
-            ts = _dt.datetime.now(_UTC).isoformat()
+            ts = self._clock.ts_field()
             checked = self._shapes
-            kinds = (shape,) * len(batch) if shapes is None else shapes
             lines = []
-            for fields, kind in zip(batch, kinds, strict=True):
-                record: dict[str, Any] = {"v": FORMAT_VERSION, "txid": fields["txid"],
-                                          "seq": seq, "ts": ts}  # fmt: skip
-                record.update(fields)
-                data = _dumps(record)
+            for record, kind in zip(bodies, shapes, strict=True):
+                line = b"%b%d%b%b" % (head, seq, ts, record)
                 if kind is None or kind not in checked:
                     try:
-                        _record_from(_loads(data), 0)  # never write what the reader refuses
+                        _record_from(_loads(line), 0)  # never write what the reader refuses
                     except _Bad as e:
                         raise UsageError(f"not a valid journal record: {e}") from None
-                lines.append(data)
+                lines.append(line)
                 seq += 1
             data = lines[0] if len(lines) == 1 else b"".join(lines)
             written = 0
@@ -214,15 +205,15 @@ class JournalWriter:
                         os.ftruncate(fd, os.fstat(fd).st_size - written)
                 # The caller must not run the write it could not journal.
                 raise OutputError(f"cannot append to journal {self.path}: {e.strerror}") from None
-            for kind in kinds:
+            for kind in shapes:
                 if kind is not None:
                     checked.add(kind)
             self._seq = seq
-            self._appended += len(batch)
+            self._appended += len(lines)
             ticket = self._appended
         if wait and (durable or self.fsync == "always") and self.fsync != "never":
             self._sync_to(ticket)
-        return first
+        return first, ticket
 
     async def _sync_async(self, ticket: int) -> None:
         """:meth:`_sync_to` from asyncio, by the writer's fsync thread: committers of
@@ -316,9 +307,9 @@ class JournalWriter:
     ) -> int:
         """Journal a write that has already committed (``state: committed``); its seq."""
         fields = _write_fields(op, table, key, values, before, meta)
-        fields["txid"] = txid if txid is not None else self.new_txid()
         fields["state"] = "committed"
-        return self._append(fields, durable=True)
+        head = txid_head(txid if txid is not None else self.new_txid())
+        return self._append_lines(head, [body(fields)], [None], durable=True)[0]
 
     def close(self) -> None:
         with self._sync_lock:  # not in the middle of the fsync thread's fsync
@@ -355,16 +346,6 @@ def _settle_waiters(futures: list[asyncio.Future[None]], error: BaseException | 
                 fut.set_result(None)
             else:
                 fut.set_exception(error)
-
-
-def _dumps(record: Mapping[str, Any]) -> bytes:
-    """One compact JSON line (UTF-8, not ASCII-escaped). orjson is several times faster
-    than :mod:`json`; it refuses only integers beyond 64 bits, which :mod:`json` writes."""
-    try:
-        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-    except TypeError:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        return line.encode()
 
 
 def _fsync_dir(path: str) -> None:
