@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from replverify.journal.encode import Clock, IntentTemplate
+from replverify.journal.encode import Clock, IntentTemplate, RowTemplate
 from replverify.journal.reader import JournalReader
 from replverify.journal.statements import journal_value
 from replverify.journal.writer import JournalWriter
@@ -109,3 +109,38 @@ def test_a_refused_record_is_not_written(tmp_path: Path) -> None:
         tx.intent_from(good, (1,))
         tx.intent_from(good, (2,))
     assert [r.params for r in JournalReader(path)] == [(1,), (2,)]
+
+
+def test_rows_from_a_template_are_the_rows_journaled_as_pairs(tmp_path: Path) -> None:
+    """effect_records (the pool's RETURNING rows through a RowTemplate) writes what
+    effect_rows writes for the same rows split into key and post-image: keyed and
+    keyless tables, deletes, values that are not JSON as they are, the application's
+    own RETURNING items in front."""
+    when = dt.datetime(2026, 12, 3, 8, 0, 1, 5, tzinfo=dt.timezone.utc)
+    cases = [
+        (RowTemplate("update", "public.t", ("id", "v"), ("id",), values=True),
+         [(1, 2), ("own", 2, None), (3, Decimal("1.5"))]),
+        (RowTemplate("insert", "public.t", ("v", "b", "a"), ("a", "b"), values=True),
+         [(when, "x", 1), ({"j": [1]}, "y", 2), ([1, 2], "z", 3)]),
+        (RowTemplate("delete", "public.t", ("id",), ("id",), values=False), [(4,), (5,)]),
+        (RowTemplate("insert", "public.h", ("a", "at", "j", "n"), (), values=True),
+         [(1, when, {"k": 1}, None), (2, float("nan"), "[1]", 2**70)]),
+        (RowTemplate("delete", "public.h", ("a", "n"), (), values=False), [(1, None)]),
+    ]  # fmt: skip
+    paths = tmp_path / "records.jsonl", tmp_path / "pairs.jsonl"
+    for path in paths:
+        with JournalWriter(path, fsync="never") as w:
+            tx = w.transaction("t", defer=path is paths[0])
+            for template, rows in cases:
+                of = tx.intent("delete", "public.x", {"id": 1})
+                if path is paths[0]:
+                    tx.effect_records(of, template, rows)
+                else:
+                    op, table = template.shape[1], template.shape[2]  # type: ignore[index]
+                    tx.effect_rows(of, op, table, [template.split(r) for r in rows])
+            tx.commit()
+    a, b = ([{**json.loads(x), "ts": ""} for x in p.read_bytes().splitlines()] for p in paths)
+    assert a == b and len(a) == 5 + 11 + 1
+    assert [len(x) for x in paths[0].read_bytes().splitlines()] == [
+        len(x) for x in paths[1].read_bytes().splitlines()
+    ]

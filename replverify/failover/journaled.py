@@ -90,26 +90,25 @@ class EffectRunner:
             self._intents[(query, side)] = template
         # in the file before the statement is sent (durable first with fsync="always")
         of = await journal.intent_from_async(template, args)
-        kept: list[asyncpg.Record] = []
-        batch: list[tuple[dict[str, object], dict[str, object] | None]] = []
-        count = 0
         if effect.bound is not None and effect.bound <= EFFECT_BATCH:
             # a handful of rows at most: one round trip (a portal would need a second)
             records = await conn.fetch(effect.sql, *args, timeout=timeout)
-            rows = [effect.row(r) for r in records]
-            journal.effect_rows(of, plan.op, table, rows)
-            return _tag(plan.op, len(rows)), records if keep else []
+            journal.effect_records(of, effect.rows, records)
+            return _tag(plan.op, len(records)), records if keep else []
+        kept: list[asyncpg.Record] = []
+        batch: list[asyncpg.Record] = []
+        count = 0
         cursor = conn.cursor(effect.sql, *args, prefetch=EFFECT_BATCH, timeout=timeout)
         async for record in cursor:
             count += 1
-            batch.append(effect.row(record))
+            batch.append(record)
             if keep:
                 kept.append(record)
             if len(batch) >= EFFECT_BATCH:
-                journal.effect_rows(of, plan.op, table, batch)
+                journal.effect_records(of, effect.rows, batch)
                 await journal.flush_async()  # a transaction holds no more than a batch
                 batch = []
-        journal.effect_rows(of, plan.op, table, batch)
+        journal.effect_records(of, effect.rows, batch)
         return _tag(plan.op, count), kept
 
     async def write(

@@ -137,9 +137,7 @@ class EngineJournal:
     def _journal_rows(self, conn: Any, cursor: Any, effect: Effect, of: int) -> None:
         rows = cursor.fetchall()
         tx = self._transaction(conn)
-        tx.effect_rows(
-            of, effect.plan.op, effect.table.ref.qualified, (effect.row(r) for r in rows)
-        )
+        tx.effect_records(of, effect.rows, rows)
         if effect.plan.own_returning:
             cursor._rows.extend(rows)  # the application's own RETURNING rows, handed back
 

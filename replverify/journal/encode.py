@@ -22,23 +22,24 @@ import orjson
 from replverify.journal.format import FORMAT_VERSION
 from replverify.journal.statements import journal_value
 
-__all__ = ["PLAIN", "Clock", "IntentTemplate", "body", "dumps", "image", "image_kinds",
-           "params_json", "txid_head"]  # fmt: skip
+__all__ = ["PLAIN", "Clock", "IntentTemplate", "RowTemplate", "body", "dumps", "image",
+           "image_kinds", "params_json", "txid_head"]  # fmt: skip
 
 _UTC = _dt.timezone.utc
 _NL = orjson.OPT_APPEND_NEWLINE
 #: types a journal value keeps as it is (see ``statements.journal_value``)
 PLAIN = frozenset({int, str, bool, type(None)})
+_STR = frozenset({str})
+_ARRAYS = frozenset({tuple, list})
 
 
 def image(values: Mapping[str, object]) -> dict[str, Any]:
     """``journal_value`` of a key or post-image, without its per-value walk when every
     value is already JSON (ints and strings: the common row)."""
-    # a loop, not all() over a generator: this runs for every key and row journaled
-    for k, v in values.items():
-        if type(v) not in PLAIN or type(k) is not str:
-            return journal_value(dict(values))  # type: ignore[return-value]
-    return dict(values)
+    # type checks in C, no Python loop: this runs for every key and row journaled
+    if PLAIN.issuperset(map(type, values.values())) and _STR.issuperset(map(type, values)):
+        return dict(values)
+    return journal_value(dict(values))  # type: ignore[return-value]
 
 
 def image_kinds(values: Mapping[str, object] | None) -> Hashable:
@@ -70,12 +71,8 @@ def body(fields: Mapping[str, Any]) -> bytes:
 
 def params_json(params: Sequence[object]) -> bytes:
     """A statement's parameters as a JSON array of journal values."""
-    if type(params) in (tuple, list):
-        for a in params:  # a loop, not all(): once per statement
-            if type(a) not in PLAIN:
-                break
-        else:
-            return dumps(params)
+    if type(params) in _ARRAYS and PLAIN.issuperset(map(type, params)):
+        return dumps(params)
     return dumps([a if type(a) in PLAIN else journal_value(a) for a in params])
 
 
@@ -102,6 +99,80 @@ class IntentTemplate:
 
     def body(self, params: Sequence[object]) -> bytes:
         return self.head + params_json(params) + self.tail
+
+
+class RowTemplate:
+    """The row records of one statement, made from the rows its RETURNING gives: the
+    statement's ``columns`` are the last ``len(columns)`` items of each row (the
+    application's own RETURNING items come first). ``key``: the primary key (empty: a
+    row is identified by its whole image, its non-null scalar values); ``values``:
+    whether a record carries the post-image (not for a delete)."""
+
+    __slots__ = ("columns", "head", "key", "key_at", "rest", "rest_at", "shape", "values",
+                 "width")  # fmt: skip
+
+    def __init__(
+        self, op: str, table: str, columns: Sequence[str], key: Sequence[str], *, values: bool
+    ) -> None:
+        self.columns = tuple(columns)
+        self.key = tuple(key)
+        self.values = values
+        self.width = len(self.columns)
+        at = {c: i for i, c in enumerate(self.columns)}
+        # positions in the statement's own columns: the key in primary-key order
+        self.key_at = tuple(at[c] for c in self.key)
+        self.rest = tuple(c for c in self.columns if c not in self.key)
+        self.rest_at = tuple(at[c] for c in self.rest)
+        # the field order of the record written whole: op, table, key, values, state, of
+        self.head = body({"op": op, "table": table})[:-2] + b","
+        self.shape: Hashable = ("rows", op, table, self.columns, self.key, values)
+
+    def split(self, row: Sequence[object]) -> tuple[dict[str, object], dict[str, object] | None]:
+        """A returned row's key and post-image (None for a delete)."""
+        values = tuple(row)
+        if len(values) != self.width:
+            values = values[len(values) - self.width :]
+        return self._split(values)
+
+    def _split(
+        self, values: tuple[object, ...]
+    ) -> tuple[dict[str, object], dict[str, object] | None]:
+        if self.key:  # picked in C: no Python loop over the columns
+            key = dict(zip(self.key, map(values.__getitem__, self.key_at), strict=True))
+            if not self.values:
+                return key, None
+            return key, dict(zip(self.rest, map(values.__getitem__, self.rest_at), strict=True))
+        # no primary key: the row is identified by its whole image
+        image = dict(zip(self.columns, values, strict=True))
+        key = {c: v for c, v in image.items() if _scalar(v)}
+        if not self.values:
+            return key, None
+        return key, {c: v for c, v in image.items() if c not in key}
+
+    def record(self, row: Sequence[object], of: int) -> tuple[bytes, Hashable]:
+        """The ``body`` of the row record of ``row`` (statement intent ``of``), and the
+        part of its shape that varies (the kinds of its values)."""
+        values = tuple(row)
+        if len(values) != self.width:
+            values = values[len(values) - self.width :]
+        kinds = tuple(map(type, values))
+        if not PLAIN.issuperset(kinds):
+            values = tuple(map(journal_value, values))
+            kinds = tuple(map(type, values))
+        key, post = self._split(values)
+        if post is None:
+            fields = {"key": key, "state": "intent", "of": of}
+        else:
+            fields = {"key": key, "values": post, "state": "intent", "of": of}
+        return self.head + dumps(fields, newline=True)[1:], kinds
+
+
+def _scalar(v: object) -> bool:
+    """Whether a value can be part of a whole-image key (not null, not an object or
+    array): the same answer for a value and its ``journal_value``."""
+    if type(v) in PLAIN:  # most columns: no journal_value() to find out
+        return v is not None
+    return not isinstance(journal_value(v), (dict, list))
 
 
 class Clock:

@@ -10,7 +10,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from replverify.errors import OutputError, UsageError
-from replverify.journal.encode import IntentTemplate, body, image, image_kinds, txid_head
+from replverify.journal.encode import (
+    IntentTemplate,
+    RowTemplate,
+    body,
+    image,
+    image_kinds,
+    txid_head,
+)
 from replverify.journal.format import Op, TxId
 from replverify.journal.statements import journal_value, render_sql
 
@@ -81,15 +88,15 @@ class JournalTransaction:
         #: encoded records held back (their ``body``), and their shapes
         self._pending: list[bytes] = []
         self._pending_shapes: list[Hashable | None] = []
-        self._head: bytes | None = None  # txid_head(txid), made by the first append
+        try:
+            self._head = txid_head(txid)
+        except TypeError:  # not JSON: raised by the first append, as it always was
+            self._head = b""
         #: the part of every record's shape the txid makes
         self._txid_kind = (type(txid), txid == "")
 
     def _txid_head(self) -> bytes:
-        head = self._head
-        if head is None:
-            head = self._head = txid_head(self.txid)
-        return head
+        return self._head or txid_head(self.txid)
 
     def intent(
         self,
@@ -153,26 +160,24 @@ class JournalTransaction:
 
     def intent_from(self, template: IntentTemplate, params: Sequence[object] = ()) -> int:
         """:meth:`intent_statement` of the statement ``template`` was made for (a caller
-        that runs a statement many times keeps its template: less to encode each time)."""
-        return self._intent(template.body(params), self._statement_shape(template, params))
+        that runs a statement many times keeps its template: less to encode each time).
+
+        The record's shape (see :meth:`JournalWriter._append_lines`): the template's
+        (the literal statement, the meta object's kinds), whether it has parameters (the
+        reader checks the list, not its JSON items) and the txid's kind."""
+        shape = (template.shape, bool(params), self._txid_kind)
+        return self._intent(template.body(params), shape)
 
     async def intent_from_async(
         self, template: IntentTemplate, params: Sequence[object] = ()
     ) -> int:
         """:meth:`intent_from` with the fsync of ``fsync="always"`` shared, as
         :meth:`intent_statement_async`."""
-        seq = self._intent(
-            template.body(params), self._statement_shape(template, params), wait=False
-        )
+        shape = (template.shape, bool(params), self._txid_kind)  # as intent_from's
+        seq = self._intent(template.body(params), shape, wait=False)
         if self.writer.fsync == "always":  # no coroutine call for the other policies
             await self._sync_policy()
         return seq
-
-    def _statement_shape(self, template: IntentTemplate, params: Sequence[object]) -> Hashable:
-        """A statement intent's shape (see :meth:`JournalWriter._append_lines`): the
-        template's (the literal statement, the meta object's kinds), whether it has
-        parameters (the reader checks the list, not its JSON items) and the txid's kind."""
-        return (template.shape, bool(params), self._txid_kind)
 
     def effect_rows(
         self,
@@ -211,11 +216,34 @@ class JournalTransaction:
             self.intents += len(bodies)
         return len(bodies)
 
+    def effect_records(
+        self, of: int, template: RowTemplate, rows: Iterable[Sequence[object]]
+    ) -> int:
+        """:meth:`effect_rows` of rows as the statement's RETURNING gave them, made into
+        records by ``template`` (see :class:`~replverify.journal.encode.RowTemplate`)."""
+        if self.state != "open":
+            raise UsageError(f"transaction {self.txid} is already {self.state}")
+        bodies = []
+        shapes: list[Hashable | None] = []
+        same = (template.shape, self._txid_kind)
+        for row in rows:
+            record, kinds = template.record(row, of)
+            bodies.append(record)
+            shapes.append((same, kinds))
+        if bodies and self.defer:
+            self._pending += bodies
+            self._pending_shapes += shapes
+        elif bodies:
+            self.writer._append_lines(self._txid_head(), bodies, shapes, durable=False)
+        self.intents += len(bodies)
+        return len(bodies)
+
     def _intent(self, record: bytes, shape: Hashable | None = None, *, wait: bool = True) -> int:
         """Append held-back rows and the intent (its ``body``) in one write; its seq."""
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
-        bodies, shapes = self._take()
+        bodies, shapes = self._pending, self._pending_shapes  # taken: see _take
+        self._pending, self._pending_shapes = [], []
         held = len(bodies)
         bodies.append(record)
         shapes.append(shape)

@@ -183,34 +183,36 @@ class JournalWriter:
             first = seq = self._seq
             ts = self._clock.ts_field()
             checked = self._shapes
+            new: list[Hashable] = []
             lines = []
             for record, kind in zip(bodies, shapes, strict=True):
                 line = b"%b%d%b%b" % (head, seq, ts, record)
-                if kind is None or kind not in checked:
+                if kind not in checked:  # None never is: always checked
                     try:
                         _record_from(_loads(line), 0)  # never write what the reader refuses
                     except _Bad as e:
                         raise UsageError(f"not a valid journal record: {e}") from None
+                    if kind is not None:
+                        new.append(kind)
                 lines.append(line)
                 seq += 1
-            data = lines[0] if len(lines) == 1 else b"".join(lines)
+            data = b"".join(lines)
             written = 0
             try:
                 written = os.write(fd, data)
-                while written < len(data):  # a short write (a signal, a nearly full disk)
-                    written += os.write(fd, memoryview(data)[written:])
+                if written != len(data):  # a short write (a signal, a nearly full disk)
+                    while written < len(data):
+                        written += os.write(fd, memoryview(data)[written:])
             except OSError as e:
                 if written:  # no torn line before the next record
                     with contextlib.suppress(OSError):
                         os.ftruncate(fd, os.fstat(fd).st_size - written)
                 # The caller must not run the write it could not journal.
                 raise OutputError(f"cannot append to journal {self.path}: {e.strerror}") from None
-            for kind in shapes:
-                if kind is not None:
-                    checked.add(kind)
+            if new:
+                checked.update(new)
             self._seq = seq
-            self._appended += len(lines)
-            ticket = self._appended
+            self._appended = ticket = self._appended + len(lines)
         if wait and (durable or self.fsync == "always") and self.fsync != "never":
             self._sync_to(ticket)
         return first, ticket
