@@ -51,6 +51,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import secrets
 import threading
 from collections.abc import Hashable, Mapping, Sequence
@@ -105,9 +106,12 @@ class JournalWriter:
         self._txn = 0
         self._shapes: set[Hashable] = set()  # record shapes the reader accepted
         self._clock = Clock()
-        #: asyncio committers waiting for the fsync thread: (ticket, loop, future)
-        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._wake = threading.Condition(threading.Lock())
+        #: asyncio committers waiting for the fsync thread: (ticket, loop, future); None
+        #: (from close()) ends the thread
+        self._requests: queue.SimpleQueue[
+            tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]] | None
+        ] = queue.SimpleQueue()
+        self._start = threading.Lock()  # the thread is started, or ended, under it
         self._syncer: threading.Thread | None = None
         #: bytes of a torn last line cut off when the journal was opened
         self.repaired = 0
@@ -225,45 +229,58 @@ class JournalWriter:
         The thread goes straight from one fsync to the next while anyone waits, and
         wakes the waiters itself (one ``call_soon_threadsafe`` per loop): no trip through
         the event loop to start an fsync, and no task or future chain between the fsync
-        and the committers, each link of which costs a turn of a busy loop. Each waiter
-        has its own future, so cancelling one cancels no one else's wait."""
+        and the committers, each link of which costs a turn of a busy loop. Requests
+        reach it through a :class:`queue.SimpleQueue` (C: no Python-level condition
+        variable on either side, and the thread sleeps in ``get`` without the GIL).
+        Each waiter has its own future, so cancelling one cancels no one else's wait."""
         if self._synced >= ticket or self._fd is None:
             return
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        with self._wake:
-            self._waiters.append((ticket, loop, waiter))
+        with self._start:  # not between close()'s last request and its own fsync
+            if self._fd is None:
+                return
+            self._requests.put((ticket, loop, waiter))
             if self._syncer is None:
                 self._syncer = threading.Thread(
                     target=self._sync_loop, name=f"journal-fsync {self.path}", daemon=True
                 )
                 self._syncer.start()
-            self._wake.notify()
         await waiter
 
     def _sync_loop(self) -> None:
-        """The fsync thread: fsync while anyone waits; hand each waiter its outcome."""
+        """The fsync thread: fsync while anyone waits; hand each waiter its outcome.
+        Ends at close()'s ``None``, after the requests put before it."""
+        requests = self._requests
         while True:
-            with self._wake:
-                while not self._waiters and self._fd is not None:
-                    self._wake.wait()
-                if not self._waiters:
-                    return  # closed, nobody waiting
-                upto = max(w[0] for w in self._waiters)
+            first = requests.get()
+            if first is None:
+                return
+            batch = [first]
+            for _ in range(requests.qsize()):  # everyone waiting now shares this fsync
+                request = requests.get_nowait()
+                if request is None:
+                    requests.put(None)  # after this batch
+                    break
+                batch.append(request)
             error: BaseException | None = None
             try:
-                self._sync_to(upto)
+                self._sync_to(max(r[0] for r in batch))
             except BaseException as e:  # handed to the waiters, who raise it
                 error = e
-            closed = self._fd is None  # close() fsynced everything appended
-            with self._wake:
-                done = [w for w in self._waiters if closed or error or w[0] <= self._synced]
-                self._waiters = [w for w in self._waiters if w not in done]
+            # the fsync covered every request of the batch (or close() did: it fsynced
+            # everything appended)
+            loop = first[1]
+            if all(r[1] is loop for r in batch):
+                futures = [r[2] for r in batch]
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                    loop.call_soon_threadsafe(_settle_waiters, futures, error)
+                continue
             by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-            for _, loop, fut in done:
+            for _, loop, fut in batch:
                 by_loop.setdefault(loop, []).append(fut)
             for loop, futs in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_settle_waiters, futs, error)
 
     def _sync_to(self, ticket: int) -> None:
@@ -321,9 +338,10 @@ class JournalWriter:
                 if self.fsync != "never":
                     os.fsync(fd)
                 os.close(fd)
-        with self._wake:
+        with self._start:
             syncer = self._syncer
-            self._wake.notify()
+            if syncer is not None:
+                self._requests.put(None)
         if syncer is not None and syncer is not threading.current_thread():
             syncer.join(timeout=5)
 
