@@ -39,7 +39,13 @@ EFFECT_BATCH = 1000
 
 def _tag(op: str, count: int) -> str:
     """The command tag PostgreSQL gives the statement without our RETURNING."""
+    if count == 1:  # a keyed statement's: made once
+        return _ONE_ROW[op]
     return f"{'INSERT 0' if op in ('insert', 'upsert') else op.upper()} {count}"
+
+
+_ONE_ROW = {"insert": "INSERT 0 1", "upsert": "INSERT 0 1", "update": "UPDATE 1",
+            "delete": "DELETE 1"}  # fmt: skip
 
 
 class EffectRunner:
@@ -83,9 +89,10 @@ class EffectRunner:
         transaction, journal its rows ``EFFECT_BATCH`` at a time (streamed through a
         portal, so a 100k-row UPDATE never sits in memory); the command tag, and the rows
         when ``keep``."""
-        plan, table = effect.plan, effect.table.ref.qualified
+        plan = effect.plan
         template = self._intents.get((query, side))
         if template is None:
+            table = effect.table.ref.qualified
             template = IntentTemplate(plan.op, table, query, {"endpoint": side})
             self._intents[(query, side)] = template
         # in the file before the statement is sent (durable first with fsync="always")
