@@ -73,6 +73,11 @@ class EffectRunner:
             effect = self._effects[query] = bind_effect(plan, await self.table_meta(conn, plan))
         return effect
 
+    def known_effect(self, query: str) -> Effect | None:
+        """The bound statement of ``query`` when it ran before (no coroutine: the common
+        case, once per statement); None: :meth:`effect_of` binds it."""
+        return self._effects.get(query)
+
     async def run_effect(
         self,
         conn: asyncpg.Connection,
@@ -95,8 +100,11 @@ class EffectRunner:
             table = effect.table.ref.qualified
             template = IntentTemplate(plan.op, table, query, {"endpoint": side})
             self._intents[(query, side)] = template
-        # in the file before the statement is sent (durable first with fsync="always")
-        of = await journal.intent_from_async(template, args)
+        # in the file before the statement is sent (durable first with fsync="always");
+        # no coroutine for the other policies: this runs for every statement
+        of = journal.intent_from(template, args, wait=False)
+        if journal.writer.fsync == "always":
+            await journal.durable_async()
         if effect.bound is not None and effect.bound <= EFFECT_BATCH:
             # a handful of rows at most: one round trip (a portal would need a second)
             records = await conn.fetch(effect.sql, *args, timeout=timeout)

@@ -91,7 +91,7 @@ class PoolTransaction(_Rows):
                     return "", await conn.fetch(query, *args, timeout=timeout)
                 return await conn.execute(query, *args, timeout=timeout), []
             runner = self._owner._runner
-            effect = await runner.effect_of(conn, plan, query)
+            effect = runner.known_effect(query) or await runner.effect_of(conn, plan, query)
             return await runner.run_effect(
                 conn, journal, effect, query, args, self.endpoint, keep=keep, timeout=timeout
             )

@@ -158,25 +158,29 @@ class JournalTransaction:
         in a worker thread, instead of blocking the event loop once per intent."""
         return await self.intent_from_async(IntentTemplate(op, table, stmt, meta), params)
 
-    def intent_from(self, template: IntentTemplate, params: Sequence[object] = ()) -> int:
+    def intent_from(
+        self, template: IntentTemplate, params: Sequence[object] = (), *, wait: bool = True
+    ) -> int:
         """:meth:`intent_statement` of the statement ``template`` was made for (a caller
         that runs a statement many times keeps its template: less to encode each time).
+        ``wait=False``: no fsync even with ``fsync="always"``; the asyncio caller awaits
+        :meth:`durable_async` before it sends the statement (what
+        :meth:`intent_from_async` does).
 
         The record's shape (see :meth:`JournalWriter._append_lines`): the template's
         (the literal statement, the meta object's kinds), whether it has parameters (the
         reader checks the list, not its JSON items) and the txid's kind."""
         shape = (template.shape, bool(params), self._txid_kind)
-        return self._intent(template.body(params), shape)
+        return self._intent(template.body(params), shape, wait=wait)
 
     async def intent_from_async(
         self, template: IntentTemplate, params: Sequence[object] = ()
     ) -> int:
         """:meth:`intent_from` with the fsync of ``fsync="always"`` shared, as
         :meth:`intent_statement_async`."""
-        shape = (template.shape, bool(params), self._txid_kind)  # as intent_from's
-        seq = self._intent(template.body(params), shape, wait=False)
+        seq = self.intent_from(template, params, wait=False)
         if self.writer.fsync == "always":  # no coroutine call for the other policies
-            await self._sync_policy()
+            await self.durable_async()
         return seq
 
     def effect_rows(
@@ -278,10 +282,11 @@ class JournalTransaction:
         """:meth:`flush`, with the fsync of ``fsync="always"`` shared (group commit)."""
         self.flush(wait=False)
         if self.writer.fsync == "always":
-            await self._sync_policy()
+            await self.durable_async()
 
-    async def _sync_policy(self) -> None:
-        """Make what was appended durable when the policy says every record must be."""
+    async def durable_async(self) -> None:
+        """Make what was appended durable when the policy says every record must be
+        (``fsync="always"``), the fsync shared with concurrent tasks."""
         w = self.writer
         if w.fsync == "always":
             with w._lock:
