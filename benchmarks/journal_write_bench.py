@@ -20,7 +20,12 @@ import os
 import tempfile
 import time
 
-from replverify.journal.writer import FsyncPolicy, JournalWriter
+from replverify.journal.writer import FsyncPolicy, JournalTransaction, JournalWriter
+
+try:  # the pool keeps one template per statement (its intent's constant part, encoded)
+    from replverify.journal.writer import IntentTemplate
+except ImportError:  # a version from before templates (PYTHONPATH=<other checkout>)
+    IntentTemplate = None  # type: ignore[assignment,misc]
 
 UPDATES = (
     "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
@@ -37,12 +42,23 @@ META = {"endpoint": "primary"}
 async def run(policy: FsyncPolicy, transactions: int, directory: str) -> tuple[float, float]:
     writer = JournalWriter(os.path.join(directory, f"journal-{policy}.jsonl"), fsync=policy)
 
+    templates: dict[str, object] = {}
+
+    async def intent(tx: JournalTransaction, op: str, table: str, q: str, args: tuple) -> int:
+        """The intent as the failover pool journals it."""
+        if IntentTemplate is None:
+            return await tx.intent_statement_async(op, table, q, args, meta=META)  # type: ignore[arg-type]
+        template = templates.get(q)
+        if template is None:
+            template = templates[q] = IntentTemplate(op, table, q, META)
+        return await tx.intent_from_async(template, args)  # type: ignore[arg-type]
+
     async def txn(i: int) -> None:
         tx = writer.transaction(defer=True)
         for q in UPDATES:
-            of = await tx.intent_statement_async("update", "public.t", q, (i, 5), meta=META)
+            of = await intent(tx, "update", "public.t", q, (i, 5))
             tx.effect_rows(of, "update", "public.t", [({"aid": i}, {"abalance": 17})])
-        of = await tx.intent_statement_async("insert", "public.h", INSERT, (1, 2, i, 5), meta=META)
+        of = await intent(tx, "insert", "public.h", INSERT, (1, 2, i, 5))
         now = dt.datetime.now(dt.timezone.utc)
         row = {"tid": 1, "bid": 2, "aid": i, "delta": 5, "mtime": now}
         tx.effect_rows(of, "insert", "public.h", [(row, {"filler": None})])

@@ -252,6 +252,25 @@ async def range_update(dsn: str, standby: str, rows: int, tmp: Path) -> dict[str
     return out
 
 
+def fs_type(path: str) -> str:
+    """The file system ``path`` is on (the longest mount point of /proc/mounts above
+    it): an fsync on tmpfs costs nothing, so the report says which it was."""
+    real, best, kind = os.path.realpath(path), "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
 BASE_MODES = ("asyncpg", "failover", "failover+journal", "sqlalchemy", "sqlalchemy+journal")
 
 #: PostgreSQL's own defaults where the test clusters turn durability off
@@ -304,6 +323,7 @@ async def bench_one(a: argparse.Namespace, durable: bool) -> dict[str, Any]:
         try:
             server = {k: await conn.fetchval(f"SHOW {k}") for k in ("fsync", "synchronous_commit")}
             server["data_directory"] = await conn.fetchval("SHOW data_directory")
+            server["data_fs"] = fs_type(server["data_directory"])
         finally:
             await conn.close()
         subprocess.run(
@@ -357,6 +377,7 @@ async def bench(a: argparse.Namespace) -> dict[str, Any]:
         "repeat": a.repeat,
         "scale": a.scale,
         "journal_dir": a.journal_dir or tempfile.gettempdir(),
+        "journal_fs": fs_type(a.journal_dir or tempfile.gettempdir()),
         "fsync": a.fsync,
         "machine": {
             "python": sys.version.split()[0],
@@ -375,7 +396,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['clients']} clients, {doc['seconds']} s per run, {doc['repeat']} rounds"
         f" (median round shown; cost = median over rounds of 1 - tps / asyncpg tps of the"
         f" same round), pgbench scale {doc['scale']}; primary with a streaming standby;"
-        f" journal in {doc['journal_dir']}; the default fsync policy is `commit`.",
+        f" journal in {doc['journal_dir']} ({doc.get('journal_fs', 'unknown')}"
+        f"{': an fsync there costs nothing' if doc.get('journal_fs') == 'tmpfs' else ''});"
+        " the default fsync policy is `commit`.",
         f"Machine: {doc['machine']['cpus']} CPUs, load average at the end"
         f" {', '.join(f'{x:.1f}' for x in doc['machine']['load_avg'])}.",
     ]
@@ -391,7 +414,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"## {title}",
             "",
             f"`fsync={s['fsync']}`, `synchronous_commit={s['synchronous_commit']}`,"
-            f" data in `{s['data_directory']}`.",
+            f" data in `{s['data_directory']}` ({s.get('data_fs', 'unknown')}).",
             "",
             "| mode | tps | p50 ms | p99 ms | cost vs asyncpg | client CPU µs/txn"
             " | journal bytes/txn | tps per round |",

@@ -158,3 +158,33 @@ async def test_concurrent_commits_share_an_fsync(
     assert 1 <= hops <= 3  # not a thread per commit
     records = list(JournalReader(tmp_path / "j.jsonl"))
     assert len(records) == 40 and sum(r.state == "committed" for r in records) == 20
+
+
+async def test_close_settles_the_committers_queued_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fsync thread ends at close() - after settling every committer that queued
+    before it (close() fsynced their markers) - and one that comes after the close
+    returns at once instead of waiting for a thread that is gone."""
+    w = JournalWriter(tmp_path / "j.jsonl", fsync="commit")
+    real_sync = w._sync_to
+
+    def slow_sync(ticket: int) -> None:
+        time.sleep(0.05)
+        real_sync(ticket)
+
+    monkeypatch.setattr(w, "_sync_to", slow_sync)
+
+    async def one(i: int) -> None:
+        tx = w.transaction()
+        tx.intent("update", "public.acc", {"id": i}, values={"bal": i})
+        await tx.commit_async()
+
+    tasks = [asyncio.create_task(one(i)) for i in range(6)]
+    await asyncio.sleep(0.01)  # all queued, the first fsync running
+    await asyncio.to_thread(w.close)
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
+    assert w._syncer is not None and not w._syncer.is_alive()
+    await asyncio.wait_for(w._sync_async(10**6), timeout=1)  # closed: nothing to wait for
+    records = list(JournalReader(tmp_path / "j.jsonl"))
+    assert sum(r.state == "committed" for r in records) == 6

@@ -14,8 +14,9 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from replverify.errors import UsageError
+from replverify.journal.encode import RowTemplate
 from replverify.journal.format import Op
-from replverify.journal.statements import journal_value, parse_statement, render_sql
+from replverify.journal.statements import parse_statement, render_sql
 from replverify.types import TableRef
 
 __all__ = [
@@ -80,32 +81,19 @@ class Effect:
     bound: int | None = None
 
     @functools.cached_property
-    def _split(self) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
-        """Where the key and the other returned columns are, counted from the end of
-        the row (the application's own RETURNING items come first)."""
-        width, key = len(self.returned), self.table.key
-        at = {c: i - width for i, c in enumerate(self.returned)}
-        rest = tuple((c, i) for c, i in at.items() if c not in key)
-        return tuple((c, at[c]) for c in key), rest
+    def rows(self) -> RowTemplate:
+        """How a returned row becomes its journal record."""
+        return RowTemplate(
+            self.plan.op,
+            self.table.ref.qualified,
+            self.returned,
+            self.table.key,
+            values=self.plan.op != "delete",
+        )
 
     def row(self, record: Any) -> tuple[dict[str, object], dict[str, object] | None]:
-        if self.table.key:  # the common case, once per row: no intermediate dict
-            key_at, rest_at = self._split
-            n = len(record)
-            key = {c: record[n + i] for c, i in key_at}
-            if self.plan.op == "delete":
-                return key, None
-            return key, {c: record[n + i] for c, i in rest_at}
-        width = len(self.returned)
-        values = dict(zip(self.returned, tuple(record)[len(record) - width :], strict=True))
-        # no primary key: the row is identified by its whole image
-        key = {c: v for c, v in values.items() if _scalar(v)}
-        rest = {c: v for c, v in values.items() if c not in key}
-        return key, (None if self.plan.op == "delete" else rest)
-
-
-def _scalar(v: object) -> bool:
-    return v is not None and not isinstance(journal_value(v), (dict, list))
+        """A returned row's key (primary-key order) and post-image (None: a delete)."""
+        return self.rows.split(record)
 
 
 def _ident_name(node: exp.Identifier) -> str:

@@ -23,7 +23,12 @@ from replverify.failover.effects import (
     plan_write,
 )
 from replverify.failover.switching import Side, _Progress
-from replverify.journal.writer import JournalTransaction, JournalWriter, definitely_failed
+from replverify.journal.writer import (
+    IntentTemplate,
+    JournalTransaction,
+    JournalWriter,
+    definitely_failed,
+)
 from replverify.types import TableRef
 
 __all__ = ["EFFECT_BATCH", "EffectRunner"]
@@ -34,7 +39,13 @@ EFFECT_BATCH = 1000
 
 def _tag(op: str, count: int) -> str:
     """The command tag PostgreSQL gives the statement without our RETURNING."""
+    if count == 1:  # a keyed statement's: made once
+        return _ONE_ROW[op]
     return f"{'INSERT 0' if op in ('insert', 'upsert') else op.upper()} {count}"
+
+
+_ONE_ROW = {"insert": "INSERT 0 1", "upsert": "INSERT 0 1", "update": "UPDATE 1",
+            "delete": "DELETE 1"}  # fmt: skip
 
 
 class EffectRunner:
@@ -43,6 +54,8 @@ class EffectRunner:
     def __init__(self) -> None:
         self._tables: dict[str, TableMeta] = {}
         self._effects: dict[str, Effect] = {}
+        #: the encoded constant part of each statement's intent, per endpoint (its meta)
+        self._intents: dict[tuple[str, Side], IntentTemplate] = {}
 
     async def table_meta(self, conn: asyncpg.Connection, plan: WritePlan) -> TableMeta:
         meta = self._tables.get(plan.table_text)
@@ -60,6 +73,11 @@ class EffectRunner:
             effect = self._effects[query] = bind_effect(plan, await self.table_meta(conn, plan))
         return effect
 
+    def known_effect(self, query: str) -> Effect | None:
+        """The bound statement of ``query`` when it ran before (no coroutine: the common
+        case, once per statement); None: :meth:`effect_of` binds it."""
+        return self._effects.get(query)
+
     async def run_effect(
         self,
         conn: asyncpg.Connection,
@@ -76,31 +94,36 @@ class EffectRunner:
         transaction, journal its rows ``EFFECT_BATCH`` at a time (streamed through a
         portal, so a 100k-row UPDATE never sits in memory); the command tag, and the rows
         when ``keep``."""
-        plan, table = effect.plan, effect.table.ref.qualified
-        # in the file before the statement is sent (durable first with fsync="always")
-        of = await journal.intent_statement_async(
-            plan.op, table, query, args, meta={"endpoint": side}
-        )
-        kept: list[asyncpg.Record] = []
-        batch: list[tuple[dict[str, object], dict[str, object] | None]] = []
-        count = 0
+        plan = effect.plan
+        template = self._intents.get((query, side))
+        if template is None:
+            table = effect.table.ref.qualified
+            template = IntentTemplate(plan.op, table, query, {"endpoint": side})
+            self._intents[(query, side)] = template
+        # in the file before the statement is sent (durable first with fsync="always");
+        # no coroutine for the other policies: this runs for every statement
+        of = journal.intent_from(template, args, wait=False)
+        if journal.writer.fsync == "always":
+            await journal.durable_async()
         if effect.bound is not None and effect.bound <= EFFECT_BATCH:
             # a handful of rows at most: one round trip (a portal would need a second)
             records = await conn.fetch(effect.sql, *args, timeout=timeout)
-            rows = [effect.row(r) for r in records]
-            journal.effect_rows(of, plan.op, table, rows)
-            return _tag(plan.op, len(rows)), records if keep else []
+            journal.effect_records(of, effect.rows, records)
+            return _tag(plan.op, len(records)), records if keep else []
+        kept: list[asyncpg.Record] = []
+        batch: list[asyncpg.Record] = []
+        count = 0
         cursor = conn.cursor(effect.sql, *args, prefetch=EFFECT_BATCH, timeout=timeout)
         async for record in cursor:
             count += 1
-            batch.append(effect.row(record))
+            batch.append(record)
             if keep:
                 kept.append(record)
             if len(batch) >= EFFECT_BATCH:
-                journal.effect_rows(of, plan.op, table, batch)
+                journal.effect_records(of, effect.rows, batch)
                 await journal.flush_async()  # a transaction holds no more than a batch
                 batch = []
-        journal.effect_rows(of, plan.op, table, batch)
+        journal.effect_records(of, effect.rows, batch)
         return _tag(plan.op, count), kept
 
     async def write(

@@ -48,6 +48,7 @@ from replverify.failover.effects import (
 )
 from replverify.journal.writer import (
     FsyncPolicy,
+    IntentTemplate,
     JournalTransaction,
     JournalWriter,
     definitely_failed,
@@ -67,6 +68,8 @@ class EngineJournal:
         self.journal = journal
         self._tables: dict[str, TableMeta] = {}
         self._effects: dict[str, Effect] = {}
+        #: the encoded constant part of each statement's intent
+        self._intents: dict[str, IntentTemplate] = {}
         #: open journal transactions by DBAPI connection (its adapter has __slots__)
         self._open: dict[int, JournalTransaction] = {}
 
@@ -89,6 +92,13 @@ class EngineJournal:
             effect = self._effects[statement] = bind_effect(plan, meta)
         return effect
 
+    def _intent(self, effect: Effect, statement: str) -> IntentTemplate:
+        template = self._intents.get(statement)
+        if template is None:
+            template = IntentTemplate(effect.plan.op, effect.table.ref.qualified, statement)
+            self._intents[statement] = template
+        return template
+
     def _transaction(self, conn: Any) -> JournalTransaction:
         key = _key(conn.connection)
         tx = self._open.get(key)
@@ -110,9 +120,7 @@ class EngineJournal:
         tx = self._transaction(conn)
         params = tuple(parameters or ())
         # in the file before the statement is sent; fsync="always" shares the fsync
-        of = await_(
-            tx.intent_statement_async(effect.plan.op, effect.table.ref.qualified, statement, params)
-        )
+        of = await_(tx.intent_from_async(self._intent(effect, statement), params))
         conn.info[_TX] = (effect, of)
         return effect.sql, parameters
 
@@ -129,9 +137,7 @@ class EngineJournal:
     def _journal_rows(self, conn: Any, cursor: Any, effect: Effect, of: int) -> None:
         rows = cursor.fetchall()
         tx = self._transaction(conn)
-        tx.effect_rows(
-            of, effect.plan.op, effect.table.ref.qualified, (effect.row(r) for r in rows)
-        )
+        tx.effect_records(of, effect.rows, rows)
         if effect.plan.own_returning:
             cursor._rows.extend(rows)  # the application's own RETURNING rows, handed back
 
@@ -143,9 +149,9 @@ class EngineJournal:
             return None
         conn = context.root_connection
         tx = self._transaction(conn)
-        table = effect.table.ref.qualified
+        template = self._intent(effect, statement)
         for params in parameters:
-            of = await_(tx.intent_statement_async(effect.plan.op, table, statement, tuple(params)))
+            of = await_(tx.intent_from_async(template, tuple(params)))
             cursor.execute(effect.sql, params)
             self._journal_rows(conn, cursor, effect, of)
         return True

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -19,8 +18,6 @@ if TYPE_CHECKING:
     from replverify.failover.pool import FailoverPool
 
 __all__ = ["PoolTransaction"]
-
-T = TypeVar("T")
 
 
 class _Rows:
@@ -88,39 +85,32 @@ class PoolTransaction(_Rows):
         conn = self._connection()
         plan = plan_write(query)
         journal = self._journal
-        if plan is None or journal is None:
-            if keep:
-                rows: list[asyncpg.Record] = await self._lost_as_connect_error(
-                    lambda: conn.fetch(query, *args, timeout=timeout)
-                )
-                return "", rows
-            status: str = await self._lost_as_connect_error(
-                lambda: conn.execute(query, *args, timeout=timeout)
+        try:
+            if plan is None or journal is None:
+                if keep:
+                    return "", await conn.fetch(query, *args, timeout=timeout)
+                return await conn.execute(query, *args, timeout=timeout), []
+            runner = self._owner._runner
+            effect = runner.known_effect(query) or await runner.effect_of(conn, plan, query)
+            return await runner.run_effect(
+                conn, journal, effect, query, args, self.endpoint, keep=keep, timeout=timeout
             )
-            return status, []
-        owner = self._owner
+        except asyncpg.InterfaceError as e:
+            lost = self._lost(e)
+            if lost is None:
+                raise
+            raise lost from e
 
-        async def effect() -> tuple[str, list[asyncpg.Record]]:
-            bound = await owner._runner.effect_of(conn, plan, query)
-            return await owner._runner.run_effect(
-                conn, journal, bound, query, args, self.endpoint, keep=keep, timeout=timeout
-            )
-
-        return await self._lost_as_connect_error(effect)
-
-    async def _lost_as_connect_error(self, call: Callable[[], Awaitable[T]]) -> T:
+    def _lost(self, e: asyncpg.InterfaceError) -> ConnectError | None:
         """asyncpg detaches a pooled connection the server closed, and then says it was
         "released back to the pool": inside the transaction that means the connection was
         lost, and is reported so (:class:`~replverify.errors.ConnectError`)."""
-        try:
-            return await call()
-        except asyncpg.InterfaceError as e:
-            if "released back to the pool" not in str(e) and not is_outage(e):
-                raise
-            ep = self._owner._endpoints[self.endpoint]
-            raise ConnectError(
-                ep.scrub(f"the {self.endpoint} ({ep}) closed the connection inside a transaction")
-            ) from e
+        if "released back to the pool" not in str(e) and not is_outage(e):
+            return None
+        ep = self._owner._endpoints[self.endpoint]
+        return ConnectError(
+            ep.scrub(f"the {self.endpoint} ({ep}) closed the connection inside a transaction")
+        )
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: object

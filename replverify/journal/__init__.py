@@ -27,6 +27,7 @@ from replverify.journal.resolve import RowResolver, row_writes
 from replverify.journal.statements import journal_value, parse_statement, render_sql
 from replverify.journal.writer import (
     FsyncPolicy,
+    IntentTemplate,
     JournalTransaction,
     JournalWriter,
     definitely_failed,
@@ -36,6 +37,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_LINE_BYTES",
     "FsyncPolicy",
+    "IntentTemplate",
     "JSONValue",
     "JournalReader",
     "JournalTransaction",

@@ -10,13 +10,21 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from replverify.errors import OutputError, UsageError
+from replverify.journal.encode import (
+    IntentTemplate,
+    RowTemplate,
+    body,
+    image,
+    image_kinds,
+    txid_head,
+)
 from replverify.journal.format import Op, TxId
 from replverify.journal.statements import journal_value, render_sql
 
 if TYPE_CHECKING:
     from replverify.journal.writer import JournalWriter
 
-__all__ = ["JournalTransaction", "TxState", "definitely_failed"]
+__all__ = ["IntentTemplate", "JournalTransaction", "TxState", "definitely_failed"]
 
 log = logging.getLogger("replverify.journal.writer")
 
@@ -31,41 +39,6 @@ def definitely_failed(exc: BaseException) -> bool:
     return policy(exc)
 
 
-def _kinds(fields: Mapping[str, object]) -> Hashable:
-    """The shape of a record: what the reader's verdict on it depends on. Its fields;
-    for an object field (``key``, ``values``) its column names and the JSON kind of each
-    value (the reader looks no deeper: a key must be a scalar, a value any JSON); for a
-    string whether it is empty; the literal text of ``op``/``table``/``stmt`` is part of
-    the caller's shape."""
-    out: list[object] = []
-    for name, v in fields.items():
-        if isinstance(v, dict):
-            out.append((name, tuple(v), tuple(map(type, v.values()))))
-        elif isinstance(v, list):
-            out.append((name, len(v) > 0))
-        else:
-            out.append((name, type(v), v == ""))
-    return tuple(out)
-
-
-def _image_kinds(image: Mapping[str, object] | None) -> Hashable:
-    """:func:`_kinds` of one object field: its column names and the type of each value."""
-    return None if image is None else (tuple(image), tuple(map(type, image.values())))
-
-
-_PLAIN = frozenset({int, str, bool, type(None)})
-
-
-def _image(image: Mapping[str, object]) -> dict[str, Any]:
-    """``journal_value`` of a key or post-image, without its per-value walk when every
-    value is already JSON (ints and strings: the common row)."""
-    # a loop, not all() over a generator: this runs for every key and row journaled
-    for k, v in image.items():
-        if type(v) not in _PLAIN or type(k) is not str:
-            return journal_value(dict(image))  # type: ignore[return-value]
-    return dict(image)
-
-
 def _write_fields(
     op: str,
     table: str,
@@ -74,9 +47,9 @@ def _write_fields(
     before: Mapping[str, object] | None,
     meta: Mapping[str, object] | None,
 ) -> dict[str, Any]:
-    fields: dict[str, Any] = {"op": op, "table": table, "key": _image(key)}
+    fields: dict[str, Any] = {"op": op, "table": table, "key": image(key)}
     if values is not None:
-        fields["values"] = _image(values)
+        fields["values"] = image(values)
     if before is not None:
         fields["before"] = journal_value(dict(before))
     if meta is not None:
@@ -85,6 +58,8 @@ def _write_fields(
 
 
 TxState = Literal["open", "committed", "aborted", "in doubt"]
+
+_MARKERS = {state: body({"state": state}) for state in ("committed", "aborted")}
 
 
 class JournalTransaction:
@@ -98,6 +73,9 @@ class JournalTransaction:
     anything of the transaction can commit; a crash before then loses only rows of a
     transaction whose connection dies with it, so the server rolls it back, and its
     intents are in the file (in doubt, which is the truth).
+
+    Records are encoded when they are journaled (:mod:`.encode`); the writer's lock is
+    held only to number, stamp and write them.
     """
 
     def __init__(self, writer: JournalWriter, txid: TxId, *, defer: bool = False) -> None:
@@ -107,8 +85,18 @@ class JournalTransaction:
         #: intents journaled or held back
         self.intents = 0
         self.defer = defer
-        self._pending: list[dict[str, Any]] = []
+        #: encoded records held back (their ``body``), and their shapes
+        self._pending: list[bytes] = []
         self._pending_shapes: list[Hashable | None] = []
+        try:
+            self._head = txid_head(txid)
+        except TypeError:  # not JSON: raised by the first append, as it always was
+            self._head = b""
+        #: the part of every record's shape the txid makes
+        self._txid_kind = (type(txid), txid == "")
+
+    def _txid_head(self) -> bytes:
+        return self._head or txid_head(self.txid)
 
     def intent(
         self,
@@ -122,7 +110,8 @@ class JournalTransaction:
     ) -> int:
         """Append an intent (call it *before* running the statement); returns its seq."""
         fields = _write_fields(op, table, key, values, before, meta)
-        return self._intent(fields)
+        fields["state"] = "intent"
+        return self._intent(body(fields))
 
     def intent_sql(
         self,
@@ -138,7 +127,8 @@ class JournalTransaction:
             fields["before"] = journal_value(dict(before))
         if meta is not None:
             fields["meta"] = journal_value(dict(meta))
-        return self._intent(fields)
+        fields["state"] = "intent"
+        return self._intent(body(fields))
 
     def intent_statement(
         self,
@@ -152,7 +142,7 @@ class JournalTransaction:
         """Append the intent of a write journaled by its effect: the statement and its
         parameters (call it before the statement runs); its rows follow with
         :meth:`effect_rows`. Returns its seq."""
-        return self._intent(*self._statement_fields(op, table, stmt, params, meta))
+        return self.intent_from(IntentTemplate(op, table, stmt, meta), params)
 
     async def intent_statement_async(
         self,
@@ -166,9 +156,31 @@ class JournalTransaction:
         """:meth:`intent_statement` from asyncio: with ``fsync="always"`` the fsync that
         makes the intent durable is shared with concurrent tasks (group commit) and runs
         in a worker thread, instead of blocking the event loop once per intent."""
-        seq = self._intent(*self._statement_fields(op, table, stmt, params, meta), wait=False)
+        return await self.intent_from_async(IntentTemplate(op, table, stmt, meta), params)
+
+    def intent_from(
+        self, template: IntentTemplate, params: Sequence[object] = (), *, wait: bool = True
+    ) -> int:
+        """:meth:`intent_statement` of the statement ``template`` was made for (a caller
+        that runs a statement many times keeps its template: less to encode each time).
+        ``wait=False``: no fsync even with ``fsync="always"``; the asyncio caller awaits
+        :meth:`durable_async` before it sends the statement (what
+        :meth:`intent_from_async` does).
+
+        The record's shape (see :meth:`JournalWriter._append_lines`): the template's
+        (the literal statement, the meta object's kinds), whether it has parameters (the
+        reader checks the list, not its JSON items) and the txid's kind."""
+        shape = (template.shape, bool(params), self._txid_kind)
+        return self._intent(template.body(params), shape, wait=wait)
+
+    async def intent_from_async(
+        self, template: IntentTemplate, params: Sequence[object] = ()
+    ) -> int:
+        """:meth:`intent_from` with the fsync of ``fsync="always"`` shared, as
+        :meth:`intent_statement_async`."""
+        seq = self.intent_from(template, params, wait=False)
         if self.writer.fsync == "always":  # no coroutine call for the other policies
-            await self._sync_policy()
+            await self.durable_async()
         return seq
 
     def effect_rows(
@@ -183,72 +195,73 @@ class JournalTransaction:
         (``defer``) for the next write; how many."""
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
-        batch = []
+        bodies = []
         shapes: list[Hashable | None] = []
-        # what _kinds would say of these fields, without walking them all
-        same = ("rows", op, table, type(self.txid), self.txid == "", type(of))
-        txid = self.txid
+        # the shape of these records but for their keys and values, made once
+        same = ("rows", op, table, self._txid_kind, type(of))
         for key, values in rows:
             # the fields of _write_fields(op, table, key, values), built inline: once per row
-            k = _image(key)
+            k = image(key)
             if values is None:
-                fields = {"op": op, "table": table, "key": k, "txid": txid, "state": "intent",
-                          "of": of}  # fmt: skip
-                shapes.append((same, _image_kinds(k), None))
+                bodies.append(body({"op": op, "table": table, "key": k, "state": "intent",
+                                    "of": of}))  # fmt: skip
+                shapes.append((same, image_kinds(k), None))
             else:
-                v = _image(values)
-                fields = {"op": op, "table": table, "key": k, "values": v, "txid": txid,
-                          "state": "intent", "of": of}  # fmt: skip
-                shapes.append((same, _image_kinds(k), _image_kinds(v)))
-            batch.append(fields)
-        if batch and self.defer:
-            self._pending += batch
+                v = image(values)
+                bodies.append(body({"op": op, "table": table, "key": k, "values": v,
+                                    "state": "intent", "of": of}))  # fmt: skip
+                shapes.append((same, image_kinds(k), image_kinds(v)))
+        if bodies and self.defer:
+            self._pending += bodies
             self._pending_shapes += shapes
-            self.intents += len(batch)
-        elif batch:
-            self.writer._append_many(batch, durable=False, shapes=shapes)
-            self.intents += len(batch)
-        return len(batch)
+            self.intents += len(bodies)
+        elif bodies:
+            self.writer._append_lines(self._txid_head(), bodies, shapes, durable=False)
+            self.intents += len(bodies)
+        return len(bodies)
 
-    def _statement_fields(
-        self,
-        op: Op,
-        table: str,
-        stmt: str,
-        params: Sequence[object],
-        meta: Mapping[str, object] | None,
-    ) -> tuple[dict[str, Any], Hashable]:
-        """A statement intent's fields and its shape (see :meth:`JournalWriter._append_many`):
-        the literal statement, whether it has parameters (the reader checks the list, not
-        its JSON items), the meta object's kinds and the txid's."""
-        fields: dict[str, Any] = {"op": op, "table": table, "stmt": stmt}
-        fields["params"] = [a if type(a) in _PLAIN else journal_value(a) for a in params]
-        if meta is not None:
-            fields["meta"] = _image(meta)
-        shape = ("stmt", op, table, stmt, bool(params), _image_kinds(fields.get("meta")),
-                 type(self.txid), self.txid == "")  # fmt: skip
-        return fields, shape
-
-    def _intent(
-        self, fields: dict[str, Any], shape: Hashable | None = None, *, wait: bool = True
+    def effect_records(
+        self, of: int, template: RowTemplate, rows: Iterable[Sequence[object]]
     ) -> int:
-        """Append held-back rows and the intent ``fields`` in one write; the intent's seq."""
+        """:meth:`effect_rows` of rows as the statement's RETURNING gave them, made into
+        records by ``template`` (see :class:`~replverify.journal.encode.RowTemplate`)."""
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
-        fields["txid"] = self.txid
-        fields["state"] = "intent"
-        pending, shapes = self._take()
+        bodies = []
+        shapes: list[Hashable | None] = []
+        same = (template.shape, self._txid_kind)
+        for row in rows:
+            record, kinds = template.record(row, of)
+            bodies.append(record)
+            shapes.append((same, kinds))
+        if bodies and self.defer:
+            self._pending += bodies
+            self._pending_shapes += shapes
+        elif bodies:
+            self.writer._append_lines(self._txid_head(), bodies, shapes, durable=False)
+        self.intents += len(bodies)
+        return len(bodies)
+
+    def _intent(self, record: bytes, shape: Hashable | None = None, *, wait: bool = True) -> int:
+        """Append held-back rows and the intent (its ``body``) in one write; its seq."""
+        if self.state != "open":
+            raise UsageError(f"transaction {self.txid} is already {self.state}")
+        bodies, shapes = self._pending, self._pending_shapes  # taken: see _take
+        self._pending, self._pending_shapes = [], []
+        held = len(bodies)
+        bodies.append(record)
+        shapes.append(shape)
         try:
-            first = self.writer._append_many(
-                [*pending, fields], durable=False, shapes=[*shapes, shape], wait=wait
+            first, _ = self.writer._append_lines(
+                self._txid_head(), bodies, shapes, durable=False, wait=wait
             )
         except BaseException:
-            self.intents -= len(pending)  # dropped with it: the caller must not go on
+            self.intents -= held  # dropped with it: the caller must not go on
             raise
         self.intents += 1
-        return first + len(pending)
+        return first + held
 
-    def _take(self) -> tuple[list[dict[str, Any]], list[Hashable | None]]:
+    def _take(self) -> tuple[list[bytes], list[Hashable | None]]:
         pending, shapes = self._pending, self._pending_shapes
         self._pending, self._pending_shapes = [], []
         return pending, shapes
@@ -256,23 +269,24 @@ class JournalTransaction:
     def flush(self, *, wait: bool = True) -> None:
         """Append the held-back rows in one write (deferred; call it before COMMIT is
         sent). When that fails they are dropped (the caller must not commit)."""
-        pending, shapes = self._take()
-        if not pending:
+        if not self._pending:
             return
+        bodies, shapes = self._take()
         try:
-            self.writer._append_many(pending, durable=False, shapes=shapes, wait=wait)
+            self.writer._append_lines(self._txid_head(), bodies, shapes, durable=False, wait=wait)
         except BaseException:
-            self.intents -= len(pending)
+            self.intents -= len(bodies)
             raise
 
     async def flush_async(self) -> None:
         """:meth:`flush`, with the fsync of ``fsync="always"`` shared (group commit)."""
         self.flush(wait=False)
         if self.writer.fsync == "always":
-            await self._sync_policy()
+            await self.durable_async()
 
-    async def _sync_policy(self) -> None:
-        """Make what was appended durable when the policy says every record must be."""
+    async def durable_async(self) -> None:
+        """Make what was appended durable when the policy says every record must be
+        (``fsync="always"``), the fsync shared with concurrent tasks."""
         w = self.writer
         if w.fsync == "always":
             with w._lock:
@@ -281,19 +295,21 @@ class JournalTransaction:
 
     def _settle(
         self, state: Literal["committed", "aborted"], *, sync: bool, wait: bool = True
-    ) -> int:
+    ) -> tuple[int, int]:
+        """Append held-back rows and the marker in one write: the marker's seq, and the
+        writer's ticket for them (see :meth:`JournalWriter._sync_async`)."""
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
         self.state = state
-        fields = {"txid": self.txid, "state": state}
-        shape = ("marker", state, type(self.txid))
+        bodies, shapes = self._take()
+        held = len(bodies)
+        bodies.append(_MARKERS[state])
+        shapes.append(("marker", state, self._txid_kind))
         durable = sync and state == "committed"
-        # held-back rows and the marker: one write
-        pending, shapes = self._take()
-        first = self.writer._append_many(
-            [*pending, fields], durable=durable, shapes=[*shapes, shape], wait=wait
+        first, ticket = self.writer._append_lines(
+            self._txid_head(), bodies, shapes, durable=durable, wait=wait
         )
-        return first + len(pending)
+        return first + held, ticket
 
     def commit(self) -> None:
         """Mark every intent committed (after the database confirmed the COMMIT)."""
@@ -321,11 +337,9 @@ class JournalTransaction:
         await self._settle_async("aborted")
 
     async def _settle_async(self, state: Literal["committed", "aborted"]) -> None:
-        self._settle(state, sync=False, wait=False)
+        _, ticket = self._settle(state, sync=False, wait=False)
         w = self.writer
         if w.fsync != "never" and (state == "committed" or w.fsync == "always"):
-            with w._lock:
-                ticket = w._appended
             await w._sync_async(ticket)
 
     def _outcome(self, exc: BaseException | None) -> Literal["committed", "aborted"] | None:

@@ -49,22 +49,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as _dt
-import json
 import logging
 import os
+import queue
 import secrets
 import threading
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
-
-import orjson
+from typing import Literal
 
 from replverify.errors import OutputError, UsageError
-from replverify.journal.format import FORMAT_VERSION, Op, TxId, _Bad, _loads
+from replverify.journal.encode import Clock, body, txid_head
+from replverify.journal.format import Op, TxId, _Bad, _loads
 from replverify.journal.reader import _record_from
 from replverify.journal.transaction import (
+    IntentTemplate,
     JournalTransaction,
     TxState,
     _write_fields,
@@ -73,6 +72,7 @@ from replverify.journal.transaction import (
 
 __all__ = [
     "FsyncPolicy",
+    "IntentTemplate",
     "JournalTransaction",
     "JournalWriter",
     "TxState",
@@ -82,8 +82,6 @@ __all__ = [
 log = logging.getLogger("replverify.journal.writer")
 
 FsyncPolicy = Literal["commit", "always", "never"]
-
-_UTC = _dt.timezone.utc
 
 
 class JournalWriter:
@@ -107,9 +105,13 @@ class JournalWriter:
         self._synced = 0  # records known to be on disk
         self._txn = 0
         self._shapes: set[Hashable] = set()  # record shapes the reader accepted
-        #: asyncio committers waiting for the fsync thread: (ticket, loop, future)
-        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._wake = threading.Condition(threading.Lock())
+        self._clock = Clock()
+        #: asyncio committers waiting for the fsync thread: (ticket, loop, future); None
+        #: (from close()) ends the thread
+        self._requests: queue.SimpleQueue[
+            tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]] | None
+        ] = queue.SimpleQueue()
+        self._start = threading.Lock()  # the thread is started, or ended, under it
         self._syncer: threading.Thread | None = None
         #: bytes of a torn last line cut off when the journal was opened
         self.repaired = 0
@@ -158,71 +160,66 @@ class JournalWriter:
 
     # ---- appending
 
-    def _append(
-        self, fields: dict[str, Any], *, durable: bool, shape: Hashable | None = None
-    ) -> int:
-        """Append one record (seq and ts filled in under the lock); return its seq."""
-        return self._append_many([fields], durable=durable, shapes=(shape,))
-
-    def _append_many(
+    def _append_lines(
         self,
-        batch: Sequence[dict[str, Any]],
+        head: bytes,
+        bodies: Sequence[bytes],
+        shapes: Sequence[Hashable | None],
         *,
         durable: bool,
-        shape: Hashable | None = None,
-        shapes: Sequence[Hashable | None] | None = None,
         wait: bool = True,
-    ) -> int:
-        """Append records as one ``write(2)`` (consecutive seqs); return the first seq.
+    ) -> tuple[int, int]:
+        """Append records of one txid as one ``write(2)`` (consecutive seqs): each line is
+        ``head`` (:func:`~.encode.txid_head`), its seq, the time and its ``body``
+        (:func:`~.encode.body`). Returns the first seq and the ticket that
+        :meth:`_sync_to` / :meth:`_sync_async` take to make the lines durable.
 
-        Every record is checked with the reader first - except, when the caller names
-        the records' ``shape`` (one for all, or ``shapes``, one per record: the fields,
-        columns and kinds of values its own code puts in them), those of a shape already
-        checked: the reader's verdict depends on the shape, and checking costs a third of
-        an append. ``wait=False``: no fsync here even when the policy asks for one - the
-        (asyncio) caller awaits :meth:`_sync_async` instead, which concurrent tasks share."""
+        Every record is checked with the reader first - except those of a shape already
+        checked (``shapes``, one per record, None for none: the fields, columns and kinds
+        of values the caller's code puts in them): the reader's verdict depends on the
+        shape, and checking costs a third of an append. ``wait=False``: no fsync here
+        even when the policy asks for one - the (asyncio) caller awaits
+        :meth:`_sync_async` instead, which concurrent tasks share."""
         with self._lock:
             fd = self._fd
             if fd is None:
                 raise UsageError(f"journal {self.path} is closed")
             first = seq = self._seq
-            ts = _dt.datetime.now(_UTC).isoformat()
+            ts = self._clock.ts_field()
             checked = self._shapes
-            kinds = (shape,) * len(batch) if shapes is None else shapes
+            new: list[Hashable] = []
             lines = []
-            for fields, kind in zip(batch, kinds, strict=True):
-                record: dict[str, Any] = {"v": FORMAT_VERSION, "txid": fields["txid"],
-                                          "seq": seq, "ts": ts}  # fmt: skip
-                record.update(fields)
-                data = _dumps(record)
-                if kind is None or kind not in checked:
+            for record, kind in zip(bodies, shapes, strict=True):
+                line = b"%b%d%b%b" % (head, seq, ts, record)
+                if kind not in checked:  # None never is: always checked
                     try:
-                        _record_from(_loads(data), 0)  # never write what the reader refuses
+                        _record_from(_loads(line), 0)  # never write what the reader refuses
                     except _Bad as e:
                         raise UsageError(f"not a valid journal record: {e}") from None
-                lines.append(data)
+                    if kind is not None:
+                        new.append(kind)
+                lines.append(line)
                 seq += 1
-            data = lines[0] if len(lines) == 1 else b"".join(lines)
+            data = b"".join(lines)
             written = 0
             try:
                 written = os.write(fd, data)
-                while written < len(data):  # a short write (a signal, a nearly full disk)
-                    written += os.write(fd, memoryview(data)[written:])
+                if written != len(data):  # a short write (a signal, a nearly full disk)
+                    while written < len(data):
+                        written += os.write(fd, memoryview(data)[written:])
             except OSError as e:
                 if written:  # no torn line before the next record
                     with contextlib.suppress(OSError):
                         os.ftruncate(fd, os.fstat(fd).st_size - written)
                 # The caller must not run the write it could not journal.
                 raise OutputError(f"cannot append to journal {self.path}: {e.strerror}") from None
-            for kind in kinds:
-                if kind is not None:
-                    checked.add(kind)
+            if new:
+                checked.update(new)
             self._seq = seq
-            self._appended += len(batch)
-            ticket = self._appended
+            self._appended = ticket = self._appended + len(lines)
         if wait and (durable or self.fsync == "always") and self.fsync != "never":
             self._sync_to(ticket)
-        return first
+        return first, ticket
 
     async def _sync_async(self, ticket: int) -> None:
         """:meth:`_sync_to` from asyncio, by the writer's fsync thread: committers of
@@ -232,45 +229,58 @@ class JournalWriter:
         The thread goes straight from one fsync to the next while anyone waits, and
         wakes the waiters itself (one ``call_soon_threadsafe`` per loop): no trip through
         the event loop to start an fsync, and no task or future chain between the fsync
-        and the committers, each link of which costs a turn of a busy loop. Each waiter
-        has its own future, so cancelling one cancels no one else's wait."""
+        and the committers, each link of which costs a turn of a busy loop. Requests
+        reach it through a :class:`queue.SimpleQueue` (C: no Python-level condition
+        variable on either side, and the thread sleeps in ``get`` without the GIL).
+        Each waiter has its own future, so cancelling one cancels no one else's wait."""
         if self._synced >= ticket or self._fd is None:
             return
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        with self._wake:
-            self._waiters.append((ticket, loop, waiter))
+        with self._start:  # not between close()'s last request and its own fsync
+            if self._fd is None:
+                return
+            self._requests.put((ticket, loop, waiter))
             if self._syncer is None:
                 self._syncer = threading.Thread(
                     target=self._sync_loop, name=f"journal-fsync {self.path}", daemon=True
                 )
                 self._syncer.start()
-            self._wake.notify()
         await waiter
 
     def _sync_loop(self) -> None:
-        """The fsync thread: fsync while anyone waits; hand each waiter its outcome."""
+        """The fsync thread: fsync while anyone waits; hand each waiter its outcome.
+        Ends at close()'s ``None``, after the requests put before it."""
+        requests = self._requests
         while True:
-            with self._wake:
-                while not self._waiters and self._fd is not None:
-                    self._wake.wait()
-                if not self._waiters:
-                    return  # closed, nobody waiting
-                upto = max(w[0] for w in self._waiters)
+            first = requests.get()
+            if first is None:
+                return
+            batch = [first]
+            for _ in range(requests.qsize()):  # everyone waiting now shares this fsync
+                request = requests.get_nowait()
+                if request is None:
+                    requests.put(None)  # after this batch
+                    break
+                batch.append(request)
             error: BaseException | None = None
             try:
-                self._sync_to(upto)
+                self._sync_to(max(r[0] for r in batch))
             except BaseException as e:  # handed to the waiters, who raise it
                 error = e
-            closed = self._fd is None  # close() fsynced everything appended
-            with self._wake:
-                done = [w for w in self._waiters if closed or error or w[0] <= self._synced]
-                self._waiters = [w for w in self._waiters if w not in done]
+            # the fsync covered every request of the batch (or close() did: it fsynced
+            # everything appended)
+            loop = first[1]
+            if all(r[1] is loop for r in batch):
+                futures = [r[2] for r in batch]
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                    loop.call_soon_threadsafe(_settle_waiters, futures, error)
+                continue
             by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-            for _, loop, fut in done:
+            for _, loop, fut in batch:
                 by_loop.setdefault(loop, []).append(fut)
             for loop, futs in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_settle_waiters, futs, error)
 
     def _sync_to(self, ticket: int) -> None:
@@ -316,9 +326,9 @@ class JournalWriter:
     ) -> int:
         """Journal a write that has already committed (``state: committed``); its seq."""
         fields = _write_fields(op, table, key, values, before, meta)
-        fields["txid"] = txid if txid is not None else self.new_txid()
         fields["state"] = "committed"
-        return self._append(fields, durable=True)
+        head = txid_head(txid if txid is not None else self.new_txid())
+        return self._append_lines(head, [body(fields)], [None], durable=True)[0]
 
     def close(self) -> None:
         with self._sync_lock:  # not in the middle of the fsync thread's fsync
@@ -328,9 +338,10 @@ class JournalWriter:
                 if self.fsync != "never":
                     os.fsync(fd)
                 os.close(fd)
-        with self._wake:
+        with self._start:
             syncer = self._syncer
-            self._wake.notify()
+            if syncer is not None:
+                self._requests.put(None)
         if syncer is not None and syncer is not threading.current_thread():
             syncer.join(timeout=5)
 
@@ -355,16 +366,6 @@ def _settle_waiters(futures: list[asyncio.Future[None]], error: BaseException | 
                 fut.set_result(None)
             else:
                 fut.set_exception(error)
-
-
-def _dumps(record: Mapping[str, Any]) -> bytes:
-    """One compact JSON line (UTF-8, not ASCII-escaped). orjson is several times faster
-    than :mod:`json`; it refuses only integers beyond 64 bits, which :mod:`json` writes."""
-    try:
-        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-    except TypeError:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        return line.encode()
 
 
 def _fsync_dir(path: str) -> None:

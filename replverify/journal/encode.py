@@ -1,0 +1,199 @@
+"""How the writer turns records into journal lines, in pieces encoded ahead of time.
+
+A line is ``{"v":1,"txid":T,"seq":N,"ts":"...",<fields>}`` plus a newline. ``seq`` and
+``ts`` are only known under the writer's lock, when the line is appended; everything
+else is known earlier: the txid for the whole transaction (:func:`txid_head`), a
+record's fields when it is journaled (:func:`body`), and for a statement intent all but
+its parameters when the statement is first seen (:class:`IntentTemplate`). So the
+append itself only splices bytes. The result is byte for byte what encoding the whole
+record at once gives (``tests/test_journal_encode.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from replverify.journal.format import FORMAT_VERSION
+from replverify.journal.statements import journal_value
+
+__all__ = ["PLAIN", "Clock", "IntentTemplate", "RowTemplate", "body", "dumps", "image",
+           "image_kinds", "params_json", "txid_head"]  # fmt: skip
+
+_UTC = _dt.timezone.utc
+_NL = orjson.OPT_APPEND_NEWLINE
+#: types a journal value keeps as it is (see ``statements.journal_value``)
+PLAIN = frozenset({int, str, bool, type(None)})
+_STR = frozenset({str})
+_ARRAYS = frozenset({tuple, list})
+
+
+def image(values: Mapping[str, object]) -> dict[str, Any]:
+    """``journal_value`` of a key or post-image, without its per-value walk when every
+    value is already JSON (ints and strings: the common row)."""
+    # type checks in C, no Python loop: this runs for every key and row journaled
+    if PLAIN.issuperset(map(type, values.values())) and _STR.issuperset(map(type, values)):
+        return dict(values)
+    return journal_value(dict(values))  # type: ignore[return-value]
+
+
+def image_kinds(values: Mapping[str, object] | None) -> Hashable:
+    """The shape of one object field: its column names and the type of each value."""
+    return None if values is None else (tuple(values), tuple(map(type, values.values())))
+
+
+def dumps(value: object, *, newline: bool = False) -> bytes:
+    """Compact JSON (UTF-8, not ASCII-escaped). orjson is several times faster than
+    :mod:`json`; it refuses only integers beyond 64 bits, which :mod:`json` writes."""
+    try:
+        return orjson.dumps(value, option=_NL if newline else None)
+    except TypeError:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return (text + "\n").encode() if newline else text.encode()
+
+
+def txid_head(txid: object) -> bytes:
+    """The start of every line of transaction ``txid``, up to the value of ``seq``."""
+    return b'{"v":%d,"txid":%b,"seq":' % (FORMAT_VERSION, dumps(txid))
+
+
+def body(fields: Mapping[str, Any]) -> bytes:
+    """The fields of a record after ``ts``, to the end of the line: ``,"op":...}\\n``."""
+    if not fields:
+        return b"}\n"
+    return b"," + dumps(fields, newline=True)[1:]
+
+
+def params_json(params: Sequence[object]) -> bytes:
+    """A statement's parameters as a JSON array of journal values."""
+    if type(params) in _ARRAYS and PLAIN.issuperset(map(type, params)):
+        return dumps(params)
+    return dumps([a if type(a) in PLAIN else journal_value(a) for a in params])
+
+
+class IntentTemplate:
+    """A statement intent's line but for its parameters: ``op``, ``table``, ``stmt`` and
+    ``meta`` encoded once (a caller that runs the same statement again keeps it), and
+    the part of the record's shape they make (see ``JournalWriter._append_lines``)."""
+
+    __slots__ = ("head", "shape", "tail")
+
+    def __init__(
+        self, op: str, table: str, stmt: str, meta: Mapping[str, object] | None = None
+    ) -> None:
+        # the field order of the record written whole: op, table, stmt, params, meta, state
+        self.head = body({"op": op, "table": table, "stmt": stmt})[:-2] + b',"params":'
+        tail: dict[str, Any] = {}
+        meta_kinds: Hashable = None
+        if meta is not None:
+            tail["meta"] = meta_image = image(meta)
+            meta_kinds = image_kinds(meta_image)
+        tail["state"] = "intent"
+        self.tail = body(tail)
+        self.shape: Hashable = ("stmt", op, table, stmt, meta_kinds)
+
+    def body(self, params: Sequence[object]) -> bytes:
+        return self.head + params_json(params) + self.tail
+
+
+class RowTemplate:
+    """The row records of one statement, made from the rows its RETURNING gives: the
+    statement's ``columns`` are the last ``len(columns)`` items of each row (the
+    application's own RETURNING items come first). ``key``: the primary key (empty: a
+    row is identified by its whole image, its non-null scalar values); ``values``:
+    whether a record carries the post-image (not for a delete)."""
+
+    __slots__ = ("columns", "head", "key", "key_at", "rest", "rest_at", "shape", "values",
+                 "width")  # fmt: skip
+
+    def __init__(
+        self, op: str, table: str, columns: Sequence[str], key: Sequence[str], *, values: bool
+    ) -> None:
+        self.columns = tuple(columns)
+        self.key = tuple(key)
+        self.values = values
+        self.width = len(self.columns)
+        at = {c: i for i, c in enumerate(self.columns)}
+        # positions in the statement's own columns: the key in primary-key order
+        self.key_at = tuple(at[c] for c in self.key)
+        self.rest = tuple(c for c in self.columns if c not in self.key)
+        self.rest_at = tuple(at[c] for c in self.rest)
+        # the field order of the record written whole: op, table, key, values, state, of
+        self.head = body({"op": op, "table": table})[:-2] + b","
+        self.shape: Hashable = ("rows", op, table, self.columns, self.key, values)
+
+    def split(self, row: Sequence[object]) -> tuple[dict[str, object], dict[str, object] | None]:
+        """A returned row's key and post-image (None for a delete)."""
+        values = tuple(row)
+        if len(values) != self.width:
+            values = values[len(values) - self.width :]
+        return self._split(values)
+
+    def _split(
+        self, values: tuple[object, ...]
+    ) -> tuple[dict[str, object], dict[str, object] | None]:
+        if self.key:  # picked in C: no Python loop over the columns
+            key = dict(zip(self.key, map(values.__getitem__, self.key_at), strict=True))
+            if not self.values:
+                return key, None
+            return key, dict(zip(self.rest, map(values.__getitem__, self.rest_at), strict=True))
+        # no primary key: the row is identified by its whole image
+        image = dict(zip(self.columns, values, strict=True))
+        key = {c: v for c, v in image.items() if _scalar(v)}
+        if not self.values:
+            return key, None
+        return key, {c: v for c, v in image.items() if c not in key}
+
+    def record(self, row: Sequence[object], of: int) -> tuple[bytes, Hashable]:
+        """The ``body`` of the row record of ``row`` (statement intent ``of``), and the
+        part of its shape that varies (the kinds of its values)."""
+        values = tuple(row)
+        if len(values) != self.width:
+            values = values[len(values) - self.width :]
+        kinds = tuple(map(type, values))
+        if not PLAIN.issuperset(kinds):
+            values = tuple(map(journal_value, values))
+            kinds = tuple(map(type, values))
+        key, post = self._split(values)
+        if post is None:
+            fields = {"key": key, "state": "intent", "of": of}
+        else:
+            fields = {"key": key, "values": post, "state": "intent", "of": of}
+        return self.head + dumps(fields, newline=True)[1:], kinds
+
+
+def _scalar(v: object) -> bool:
+    """Whether a value can be part of a whole-image key (not null, not an object or
+    array): the same answer for a value and its ``journal_value``."""
+    if type(v) in PLAIN:  # most columns: no journal_value() to find out
+        return v is not None
+    return not isinstance(journal_value(v), (dict, list))
+
+
+class Clock:
+    """``ts`` values: ``datetime.now(timezone.utc).isoformat()`` as bytes, the date and
+    time of day formatted once per second (the whole call is a third of an append's
+    Python time)."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = b""
+
+    def ts_field(self) -> bytes:
+        """``,"ts":"<now>"``."""
+        us = time.time_ns() // 1000  # floor, as datetime.now()
+        second, fraction = divmod(us, 1_000_000)
+        if second != self._second:
+            when = _dt.datetime.fromtimestamp(second, _UTC)
+            self._prefix = b',"ts":"' + when.strftime("%Y-%m-%dT%H:%M:%S").encode()
+            self._second = second
+        if fraction:
+            return b'%b.%06d+00:00"' % (self._prefix, fraction)
+        return self._prefix + b'+00:00"'  # isoformat() leaves out a zero fraction
