@@ -435,7 +435,7 @@ async def _passes(
                 if w.rid in doubt_rows:
                     deferred[w.rid] = w
                 else:
-                    await batcher.add(probe_for(w))
+                    await batcher.add(probe_for(w, verdict_only=True))
         await batcher.flush()
     finally:
         await batcher.close()
