@@ -42,11 +42,12 @@ line and settle transactions, keeping per written row only its judged write's li
 byte offset, plus the intents of open transactions, and logging every settled write (its
 row's hash, line, index and offset; spilled to a temporary file, so memory stays flat in
 the journal's length); (2) read back only the judged lines, by offset, look them up in
-batches, judge; (3) only for lost or conflicting rows written more than once in the
-window: read back, from the log, the lines of their settled writes (a hash match is
-checked against the whole row), re-judge them against every state the row passed
-through, and fold each chain into the image that restores it. ``since`` skips older
-writes.
+batches, judge (a row that holds its judged write's post-image byte for byte is
+answered by the server with a flag alone, :data:`~.judge.HELD`); (3) only for lost or
+conflicting rows written more than once in the window: read back, from the log, the
+lines of their settled writes (a hash match is checked against the whole row), re-judge
+them against every state the row passed through, and fold each chain into the image
+that restores it. ``since`` skips older writes.
 """
 
 from __future__ import annotations
