@@ -13,6 +13,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
+from itertools import chain
 from typing import NoReturn, Protocol
 
 import asyncpg
@@ -276,12 +277,10 @@ def pairs_sql(ref: TableRef, key: tuple[str, ...], cols: tuple[str, ...]) -> str
 
 
 def _columns(probes: Sequence[Probe]) -> tuple[str, ...]:
-    """The columns of the probes' images, in first-seen order."""
-    cols: dict[str, None] = {}
-    for pr in probes:
-        for img in pr.images:
-            cols.update(dict.fromkeys(img))
-    return tuple(cols)
+    """The columns of the probes' images, in first-seen order (iterated in C: a Python
+    loop over the images cost about 2 us a probe)."""
+    images = chain.from_iterable([pr.images for pr in probes])
+    return tuple(dict.fromkeys(chain.from_iterable(images)))
 
 
 #: the image of a probe that has none (the pairs document has two a probe)
