@@ -240,3 +240,27 @@ async def test_reports_match_the_image_per_row_lookup(url, tmp_path, monkeypatch
     want = [await _outcome(url, path, size) for size in (1, 7, 500)]
     assert got == want
     assert isinstance(got[0], dict) and got[0]["counts"]["lost"] > 0
+
+
+@pytest.mark.parametrize("op", ["delete", "insert"])
+async def test_a_key_matching_several_rows_is_trouble_as_before(url, tmp_path, monkeypatch, op):
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "CREATE TABLE nk (a int NOT NULL, b text NOT NULL); INSERT INTO nk VALUES (1, 'x'),"
+            " (1, 'x'), (2, 'y')"
+        )
+    finally:
+        await conn.close()
+    key = {"a": 1, "b": "x"}
+    records = [
+        {**rec(1, "nk", 0, None, op="delete"), "key": {"a": 2, "b": "y"}},
+        {**rec(2, "nk", 0, key if op == "insert" else None, op=op), "key": key},
+    ]
+    path = tmp_path / "j.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    got = [await _outcome(url, path, size) for size in (1, 500)]
+    _no_document(monkeypatch)
+    want = [await _outcome(url, path, size) for size in (1, 500)]
+    assert got == want
+    assert got[0][0] == "SchemaError" and "matches 2 rows" in got[0][1], got  # type: ignore[index]
