@@ -264,3 +264,44 @@ async def test_a_key_matching_several_rows_is_trouble_as_before(url, tmp_path, m
     want = [await _outcome(url, path, size) for size in (1, 500)]
     assert got == want
     assert got[0][0] == "SchemaError" and "matches 2 rows" in got[0][1], got  # type: ignore[index]
+
+
+async def test_odd_names_and_types_give_the_same_report(url, tmp_path, monkeypatch):
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            '''CREATE TYPE mood AS ENUM ('sad', 'ok'); CREATE TYPE pair AS (x int, y text);
+            CREATE SCHEMA "Odd ""s""";
+            CREATE TABLE "Odd ""s"""."we""ird" ("i d" bigint PRIMARY KEY, "a'b" text, x xml,
+              p point, iv interval, u uuid, by bytea, ip inet, cp pair, e mood, r int4range,
+              mo money, tv tsvector, ar numeric[], big text);
+            INSERT INTO "Odd ""s"""."we""ird" VALUES
+              (1, 'q''s', '<a/>', '(1,2)', '1 day', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+               '\\x00ff', '10.0.0.1', '(1,a)', 'ok', '[1,5)', '1.50', 'a b', '{1.5,2}',
+               repeat('x', 100000)),
+              (2, 'z', '<b/>', '(0,0)', '2 hours', NULL, NULL, NULL, NULL, 'sad', NULL, NULL,
+               NULL, NULL, NULL)'''
+        )
+    finally:
+        await conn.close()
+    images = [
+        (1, {"x": "<a/>", "p": "(1,2)", "cp": "(1,a)", "big": "x" * 100000}),
+        (2, {"a'b": "zz"}),
+        (1, {"a'b": "q's", "x": "<a/>", "p": "(1,2)", "iv": "24:00:00", "by": "\\x00ff",
+             "u": "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", "ip": "10.0.0.1/32", "cp": "(1,a)",
+             "e": "ok", "r": "[1,4]", "mo": "1.5", "tv": "b a", "ar": ["1.50", 2],
+             "big": "x" * 100000}),
+        (2, {"a'b": "z", "e": "sad"}),
+        (2, {"a'b": "other", "e": "ok", "iv": "1 day"}),
+    ]  # fmt: skip
+    records = [
+        {**rec(n, "x", 0, v), "table": '"Odd ""s"""."we""ird"', "key": {"i d": k}}
+        for n, (k, v) in enumerate(images, 1)
+    ]
+    path = tmp_path / "j.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    got = [await _outcome(url, path, size) for size in (1, 500)]
+    _no_document(monkeypatch)
+    want = [await _outcome(url, path, size) for size in (1, 500)]
+    assert got == want
+    assert isinstance(got[0], dict) and got[0]["counts"]["superseded"] == 3
