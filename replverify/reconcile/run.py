@@ -112,6 +112,8 @@ __all__ = [
 
 #: rows per lookup query
 BATCH_ROWS = 500
+#: probes added between two turns of the event loop while a query is in flight
+_YIELD_EVERY = 16
 
 
 def statement_write(rec: WriteRecord) -> RowWrite:
@@ -164,6 +166,11 @@ class _Batcher:
         if len(batch) >= self.size:
             del self.pending[probe.write.table]
             await self._send(probe.write.table, batch)
+        elif not len(batch) % _YIELD_EVERY and self.inflight is not None:
+            # adding never waits, so without this the query in flight would not go on
+            # (its savepoint's answer, then the query itself) until the next batch is full:
+            # the server would work while we wait instead of while we read
+            await asyncio.sleep(0)
 
     async def _send(self, table: TableRef, batch: list[Probe]) -> None:
         if self.inflight is not None:
