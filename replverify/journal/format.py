@@ -32,7 +32,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 
@@ -166,22 +166,14 @@ class TornTail:
 #: tuple of strings and scalars: cheap to hash, millions of them in a dict).
 RowId = tuple[object, ...]
 
-_R = TypeVar("_R")
 
+class RowWrite(msgspec.Struct, frozen=True, gc=False):
+    """What one record did to one row, resolved against the target's catalog.
 
-def _build(cls: type[_R], fields: Mapping[str, object]) -> _R:
-    """A frozen dataclass instance made without its generated ``__init__``, which sets
-    every field through ``object.__setattr__`` (2 µs for a record: most of the cost of
-    reading a line). Only for the hot records, with every field given; a test checks
-    the result equals the normal constructor's."""
-    obj = object.__new__(cls)
-    obj.__dict__.update(fields)
-    return obj
-
-
-@dataclass(frozen=True)
-class RowWrite:
-    """What one record did to one row, resolved against the target's catalog."""
+    A frozen msgspec Struct, as :class:`WriteRecord` (made in C, with a dataclass's
+    fields, equality and repr). Nothing it holds refers back to it, so the garbage
+    collector need not track it (``gc=False``): reconcile's second pass holds a batch
+    of them at a time, and tracked ones would make its collections run often and long."""
 
     record: WriteRecord
     index: int  # the row's position among the record's rows (multi-row INSERT)

@@ -22,7 +22,6 @@ from replverify.journal.format import (
     RowWrite,
     WriteRecord,
     _Bad,
-    _build,
     _names,
 )
 from replverify.types import ColumnType, TableRef
@@ -312,22 +311,19 @@ class RowResolver:
                 post[c] = values[c]
             pairs = tuple([(c, key[c]) for c in order])
         check = () if op == "delete" else written
-        return _build(
-            RowWrite,
-            {
-                "record": record,
-                "index": 0,
-                "op": op,
-                "table": ref,
-                "key": pairs,
-                "rid": rid,
-                "key_display": display,
-                "values": post,
-                "check": check,
-                "before": dict(before) if before is not None else None,
-                "on_conflict": check if op == "upsert" else (),
-                "whole_row_key": not info.primary_key,
-            },
+        return RowWrite(
+            record,
+            0,
+            op,
+            ref,
+            pairs,
+            rid,
+            display,
+            post,
+            check,
+            dict(before) if before is not None else None,
+            check if op == "upsert" else (),
+            not info.primary_key,
         )
 
     def _make(
@@ -357,22 +353,19 @@ class RowResolver:
             check = tuple([c for c in on_conflict if c not in order])
         else:
             check = tuple(written)
-        return _build(
-            RowWrite,
-            {
-                "record": record,
-                "index": index,
-                "op": op,
-                "table": ref,
-                "key": tuple([(c, key[c]) for c in order]),
-                "rid": rid,
-                "key_display": display,
-                "values": post,
-                "check": check,
-                "before": dict(before) if before is not None else None,
-                "on_conflict": on_conflict,
-                "whole_row_key": not info.primary_key,
-            },
+        return RowWrite(
+            record,
+            index,
+            op,
+            ref,
+            tuple([(c, key[c]) for c in order]),
+            rid,
+            display,
+            post,
+            check,
+            dict(before) if before is not None else None,
+            on_conflict,
+            not info.primary_key,
         )
 
 

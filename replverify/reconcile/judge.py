@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHAIN_STATES",
+    "HELD",
     "VERDICTS",
     "ChainState",
     "Image",
@@ -49,10 +50,15 @@ def _wid(w: RowWrite) -> WriteId:
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """Ask the target about ``write``'s row and read ``images`` as the column types."""
+    """Ask the target about ``write``'s row and read ``images`` as the column types.
+
+    ``quick``: if the row holds ``images[0]``, that is all the asker needs to know; the
+    target may then answer :data:`HELD` and read nothing else (see :func:`probe_for`).
+    """
 
     write: RowWrite
     images: tuple[Image, ...]
+    quick: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,9 @@ class Observation:
     found: bool
     row: Mapping[str, bytes]  # the target's values of the images' columns
     images: tuple[Mapping[str, bytes], ...]  # each image read as the column types
+    #: the target showed the row holding the probe's first image (a ``quick`` probe's
+    #: answer; ``row`` and ``images`` are then empty)
+    held: bool = False
 
     def holds(self, image: Mapping[str, bytes]) -> bool:
         """The row exists and equals ``image`` on its columns."""
@@ -71,20 +80,27 @@ class Observation:
         return tuple(c for c, v in image.items() if self.row.get(c) != v) if self.found else ()
 
 
-def probe_for(w: RowWrite) -> Probe:
-    """The images of a judged or in-doubt write: its post-image, then its before-image."""
+#: the answer to a ``quick`` probe whose row holds its first image
+HELD = Observation(True, {}, (), held=True)
+
+
+def probe_for(w: RowWrite, *, verdict_only: bool = False) -> Probe:
+    """The images of a judged or in-doubt write: its post-image, then its before-image.
+
+    ``verdict_only``: the answer goes to :func:`judge` alone, which needs nothing more
+    once the row is shown to hold the post-image - for every write but a delete (whose
+    post-image is empty, and which that row does not make durable)."""
     images: tuple[Image, ...] = (w.post_image(),)
     if w.before is not None:
         images += (w.before,)
-    return Probe(w, images)
+    return Probe(w, images, verdict_only and w.op != "delete")
 
 
 def judge(w: RowWrite, obs: Observation) -> tuple[Verdict, str, tuple[str, ...]]:
     """The verdict on the judged write ``w`` of a row: ``(verdict, reason, differing)``;
-    ``obs`` answers :func:`probe_for` ``(w)``."""
-    post = obs.images[0]
-    before = obs.images[1] if w.before is not None else None
+    ``obs`` answers :func:`probe_for` ``(w)`` (with ``verdict_only`` or without)."""
     if w.op == "delete":
+        before = obs.images[1] if w.before is not None else None
         if not obs.found:
             return "durable", "the row is gone", ()
         if before is None:
@@ -96,8 +112,10 @@ def judge(w: RowWrite, obs: Observation) -> tuple[Verdict, str, tuple[str, ...]]
             "the row is still there, and no longer as it was before the delete",
             obs.differs(before),
         )
-    if obs.holds(post):
+    if obs.held or obs.holds(obs.images[0]):
         return "durable", "the row holds the written values", ()
+    post = obs.images[0]
+    before = obs.images[1] if w.before is not None else None
     differs = obs.differs(post)
     if w.op == "insert":
         if not obs.found:

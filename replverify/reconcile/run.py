@@ -42,11 +42,12 @@ line and settle transactions, keeping per written row only its judged write's li
 byte offset, plus the intents of open transactions, and logging every settled write (its
 row's hash, line, index and offset; spilled to a temporary file, so memory stays flat in
 the journal's length); (2) read back only the judged lines, by offset, look them up in
-batches, judge; (3) only for lost or conflicting rows written more than once in the
-window: read back, from the log, the lines of their settled writes (a hash match is
-checked against the whole row), re-judge them against every state the row passed
-through, and fold each chain into the image that restores it. ``since`` skips older
-writes.
+batches, judge (a row that holds its judged write's post-image byte for byte is
+answered by the server with a flag alone, :data:`~.judge.HELD`); (3) only for lost or
+conflicting rows written more than once in the window: read back, from the log, the
+lines of their settled writes (a hash match is checked against the whole row), re-judge
+them against every state the row passed through, and fold each chain into the image
+that restores it. ``since`` skips older writes.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ __all__ = [
 
 #: rows per lookup query
 BATCH_ROWS = 500
+#: probes added between two turns of the event loop while a query is in flight
+_YIELD_EVERY = 16
 
 
 def statement_write(rec: WriteRecord) -> RowWrite:
@@ -163,6 +166,11 @@ class _Batcher:
         if len(batch) >= self.size:
             del self.pending[probe.write.table]
             await self._send(probe.write.table, batch)
+        elif not len(batch) % _YIELD_EVERY and self.inflight is not None:
+            # adding never waits, so without this the query in flight would not go on
+            # (its savepoint's answer, then the query itself) until the next batch is full:
+            # the server would work while we wait instead of while we read
+            await asyncio.sleep(0)
 
     async def _send(self, table: TableRef, batch: list[Probe]) -> None:
         if self.inflight is not None:
@@ -435,7 +443,7 @@ async def _passes(
                 if w.rid in doubt_rows:
                     deferred[w.rid] = w
                 else:
-                    await batcher.add(probe_for(w))
+                    await batcher.add(probe_for(w, verdict_only=True))
         await batcher.flush()
     finally:
         await batcher.close()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Protocol
+from itertools import chain
+from typing import NoReturn, Protocol
 
 import asyncpg
 import orjson
@@ -27,7 +29,7 @@ from replverify.journal.format import (
     RowWrite,
 )
 from replverify.reconcile.findings import Detail
-from replverify.reconcile.judge import Image, Observation, Probe
+from replverify.reconcile.judge import HELD, Image, Observation, Probe
 from replverify.types import ColumnType, TableRef
 from replverify.values.canonical import Encoder, encoder_for
 from replverify.values.pgtext import jsonable
@@ -150,8 +152,54 @@ _LOOKUP_IMAGES = (
 )
 
 
+#: One query row per probe of at most two images (what pass 2 and the in-doubt writes
+#: ask), all of them in one jsonb document ``[[key, image, image, quick], ...]``: one
+#: orjson call a batch, not three jsonb array elements a row. ``h.held``: a quick
+#: probe's row holds its first image - each of the image's columns byte for byte
+#: (``record_image_eq``: the same stored value, so the same canonical encoding); its
+#: values are then not sent (``v`` is all NULL).
+_LOOKUP_PAIRS = (
+    "SELECT j.n, t.ctid IS NOT NULL AS found, h.held"
+    " FROM JSONB_ARRAY_ELEMENTS(CAST($1 AS JSONB)) WITH ORDINALITY AS j(e, n)"
+    " CROSS JOIN LATERAL JSONB_POPULATE_RECORD(CAST(NULL AS _rv_type), j.e -> 0) AS kk"
+    " CROSS JOIN LATERAL JSONB_POPULATE_RECORD(CAST(NULL AS _rv_type), j.e -> 1) AS p"
+    " CROSS JOIN LATERAL JSONB_POPULATE_RECORD(CAST(NULL AS _rv_type), j.e -> 2) AS b"
+    " LEFT JOIN _rv_table AS t ON TRUE"
+    " CROSS JOIN LATERAL (SELECT CAST(j.e ->> 3 AS BOOLEAN) AND NOT t.ctid IS NULL AS held) AS h"
+    " LEFT JOIN LATERAL (SELECT _rv_values) AS v ON NOT h.held"
+)
+#: the first image's column ``_rv_col``, where the image has it, is the row's
+_HELD_COLUMN = "NOT (j.e -> 1) ? '_rv_name' OR RECORD_IMAGE_EQ(ROW(t._rv_col), ROW(p._rv_col))"
+
+
 def _qcol(alias: str, name: str) -> exp.Column:
     return exp.Column(this=ident(name), table=exp.to_identifier(alias))
+
+
+def _filled(skeleton: str, ref: TableRef, key: tuple[str, ...]) -> exp.Select:
+    """A lookup skeleton with the table, its row type and the key join filled in."""
+    tree = sqlglot.parse_one(skeleton, read=DIALECT)
+    tname = exp.Table(this=ident(ref.name), db=ident(ref.schema))
+    rowtype = exp.DataType.build(tname.sql(DIALECT), dialect=DIALECT, udt=True)
+
+    def fill(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.DataType) and node.sql(DIALECT) == "_rv_type":
+            return rowtype.copy()
+        if isinstance(node, exp.Table) and node.name == "_rv_table":
+            return exp.Table(
+                this=ident(ref.name),
+                db=ident(ref.schema),
+                alias=exp.TableAlias(this=exp.to_identifier("t")),
+            )
+        return node
+
+    tree = tree.transform(fill)
+    assert isinstance(tree, exp.Select)
+    on = exp.and_(*(exp.EQ(this=_qcol("t", k), expression=_qcol("kk", k)) for k in key))
+    for join in tree.args.get("joins") or []:
+        if isinstance(join.this, exp.Table) and join.this.alias == "t":
+            join.set("on", on)
+    return tree
 
 
 def lookup_sql(
@@ -182,34 +230,64 @@ def _lookup_sql(
 ) -> str:
     """:func:`lookup_sql`, built once per shape: sqlglot takes milliseconds, and a
     reconcile asks for the same few shapes for every batch."""
-    with_image = bool(image_cols)
-    tree = sqlglot.parse_one(_LOOKUP_IMAGES if with_image else _LOOKUP, read=DIALECT)
-    tname = exp.Table(this=ident(ref.name), db=ident(ref.schema))
-    rowtype = exp.DataType.build(tname.sql(DIALECT), dialect=DIALECT, udt=True)
-
-    def fill(node: exp.Expr) -> exp.Expr:
-        if isinstance(node, exp.DataType) and node.sql(DIALECT) == "_rv_type":
-            return rowtype.copy()
-        if isinstance(node, exp.Table) and node.name == "_rv_table":
-            return exp.Table(
-                this=ident(ref.name),
-                db=ident(ref.schema),
-                alias=exp.TableAlias(this=exp.to_identifier("t")),
-            )
-        return node
-
-    tree = tree.transform(fill)
-    assert isinstance(tree, exp.Select)
-    on = exp.and_(*(exp.EQ(this=_qcol("t", k), expression=_qcol("kk", k)) for k in key))
-    for join in tree.args.get("joins") or []:
-        if isinstance(join.this, exp.Table) and join.this.alias == "t":
-            join.set("on", on)
+    tree = _filled(_LOOKUP_IMAGES if image_cols else _LOOKUP, ref, key)
     projections: list[exp.Expr] = [_qcol("t", c) for c in target_cols]
     if as_text:
         projections += [exp.cast(_qcol("t", c), "text") for c in target_cols]
     images: list[exp.Expr] = [_qcol("p", c) for c in image_cols]
     projections += [exp.cast(e, "text") for e in images] if as_text else images
     return tree.select(*projections).sql(DIALECT)
+
+
+@functools.lru_cache(maxsize=256)
+def pairs_sql(ref: TableRef, key: tuple[str, ...], cols: tuple[str, ...]) -> str:
+    """The query of :data:`_LOOKUP_PAIRS` for images of ``cols``: returns ``n, found,
+    held``, then ``t.col...``, the first image's ``p.col...`` and the second's
+    ``b.col...`` (all NULL where ``held``)."""
+    tree = _filled(_LOOKUP_PAIRS, ref, key)
+    template = sqlglot.parse_one(_HELD_COLUMN, read=DIALECT)
+
+    def held_column(c: str) -> exp.Expr:
+        def fill(node: exp.Expr) -> exp.Expr:
+            if isinstance(node, exp.Literal) and node.this == "_rv_name":
+                return exp.Literal.string(c)
+            if isinstance(node, exp.Column) and node.name == "_rv_col":
+                return _qcol(node.table, c)
+            return node
+
+        return exp.paren(template.copy().transform(fill), copy=False)
+
+    values = [
+        exp.alias_(_qcol(alias, c), f"{alias}{i}") for alias in "tpb" for i, c in enumerate(cols)
+    ]
+    joins = []
+    for join in tree.args["joins"]:
+        lateral = join.this
+        if isinstance(lateral, exp.Lateral) and lateral.alias == "h":
+            held = lateral.this.this.expressions[0]
+            held.set("this", exp.and_(held.this, *(held_column(c) for c in cols), copy=False))
+        elif isinstance(lateral, exp.Lateral) and lateral.alias == "v":
+            if not cols:
+                continue  # nothing to read but whether the row is there
+            lateral.this.this.set("expressions", values)
+        joins.append(join)
+    tree.set("joins", joins)
+    projections = [exp.column(f"{a}{i}", table="v") for a in "tpb" for i in range(len(cols))]
+    return tree.select(*projections).sql(DIALECT)
+
+
+def _columns(probes: Sequence[Probe]) -> tuple[str, ...]:
+    """The columns of the probes' images, in first-seen order (iterated in C: a Python
+    loop over the images cost about 2 us a probe)."""
+    images = chain.from_iterable([pr.images for pr in probes])
+    return tuple(dict.fromkeys(chain.from_iterable(images)))
+
+
+#: the image of a probe that has none (the pairs document has two a probe)
+_NO_IMAGE: Image = {}
+#: the largest pairs document sent (jsonb holds at most 256 MiB); a larger batch goes
+#: as jsonb arrays
+_MAX_DOCUMENT = 64 << 20
 
 
 class _Retry(Exception):
@@ -283,11 +361,92 @@ class PostgresTarget:
         return rows
 
     async def observe(self, info: TableInfo, probes: Sequence[Probe]) -> list[Observation]:
-        key = [c for c, _ in probes[0].write.key]
-        cols: list[str] = []
+        doc = self._document(info, probes)
+        if doc is None:
+            return await self._observe_images(info, probes)
+        key = tuple(c for c, _ in probes[0].write.key)
+        cols = _columns(probes)
+        try:
+            # never count 1: a refused value is found, and worded, the way it always was
+            rows = await self._fetch(pairs_sql(info.ref, key, cols), [doc], 0)
+        except _Retry:
+            return await self._one_by_one(info, probes)
+        got: list[asyncpg.Record | None] = [None] * len(probes)
+        for r in rows:
+            if got[r[0] - 1] is not None:
+                self._not_unique(info, probes, Counter(r[0] - 1 for r in rows))
+            got[r[0] - 1] = r
+        width = len(cols)
+        at = {c: i for i, c in enumerate(cols)}
+        encs = [self._enc(info, c) for c in cols]
+        out: list[Observation] = []
+        for pr, r in zip(probes, got, strict=True):
+            assert r is not None
+            if r[2]:
+                out.append(HELD)
+                continue
+            found = bool(r[1])
+            row = {c: encs[i](r[3 + i]) for i, c in enumerate(cols)} if found else {}
+            images = []
+            for k, img in enumerate(pr.images):
+                base = 3 + width * (k + 1)
+                images.append({c: encs[at[c]](r[base + at[c]]) for c in img})
+            out.append(Observation(found, row, tuple(images)))
+        return out
+
+    def _document(self, info: TableInfo, probes: Sequence[Probe]) -> str | None:
+        """The jsonb document of :data:`_LOOKUP_PAIRS` for ``probes``; None where it
+        cannot say exactly what :meth:`_observe_images` sends: a probe of more than two
+        images, a value in a json or jsonb column (a string there is JSON text), a value
+        orjson refuses (ints beyond 64 bits, lone surrogates), a very large batch."""
+        jcols = self._json_columns(info)
+        items = []
         for pr in probes:
-            for img in pr.images:
-                cols.extend(c for c in img if c not in cols)
+            images = pr.images
+            if len(images) > 2:
+                return None
+            key = dict(pr.write.key)
+            first = images[0] if images else _NO_IMAGE
+            second = images[1] if len(images) > 1 else _NO_IMAGE
+            if jcols and not (
+                jcols.isdisjoint(key) and jcols.isdisjoint(first) and jcols.isdisjoint(second)
+            ):
+                return None
+            items.append((key, first, second, pr.quick))
+        try:
+            # outside json columns a payload only writes Decimals as their text
+            doc = orjson.dumps(items, default=_decimal_text)
+        except TypeError:
+            return None
+        return doc.decode() if len(doc) <= _MAX_DOCUMENT else None
+
+    async def _one_by_one(self, info: TableInfo, probes: Sequence[Probe]) -> list[Observation]:
+        """A batch one probe at a time (it holds a value a column type refuses: the
+        first such probe raises :class:`BadValue` with its index and the server's
+        message)."""
+        out: list[Observation] = []
+        for i, pr in enumerate(probes):
+            try:
+                out.extend(await self._observe_images(info, [pr]))
+            except BadValue as e:
+                raise BadValue(i, e.message) from None
+        return out
+
+    def _not_unique(
+        self, info: TableInfo, probes: Sequence[Probe], counts: Mapping[int, int]
+    ) -> NoReturn:
+        n = min(n for n, c in counts.items() if c != 1)
+        w = probes[n].write
+        raise SchemaError(
+            f"{info.ref}: key {dict(w.key_display)} matches {counts[n]} rows on"
+            f" {self.name}: the journal's key is not unique there"
+        )
+
+    async def _observe_images(self, info: TableInfo, probes: Sequence[Probe]) -> list[Observation]:
+        """:meth:`observe` with one query row per image (any number of them) and the
+        payloads as jsonb arrays."""
+        key = [c for c, _ in probes[0].write.key]
+        cols = list(_columns(probes))
         flat: list[int] = []  # query row -> probe
         keys: list[str] = []
         imgs: list[str] = []
@@ -304,23 +463,13 @@ class PostgresTarget:
         try:
             rows = await self._fetch(sql, [list(range(len(flat))), keys, imgs], len(probes))
         except _Retry:
-            out: list[Observation] = []
-            for i, pr in enumerate(probes):
-                try:
-                    out.extend(await self.observe(info, [pr]))
-                except BadValue as e:
-                    raise BadValue(i, e.message) from None
-            return out
+            return await self._one_by_one(info, probes)
         got: list[list[asyncpg.Record]] = [[] for _ in flat]
         for r in rows:
             got[r[0]].append(r)
         for n, g in enumerate(got):
             if len(g) != 1:
-                w = probes[flat[n]].write
-                raise SchemaError(
-                    f"{info.ref}: key {dict(w.key_display)} matches {len(g)} rows on"
-                    f" {self.name}: the journal's key is not unique there"
-                )
+                self._not_unique(info, probes, {flat[n]: len(g)})
         width = len(cols)
         at = {c: i for i, c in enumerate(cols)}
         encs = [self._enc(info, c) for c in cols]
