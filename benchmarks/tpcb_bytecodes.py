@@ -47,6 +47,15 @@ def _tracer(counts: Counts) -> Any:
     return trace
 
 
+async def _statements(x: Any, aid: int, tid: int, bid: int, delta: int) -> None:
+    """pgbench's TPC-B statements through an asyncpg connection or a pool transaction."""
+    await x.execute(tb.UPDATE_ACCOUNT, delta, aid)
+    await x.fetchval(tb.SELECT_ACCOUNT, aid)
+    await x.execute(tb.UPDATE_TELLER, delta, tid)
+    await x.execute(tb.UPDATE_BRANCH, delta, bid)
+    await x.execute(tb.INSERT_HISTORY, tid, bid, aid, delta)
+
+
 async def count(mode: str, dsn: str, standby: str, n: int, tmp: Path) -> Counts:
     """Opcodes of ``n`` transactions of ``mode`` (after 50 unmeasured ones)."""
     fsync = mode.partition("[")[2].rstrip("]") or None
@@ -56,11 +65,7 @@ async def count(mode: str, dsn: str, standby: str, n: int, tmp: Path) -> Counts:
 
         async def txn(aid: int, tid: int, bid: int, delta: int) -> None:
             async with pool.acquire() as conn, conn.transaction():
-                await conn.execute(tb.UPDATE_ACCOUNT, delta, aid)
-                await conn.fetchval(tb.SELECT_ACCOUNT, aid)
-                await conn.execute(tb.UPDATE_TELLER, delta, tid)
-                await conn.execute(tb.UPDATE_BRANCH, delta, bid)
-                await conn.execute(tb.INSERT_HISTORY, tid, bid, aid, delta)
+                await _statements(conn, aid, tid, bid, delta)
 
         close = pool.close
     else:
@@ -71,11 +76,7 @@ async def count(mode: str, dsn: str, standby: str, n: int, tmp: Path) -> Counts:
 
         async def txn(aid: int, tid: int, bid: int, delta: int) -> None:
             async with fpool.transaction() as tx:
-                await tx.execute(tb.UPDATE_ACCOUNT, delta, aid)
-                await tx.fetchval(tb.SELECT_ACCOUNT, aid)
-                await tx.execute(tb.UPDATE_TELLER, delta, tid)
-                await tx.execute(tb.UPDATE_BRANCH, delta, bid)
-                await tx.execute(tb.INSERT_HISTORY, tid, bid, aid, delta)
+                await _statements(tx, aid, tid, bid, delta)
 
         close = fpool.close
     rng = random.Random(1)

@@ -186,16 +186,23 @@ async def _outcome(url: str, path: Path, batch_rows: int) -> object:
     return out
 
 
+async def _both_lookups(url: str, path: Path, monkeypatch, sizes: tuple[int, ...]) -> list:
+    """The outcomes at each batch size, asserted equal with the document lookup and without
+    it (the image-per-row one); returns them."""
+    got = [await _outcome(url, path, size) for size in sizes]
+    _no_document(monkeypatch)
+    want = [await _outcome(url, path, size) for size in sizes]
+    assert got == want
+    return got
+
+
 @pytest.mark.parametrize("bad", BAD, ids=[next(iter(b)) + str(i) for i, b in enumerate(BAD)])
 async def test_a_refused_value_is_reported_as_before(url, tmp_path, monkeypatch, bad):
     records = [rec(i, "q", i, {"s": f"s{i}"}) for i in range(1, 8)]
     records[4] = rec(5, "q", 5, bad)
     path = tmp_path / "j.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    outcomes = [await _outcome(url, path, size) for size in (1, 3, 500)]
-    _no_document(monkeypatch)
-    before = [await _outcome(url, path, size) for size in (1, 3, 500)]
-    assert outcomes == before
+    outcomes = await _both_lookups(url, path, monkeypatch, (1, 3, 500))
     assert all(isinstance(o, tuple) and o[2] == 5 for o in outcomes), outcomes
 
 
@@ -235,10 +242,7 @@ def random_journal(path: Path, seed: int) -> None:
 async def test_reports_match_the_image_per_row_lookup(url, tmp_path, monkeypatch, seed):
     path = tmp_path / "j.jsonl"
     random_journal(path, seed)
-    got = [await _outcome(url, path, size) for size in (1, 7, 500)]
-    _no_document(monkeypatch)
-    want = [await _outcome(url, path, size) for size in (1, 7, 500)]
-    assert got == want
+    got = await _both_lookups(url, path, monkeypatch, (1, 7, 500))
     assert isinstance(got[0], dict) and got[0]["counts"]["lost"] > 0
 
 
@@ -259,10 +263,7 @@ async def test_a_key_matching_several_rows_is_trouble_as_before(url, tmp_path, m
     ]
     path = tmp_path / "j.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    got = [await _outcome(url, path, size) for size in (1, 500)]
-    _no_document(monkeypatch)
-    want = [await _outcome(url, path, size) for size in (1, 500)]
-    assert got == want
+    got = await _both_lookups(url, path, monkeypatch, (1, 500))
     assert got[0][0] == "SchemaError" and "matches 2 rows" in got[0][1], got  # type: ignore[index]
 
 
@@ -300,8 +301,5 @@ async def test_odd_names_and_types_give_the_same_report(url, tmp_path, monkeypat
     ]
     path = tmp_path / "j.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    got = [await _outcome(url, path, size) for size in (1, 500)]
-    _no_document(monkeypatch)
-    want = [await _outcome(url, path, size) for size in (1, 500)]
-    assert got == want
+    got = await _both_lookups(url, path, monkeypatch, (1, 500))
     assert isinstance(got[0], dict) and got[0]["counts"]["superseded"] == 3
