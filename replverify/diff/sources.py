@@ -58,8 +58,8 @@ class RowSource(Protocol):
 #: Chunk boundaries of a single integer key come from the planner's histogram, when
 #: ANALYZE made one (``{1,9871,...}``): the walk would read every key of the index once
 #: more, on the source. A cluster run's planner and tasks take the same cuts (see
-#: :func:`cuts_within`), so both executors make the same chunks. Off in tests that need
-#: walked (row-count exact) chunks.
+#: :func:`cuts_within`), so both executors make the same chunks. Off: every boundary is
+#: walked (row-count exact chunks).
 HISTOGRAM_BOUNDARIES = True
 
 HISTOGRAM_SQL = (
@@ -89,7 +89,7 @@ def histogram_cuts(bounds: Sequence[int], rows: int, every: int) -> list[int]:
 
 @functools.lru_cache(maxsize=8)
 def _cached_cuts(bounds: tuple[int, ...], rows: int, every: int) -> list[int]:
-    return histogram_cuts(bounds, rows, every) if bounds else []
+    return histogram_cuts(bounds, rows, every)
 
 
 def cuts_within(
@@ -232,7 +232,7 @@ class PostgresSource:
             "int8",
         )
         #: the key's histogram bounds (see ``_statistics_cuts``), once read
-        self._bounds: list[int] | None = None
+        self._bounds: tuple[int, ...] | None = None
         #: decodes keys out of this table's COPY rows; set when chunks keep their streams
         self.key_of: KeyOf | None = None
         #: walks this table's COPY rows (to locate differing keys in them)
@@ -373,8 +373,8 @@ class PostgresSource:
                 text = await conn.fetchval(
                     HISTOGRAM_SQL, plan.ref.schema, plan.ref.name, plan.key_names[0]
                 )
-            self._bounds = [int(v) for v in text.strip("{}").split(",")] if text else []
-        return _cached_cuts(tuple(self._bounds), self.sql.plan.estimated_rows, every)
+            self._bounds = tuple(int(v) for v in text.strip("{}").split(",")) if text else ()
+        return _cached_cuts(self._bounds, self.sql.plan.estimated_rows, every)
 
     async def _client_digest(self, rng: KeyRange) -> ChunkDigest:
         text, params = self.sql.rows(rng)

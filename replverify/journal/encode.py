@@ -129,10 +129,12 @@ class RowTemplate:
 
     def split(self, row: Sequence[object]) -> tuple[dict[str, object], dict[str, object] | None]:
         """A returned row's key and post-image (None for a delete)."""
+        return self._split(self._own(row))
+
+    def _own(self, row: Sequence[object]) -> tuple[object, ...]:
+        """The statement's own columns of a returned row (its last ``width`` items)."""
         values = tuple(row)
-        if len(values) != self.width:
-            values = values[len(values) - self.width :]
-        return self._split(values)
+        return values if len(values) == self.width else values[len(values) - self.width :]
 
     def _split(
         self, values: tuple[object, ...]
@@ -152,9 +154,7 @@ class RowTemplate:
     def record(self, row: Sequence[object], of: int) -> tuple[bytes, Hashable]:
         """The ``body`` of the row record of ``row`` (statement intent ``of``), and the
         part of its shape that varies (the kinds of its values)."""
-        values = tuple(row)
-        if len(values) != self.width:
-            values = values[len(values) - self.width :]
+        values = self._own(row)
         kinds = tuple(map(type, values))
         if not PLAIN.issuperset(kinds):
             values = tuple(map(journal_value, values))

@@ -211,14 +211,7 @@ class JournalTransaction:
                 bodies.append(body({"op": op, "table": table, "key": k, "values": v,
                                     "state": "intent", "of": of}))  # fmt: skip
                 shapes.append((same, image_kinds(k), image_kinds(v)))
-        if bodies and self.defer:
-            self._pending += bodies
-            self._pending_shapes += shapes
-            self.intents += len(bodies)
-        elif bodies:
-            self.writer._append_lines(self._txid_head(), bodies, shapes, durable=False)
-            self.intents += len(bodies)
-        return len(bodies)
+        return self._rows(bodies, shapes)
 
     def effect_records(
         self, of: int, template: RowTemplate, rows: Iterable[Sequence[object]]
@@ -234,6 +227,10 @@ class JournalTransaction:
             record, kinds = template.record(row, of)
             bodies.append(record)
             shapes.append((same, kinds))
+        return self._rows(bodies, shapes)
+
+    def _rows(self, bodies: list[bytes], shapes: list[Hashable | None]) -> int:
+        """Append row records, or hold them back (``defer``) for the next write; how many."""
         if bodies and self.defer:
             self._pending += bodies
             self._pending_shapes += shapes
@@ -246,8 +243,7 @@ class JournalTransaction:
         """Append held-back rows and the intent (its ``body``) in one write; its seq."""
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
-        bodies, shapes = self._pending, self._pending_shapes  # taken: see _take
-        self._pending, self._pending_shapes = [], []
+        bodies, shapes = self._take()
         held = len(bodies)
         bodies.append(record)
         shapes.append(shape)

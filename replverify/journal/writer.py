@@ -204,9 +204,8 @@ class JournalWriter:
             written = 0
             try:
                 written = os.write(fd, data)
-                if written != len(data):  # a short write (a signal, a nearly full disk)
-                    while written < len(data):
-                        written += os.write(fd, memoryview(data)[written:])
+                while written < len(data):  # a short write (a signal, a nearly full disk)
+                    written += os.write(fd, memoryview(data)[written:])
             except OSError as e:
                 if written:  # no torn line before the next record
                     with contextlib.suppress(OSError):
@@ -269,18 +268,12 @@ class JournalWriter:
             except BaseException as e:  # handed to the waiters, who raise it
                 error = e
             # the fsync covered every request of the batch (or close() did: it fsynced
-            # everything appended)
-            loop = first[1]
-            if all(r[1] is loop for r in batch):
-                futures = [r[2] for r in batch]
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
-                    loop.call_soon_threadsafe(_settle_waiters, futures, error)
-                continue
+            # everything appended): one wake-up per event loop settles them
             by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
             for _, loop, fut in batch:
                 by_loop.setdefault(loop, []).append(fut)
             for loop, futs in by_loop.items():
-                with contextlib.suppress(RuntimeError):
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
                     loop.call_soon_threadsafe(_settle_waiters, futs, error)
 
     def _sync_to(self, ticket: int) -> None:
