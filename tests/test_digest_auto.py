@@ -8,11 +8,15 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 from test_compare import fresh_pair
+from test_sql import make_plan
 
 from replverify.api import DiffOptions, diff
-from replverify.diff.choose import SideProbe, decide
+from replverify.diff.choose import LINK_RTT_MS, SideProbe, decide, probe
+from replverify.diff.ranges import KeyRange
+from replverify.diff.sql import TableSQL
 from replverify.reports.diff import diff_to_dict
 from replverify.testing.linkproxy import LinkProxy
 
@@ -51,9 +55,43 @@ async def test_auto_picks_server_over_a_slow_link(pair: list[str]) -> None:
     assert measured["target"]["mbit_s"] < 40
     assert measured["server_work_s"] < measured["copy_work_s"]
     assert measured["target"]["jobs"] == 2
-    assert measured["target"]["link_mbit_s"] < 40  # the 20 Mbit/s cap, measured alone
+    # a 40 ms round trip is no LAN: the megabyte of the link test is not spent on it
+    assert measured["target"]["link_mbit_s"] == 0
     assert doc["tables"][0]["digest"].startswith("server:")
     assert any(n.startswith("--digest auto chose server:") for n in doc["notes"])
+
+
+async def test_auto_measures_a_near_slow_link(pair: list[str]) -> None:
+    """Under ``LINK_RTT_MS`` the link alone is measured: a 2 ms, 20 Mbit/s link is no
+    LAN, and the timed reads choose the in-database digest."""
+    src, tgt = pair
+    parts = urlsplit(tgt)
+    assert parts.hostname and parts.port
+    async with LinkProxy(parts.hostname, parts.port, rtt_ms=2, mbit_s=20) as proxy:
+        report = await diff(src, _via(tgt, proxy.port), DiffOptions(chunk_rows=10_000))
+    choice = diff_to_dict(report)["digest_choice"]
+    assert choice["mode"] == "server", choice
+    assert 2 <= choice["measured"]["target"]["rtt_ms"] < LINK_RTT_MS
+    assert 0 < choice["measured"]["target"]["link_mbit_s"] < 40  # the cap, measured alone
+
+
+async def test_probe_gives_back_its_connections(pair: list[str]) -> None:
+    """The probe holds a connection per job while it measures, and gives every one back,
+    also when a statement fails."""
+    pools = [await asyncpg.create_pool(d, min_size=1, max_size=2) for d in pair]
+    try:
+        missing = TableSQL(make_plan())  # a table neither side has
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await probe((pools[0], pools[1]), missing, KeyRange(None, (10,)), (150000,) * 2, 2)
+        for pool in pools:
+            assert pool.get_idle_size() == pool.get_size() == 2
+            held = [await pool.acquire(timeout=5) for _ in range(2)]
+            assert [await c.fetchval("SELECT count(*) FROM t") for c in held] == [30000] * 2
+            for c in held:
+                await pool.release(c)
+    finally:
+        for pool in pools:
+            await pool.close()
 
 
 async def test_auto_picks_copy_on_the_lan(pair: list[str]) -> None:

@@ -3,20 +3,20 @@ link) and in-database digests (hash there; only sums cross), from what is measur
 start: each side's round trip, the time to read one chunk both ways (so the link's
 throughput and the servers' hashing speed), and the servers' versions.
 
-:func:`decide` is pure; :func:`probe` measures one side.
+:func:`decide` is pure; :func:`probe` measures both sides at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import xxhash
+from asyncpg.prepared_stmt import PreparedStatement
 
 from replverify.db.connect import DB_ERRORS
 from replverify.diff.align import TablePlan
@@ -44,9 +44,13 @@ PROBE_ROWS = 2_000
 #: busy machine's loopback measured 300 and more; a 100 Mbit/s link cannot reach it).
 FAST_LINK_MBIT = 200
 LINK_BYTES = 1 << 20
-LINK_SQL = "SELECT repeat('x', $1::int)"
+LINK_SQL = f"SELECT repeat('x', {LINK_BYTES})"
+#: The link alone is measured only under this round trip (ms): its megabyte costs a few
+#: percent of a run over a slow link, and a link this far away is no LAN; the timed reads
+#: decide there.
+LINK_RTT_MS = 10.0
 MIN_ROUNDS, MAX_ROUNDS = 1, 5
-#: after MIN_ROUNDS, another round only while the probe has taken less than this
+#: after MIN_ROUNDS, another round only while the rounds stay within this (s)
 ROUNDS_BUDGET_S = 0.25
 
 
@@ -92,19 +96,24 @@ class SideProbe:
     copy_bytes: int
     server_s: float
     #: the link alone: a megabyte the server makes at no cost, the round trip taken off
+    #: (0: not measured, over a round trip of ``LINK_RTT_MS`` or more)
     link_mbit_s: float = 0.0
-    #: ``jobs`` concurrent ``SELECT 1`` through the pool: what every read costs besides
-    #: its work (round trips of the statement and of the pool's reset)
+    #: what a run's read costs besides its work: its statement's round trip and the
+    #: pool's reset of the connection after it
     base_s: float = 0.0
+    #: round trips a COPY read takes besides its own: 2 when asyncpg has the server quote
+    #: its parameters (keys other than integers)
+    copy_rounds: int = 0
 
-    def chunk_s(self, took: float, chunk_rows: int) -> float:
-        """A probe read's time scaled to a chunk: the fixed cost once, the work by rows."""
-        base = min(self.base_s, took)
-        return base + (took - base) * max(chunk_rows / max(self.rows, 1), 1.0)
+    def chunk_s(self, work: float, chunk_rows: int, rounds: int = 0) -> float:
+        """A probe read's work scaled to a chunk, and the fixed cost of a read once."""
+        scale = max(chunk_rows / max(self.rows, 1), 1.0)
+        return self.base_s + rounds * self.rtt_ms / 1000 + work * scale
 
     @property
     def copy_work_s(self) -> float:
-        return max(self.copy_s - self.rtt_ms / 1000, 1e-6)
+        """A probe's COPY reads beyond their round trips (they ran on held connections)."""
+        return max(self.copy_s - (1 + self.copy_rounds) * self.rtt_ms / 1000, 1e-6)
 
     @property
     def server_work_s(self) -> float:
@@ -171,8 +180,8 @@ def decide(
     # round trip is the same either way (one statement per chunk) and overlaps between
     # chunks in flight, so what is compared is the work beyond it.
     if chunk_rows:  # the whole cost of a chunk, as a run pays it
-        copy_s = max(p.chunk_s(p.copy_s, chunk_rows) for p in probes)
-        server_s = max(p.chunk_s(p.server_s, chunk_rows) for p in probes)
+        copy_s = max(p.chunk_s(p.copy_work_s, chunk_rows, p.copy_rounds) for p in probes)
+        server_s = max(p.chunk_s(p.server_work_s, chunk_rows) for p in probes)
     else:
         copy_s = max(src.copy_work_s, tgt.copy_work_s)
         server_s = max(src.server_work_s, tgt.server_work_s)
@@ -213,39 +222,31 @@ def _side(p: SideProbe) -> dict[str, Any]:
     return d
 
 
-async def _rtt(pool: asyncpg.Pool) -> float:
-    """Best of three ``SELECT 1`` round trips, in ms."""
-    async with pool.acquire() as conn:
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            await conn.fetchval("SELECT 1")
-            best = min(best, time.perf_counter() - t0)
-    return best * 1000
+async def _prepare(conn: asyncpg.Connection, text: str) -> tuple[float, PreparedStatement]:
+    """Prepare ``text``: one round trip, timed (the server's parse of it is small)."""
+    t0 = time.perf_counter()
+    stmt = await conn.prepare(text)
+    return time.perf_counter() - t0, stmt
 
 
-async def _link(pool: asyncpg.Pool, rtt_ms: float) -> float:
+async def _link(conn: asyncpg.Connection, rtt_ms: float) -> float:
     """Mbit/s of the link alone (best of three; one when clearly slow): a string the
-    server makes at no cost."""
+    server makes at no cost, by the simple protocol (one round trip, nothing prepared)."""
     best = 0.0
-    async with pool.acquire() as conn:
-        for _ in range(3):
-            t0 = time.perf_counter()
-            await conn.fetchval(LINK_SQL, LINK_BYTES)
-            took = max(time.perf_counter() - t0 - rtt_ms / 1000, 1e-6)
-            best = max(best, LINK_BYTES * 8 / took / 1e6)
-            if best < FAST_LINK_MBIT / 4 or best >= FAST_LINK_MBIT:
-                break
+    for _ in range(3):
+        t0 = time.perf_counter()
+        await conn.execute(LINK_SQL)
+        took = max(time.perf_counter() - t0 - rtt_ms / 1000, 1e-6)
+        best = max(best, LINK_BYTES * 8 / took / 1e6)
+        if best < FAST_LINK_MBIT / 4 or best >= FAST_LINK_MBIT:
+            break
     return best
 
 
-async def _nothing(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
-        await conn.fetchval("SELECT 1")
-
-
-async def _copy_read(pool: asyncpg.Pool, sql: TableSQL, rng: KeyRange) -> tuple[int, int]:
-    """One COPY digest of ``rng`` as the comparison computes it: (rows, bytes)."""
+async def _copy_read(
+    conn: asyncpg.Connection, text: str, params: Sequence[object]
+) -> tuple[int, int]:
+    """One COPY digest of the probe range as the comparison computes it: (rows, bytes)."""
     h = xxhash.xxh3_128()
     nbytes = 0
 
@@ -254,16 +255,67 @@ async def _copy_read(pool: asyncpg.Pool, sql: TableSQL, rng: KeyRange) -> tuple[
         h.update(data)
         nbytes += len(data)
 
-    text, params = sql.copy_rows(rng)
-    async with pool.acquire() as conn:
-        status = await conn.copy_from_query(text, *params, output=sink, format="binary")
+    status = await conn.copy_from_query(text, *params, output=sink, format="binary")
     return int(status.rsplit(" ", 1)[1]), nbytes
 
 
-async def _timed(jobs: int, read: Callable[[], Awaitable[T]]) -> tuple[float, T]:
+async def _settled(aws: Sequence[Awaitable[T]]) -> list[T]:
+    """Await all of ``aws``, then raise the first error: a held connection is given back
+    only once nothing runs on it (asyncpg refuses to reset one mid-statement)."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return cast("list[T]", results)
+
+
+async def _timed(reads: Sequence[Awaitable[T]]) -> tuple[float, T]:
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(read() for _ in range(jobs)))
+    results = await _settled(reads)
     return time.perf_counter() - t0, results[0]
+
+
+@dataclass
+class _Side:
+    """One side's connections, held through the probe: each read then costs its own
+    round trip only (no pool reset between), and connections a run opens anyway are
+    opened before anything is timed."""
+
+    pool: asyncpg.Pool
+    version: int
+    conns: list[asyncpg.Connection]
+    rtt_ms: float = 0.0
+    link: float = 0.0
+    stmts: list[PreparedStatement] = field(default_factory=list)
+
+    @classmethod
+    async def open(cls, pool: asyncpg.Pool, version: int, jobs: int, digest_sql: str) -> _Side:
+        got = await asyncio.gather(
+            *(pool.acquire() for _ in range(max(1, min(jobs, pool.get_max_size())))),
+            return_exceptions=True,
+        )
+        side = cls(pool, version, [c for c in got if not isinstance(c, BaseException)])
+        try:
+            for c in got:
+                if isinstance(c, BaseException):
+                    raise c
+            await side._start(digest_sql)
+        except BaseException:
+            await side.close()
+            raise
+        return side
+
+    async def _start(self, digest_sql: str) -> None:
+        # preparing the in-database digest is one round trip on each connection: the
+        # best of them is the side's round trip, and the timed reads skip the preparing
+        prepared = await _settled([_prepare(c, digest_sql) for c in self.conns])
+        self.rtt_ms = min(took for took, _ in prepared) * 1000
+        self.stmts = [stmt for _, stmt in prepared]
+        if self.rtt_ms < LINK_RTT_MS:
+            self.link = await _link(self.conns[0], self.rtt_ms)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.pool.release(c) for c in self.conns), return_exceptions=True)
 
 
 async def probe(
@@ -273,50 +325,62 @@ async def probe(
     versions: tuple[int, int],
     jobs: int,
 ) -> tuple[SideProbe, SideProbe]:
-    """Both sides at once, as a run reads them: round trips, then ``jobs`` concurrent
-    COPY digests of ``rng`` per side, then ``jobs`` concurrent in-database digests."""
-    rtts = await asyncio.gather(*(_rtt(p) for p in pools))
-    links = await asyncio.gather(*(_link(p, rtt) for p, rtt in zip(pools, rtts, strict=True)))
-    if min(links) >= FAST_LINK_MBIT:
-        fast = [
-            SideProbe(v, rtt, 0, jobs, 0.0, 0, 0.0, link)
-            for v, rtt, link in zip(versions, rtts, links, strict=True)
-        ]
+    """Both sides at once, as a run reads them: round trips (and, under ``LINK_RTT_MS``,
+    the link alone), then concurrent COPY digests of ``rng`` per side, one per
+    connection a run reads with, then as many in-database digests."""
+    digest_sql, digest_params = sql.digest(rng)
+    copy_sql, copy_params = sql.copy_rows(rng)
+    opened = await asyncio.gather(
+        *(_Side.open(p, v, jobs, digest_sql) for p, v in zip(pools, versions, strict=True)),
+        return_exceptions=True,
+    )
+    sides = [s for s in opened if isinstance(s, _Side)]
+    try:
+        for s in opened:
+            if isinstance(s, BaseException):
+                raise s
+        return await _measure((sides[0], sides[1]), copy_sql, copy_params, digest_params)
+    finally:
+        await asyncio.gather(*(s.close() for s in sides))
+
+
+async def _measure(
+    sides: tuple[_Side, _Side],
+    copy_sql: str,
+    copy_params: Sequence[object],
+    digest_params: Sequence[object],
+) -> tuple[SideProbe, SideProbe]:
+    if min(s.link for s in sides) >= FAST_LINK_MBIT:
+        fast = [SideProbe(s.version, s.rtt_ms, 0, len(s.conns), 0.0, 0, 0.0, s.link) for s in sides]
         return fast[0], fast[1]
+    # asyncpg has the server quote a COPY's parameters: two more round trips a read
+    extra = 2 if copy_params else 0
     copies: list[list[tuple[float, tuple[int, int]]]] = [[], []]
     servers: list[list[float]] = [[], []]
     # Rounds while they are cheap, the best of each kept (a busy machine is noisy); over
-    # a slow link one round costs several percent of a run already.
-    bases: list[list[float]] = [[], []]
+    # a slow link one round costs a few percent of a run already.
     started = time.perf_counter()
     for round_ in range(MAX_ROUNDS):
-        if round_ >= MIN_ROUNDS and time.perf_counter() - started > ROUNDS_BUDGET_S:
-            break
+        spent = time.perf_counter() - started
+        if round_ >= MIN_ROUNDS and spent * (round_ + 1) / round_ > ROUNDS_BUDGET_S:
+            break  # another round would take the probe past its budget
         for side, result in enumerate(
-            await asyncio.gather(
-                *(_timed(jobs, functools.partial(_copy_read, p, sql, rng)) for p in pools)
+            await _settled(
+                [_timed([_copy_read(c, copy_sql, copy_params) for c in s.conns]) for s in sides]
             )
         ):
             copies[side].append(result)
-        for side, (took, _digest) in enumerate(
-            await asyncio.gather(
-                *(
-                    _timed(jobs, functools.partial(PostgresSource(p, sql, "server").digest, rng))
-                    for p in pools
-                )
-            )
+        for side, (took, _row) in enumerate(
+            await _settled([_timed([st.fetchrow(*digest_params) for st in s.stmts]) for s in sides])
         ):
             servers[side].append(took)
-        for side, (took, _none) in enumerate(
-            await asyncio.gather(*(_timed(jobs, functools.partial(_nothing, p)) for p in pools))
-        ):
-            bases[side].append(took)
     src, tgt = (
-        SideProbe(v, rtt, min(c)[1][0], jobs, min(c)[0], min(c)[1][1], min(srv), link, min(b))
-        for v, rtt, c, srv, link, b in zip(
-            versions, rtts, copies, servers, links, bases, strict=True
+        SideProbe(
+            s.version, s.rtt_ms, min(c)[1][0], len(s.conns), min(c)[0], min(c)[1][1], min(srv),
+            s.link, 2 * s.rtt_ms / 1000, extra,
         )
-    )
+        for s, c, srv in zip(sides, copies, servers, strict=True)
+    )  # fmt: skip
     return src, tgt
 
 
