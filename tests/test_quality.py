@@ -21,6 +21,11 @@ def test_ruff_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_ruff_format_clean():
+    result = _run("ruff", "format", "--check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_mypy_clean():
     result = _run("mypy", "replverify")
     assert result.returncode == 0, result.stdout + result.stderr
