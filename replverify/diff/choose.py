@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import asyncpg
 import xxhash
@@ -259,14 +259,22 @@ async def _copy_read(
     return int(status.rsplit(" ", 1)[1]), nbytes
 
 
-async def _settled(aws: Sequence[Awaitable[T]]) -> list[T]:
-    """Await all of ``aws``, then raise the first error: a held connection is given back
-    only once nothing runs on it (asyncpg refuses to reset one mid-statement)."""
+async def _all(aws: Sequence[Awaitable[T]]) -> tuple[list[T], BaseException | None]:
+    """Await all of ``aws``: what succeeded (in order), and the first error. A held
+    connection is given back only once nothing runs on it (asyncpg refuses to reset one
+    mid-statement), and what was acquired before an error is given back too."""
     results = await asyncio.gather(*aws, return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    return cast("list[T]", results)
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    error = next((r for r in results if isinstance(r, BaseException)), None)
+    return ok, error
+
+
+async def _settled(aws: Sequence[Awaitable[T]]) -> list[T]:
+    """:func:`_all`, raising its error."""
+    ok, error = await _all(aws)
+    if error is not None:
+        raise error
+    return ok
 
 
 async def _timed(reads: Sequence[Awaitable[T]]) -> tuple[float, T]:
@@ -290,15 +298,13 @@ class _Side:
 
     @classmethod
     async def open(cls, pool: asyncpg.Pool, version: int, jobs: int, digest_sql: str) -> _Side:
-        got = await asyncio.gather(
-            *(pool.acquire() for _ in range(max(1, min(jobs, pool.get_max_size())))),
-            return_exceptions=True,
+        conns, error = await _all(
+            [pool.acquire() for _ in range(max(1, min(jobs, pool.get_max_size())))]
         )
-        side = cls(pool, version, [c for c in got if not isinstance(c, BaseException)])
+        side = cls(pool, version, conns)
         try:
-            for c in got:
-                if isinstance(c, BaseException):
-                    raise c
+            if error is not None:
+                raise error
             await side._start(digest_sql)
         except BaseException:
             await side.close()
@@ -330,15 +336,12 @@ async def probe(
     connection a run reads with, then as many in-database digests."""
     digest_sql, digest_params = sql.digest(rng)
     copy_sql, copy_params = sql.copy_rows(rng)
-    opened = await asyncio.gather(
-        *(_Side.open(p, v, jobs, digest_sql) for p, v in zip(pools, versions, strict=True)),
-        return_exceptions=True,
+    sides, error = await _all(
+        [_Side.open(p, v, jobs, digest_sql) for p, v in zip(pools, versions, strict=True)]
     )
-    sides = [s for s in opened if isinstance(s, _Side)]
     try:
-        for s in opened:
-            if isinstance(s, BaseException):
-                raise s
+        if error is not None:
+            raise error
         return await _measure((sides[0], sides[1]), copy_sql, copy_params, digest_params)
     finally:
         await asyncio.gather(*(s.close() for s in sides))
