@@ -145,6 +145,30 @@ async def test_sessions_get_limits_options_and_application_name(primary_dsn):
         await pool.close()
 
 
+async def test_pool_release_resets_only_a_changed_session(primary_dsn):
+    """Giving a connection back costs no round trip while the server reports the session
+    as it was set up (over a geo link that round trip was a third of a diff); a changed
+    setting brings the full reset back."""
+    pool = await open_pool(Endpoint.parse(primary_dsn), 1)
+    try:
+        async with pool.acquire() as conn:
+            raw = conn._con
+            before = raw._protocol.queries_count
+            await conn.fetchval("SELECT 1")
+        async with pool.acquire() as conn:
+            assert conn._con is raw
+            assert raw._protocol.queries_count == before + 1  # the SELECT; no reset
+            await conn.execute("SET TimeZone = 'Asia/Tokyo'")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW TimeZone") == "UTC"
+            await conn.execute("SET DateStyle = 'SQL, DMY'")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW DateStyle") == "ISO, YMD"
+            assert await conn.fetchval("SHOW default_transaction_read_only") == "on"
+    finally:
+        await pool.close()
+
+
 async def test_multi_host_with_target_session_attrs_finds_the_primary(clusters):
     dead = free_port()
     primary, standby = clusters.primary, clusters.standby
