@@ -116,6 +116,9 @@ def test_version_and_help():
         "--output",
     ):
         assert option in help_text
+    # --digest auto measures and may choose server: the help must not call it copy
+    flat = " ".join(help_text.split())
+    assert "auto = measure each side's round trip" in flat and "auto = copy" not in flat
 
 
 def test_an_internal_error_exits_2_not_1(monkeypatch, tmp_path):

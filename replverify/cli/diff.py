@@ -93,8 +93,11 @@ def _split_cols(ctx: click.Context, param: click.Parameter, value: str | None) -
     help="How equal chunks are recognised: copy = xxh3 of each chunk's binary COPY here "
     "(fastest, the table crosses the network); server = row-text hashes summed in the "
     "database (little transfer: use over slow links); client = canonical hashes of decoded "
-    "values (slowest). auto = copy; between major versions it reads as text the columns "
-    "whose binary form is not known to be the same on both.",
+    "values (slowest). auto = measure each side's round trip and link at start (about ten "
+    "round trips), then copy on a fast link and server where hashing in the database beats "
+    "moving the rows, never server where it cannot be exact; the report says what was "
+    "measured and why. Between major versions copy reads as text the columns whose binary "
+    "form is not known to be the same on both.",
 )
 @click.option(
     "--compare",
