@@ -88,17 +88,17 @@ def test_a_returned_row_splits_into_key_and_post_image() -> None:
     application's own RETURNING items; the key in primary-key order."""
     two = TableMeta(ACC, ("owner", "bal", "id"), ("id", "owner"))  # key not in column order
     upsert = bind_effect(plan_write("INSERT INTO acc (id, bal) VALUES ($1, $2) RETURNING bal"), two)  # type: ignore[arg-type]
-    assert upsert.row((7, "ann", 7, 42)) == ({"id": 42, "owner": "ann"}, {"bal": 7})
+    assert upsert.rows.split((7, "ann", 7, 42)) == ({"id": 42, "owner": "ann"}, {"bal": 7})
     upd = bind_effect(plan_write("UPDATE acc SET bal = $1 WHERE id = $2 AND owner = $3"), two)  # type: ignore[arg-type]
     assert upd.returned == ("id", "owner", "bal")
-    assert upd.row((42, "ann", 9)) == ({"id": 42, "owner": "ann"}, {"bal": 9})
+    assert upd.rows.split((42, "ann", 9)) == ({"id": 42, "owner": "ann"}, {"bal": 9})
     gone = bind_effect(plan_write("DELETE FROM acc WHERE id = $1 RETURNING bal, owner"), two)  # type: ignore[arg-type]
-    assert gone.row((1, "x", 42, "ann")) == ({"id": 42, "owner": "ann"}, None)
+    assert gone.rows.split((1, "x", 42, "ann")) == ({"id": 42, "owner": "ann"}, None)
     keyless = bind_effect(
         plan_write("INSERT INTO acc VALUES ($1, $2, $3)"),
         TableMeta(ACC, ("id", "owner", "bal"), ()),
     )  # type: ignore[arg-type]
-    assert keyless.row((1, "ann", None)) == ({"id": 1, "owner": "ann"}, {"bal": None})
+    assert keyless.rows.split((1, "ann", None)) == ({"id": 1, "owner": "ann"}, {"bal": None})
 
 
 def test_returning_is_added_through_sqlglot() -> None:

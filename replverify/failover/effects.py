@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -90,10 +89,6 @@ class Effect:
             self.table.key,
             values=self.plan.op != "delete",
         )
-
-    def row(self, record: Any) -> tuple[dict[str, object], dict[str, object] | None]:
-        """A returned row's key (primary-key order) and post-image (None: a delete)."""
-        return self.rows.split(record)
 
 
 def _ident_name(node: exp.Identifier) -> str:
