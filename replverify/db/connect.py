@@ -405,6 +405,17 @@ class VerifierConnection(asyncpg.Connection):  # type: ignore[misc]
         return tuple(getattr(settings, name, None) for name in _REPORTED)
 
 
+#: The first server version that reports ``default_transaction_read_only``: from it on
+#: a release (:func:`_release`) of a session left as it was set up costs no round trip.
+REPORTS_READ_ONLY = 140000
+
+
+def release_rounds(version_num: int) -> int:
+    """Round trips a pool's release of a diff connection costs on a server of this
+    version: the full reset's before :data:`REPORTS_READ_ONLY`, none from it on."""
+    return 0 if version_num >= REPORTS_READ_ONLY else 1
+
+
 async def _release(conn: asyncpg.Connection) -> None:
     """A pool's reset of a connection given back (asyncpg has rolled back any open
     transaction first): none while the server reports the session as it was set up,

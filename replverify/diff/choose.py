@@ -18,7 +18,7 @@ import asyncpg
 import xxhash
 from asyncpg.prepared_stmt import PreparedStatement
 
-from replverify.db.connect import DB_ERRORS
+from replverify.db.connect import DB_ERRORS, release_rounds
 from replverify.diff.align import TablePlan
 from replverify.diff.ranges import KeyRange
 from replverify.diff.sources import DigestMode, PostgresSource
@@ -98,8 +98,9 @@ class SideProbe:
     #: the link alone: a megabyte the server makes at no cost, the round trip taken off
     #: (0: not measured, over a round trip of ``LINK_RTT_MS`` or more)
     link_mbit_s: float = 0.0
-    #: what a run's read costs besides its work: its statement's round trip and the
-    #: pool's reset of the connection after it
+    #: what a run's read costs besides its work: its statement's round trip, and before
+    #: PostgreSQL 14 the pool's reset of the connection after it
+    #: (:func:`~replverify.db.connect.release_rounds`)
     base_s: float = 0.0
     #: round trips a COPY read takes besides its own: 2 when asyncpg has the server quote
     #: its parameters (keys other than integers)
@@ -321,7 +322,7 @@ class _Side:
             self.link = await _link(self.conns[0], self.rtt_ms)
 
     async def close(self) -> None:
-        await asyncio.gather(*(self.pool.release(c) for c in self.conns), return_exceptions=True)
+        await _all([self.pool.release(c) for c in self.conns])
 
 
 async def probe(
@@ -380,7 +381,7 @@ async def _measure(
     src, tgt = (
         SideProbe(
             s.version, s.rtt_ms, min(c)[1][0], len(s.conns), min(c)[0], min(c)[1][1], min(srv),
-            s.link, 2 * s.rtt_ms / 1000, extra,
+            s.link, (1 + release_rounds(s.version)) * s.rtt_ms / 1000, extra,
         )
         for s, c, srv in zip(sides, copies, servers, strict=True)
     )  # fmt: skip
