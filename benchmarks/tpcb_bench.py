@@ -252,6 +252,40 @@ async def range_update(dsn: str, standby: str, rows: int, tmp: Path) -> dict[str
     return out
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(c) for c in text]
+    return out
+
+
+def pin_servers(datadirs: list[Path], cpus: set[int]) -> int:
+    """Move each server (its postmaster and every process it has started) to ``cpus``;
+    the backends it forks later inherit them. The number of processes moved."""
+    moved = 0
+    for d in datadirs:
+        todo = [int((d / "postmaster.pid").read_text().split()[0])]
+        while todo:
+            pid = todo.pop()
+            try:
+                os.sched_setaffinity(pid, cpus)
+                todo += _children(pid)
+            except (OSError, ValueError):  # a process that just ended
+                continue
+            moved += 1
+    return moved
+
+
+def split_cpus() -> tuple[set[int], set[int]]:
+    """(the client's CPUs, the servers'): the first CPU for the client, the rest for the
+    servers, like an application host beside a database host."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--cpus split needs at least 2 CPUs")
+    return {cpus[0]}, set(cpus[1:])
+
+
 def fs_type(path: str) -> str:
     """The file system ``path`` is on (the longest mount point of /proc/mounts above
     it): an fsync on tmpfs costs nothing, so the report says which it was."""
@@ -319,6 +353,10 @@ async def bench_one(a: argparse.Namespace, durable: bool) -> dict[str, Any]:
         settings = DURABLE_SETTINGS if durable else None
         pair = await asyncio.to_thread(lc.fresh_pair, settings=settings)
         dsn, standby = pair.primary_dsn, pair.standby_dsn
+        if a.cpus == "split":
+            client_cpus, server_cpus = split_cpus()
+            pin_servers([pair.primary.datadir, pair.standby.datadir], server_cpus)
+            os.sched_setaffinity(0, client_cpus)  # threads started later inherit it
         conn = await asyncpg.connect(dsn)
         try:
             server = {k: await conn.fetchval(f"SHOW {k}") for k in ("fsync", "synchronous_commit")}
@@ -348,6 +386,8 @@ async def bench_one(a: argparse.Namespace, durable: bool) -> dict[str, Any]:
         ranged = await range_update(dsn, standby, a.range_rows, tmp) if a.range_rows else None
         os.rmdir(tmp)
     finally:
+        if a.cpus == "split":
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         lc.close()
     medians = {}
     for m, rs in rounds.items():
@@ -379,6 +419,7 @@ async def bench(a: argparse.Namespace) -> dict[str, Any]:
         "journal_dir": a.journal_dir or tempfile.gettempdir(),
         "journal_fs": fs_type(a.journal_dir or tempfile.gettempdir()),
         "fsync": a.fsync,
+        "cpus": a.cpus,
         "machine": {
             "python": sys.version.split()[0],
             "platform": platform.platform(),
@@ -400,7 +441,12 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{': an fsync there costs nothing' if doc.get('journal_fs') == 'tmpfs' else ''});"
         " the default fsync policy is `commit`.",
         f"Machine: {doc['machine']['cpus']} CPUs, load average at the end"
-        f" {', '.join(f'{x:.1f}' for x in doc['machine']['load_avg'])}.",
+        f" {', '.join(f'{x:.1f}' for x in doc['machine']['load_avg'])}."
+        + (
+            " CPUs split: the client on the first, the servers on the others."
+            if doc.get("cpus") == "split"
+            else " Client and servers share the CPUs."
+        ),
     ]
     for run in doc["runs"]:
         s = run["server"]
@@ -459,6 +505,12 @@ def main() -> None:
     p.add_argument(
         "--durable-dir", default=tempfile.gettempdir(),
         help="where the durable servers' data goes (a disk, not tmpfs)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cpus", default="shared", choices=["shared", "split"],
+        help="shared: client and servers on every CPU (they take CPU from each other);"
+        " split: the client on the first CPU, the servers on the others, as an"
+        " application host and a database host",
     )  # fmt: skip
     p.add_argument("--tag", default="", help="appended to the results' file name")
     p.add_argument("--no-save", action="store_true")

@@ -5,6 +5,8 @@ write, and concurrent tasks share an fsync."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 import threading
@@ -14,7 +16,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from replverify.errors import OutputError
 from replverify.failover import FailoverPool
+from replverify.journal.aiosync import AioFsync
 from replverify.journal.reader import JournalReader
 from replverify.journal.writer import JournalWriter
 from replverify.reconcile.run import reconcile
@@ -84,8 +88,8 @@ async def test_an_intent_is_in_the_file_before_its_statement_runs(
 async def test_always_makes_each_intent_durable_before_its_statement(
     clusters: LocalClusters, make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """fsync="always" fsyncs an intent before its statement is sent - in a worker thread
-    shared by concurrent tasks, never on the event loop."""
+    """fsync="always" fsyncs an intent before its statement is sent - by the kernel (or
+    the writer's thread), shared by concurrent tasks, never on the event loop."""
     (dsn,) = await make_db(clusters.primary_dsn, rows=10, matrix_rows=1)
     await execute(
         dsn,
@@ -133,10 +137,63 @@ async def test_always_makes_each_intent_durable_before_its_statement(
     assert report.counts["durable"] == 8 and report.status == "no_loss"
 
 
-async def test_concurrent_commits_share_an_fsync(
+def _aio_resources() -> tuple[int, int]:
+    """This process's eventfds and AIO rings (mapped as ``/[aio]``)."""
+    fds = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            fds += "eventfd" in os.readlink(f"/proc/self/fd/{fd}")
+    rings = Path("/proc/self/maps").read_text().count("[aio]")
+    return fds, rings
+
+
+async def test_concurrent_commits_share_an_fsync_by_the_kernel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """On Linux the fsync of an asyncio commit is the kernel's (native AIO), finished on
+    the event loop: no thread runs, and committers share fsyncs. Twenty tasks, one
+    commit each: the first commit's fsync, then one for the nineteen that came while it
+    ran."""
     w = JournalWriter(tmp_path / "j.jsonl", fsync="commit")
+    submits = 0
+    real_submit = AioFsync.submit
+
+    def counted(self: AioFsync, fd: int) -> None:
+        nonlocal submits
+        submits += 1
+        real_submit(self, fd)
+
+    monkeypatch.setattr(AioFsync, "submit", counted)
+    synced_at_return: list[bool] = []
+
+    async def one(i: int) -> None:
+        tx = w.transaction(defer=True)
+        tx.intent("update", "public.acc", {"id": i}, values={"bal": i})
+        await tx.commit_async()
+        synced_at_return.append(w._synced >= 2 * (i + 1))  # its marker is record 2i+2
+
+    before = _aio_resources()
+    threads = threading.active_count()
+    await asyncio.gather(*(one(i) for i in range(20)))
+    assert threading.active_count() == threads  # no fsync thread started
+    assert _aio_resources() == (before[0] + 1, before[1] + 1)
+    assert w._syncer is None
+    assert 1 <= submits <= 3
+    assert all(synced_at_return)
+    w.close()
+    await asyncio.sleep(0)  # the loop frees the AIO context and its eventfd
+    assert _aio_resources() == before
+    records = list(JournalReader(tmp_path / "j.jsonl"))
+    assert len(records) == 40 and sum(r.state == "committed" for r in records) == 20
+
+
+async def test_concurrent_commits_share_an_fsync_by_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where there is no native AIO, the writer's fsync thread runs the fsyncs, shared by
+    the committers that arrive while one runs."""
+    w = JournalWriter(tmp_path / "j.jsonl", fsync="commit")
+    w._aio = False
     hops = 0  # worker-thread fsync calls
     real_sync = w._sync_to
 
@@ -160,6 +217,58 @@ async def test_concurrent_commits_share_an_fsync(
     assert len(records) == 40 and sum(r.state == "committed" for r in records) == 20
 
 
+async def test_close_settles_the_committers_of_a_kernel_fsync(tmp_path: Path) -> None:
+    """close() while a kernel fsync runs and more committers wait for the next: the one
+    running settles its committers, close()'s own fsync the others; then the AIO
+    context and its eventfd are freed."""
+    w = JournalWriter(tmp_path / "j.jsonl", fsync="commit")
+
+    async def one(i: int) -> None:
+        tx = w.transaction()
+        tx.intent("update", "public.acc", {"id": i}, values={"bal": i})
+        await tx.commit_async()
+
+    first = asyncio.create_task(one(0))
+    while not w._loops:
+        await asyncio.sleep(0)
+    fsyncs = w._loops[asyncio.get_running_loop()]
+    assert fsyncs is not None and fsyncs.aio.busy
+    rest = [asyncio.create_task(one(i)) for i in range(1, 6)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    if fsyncs.aio.busy:
+        assert fsyncs.waiting  # they wait for the next fsync
+    w.close()
+    await asyncio.wait_for(asyncio.gather(first, *rest), timeout=5)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert fsyncs.aio.closed
+    records = list(JournalReader(tmp_path / "j.jsonl"))
+    assert sum(r.state == "committed" for r in records) == 6
+
+
+async def test_a_failed_kernel_fsync_reaches_its_committers(tmp_path: Path) -> None:
+    """An fsync the kernel reports failed (EIO) fails the commits waiting for it, with
+    the journal's path; the next commit starts a new fsync."""
+    w = JournalWriter(tmp_path / "j.jsonl", fsync="commit")
+    tx = w.transaction()
+    tx.intent("update", "public.acc", {"id": 1}, values={"bal": 1})
+    await tx.commit_async()  # the loop's AIO group commit exists now
+    fsyncs = w._loops[asyncio.get_running_loop()]
+    assert fsyncs is not None
+    real_done = fsyncs._done
+    fsyncs.aio._done = lambda res: real_done(-errno.EIO)
+    tx = w.transaction()
+    tx.intent("update", "public.acc", {"id": 2}, values={"bal": 2})
+    with pytest.raises(OutputError, match=r"cannot fsync journal .*j\.jsonl: Input/output error"):
+        await tx.commit_async()
+    fsyncs.aio._done = real_done
+    tx = w.transaction()
+    tx.intent("update", "public.acc", {"id": 3}, values={"bal": 3})
+    await tx.commit_async()
+    w.close()
+
+
 async def test_close_settles_the_committers_queued_before_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,6 +276,7 @@ async def test_close_settles_the_committers_queued_before_it(
     before it (close() fsynced their markers) - and one that comes after the close
     returns at once instead of waiting for a thread that is gone."""
     w = JournalWriter(tmp_path / "j.jsonl", fsync="commit")
+    w._aio = False
     real_sync = w._sync_to
 
     def slow_sync(ticket: int) -> None:

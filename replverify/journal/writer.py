@@ -31,8 +31,9 @@ writes nothing, so the transaction stays *in doubt*, which is the truth.
 
 Concurrent commits share one fsync (group commit): a committer whose record an fsync
 in progress already covers does not fsync again. The ``*_async`` methods and
-``async with`` leave the fsync to the writer's fsync thread, so the event loop never
-blocks on the disk.
+``async with`` never block the event loop on the disk: on Linux the kernel runs the
+fsync (native AIO, :mod:`~replverify.journal.aiosync`) and the loop learns of its end
+as of a socket's data; elsewhere the writer's fsync thread runs it.
 
 *Concurrency*: a writer may be shared by threads and by asyncio tasks of one process.
 Each record is one ``write(2)`` of a whole line to an ``O_APPEND`` file descriptor under
@@ -59,6 +60,7 @@ from pathlib import Path
 from typing import Literal
 
 from replverify.errors import OutputError, UsageError
+from replverify.journal.aiosync import AioFsync, open_aio
 from replverify.journal.encode import Clock, body, txid_head
 from replverify.journal.format import Op, TxId, _Bad, _loads
 from replverify.journal.reader import _record_from
@@ -113,6 +115,9 @@ class JournalWriter:
         ] = queue.SimpleQueue()
         self._start = threading.Lock()  # the thread is started, or ended, under it
         self._syncer: threading.Thread | None = None
+        #: each event loop's AIO group commit; None: that loop uses the thread
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopFsyncs | None] = {}
+        self._aio = True  # False: the thread for every loop (tests of the thread)
         #: bytes of a torn last line cut off when the journal was opened
         self.repaired = 0
         created = not os.path.exists(self.path)
@@ -221,9 +226,11 @@ class JournalWriter:
         return first, ticket
 
     async def _sync_async(self, ticket: int) -> None:
-        """:meth:`_sync_to` from asyncio, by the writer's fsync thread: committers of
-        any event loop share its fsyncs (one arriving while an fsync runs waits for the
-        next, which covers everyone who arrived meanwhile).
+        """:meth:`_sync_to` from asyncio without blocking the loop: committers share
+        fsyncs (one arriving while an fsync runs waits for the next, which covers
+        everyone who arrived meanwhile). By the kernel where it can
+        (:class:`_LoopFsyncs`), else by the writer's fsync thread, which the committers
+        of every event loop share.
 
         The thread goes straight from one fsync to the next while anyone waits, and
         wakes the waiters itself (one ``call_soon_threadsafe`` per loop): no trip through
@@ -235,6 +242,12 @@ class JournalWriter:
         if self._synced >= ticket or self._fd is None:
             return
         loop = asyncio.get_running_loop()
+        fsyncs = self._loops.get(loop) if loop in self._loops else self._loop_fsyncs(loop)
+        if fsyncs is not None and fsyncs.aio.pid != os.getpid():
+            fsyncs = self._loop_fsyncs(loop)
+        if fsyncs is not None:
+            await fsyncs.wait(ticket)
+            return
         waiter = loop.create_future()
         with self._start:  # not between close()'s last request and its own fsync
             if self._fd is None:
@@ -246,6 +259,20 @@ class JournalWriter:
                 )
                 self._syncer.start()
         await waiter
+
+    def _loop_fsyncs(self, loop: asyncio.AbstractEventLoop) -> _LoopFsyncs | None:
+        """``loop``'s AIO group commit, made on its first commit (None: the thread)."""
+        with self._start:
+            for other, fsyncs in list(self._loops.items()):
+                if other.is_closed() or (fsyncs is not None and fsyncs.aio.pid != os.getpid()):
+                    del self._loops[other]  # a finished asyncio.run(), a forked parent's
+                    if fsyncs is not None:
+                        fsyncs.aio.close()
+            fsyncs = _LoopFsyncs(self, loop) if self._aio else None
+            if fsyncs is not None and fsyncs.aio is None:
+                fsyncs = None
+            self._loops[loop] = fsyncs
+            return fsyncs
 
     def _sync_loop(self) -> None:
         """The fsync thread: fsync while anyone waits; hand each waiter its outcome.
@@ -289,6 +316,12 @@ class JournalWriter:
                 os.fsync(fd)
             except OSError as e:
                 raise OutputError(f"cannot fsync journal {self.path}: {e.strerror}") from None
+            self._note_synced(upto)
+
+    def _note_synced(self, upto: int) -> None:
+        """Records up to ticket ``upto`` are on disk (fsyncs of other loops or threads may
+        have covered more already)."""
+        if upto > self._synced:
             self._synced = upto
 
     def new_txid(self) -> str:
@@ -335,6 +368,10 @@ class JournalWriter:
             syncer = self._syncer
             if syncer is not None:
                 self._requests.put(None)
+            loops, self._loops = self._loops, {}
+        for fsyncs in loops.values():
+            if fsyncs is not None:
+                fsyncs.closed()
         if syncer is not None and syncer is not threading.current_thread():
             syncer.join(timeout=5)
 
@@ -349,6 +386,78 @@ class JournalWriter:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.close)
+
+
+class _LoopFsyncs:
+    """Group commit on one event loop by kernel AIO: at most one fsync runs; a committer
+    its fsync covers waits for it, any other for the next, which starts when it ends and
+    covers everything appended by then."""
+
+    def __init__(self, writer: JournalWriter, loop: asyncio.AbstractEventLoop) -> None:
+        self.writer = writer
+        self.loop = loop
+        self.aio: AioFsync = open_aio(loop, self._done)  # type: ignore[assignment]
+        self.upto = 0  # the ticket the running fsync covers
+        self.covered: list[asyncio.Future[None]] = []  # wait for the running fsync
+        self.waiting: list[asyncio.Future[None]] = []  # wait for the next
+
+    async def wait(self, ticket: int) -> None:
+        fut = self.loop.create_future()
+        if self.aio.busy and self.upto >= ticket:
+            self.covered.append(fut)
+        else:
+            self.waiting.append(fut)
+            if not self.aio.busy:
+                self._start()
+        await fut
+
+    def _start(self) -> None:
+        w = self.writer
+        futs, self.waiting = self.waiting, []
+        error: OutputError | None = None
+        # under the writer's lock: close() cannot close the descriptor before the kernel
+        # holds its own reference to the file (io_submit takes it)
+        with w._lock:
+            upto, fd = w._appended, w._fd
+            if fd is not None:
+                try:
+                    self.aio.submit(fd)
+                except OSError as e:
+                    error = OutputError(f"cannot fsync journal {w.path}: {e.strerror}")
+        if fd is None or error is not None:
+            # closed: close() fsynced everything appended, and nothing is appended after
+            _settle_waiters(futs, error)
+            return
+        self.upto, self.covered = upto, futs
+
+    def _done(self, res: int) -> None:
+        w = self.writer
+        futs, self.covered = self.covered, []
+        error = None
+        if res < 0:
+            error = OutputError(f"cannot fsync journal {w.path}: {os.strerror(-res)}")
+        else:
+            w._note_synced(self.upto)
+        _settle_waiters(futs, error)
+        if self.waiting:
+            self._start()
+        if not self.aio.busy and w._fd is None:
+            self.aio.close()
+
+    def closed(self) -> None:
+        """The writer was closed (from any thread): free the AIO context once no fsync
+        runs (:meth:`_done` does it for a running one)."""
+        if self.loop.is_closed():
+            self.aio.close()
+            return
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._closed_on_loop)
+
+    def _closed_on_loop(self) -> None:
+        if not self.aio.busy:
+            _settle_waiters(self.waiting, None)
+            self.waiting = []
+            self.aio.close()
 
 
 def _settle_waiters(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
