@@ -31,6 +31,8 @@ _NL = orjson.OPT_APPEND_NEWLINE
 PLAIN = frozenset({int, str, bool, type(None)})
 _STR = frozenset({str})
 _ARRAYS = frozenset({tuple, list})
+#: journal values (see ``statements.journal_value``) that are not part of a whole-image key
+_NOT_KEY = frozenset({type(None), list, dict})
 
 
 def image(values: Mapping[str, object]) -> dict[str, Any]:
@@ -108,8 +110,8 @@ class RowTemplate:
     row is identified by its whole image, its non-null scalar values); ``values``:
     whether a record carries the post-image (not for a delete)."""
 
-    __slots__ = ("columns", "head", "key", "key_at", "rest", "rest_at", "shape", "values",
-                 "width")  # fmt: skip
+    __slots__ = ("_keyless", "columns", "head", "key", "key_at", "rest", "rest_at", "shape",
+                 "values", "width")  # fmt: skip
 
     def __init__(
         self, op: str, table: str, columns: Sequence[str], key: Sequence[str], *, values: bool
@@ -126,6 +128,8 @@ class RowTemplate:
         # the field order of the record written whole: op, table, key, values, state, of
         self.head = body({"op": op, "table": table})[:-2] + b","
         self.shape: Hashable = ("rows", op, table, self.columns, self.key, values)
+        #: keyless tables: the split of a row by the kinds of its journal values
+        self._keyless: dict[tuple[type, ...], Any] = {}
 
     def split(self, row: Sequence[object]) -> tuple[dict[str, object], dict[str, object] | None]:
         """A returned row's key and post-image (None for a delete)."""
@@ -154,17 +158,43 @@ class RowTemplate:
     def record(self, row: Sequence[object], of: int) -> tuple[bytes, Hashable]:
         """The ``body`` of the row record of ``row`` (statement intent ``of``), and the
         part of its shape that varies (the kinds of its values)."""
-        values = self._own(row)
+        # one call per returned row: _own and _split inlined, the columns picked in C
+        values = tuple(row)
+        if len(values) != self.width:
+            values = values[len(values) - self.width :]
         kinds = tuple(map(type, values))
         if not PLAIN.issuperset(kinds):
             values = tuple(map(journal_value, values))
             kinds = tuple(map(type, values))
-        key, post = self._split(values)
-        if post is None:
-            fields = {"key": key, "state": "intent", "of": of}
-        else:
+        if self.key:
+            key_names, key_at, rest_names, rest_at = self.key, self.key_at, self.rest, self.rest_at
+        else:  # the whole image: which columns are its key depends on the kinds only
+            layout = self._keyless.get(kinds)
+            if layout is None:
+                layout = self._keyless[kinds] = self._keyless_layout(kinds)
+            key_names, key_at, rest_names, rest_at = layout
+        get = values.__getitem__
+        key = dict(zip(key_names, map(get, key_at), strict=True))
+        if self.values:
+            post = dict(zip(rest_names, map(get, rest_at), strict=True))
             fields = {"key": key, "values": post, "state": "intent", "of": of}
-        return self.head + dumps(fields, newline=True)[1:], kinds
+        else:
+            fields = {"key": key, "state": "intent", "of": of}
+        try:
+            encoded = orjson.dumps(fields, option=_NL)
+        except TypeError:
+            encoded = dumps(fields, newline=True)
+        return self.head + encoded[1:], kinds
+
+    def _keyless_layout(
+        self, kinds: tuple[type, ...]
+    ) -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...], tuple[int, ...]]:
+        """Of a row without a primary key whose journal values have ``kinds``: the key
+        columns (its non-null scalars) and the others, with their positions."""
+        key = [i for i, k in enumerate(kinds) if k not in _NOT_KEY]
+        rest = [i for i in range(self.width) if i not in key]
+        cols = self.columns
+        return tuple(cols[i] for i in key), tuple(key), tuple(cols[i] for i in rest), tuple(rest)
 
 
 def _scalar(v: object) -> bool:

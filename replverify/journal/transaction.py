@@ -16,6 +16,7 @@ from replverify.journal.encode import (
     body,
     image,
     image_kinds,
+    params_json,
     txid_head,
 )
 from replverify.journal.format import Op, TxId
@@ -170,8 +171,11 @@ class JournalTransaction:
         The record's shape (see :meth:`JournalWriter._append_lines`): the template's
         (the literal statement, the meta object's kinds), whether it has parameters (the
         reader checks the list, not its JSON items) and the txid's kind."""
-        shape = (template.shape, bool(params), self._txid_kind)
-        return self._intent(template.body(params), shape, wait=wait)
+        return self._intent(
+            template.head + params_json(params) + template.tail,
+            (template.shape, bool(params), self._txid_kind),
+            wait=wait,
+        )
 
     async def intent_from_async(
         self, template: IntentTemplate, params: Sequence[object] = ()
@@ -220,13 +224,23 @@ class JournalTransaction:
         records by ``template`` (see :class:`~replverify.journal.encode.RowTemplate`)."""
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
-        bodies = []
-        shapes: list[Hashable | None] = []
         same = (template.shape, self._txid_kind)
-        for row in rows:
-            record, kinds = template.record(row, of)
-            bodies.append(record)
-            shapes.append((same, kinds))
+        record = template.record
+        if self.defer:  # held back for the next write: straight onto the pending lists
+            bodies, shapes, before = self._pending, self._pending_shapes, len(self._pending)
+        else:
+            bodies, shapes, before = [], [], 0
+        try:
+            for row in rows:
+                encoded, kinds = record(row, of)
+                bodies.append(encoded)
+                shapes.append((same, kinds))
+        except BaseException:
+            del bodies[before:], shapes[before:]  # none of this statement's rows held
+            raise
+        if self.defer:
+            self.intents += len(bodies) - before
+            return len(bodies) - before
         return self._rows(bodies, shapes)
 
     def _rows(self, bodies: list[bytes], shapes: list[Hashable | None]) -> int:
@@ -243,13 +257,17 @@ class JournalTransaction:
         """Append held-back rows and the intent (its ``body``) in one write; its seq."""
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
-        bodies, shapes = self._take()
-        held = len(bodies)
-        bodies.append(record)
-        shapes.append(shape)
+        bodies, shapes = self._pending, self._pending_shapes
+        if bodies:
+            self._pending, self._pending_shapes = [], []
+            bodies.append(record)
+            shapes.append(shape)
+        else:  # nothing held back: the lists stay for the next rows
+            bodies, shapes = [record], [shape]
+        held = len(bodies) - 1
         try:
             first, _ = self.writer._append_lines(
-                self._txid_head(), bodies, shapes, durable=False, wait=wait
+                self._head or txid_head(self.txid), bodies, shapes, durable=False, wait=wait
             )
         except BaseException:
             self.intents -= held  # dropped with it: the caller must not go on

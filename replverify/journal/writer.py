@@ -189,23 +189,17 @@ class JournalWriter:
             fd = self._fd
             if fd is None:
                 raise UsageError(f"journal {self.path} is closed")
-            first = seq = self._seq
+            first = self._seq
             ts = self._clock.ts_field()
-            checked = self._shapes
-            new: list[Hashable] = []
-            lines = []
-            for record, kind in zip(bodies, shapes, strict=True):
-                line = b"%b%d%b%b" % (head, seq, ts, record)
-                if kind not in checked:  # None never is: always checked
-                    try:
-                        _record_from(_loads(line), 0)  # never write what the reader refuses
-                    except _Bad as e:
-                        raise UsageError(f"not a valid journal record: {e}") from None
-                    if kind is not None:
-                        new.append(kind)
-                lines.append(line)
-                seq += 1
-            data = b"".join(lines)
+            n = len(bodies)
+            if not self._shapes.issuperset(shapes):  # a shape not seen yet (None: never is)
+                self._check(head, first, ts, bodies, shapes)
+            if n == 1:  # the common append: one intent, or a marker
+                data = b"%b%d%b%b" % (head, first, ts, bodies[0])
+            else:
+                data = b"".join(
+                    [b"%b%d%b%b" % (head, seq, ts, rec) for seq, rec in enumerate(bodies, first)]
+                )
             written = 0
             try:
                 written = os.write(fd, data)
@@ -217,13 +211,33 @@ class JournalWriter:
                         os.ftruncate(fd, os.fstat(fd).st_size - written)
                 # The caller must not run the write it could not journal.
                 raise OutputError(f"cannot append to journal {self.path}: {e.strerror}") from None
-            if new:
-                checked.update(new)
-            self._seq = seq
-            self._appended = ticket = self._appended + len(lines)
+            self._seq = first + n
+            self._appended = ticket = self._appended + n
         if wait and (durable or self.fsync == "always") and self.fsync != "never":
             self._sync_to(ticket)
         return first, ticket
+
+    def _check(
+        self,
+        head: bytes,
+        first: int,
+        ts: bytes,
+        bodies: Sequence[bytes],
+        shapes: Sequence[Hashable | None],
+    ) -> None:
+        """Check with the reader each record of a shape not checked yet; remember the
+        shapes once every record passed (a refused one: nothing is written)."""
+        new: list[Hashable] = []
+        for seq, (record, kind) in enumerate(zip(bodies, shapes, strict=True), first):
+            if kind in self._shapes:
+                continue
+            try:
+                _record_from(_loads(b"%b%d%b%b" % (head, seq, ts, record)), 0)
+            except _Bad as e:
+                raise UsageError(f"not a valid journal record: {e}") from None
+            if kind is not None:
+                new.append(kind)
+        self._shapes.update(new)
 
     async def _sync_async(self, ticket: int) -> None:
         """:meth:`_sync_to` from asyncio without blocking the loop: committers share
