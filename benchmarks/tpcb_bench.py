@@ -144,10 +144,12 @@ async def mode_failover(
 
     try:
         out = await run_clients(txn, a.clients, a.seconds, a.scale)
+        fsyncs = pool.journal.fsyncs if pool.journal is not None else 0
     finally:
         await pool.close()
     if journal:
         out["journal_bytes_per_txn"] = path.stat().st_size / max(1, out["transactions"])
+        out["fsyncs_per_txn"] = fsyncs / max(1, out["transactions"])
         path.unlink()
     return out
 
@@ -463,17 +465,19 @@ def markdown(doc: dict[str, Any]) -> str:
             f" data in `{s['data_directory']}` ({s.get('data_fs', 'unknown')}).",
             "",
             "| mode | tps | p50 ms | p99 ms | cost vs asyncpg | client CPU µs/txn"
-            " | journal bytes/txn | tps per round |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            " | journal bytes/txn | fsyncs/txn | tps per round |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for m, r in run["medians"].items():
             cost = r.get("cost_vs_asyncpg")
             jb = r.get("journal_bytes_per_txn")
+            fs = r.get("fsyncs_per_txn")
             lines.append(
                 f"| {m} | {r['tps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
                 f" {'' if cost is None else f'{100 * cost:+.1f}%'} |"
                 f" {r.get('cpu_us_per_txn', 0):.0f} |"
-                f" {'' if jb is None else f'{jb:.0f}'} | {', '.join(map(str, r['tps_all']))} |"
+                f" {'' if jb is None else f'{jb:.0f}'} |"
+                f" {'' if fs is None else f'{fs:.2f}'} | {', '.join(map(str, r['tps_all']))} |"
             )
         r = run.get("range_update")
         if r:

@@ -118,6 +118,8 @@ class JournalWriter:
         #: each event loop's AIO group commit; None: that loop uses the thread
         self._loops: dict[asyncio.AbstractEventLoop, _LoopFsyncs | None] = {}
         self._aio = True  # False: the thread for every loop (tests of the thread)
+        #: fsyncs started (group commit: fewer than the commits they made durable)
+        self.fsyncs = 0
         #: bytes of a torn last line cut off when the journal was opened
         self.repaired = 0
         created = not os.path.exists(self.path)
@@ -326,6 +328,7 @@ class JournalWriter:
                 upto, fd = self._appended, self._fd
             if fd is None:
                 return
+            self.fsyncs += 1
             try:
                 os.fsync(fd)
             except OSError as e:
@@ -404,8 +407,10 @@ class JournalWriter:
 
 class _LoopFsyncs:
     """Group commit on one event loop by kernel AIO: at most one fsync runs; a committer
-    its fsync covers waits for it, any other for the next, which starts when it ends and
-    covers everything appended by then."""
+    its fsync covers waits for it, any other for the next. The next starts when the
+    running one ends, or, when none runs, once the tasks ready now have run: the
+    database's answers to several COMMITs arrive together, and their committers then
+    share one fsync instead of the first taking one of its own."""
 
     def __init__(self, writer: JournalWriter, loop: asyncio.AbstractEventLoop) -> None:
         self.writer = writer
@@ -414,6 +419,7 @@ class _LoopFsyncs:
         self.upto = 0  # the ticket the running fsync covers
         self.covered: list[asyncio.Future[None]] = []  # wait for the running fsync
         self.waiting: list[asyncio.Future[None]] = []  # wait for the next
+        self.due = False  # the next fsync is scheduled (call_soon)
 
     async def wait(self, ticket: int) -> None:
         fut = self.loop.create_future()
@@ -421,12 +427,19 @@ class _LoopFsyncs:
             self.covered.append(fut)
         else:
             self.waiting.append(fut)
-            if not self.aio.busy:
-                self._start()
+            if not self.aio.busy and not self.due:
+                self.due = True
+                self.loop.call_soon(self._due)
         await fut
+
+    def _due(self) -> None:
+        self.due = False
+        if self.waiting and not self.aio.busy:
+            self._start()
 
     def _start(self) -> None:
         w = self.writer
+        w.fsyncs += 1
         futs, self.waiting = self.waiting, []
         error: OutputError | None = None
         # under the writer's lock: close() cannot close the descriptor before the kernel
