@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Integer, String, delete, insert, text, update
+from sqlalchemy import Integer, String, delete, event, insert, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -117,3 +117,42 @@ async def test_the_documented_example_runs(
     (dsn,) = await make_db(clusters.primary_dsn, rows=10, matrix_rows=1)
     out = await example.run(dsn, tmp_path / "writes.jsonl")
     assert out.startswith("no_loss") and "'durable': 2" in out, out
+
+
+@pytest.mark.parametrize("policy", ["always", "commit"])
+async def test_intents_are_durable_before_their_statements_by_the_policy(
+    clusters: LocalClusters, make_db, tmp_path: Path, policy: str
+) -> None:
+    """fsync="always": each intent is on disk when its statement is sent, and the rows
+    are before COMMIT; fsync="commit": intents go without waiting for the disk (no trip
+    through the event loop per statement), and the marker is on disk when the block
+    ends."""
+    (dsn,) = await make_db(clusters.primary_dsn, rows=10, matrix_rows=1)
+    await execute(
+        dsn,
+        "CREATE TABLE sa_dur (id int PRIMARY KEY, bal int)",
+        "INSERT INTO sa_dur SELECT g, 0 FROM generate_series(1, 3) g",
+    )
+    engine = create_async_engine(_url(dsn))
+    hooks = journal_engine(engine, tmp_path / "writes.jsonl", fsync=policy)  # type: ignore[arg-type]
+    w = hooks.journal
+    durable_at_send: list[bool] = []
+
+    def watch(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "_rv_" in statement:
+            durable_at_send.append(w._synced == w._appended)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", watch)
+    try:
+        async with engine.begin() as conn:
+            for i in (1, 2, 3):
+                await conn.execute(
+                    text("UPDATE sa_dur SET bal = bal + :d WHERE id = :id"), {"d": i, "id": i}
+                )
+        assert w._synced == w._appended  # the marker (and all before it) on disk
+    finally:
+        await engine.dispose()
+        w.close()
+    assert durable_at_send == [policy == "always"] * 3
+    # always: 3 intents, the last rows before COMMIT, the marker; commit: the marker
+    assert w.fsyncs == (5 if policy == "always" else 1)

@@ -119,8 +119,7 @@ class EngineJournal:
             return statement, parameters
         tx = self._transaction(conn)
         params = tuple(parameters or ())
-        # in the file before the statement is sent; fsync="always" shares the fsync
-        of = await_(tx.intent_from_async(self._intent(effect, statement), params))
+        of = self._intent_of(tx, self._intent(effect, statement), params)
         conn.info[_TX] = (effect, of)
         return effect.sql, parameters
 
@@ -133,6 +132,17 @@ class EngineJournal:
             return
         effect, of = pending
         self._journal_rows(conn, cursor, effect, of)
+
+    def _intent_of(
+        self, tx: JournalTransaction, template: IntentTemplate, params: tuple[object, ...]
+    ) -> int:
+        """Append a statement's intent, in the file before the statement is sent. Only
+        fsync="always" waits (the fsync shared with other tasks): a trip through the
+        event loop from SQLAlchemy's greenlet costs more than the append itself."""
+        of = tx.intent_from(template, params, wait=False)
+        if self.journal.fsync == "always":
+            await_(tx.durable_async())
+        return of
 
     def _journal_rows(self, conn: Any, cursor: Any, effect: Effect, of: int) -> None:
         rows = cursor.fetchall()
@@ -151,7 +161,7 @@ class EngineJournal:
         tx = self._transaction(conn)
         template = self._intent(effect, statement)
         for params in parameters:
-            of = await_(tx.intent_from_async(template, tuple(params)))
+            of = self._intent_of(tx, template, tuple(params))
             cursor.execute(effect.sql, params)
             self._journal_rows(conn, cursor, effect, of)
         return True
@@ -175,7 +185,9 @@ class EngineJournal:
             tx = self._open.pop(_key(dbapi_connection), None)
             if tx is not None:
                 try:
-                    await_(tx.flush_async())  # the rows in the file before COMMIT is sent
+                    tx.flush(wait=False)  # the rows in the file before COMMIT is sent
+                    if self.journal.fsync == "always":
+                        await_(tx.durable_async())
                 except BaseException:
                     # not journaled, so not committed
                     with contextlib.suppress(Exception):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import os
 import platform
 import sys
@@ -124,7 +125,10 @@ class AioFsync:
     def _ready(self) -> None:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self._efd)
+        # the kernel posts the completion to the ring before it signals the eventfd
         got = self._call(self._getevents, self._ctx, 0, 1, self._events, self._no_wait)
+        while got < 0 and ctypes.get_errno() == errno.EINTR:
+            got = self._call(self._getevents, self._ctx, 0, 1, self._events, self._no_wait)
         if got == 1:
             self.busy = False
             self._done(int(self._events[0].res))
