@@ -126,7 +126,7 @@ async def test_intents_are_durable_before_their_statements_by_the_policy(
     """fsync="always": each intent is on disk when its statement is sent, and the rows
     are before COMMIT; fsync="commit": intents go without waiting for the disk (no trip
     through the event loop per statement), and the marker is on disk when the block
-    ends."""
+    ends. Either way the application's results are those of its own statements."""
     (dsn,) = await make_db(clusters.primary_dsn, rows=10, matrix_rows=1)
     await execute(
         dsn,
@@ -146,9 +146,11 @@ async def test_intents_are_durable_before_their_statements_by_the_policy(
     try:
         async with engine.begin() as conn:
             for i in (1, 2, 3):
-                await conn.execute(
+                result = await conn.execute(
                     text("UPDATE sa_dur SET bal = bal + :d WHERE id = :id"), {"d": i, "id": i}
                 )
+                # the result the application would get unjournaled: our RETURNING unseen
+                assert not result.returns_rows and result.rowcount == 1
         assert w._synced == w._appended  # the marker (and all before it) on disk
     finally:
         await engine.dispose()

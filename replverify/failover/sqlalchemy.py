@@ -150,6 +150,14 @@ class EngineJournal:
         tx.effect_records(of, effect.rows, rows)
         if effect.plan.own_returning:
             cursor._rows.extend(rows)  # the application's own RETURNING rows, handed back
+        else:
+            # The statement as the application wrote it returns no rows: SQLAlchemy then
+            # builds no result metadata for ours (a third of its work per statement), and
+            # the result is what it would be unjournaled (returns_rows False, no keys).
+            try:
+                cursor.description = None
+            except AttributeError:  # SQLAlchemy 2.1: a property over _description
+                cursor._description = None
 
     def do_executemany(
         self, cursor: Any, statement: str, parameters: Sequence[Any], context: Any
