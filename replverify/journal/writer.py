@@ -454,6 +454,8 @@ class _LoopFsyncs:
         if fd is None or error is not None:
             # closed: close() fsynced everything appended, and nothing is appended after
             _settle_waiters(futs, error)
+            if fd is None and not self.aio.busy:
+                self.aio.close()  # made after close() took the loops it frees
             return
         self.upto, self.covered = upto, futs
 
