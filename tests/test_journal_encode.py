@@ -144,3 +144,20 @@ def test_rows_from_a_template_are_the_rows_journaled_as_pairs(tmp_path: Path) ->
     assert [len(x) for x in paths[0].read_bytes().splitlines()] == [
         len(x) for x in paths[1].read_bytes().splitlines()
     ]
+
+
+def test_a_keyless_row_is_keyed_by_its_non_null_scalars() -> None:
+    """Without a primary key a row is identified by its whole image: its non-null values
+    that are neither JSON objects nor arrays, as journal values (a timestamp, NaN and
+    an integer beyond 64 bits are text or numbers, so part of the key)."""
+    when = dt.datetime(2026, 12, 3, 8, 0, 1, 5, tzinfo=dt.timezone.utc)
+    t = RowTemplate("insert", "public.h", ("a", "at", "j", "n"), (), values=True)
+    rows = [(1, when, {"k": 1}, None), (2, float("nan"), [1], 2**70), (None, "x", "[1]", 3)]
+    records = [json.loads(b'{"seq":0' + t.record(r, 9)[0]) for r in rows]
+    assert [(r["key"], r["values"]) for r in records] == [
+        ({"a": 1, "at": "2026-12-03T08:00:01.000005+00:00"}, {"j": {"k": 1}, "n": None}),
+        ({"a": 2, "at": "NaN", "n": 2**70}, {"j": [1]}),
+        ({"at": "x", "j": "[1]", "n": 3}, {"a": None}),
+    ]
+    assert t.split(rows[0]) == ({"a": 1, "at": when}, {"j": {"k": 1}, "n": None})
+    assert t.split(rows[2]) == ({"at": "x", "j": "[1]", "n": 3}, {"a": None})

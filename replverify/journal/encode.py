@@ -33,6 +33,8 @@ _STR = frozenset({str})
 _ARRAYS = frozenset({tuple, list})
 #: journal values (see ``statements.journal_value``) that are not part of a whole-image key
 _NOT_KEY = frozenset({type(None), list, dict})
+#: a row's key columns, their positions in it, the other columns and theirs
+_Layout = tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...], tuple[int, ...]]
 
 
 def image(values: Mapping[str, object]) -> dict[str, Any]:
@@ -128,81 +130,68 @@ class RowTemplate:
         # the field order of the record written whole: op, table, key, values, state, of
         self.head = body({"op": op, "table": table})[:-2] + b","
         self.shape: Hashable = ("rows", op, table, self.columns, self.key, values)
-        #: keyless tables: the split of a row by the kinds of its journal values
-        self._keyless: dict[tuple[type, ...], Any] = {}
+        #: keyless tables: the :meth:`_layout` of a row by the kinds of its journal values
+        self._keyless: dict[tuple[type, ...], _Layout] = {}
 
     def split(self, row: Sequence[object]) -> tuple[dict[str, object], dict[str, object] | None]:
-        """A returned row's key and post-image (None for a delete)."""
-        return self._split(self._own(row))
+        """A returned row's key and post-image (None for a delete), its values as
+        returned."""
+        values = self._own(row)
+        kinds = () if self.key else tuple(type(journal_value(v)) for v in values)
+        return self._pick(values, self._layout(kinds))
 
     def _own(self, row: Sequence[object]) -> tuple[object, ...]:
         """The statement's own columns of a returned row (its last ``width`` items)."""
         values = tuple(row)
         return values if len(values) == self.width else values[len(values) - self.width :]
 
-    def _split(
-        self, values: tuple[object, ...]
+    def _layout(self, kinds: tuple[type, ...]) -> _Layout:
+        """The key columns of a row and the others, with their positions: the primary
+        key; without one, the row's whole image identifies it, and its key is its
+        non-null scalars - which depends only on the types of its journal values
+        (``kinds``), so it is worked out once per kinds."""
+        if self.key:
+            return self.key, self.key_at, self.rest, self.rest_at
+        layout = self._keyless.get(kinds)
+        if layout is None:
+            key = [i for i, k in enumerate(kinds) if k not in _NOT_KEY]
+            rest = [i for i in range(self.width) if i not in key]
+            cols = self.columns
+            layout = self._keyless[kinds] = (
+                tuple(cols[i] for i in key), tuple(key), tuple(cols[i] for i in rest), tuple(rest)
+            )  # fmt: skip
+        return layout
+
+    def _pick(
+        self, values: tuple[object, ...], layout: _Layout
     ) -> tuple[dict[str, object], dict[str, object] | None]:
-        if self.key:  # picked in C: no Python loop over the columns
-            key = dict(zip(self.key, map(values.__getitem__, self.key_at), strict=True))
-            if not self.values:
-                return key, None
-            return key, dict(zip(self.rest, map(values.__getitem__, self.rest_at), strict=True))
-        # no primary key: the row is identified by its whole image
-        image = dict(zip(self.columns, values, strict=True))
-        key = {c: v for c, v in image.items() if _scalar(v)}
+        """``values`` split by a :meth:`_layout`: the key and (unless a delete) the
+        post-image, picked in C."""
+        key_names, key_at, rest_names, rest_at = layout
+        get = values.__getitem__
+        key = dict(zip(key_names, map(get, key_at), strict=True))
         if not self.values:
             return key, None
-        return key, {c: v for c, v in image.items() if c not in key}
+        return key, dict(zip(rest_names, map(get, rest_at), strict=True))
 
     def record(self, row: Sequence[object], of: int) -> tuple[bytes, Hashable]:
         """The ``body`` of the row record of ``row`` (statement intent ``of``), and the
         part of its shape that varies (the kinds of its values)."""
-        # one call per returned row: _own and _split inlined, the columns picked in C
-        values = tuple(row)
-        if len(values) != self.width:
-            values = values[len(values) - self.width :]
+        values = self._own(row)
         kinds = tuple(map(type, values))
         if not PLAIN.issuperset(kinds):
             values = tuple(map(journal_value, values))
             kinds = tuple(map(type, values))
-        if self.key:
-            key_names, key_at, rest_names, rest_at = self.key, self.key_at, self.rest, self.rest_at
-        else:  # the whole image: which columns are its key depends on the kinds only
-            layout = self._keyless.get(kinds)
-            if layout is None:
-                layout = self._keyless[kinds] = self._keyless_layout(kinds)
-            key_names, key_at, rest_names, rest_at = layout
-        get = values.__getitem__
-        key = dict(zip(key_names, map(get, key_at), strict=True))
-        if self.values:
-            post = dict(zip(rest_names, map(get, rest_at), strict=True))
-            fields = {"key": key, "values": post, "state": "intent", "of": of}
-        else:
+        key, post = self._pick(values, self._layout(kinds))
+        if post is None:
             fields = {"key": key, "state": "intent", "of": of}
+        else:
+            fields = {"key": key, "values": post, "state": "intent", "of": of}
         try:
             encoded = orjson.dumps(fields, option=_NL)
         except TypeError:
             encoded = dumps(fields, newline=True)
         return self.head + encoded[1:], kinds
-
-    def _keyless_layout(
-        self, kinds: tuple[type, ...]
-    ) -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...], tuple[int, ...]]:
-        """Of a row without a primary key whose journal values have ``kinds``: the key
-        columns (its non-null scalars) and the others, with their positions."""
-        key = [i for i, k in enumerate(kinds) if k not in _NOT_KEY]
-        rest = [i for i in range(self.width) if i not in key]
-        cols = self.columns
-        return tuple(cols[i] for i in key), tuple(key), tuple(cols[i] for i in rest), tuple(rest)
-
-
-def _scalar(v: object) -> bool:
-    """Whether a value can be part of a whole-image key (not null, not an object or
-    array): the same answer for a value and its ``journal_value``."""
-    if type(v) in PLAIN:  # most columns: no journal_value() to find out
-        return v is not None
-    return not isinstance(journal_value(v), (dict, list))
 
 
 class Clock:
