@@ -136,13 +136,18 @@ class EngineJournal:
     def _intent_of(
         self, tx: JournalTransaction, template: IntentTemplate, params: tuple[object, ...]
     ) -> int:
-        """Append a statement's intent, in the file before the statement is sent. Only
-        fsync="always" waits (the fsync shared with other tasks): a trip through the
-        event loop from SQLAlchemy's greenlet costs more than the append itself."""
+        """Append a statement's intent, in the file before the statement is sent (on
+        disk too with fsync="always", :meth:`_durable`)."""
         of = tx.intent_from(template, params, wait=False)
+        self._durable(tx)
+        return of
+
+    def _durable(self, tx: JournalTransaction) -> None:
+        """With fsync="always", wait for what was appended to be on disk (the fsync
+        shared with other tasks); other policies do not wait, so no trip through the
+        event loop from SQLAlchemy's greenlet."""
         if self.journal.fsync == "always":
             await_(tx.durable_async())
-        return of
 
     def _journal_rows(self, conn: Any, cursor: Any, effect: Effect, of: int) -> None:
         rows = cursor.fetchall()
@@ -194,8 +199,7 @@ class EngineJournal:
             if tx is not None:
                 try:
                     tx.flush(wait=False)  # the rows in the file before COMMIT is sent
-                    if self.journal.fsync == "always":
-                        await_(tx.durable_async())
+                    self._durable(tx)
                 except BaseException:
                     # not journaled, so not committed
                     with contextlib.suppress(Exception):

@@ -225,12 +225,6 @@ class JournalTransaction:
         if self.state != "open":
             raise UsageError(f"transaction {self.txid} is already {self.state}")
         same = (template.shape, self._txid_kind)
-        if self.defer and type(rows) is list and len(rows) == 1:  # a keyed statement's row
-            encoded, kinds = template.record(rows[0], of)
-            self._pending.append(encoded)
-            self._pending_shapes.append((same, kinds))
-            self.intents += 1
-            return 1
         record = template.record
         if self.defer:  # held back for the next write: straight onto the pending lists
             bodies, shapes, before = self._pending, self._pending_shapes, len(self._pending)
