@@ -33,8 +33,12 @@ _STR = frozenset({str})
 _ARRAYS = frozenset({tuple, list})
 #: journal values (see ``statements.journal_value``) that are not part of a whole-image key
 _NOT_KEY = frozenset({type(None), list, dict})
+#: journal values a row record's compiled format (``RowTemplate._compile``) writes: how
+_FORMATTED = {int: b"%d", str: b"%b", type(None): b"null"}
 #: a row's key columns, their positions in it, the other columns and theirs
 _Layout = tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...], tuple[int, ...]]
+#: a row record as a bytes format, the positions of the values it takes, any a string
+_Format = tuple[bytes, tuple[int, ...], bool]
 
 
 def image(values: Mapping[str, object]) -> dict[str, Any]:
@@ -112,8 +116,8 @@ class RowTemplate:
     row is identified by its whole image, its non-null scalar values); ``values``:
     whether a record carries the post-image (not for a delete)."""
 
-    __slots__ = ("_keyless", "columns", "head", "key", "key_at", "rest", "rest_at", "shape",
-                 "values", "width")  # fmt: skip
+    __slots__ = ("_formats", "_keyless", "columns", "head", "key", "key_at", "rest", "rest_at",
+                 "shape", "values", "width")  # fmt: skip
 
     def __init__(
         self, op: str, table: str, columns: Sequence[str], key: Sequence[str], *, values: bool
@@ -132,6 +136,8 @@ class RowTemplate:
         self.shape: Hashable = ("rows", op, table, self.columns, self.key, values)
         #: keyless tables: the :meth:`_layout` of a row by the kinds of its journal values
         self._keyless: dict[tuple[type, ...], _Layout] = {}
+        #: :meth:`_compile` per kinds of a row's journal values
+        self._formats: dict[tuple[type, ...], _Format | None] = {}
 
     def split(self, row: Sequence[object]) -> tuple[dict[str, object], dict[str, object] | None]:
         """A returned row's key and post-image (None for a delete), its values as
@@ -182,16 +188,48 @@ class RowTemplate:
         if not PLAIN.issuperset(kinds):
             values = tuple(map(journal_value, values))
             kinds = tuple(map(type, values))
+        try:
+            compiled = self._formats[kinds]
+        except KeyError:
+            compiled = self._formats[kinds] = self._compile(kinds)
+        if compiled is not None:
+            fmt, at, texts = compiled
+            if not texts:  # numbers only (the common key and counter): all in C
+                return fmt % (*map(values.__getitem__, at), of), kinds
+            args = [dumps(v) if type(v) is str else v for v in map(values.__getitem__, at)]
+            args.append(of)
+            return fmt % tuple(args), kinds
         key, post = self._pick(values, self._layout(kinds))
         if post is None:
             fields = {"key": key, "state": "intent", "of": of}
         else:
             fields = {"key": key, "values": post, "state": "intent", "of": of}
-        try:
-            encoded = orjson.dumps(fields, option=_NL)
-        except TypeError:
-            encoded = dumps(fields, newline=True)
-        return self.head + encoded[1:], kinds
+        return self.head + dumps(fields, newline=True)[1:], kinds
+
+    def _compile(self, kinds: tuple[type, ...]) -> _Format | None:
+        """The record of a row whose journal values are of ``kinds`` as one bytes format:
+        the bytes ``dumps`` of the whole record gives, with integers and strings (their
+        JSON) spliced in by ``%``, the positions of the values it takes, and whether any
+        is a string. None for other kinds (floats, booleans, arrays, json: the general
+        path encodes them)."""
+        if not set(_FORMATTED).issuperset(kinds):
+            return None
+        key_names, key_at, rest_names, rest_at = self._layout(kinds)
+        at: list[int] = []
+
+        def members(names: tuple[str, ...], positions: tuple[int, ...]) -> bytes:
+            out = []
+            for name, i in zip(names, positions, strict=True):
+                out.append(dumps(name).replace(b"%", b"%%") + b":" + _FORMATTED[kinds[i]])
+                if kinds[i] is not type(None):
+                    at.append(i)
+            return b"{" + b",".join(out) + b"}"
+
+        fmt = self.head.replace(b"%", b"%%") + b'"key":' + members(key_names, key_at)
+        if self.values:
+            fmt += b',"values":' + members(rest_names, rest_at)
+        fmt += b',"state":"intent","of":%d}\n'
+        return fmt, tuple(at), str in kinds
 
 
 class Clock:
