@@ -16,7 +16,6 @@ from replverify.journal.encode import (
     body,
     image,
     image_kinds,
-    params_json,
     txid_head,
 )
 from replverify.journal.format import Op, TxId
@@ -171,11 +170,8 @@ class JournalTransaction:
         The record's shape (see :meth:`JournalWriter._append_lines`): the template's
         (the literal statement, the meta object's kinds), whether it has parameters (the
         reader checks the list, not its JSON items) and the txid's kind."""
-        return self._intent(
-            template.head + params_json(params) + template.tail,
-            (template.shape, bool(params), self._txid_kind),
-            wait=wait,
-        )
+        shape = (template.shape, bool(params), self._txid_kind)
+        return self._intent(template.body(params), shape, wait=wait)
 
     async def intent_from_async(
         self, template: IntentTemplate, params: Sequence[object] = ()
@@ -267,7 +263,7 @@ class JournalTransaction:
         held = len(bodies) - 1
         try:
             first, _ = self.writer._append_lines(
-                self._head or txid_head(self.txid), bodies, shapes, durable=False, wait=wait
+                self._txid_head(), bodies, shapes, durable=False, wait=wait
             )
         except BaseException:
             self.intents -= held  # dropped with it: the caller must not go on

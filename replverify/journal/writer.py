@@ -332,7 +332,7 @@ class JournalWriter:
             try:
                 os.fsync(fd)
             except OSError as e:
-                raise OutputError(f"cannot fsync journal {self.path}: {e.strerror}") from None
+                raise _fsync_failed(self.path, e.strerror) from None
             self._note_synced(upto)
 
     def _note_synced(self, upto: int) -> None:
@@ -450,7 +450,7 @@ class _LoopFsyncs:
                 try:
                     self.aio.submit(fd)
                 except OSError as e:
-                    error = OutputError(f"cannot fsync journal {w.path}: {e.strerror}")
+                    error = _fsync_failed(w.path, e.strerror)
         if fd is None or error is not None:
             # closed: close() fsynced everything appended, and nothing is appended after
             _settle_waiters(futs, error)
@@ -464,7 +464,7 @@ class _LoopFsyncs:
         futs, self.covered = self.covered, []
         error = None
         if res < 0:
-            error = OutputError(f"cannot fsync journal {w.path}: {os.strerror(-res)}")
+            error = _fsync_failed(w.path, os.strerror(-res))
         else:
             w._note_synced(self.upto)
         _settle_waiters(futs, error)
@@ -487,6 +487,11 @@ class _LoopFsyncs:
             _settle_waiters(self.waiting, None)
             self.waiting = []
             self.aio.close()
+
+
+def _fsync_failed(path: str, reason: str | None) -> OutputError:
+    """The error of a failed fsync of the journal, by the thread or by the kernel."""
+    return OutputError(f"cannot fsync journal {path}: {reason}")
 
 
 def _settle_waiters(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
