@@ -351,12 +351,14 @@ async def bench_one(a: argparse.Namespace, durable: bool) -> dict[str, Any]:
         else:
             os.environ[ENV_TMPDIR] = saved
     modes = mode_names(a)
+    cpus: set[int] | None = None  # the process's own CPUs, while --cpus split moves it
     try:
         settings = DURABLE_SETTINGS if durable else None
         pair = await asyncio.to_thread(lc.fresh_pair, settings=settings)
         dsn, standby = pair.primary_dsn, pair.standby_dsn
         if a.cpus == "split":
             client_cpus, server_cpus = split_cpus()
+            cpus = os.sched_getaffinity(0)
             pin_servers([pair.primary.datadir, pair.standby.datadir], server_cpus)
             os.sched_setaffinity(0, client_cpus)  # threads started later inherit it
         conn = await asyncpg.connect(dsn)
@@ -388,8 +390,8 @@ async def bench_one(a: argparse.Namespace, durable: bool) -> dict[str, Any]:
         ranged = await range_update(dsn, standby, a.range_rows, tmp) if a.range_rows else None
         os.rmdir(tmp)
     finally:
-        if a.cpus == "split":
-            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)  # the CPUs the process was given
         lc.close()
     medians = {}
     for m, rs in rounds.items():
