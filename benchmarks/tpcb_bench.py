@@ -1,4 +1,4 @@
-"""What journaling costs: pgbench's TPC-B transaction through five clients of one server.
+"""What journaling costs: pgbench's TPC-B transaction through six ways of talking to one server.
 
     python benchmarks/tpcb_bench.py --clients 8 --seconds 10 --repeat 3 --scale 8
 
@@ -9,6 +9,10 @@ history with CURRENT_TIMESTAMP) from ``--clients`` concurrent tasks for ``--seco
 through:
 
 * ``asyncpg``        - a plain asyncpg pool (``conn.transaction()``): the yardstick;
+* ``asyncpg+floor[P]`` - the same pool plus the least the journal format asks of a
+  transaction: one intent record appended before it, its marker after COMMIT, made
+  durable by policy ``P`` (the first ``--fsync``) before the transaction returns - what
+  any journal at that policy costs on this machine, whatever its code;
 * ``failover``       - :class:`~replverify.failover.FailoverPool` without a journal;
 * ``failover+journal[P]`` - the same with the journal at fsync policy ``P`` (each
   ``--fsync`` given; ``commit`` is the default policy);
@@ -43,12 +47,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
 from replverify.failover import FailoverPool
+from replverify.journal import FsyncPolicy, JournalWriter
 from replverify.testing.clusters import LocalClusters
 from replverify.testing.postgres import ENV_TMPDIR, find_bindir
 
@@ -102,37 +108,91 @@ async def run_clients(txn: Txn, clients: int, seconds: float, scale: int) -> dic
     }
 
 
-async def mode_asyncpg(dsn: str, a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+@dataclass
+class Opened:
+    """A mode's clients, open for every round of a run: pools connect and statements are
+    prepared once, so rounds can be short and each stands close in time to the other
+    modes' rounds it is compared with."""
+
+    txn: Txn
+    close: Callable[[], Awaitable[None]]
+    journal: JournalWriter | None = None
+    path: Path | None = None  # the journal's file
+    _bytes: int = 0
+    _fsyncs: int = 0
+
+    def journal_stats(self, transactions: int) -> dict[str, float]:
+        """The journal's bytes and fsyncs per transaction since the last call."""
+        if self.path is None:
+            return {}
+        size = self.path.stat().st_size
+        fsyncs = self.journal.fsyncs if self.journal is not None else 0
+        n = max(1, transactions)
+        out = {"journal_bytes_per_txn": (size - self._bytes) / n}
+        if self.journal is not None:
+            out["fsyncs_per_txn"] = (fsyncs - self._fsyncs) / n
+        self._bytes, self._fsyncs = size, fsyncs
+        return out
+
+
+def _journal_path(tmp: Path, kind: str) -> Path:
+    return tmp / f"{kind}-{time.monotonic_ns()}.jsonl"
+
+
+async def _asyncpg_pool(dsn: str, a: argparse.Namespace) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(dsn, min_size=a.clients, max_size=a.clients)
     assert pool is not None
+    return pool
+
+
+async def _tpcb_asyncpg(pool: asyncpg.Pool, aid: int, tid: int, bid: int, delta: int) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(UPDATE_ACCOUNT, delta, aid)
+        await conn.fetchval(SELECT_ACCOUNT, aid)
+        await conn.execute(UPDATE_TELLER, delta, tid)
+        await conn.execute(UPDATE_BRANCH, delta, bid)
+        await conn.execute(INSERT_HISTORY, tid, bid, aid, delta)
+
+
+async def open_asyncpg(dsn: str, a: argparse.Namespace) -> Opened:
+    pool = await _asyncpg_pool(dsn, a)
 
     async def txn(aid: int, tid: int, bid: int, delta: int) -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(UPDATE_ACCOUNT, delta, aid)
-            await conn.fetchval(SELECT_ACCOUNT, aid)
-            await conn.execute(UPDATE_TELLER, delta, tid)
-            await conn.execute(UPDATE_BRANCH, delta, bid)
-            await conn.execute(INSERT_HISTORY, tid, bid, aid, delta)
+        await _tpcb_asyncpg(pool, aid, tid, bid, delta)
 
-    try:
-        return await run_clients(txn, a.clients, a.seconds, a.scale)
-    finally:
+    return Opened(txn, pool.close)
+
+
+async def open_floor(dsn: str, a: argparse.Namespace, tmp: Path, *, fsync: FsyncPolicy) -> Opened:
+    """:func:`open_asyncpg` plus one intent before each transaction and its marker after,
+    through :class:`JournalWriter`'s group commit: two appends and the policy's fsync,
+    no statement rendering, no RETURNING, no post-images."""
+    pool = await _asyncpg_pool(dsn, a)
+    path = _journal_path(tmp, "floor")
+    journal = JournalWriter(path, fsync=fsync)
+
+    async def txn(aid: int, tid: int, bid: int, delta: int) -> None:
+        jt = journal.transaction()
+        jt.intent("update", "public.pgbench_accounts", {"aid": aid}, {"abalance": delta})
+        await _tpcb_asyncpg(pool, aid, tid, bid, delta)
+        await jt.commit_async()
+
+    async def close() -> None:
         await pool.close()
+        journal.close()
+        path.unlink()
+
+    return Opened(txn, close, journal, path)
 
 
-async def mode_failover(
-    dsn: str, standby: str, a: argparse.Namespace, tmp: Path, *, fsync: str | None
-) -> dict[str, Any]:
-    journal = fsync is not None
-    path = tmp / f"journal-{time.monotonic_ns()}.jsonl"
+async def open_failover(
+    dsn: str, standby: str, a: argparse.Namespace, tmp: Path, *, fsync: FsyncPolicy | None
+) -> Opened:
+    path = _journal_path(tmp, "journal") if fsync is not None else None
     pool = await FailoverPool.connect(
-        dsn,
-        standby,
-        journal=path if journal else None,
-        min_size=a.clients,
-        max_size=a.clients,
+        dsn, standby, journal=path, min_size=a.clients, max_size=a.clients,
         fsync=fsync or "commit",
-    )
+    )  # fmt: skip
 
     async def txn(aid: int, tid: int, bid: int, delta: int) -> None:
         async with pool.transaction() as tx:
@@ -142,22 +202,17 @@ async def mode_failover(
             await tx.execute(UPDATE_BRANCH, delta, bid)
             await tx.execute(INSERT_HISTORY, tid, bid, aid, delta)
 
-    try:
-        out = await run_clients(txn, a.clients, a.seconds, a.scale)
-        fsyncs = pool.journal.fsyncs if pool.journal is not None else 0
-    finally:
+    async def close() -> None:
         await pool.close()
-    if journal:
-        out["journal_bytes_per_txn"] = path.stat().st_size / max(1, out["transactions"])
-        out["fsyncs_per_txn"] = fsyncs / max(1, out["transactions"])
-        path.unlink()
-    return out
+        if path is not None:
+            path.unlink()
+
+    return Opened(txn, close, pool.journal, path)
 
 
-async def mode_sqlalchemy(
-    dsn: str, a: argparse.Namespace, tmp: Path, *, fsync: str | None
-) -> dict[str, Any]:
-    journal = fsync is not None
+async def open_sqlalchemy(
+    dsn: str, a: argparse.Namespace, tmp: Path, *, fsync: FsyncPolicy | None
+) -> Opened:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -168,8 +223,10 @@ async def mode_sqlalchemy(
         pool_size=a.clients,
         max_overflow=0,
     )
-    path = tmp / f"journal-{time.monotonic_ns()}.jsonl"
-    hooks = journal_engine(engine, path, fsync=fsync) if fsync is not None else None
+    path = hooks = None
+    if fsync is not None:
+        path = _journal_path(tmp, "journal")
+        hooks = journal_engine(engine, path, fsync=fsync)
     stmts = [
         text("UPDATE pgbench_accounts SET abalance = abalance + :d WHERE aid = :aid"),
         text("SELECT abalance FROM pgbench_accounts WHERE aid = :aid"),
@@ -190,16 +247,14 @@ async def mode_sqlalchemy(
             await conn.execute(stmts[3], {"d": delta, "bid": bid})
             await conn.execute(stmts[4], p)
 
-    try:
-        out = await run_clients(txn, a.clients, a.seconds, a.scale)
-    finally:
+    async def close() -> None:
         await engine.dispose()
         if hooks is not None:
             hooks.journal.close()
-    if journal:
-        out["journal_bytes_per_txn"] = path.stat().st_size / max(1, out["transactions"])
-        path.unlink()
-    return out
+        if path is not None:
+            path.unlink()
+
+    return Opened(txn, close, hooks.journal if hooks is not None else None, path)
 
 
 RANGE_UPDATE = "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid <= $2"
@@ -307,33 +362,54 @@ def fs_type(path: str) -> str:
     return kind
 
 
-BASE_MODES = ("asyncpg", "failover", "failover+journal", "sqlalchemy", "sqlalchemy+journal")
+BASE_MODES = (
+    "asyncpg", "asyncpg+floor", "failover", "failover+journal", "sqlalchemy",
+    "sqlalchemy+journal",
+)  # fmt: skip
 
 #: PostgreSQL's own defaults where the test clusters turn durability off
 DURABLE_SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 
 
 def mode_names(a: argparse.Namespace) -> list[str]:
-    """Each mode to run; a journal mode once per fsync policy (SQLAlchemy's: the first)."""
+    """Each mode to run; a journal mode once per fsync policy (SQLAlchemy's and the floor's:
+    the first)."""
     out: list[str] = []
     for m in a.modes:
         if m == "failover+journal":
             out += [f"{m}[{p}]" for p in a.fsync]
-        elif m == "sqlalchemy+journal":
+        elif m in ("sqlalchemy+journal", "asyncpg+floor"):
             out.append(f"{m}[{a.fsync[0]}]")
         else:
             out.append(m)
     return out
 
 
-async def run_mode(m: str, dsn: str, standby: str, a: argparse.Namespace, tmp: Path) -> Any:
+async def open_mode(m: str, dsn: str, standby: str, a: argparse.Namespace, tmp: Path) -> Opened:
     base, _, rest = m.partition("[")
-    fsync = rest.rstrip("]") or None
+    fsync = cast("FsyncPolicy | None", rest.rstrip("]") or None)
     if base == "asyncpg":
-        return await mode_asyncpg(dsn, a, tmp)
+        return await open_asyncpg(dsn, a)
+    if base == "asyncpg+floor":
+        return await open_floor(dsn, a, tmp, fsync=fsync or "commit")
     if base.startswith("failover"):
-        return await mode_failover(dsn, standby, a, tmp, fsync=fsync)
-    return await mode_sqlalchemy(dsn, a, tmp, fsync=fsync)
+        return await open_failover(dsn, standby, a, tmp, fsync=fsync)
+    return await open_sqlalchemy(dsn, a, tmp, fsync=fsync)
+
+
+async def run_round(opened: Opened, a: argparse.Namespace) -> dict[str, Any]:
+    out = await run_clients(opened.txn, a.clients, a.seconds, a.scale)
+    out.update(opened.journal_stats(out["transactions"]))
+    return out
+
+
+async def run_mode(m: str, dsn: str, standby: str, a: argparse.Namespace, tmp: Path) -> Any:
+    """One round of mode ``m`` on clients of its own."""
+    opened = await open_mode(m, dsn, standby, a, tmp)
+    try:
+        return await run_round(opened, a)
+    finally:
+        await opened.close()
 
 
 async def bench_one(a: argparse.Namespace, durable: bool) -> dict[str, Any]:
@@ -375,18 +451,25 @@ async def bench_one(a: argparse.Namespace, durable: bool) -> dict[str, Any]:
         )
         tmp = Path(tempfile.mkdtemp(prefix="tpcb-journal-", dir=a.journal_dir))
         rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-        for r in range(a.repeat):
-            # each round starts one mode later: no mode always runs first (after the
-            # previous round's heaviest) or last
-            for m in modes[r % len(modes) :] + modes[: r % len(modes)]:
-                res = await run_mode(m, dsn, standby, a, tmp)
-                rounds[m].append(res)
-                print(
-                    f"{'durable' if durable else 'fsync=off'} round {r + 1} {m:<26}"
-                    f" {res['tps']:8.1f} tps  p50 {res['p50_ms']:6.2f} ms"
-                    f"  p99 {res['p99_ms']:6.2f} ms",
-                    flush=True,
-                )
+        opened: dict[str, Opened] = {}
+        try:
+            for m in modes:
+                opened[m] = await open_mode(m, dsn, standby, a, tmp)
+            for r in range(a.repeat):
+                # each round starts one mode later: no mode always runs first (after the
+                # previous round's heaviest) or last
+                for m in modes[r % len(modes) :] + modes[: r % len(modes)]:
+                    res = await run_round(opened[m], a)
+                    rounds[m].append(res)
+                    print(
+                        f"{'durable' if durable else 'fsync=off'} round {r + 1} {m:<26}"
+                        f" {res['tps']:8.1f} tps  p50 {res['p50_ms']:6.2f} ms"
+                        f"  p99 {res['p99_ms']:6.2f} ms",
+                        flush=True,
+                    )
+        finally:
+            for o in opened.values():
+                await o.close()
         ranged = await range_update(dsn, standby, a.range_rows, tmp) if a.range_rows else None
         os.rmdir(tmp)
     finally:
