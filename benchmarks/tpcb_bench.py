@@ -9,10 +9,11 @@ history with CURRENT_TIMESTAMP) from ``--clients`` concurrent tasks for ``--seco
 through:
 
 * ``asyncpg``        - a plain asyncpg pool (``conn.transaction()``): the yardstick;
-* ``asyncpg+floor[P]`` - the same pool plus the least the journal format asks of a
-  transaction: one intent record appended before it, its marker after COMMIT, made
-  durable by policy ``P`` (the first ``--fsync``) before the transaction returns - what
-  any journal at that policy costs on this machine, whatever its code;
+* ``asyncpg+floor[P]`` - the same pool plus the least the journal format asks of this
+  transaction: an intent record appended before each of its four writes, the marker
+  after COMMIT, made durable by policy ``P`` (the first ``--fsync``) before the
+  transaction returns - what any journal of the format costs on this machine at that
+  policy, whatever its code;
 * ``failover``       - :class:`~replverify.failover.FailoverPool` without a journal;
 * ``failover+journal[P]`` - the same with the journal at fsync policy ``P`` (each
   ``--fsync`` given; ``commit`` is the default policy);
@@ -145,36 +146,42 @@ async def _asyncpg_pool(dsn: str, a: argparse.Namespace) -> asyncpg.Pool:
     return pool
 
 
-async def _tpcb_asyncpg(pool: asyncpg.Pool, aid: int, tid: int, bid: int, delta: int) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(UPDATE_ACCOUNT, delta, aid)
-        await conn.fetchval(SELECT_ACCOUNT, aid)
-        await conn.execute(UPDATE_TELLER, delta, tid)
-        await conn.execute(UPDATE_BRANCH, delta, bid)
-        await conn.execute(INSERT_HISTORY, tid, bid, aid, delta)
-
-
 async def open_asyncpg(dsn: str, a: argparse.Namespace) -> Opened:
     pool = await _asyncpg_pool(dsn, a)
 
     async def txn(aid: int, tid: int, bid: int, delta: int) -> None:
-        await _tpcb_asyncpg(pool, aid, tid, bid, delta)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(UPDATE_ACCOUNT, delta, aid)
+            await conn.fetchval(SELECT_ACCOUNT, aid)
+            await conn.execute(UPDATE_TELLER, delta, tid)
+            await conn.execute(UPDATE_BRANCH, delta, bid)
+            await conn.execute(INSERT_HISTORY, tid, bid, aid, delta)
 
     return Opened(txn, pool.close)
 
 
 async def open_floor(dsn: str, a: argparse.Namespace, tmp: Path, *, fsync: FsyncPolicy) -> Opened:
-    """:func:`open_asyncpg` plus one intent before each transaction and its marker after,
-    through :class:`JournalWriter`'s group commit: two appends and the policy's fsync,
-    no statement rendering, no RETURNING, no post-images."""
+    """:func:`open_asyncpg` plus the least the journal format asks of this transaction:
+    an intent record appended before each of its four writes, and the commit marker
+    after COMMIT, made durable by the policy (group commit) before the transaction
+    returns. No statement rendering, no RETURNING, no post-images: what any journal of
+    this format costs here, whatever its code."""
     pool = await _asyncpg_pool(dsn, a)
     path = _journal_path(tmp, "floor")
     journal = JournalWriter(path, fsync=fsync)
 
     async def txn(aid: int, tid: int, bid: int, delta: int) -> None:
         jt = journal.transaction()
-        jt.intent("update", "public.pgbench_accounts", {"aid": aid}, {"abalance": delta})
-        await _tpcb_asyncpg(pool, aid, tid, bid, delta)
+        async with pool.acquire() as conn, conn.transaction():
+            jt.intent("update", "public.pgbench_accounts", {"aid": aid}, {"abalance": delta})
+            await conn.execute(UPDATE_ACCOUNT, delta, aid)
+            await conn.fetchval(SELECT_ACCOUNT, aid)
+            jt.intent("update", "public.pgbench_tellers", {"tid": tid}, {"tbalance": delta})
+            await conn.execute(UPDATE_TELLER, delta, tid)
+            jt.intent("update", "public.pgbench_branches", {"bid": bid}, {"bbalance": delta})
+            await conn.execute(UPDATE_BRANCH, delta, bid)
+            jt.intent("insert", "public.pgbench_history", {"tid": tid}, {"delta": delta})
+            await conn.execute(INSERT_HISTORY, tid, bid, aid, delta)
         await jt.commit_async()
 
     async def close() -> None:
