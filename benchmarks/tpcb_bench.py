@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -493,7 +494,7 @@ async def bench_one(a: argparse.Namespace, durable: bool) -> dict[str, Any]:
         for m, rs in rounds.items():
             pairs = zip(rs, rounds["asyncpg"], strict=True)
             costs = sorted(1 - x["tps"] / b["tps"] for x, b in pairs)
-            medians[m]["cost_vs_asyncpg"] = costs[len(costs) // 2]
+            medians[m]["cost_vs_asyncpg"] = statistics.median(costs)
             medians[m]["cost_all"] = [round(c, 3) for c in costs]
     return {"durable": durable, "server": server, "medians": medians, "rounds": rounds,
             "range_update": ranged}  # fmt: skip
@@ -556,17 +557,24 @@ def markdown(doc: dict[str, Any]) -> str:
             f"`fsync={s['fsync']}`, `synchronous_commit={s['synchronous_commit']}`,"
             f" data in `{s['data_directory']}` ({s.get('data_fs', 'unknown')}).",
             "",
-            "| mode | tps | p50 ms | p99 ms | cost vs asyncpg | client CPU µs/txn"
-            " | journal bytes/txn | fsyncs/txn | tps per round |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| mode | tps | p50 ms | p99 ms | cost vs asyncpg | quartiles | rounds > 20%"
+            " | client CPU µs/txn | journal bytes/txn | fsyncs/txn | tps per round |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for m, r in run["medians"].items():
-            cost = r.get("cost_vs_asyncpg")
+            costs = r.get("cost_all")
+            # from the rounds, so a saved result re-renders the same (--markdown)
+            cost = statistics.median(costs) if costs else r.get("cost_vs_asyncpg")
+            quart = over = ""
+            if costs and m != "asyncpg" and len(costs) >= 4:
+                q1, _, q3 = statistics.quantiles(costs, n=4)
+                quart = f"{100 * q1:.1f} to {100 * q3:.1f}%"
+                over = f"{sum(c > 0.2 for c in costs)}/{len(costs)}"
             jb = r.get("journal_bytes_per_txn")
             fs = r.get("fsyncs_per_txn")
             lines.append(
                 f"| {m} | {r['tps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
-                f" {'' if cost is None else f'{100 * cost:+.1f}%'} |"
+                f" {'' if cost is None else f'{100 * cost:+.1f}%'} | {quart} | {over} |"
                 f" {r.get('cpu_us_per_txn', 0):.0f} |"
                 f" {'' if jb is None else f'{jb:.0f}'} |"
                 f" {'' if fs is None else f'{fs:.2f}'} | {', '.join(map(str, r['tps_all']))} |"
@@ -610,7 +618,14 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--tag", default="", help="appended to the results' file name")
     p.add_argument("--no-save", action="store_true")
+    p.add_argument(
+        "--markdown", metavar="JSON", type=Path,
+        help="only write the report of a saved result again (next to it, as .md)",
+    )  # fmt: skip
     a = p.parse_args()
+    if a.markdown:
+        a.markdown.with_suffix(".md").write_text(markdown(json.loads(a.markdown.read_text())))
+        return
     doc = asyncio.run(bench(a))
     text = markdown(doc)
     print(text)
