@@ -198,3 +198,25 @@ def test_decide() -> None:
     lan_link = SideProbe(150000, 0.1, 0, 2, 0.0, 0, 0.0, link_mbit_s=3000)
     fast = decide(150000, 150000, [], (lan_link, lan_link))
     assert fast.mode == "copy" and "3,000 Mbit/s" in fast.why
+
+
+async def test_round_trip_is_the_best_of_a_few(pair: list[str]) -> None:
+    """A client whose loop is busy when an answer arrives reads a longer round trip: the
+    side's round trip is the best of a few per connection, so one stall (here 15 ms
+    during the first, over a 2 ms link) does not make a near link look far."""
+    import asyncio
+
+    from replverify.diff.choose import _Side
+
+    parts = urlsplit(pair[1])
+    assert parts.hostname and parts.port
+    async with LinkProxy(parts.hostname, parts.port, rtt_ms=2) as proxy:
+        pool = await asyncpg.create_pool(_via(pair[1], proxy.port), min_size=2, max_size=2)
+        try:
+            asyncio.get_running_loop().call_later(0.0005, time.sleep, 0.015)
+            side = await _Side.open(pool, 15, 2, "SELECT 1")
+            await side.close()
+        finally:
+            await pool.close()
+    assert 2 <= side.rtt_ms < LINK_RTT_MS
+    assert side.link > 0  # a near link: measured alone
