@@ -5,6 +5,7 @@ server digest keeps ``--compare exact`` where it can, and is not chosen where it
 
 from __future__ import annotations
 
+import asyncio
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,7 +15,7 @@ from test_compare import fresh_pair
 from test_sql import make_plan
 
 from replverify.api import DiffOptions, diff
-from replverify.diff.choose import LINK_RTT_MS, SideProbe, decide, probe
+from replverify.diff.choose import LINK_RTT_MS, SideProbe, _Side, decide, probe
 from replverify.diff.ranges import KeyRange
 from replverify.diff.sql import TableSQL
 from replverify.reports.diff import diff_to_dict
@@ -117,7 +118,6 @@ async def test_auto_picks_copy_on_the_lan(pair: list[str]) -> None:
 def test_proxy_shapes_the_link() -> None:
     """The proxy delays and caps the link: 2 MB through 20 Mbit/s take at least 0.8 s,
     and two connections at once share the cap (2 x 2 MB: at least 1.6 s)."""
-    import asyncio
 
     async def main() -> float:
         async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -204,10 +204,6 @@ async def test_round_trip_is_the_best_of_a_few(pair: list[str]) -> None:
     """A client whose loop is busy when an answer arrives reads a longer round trip: the
     side's round trip is the best of a few per connection, so one stall (here 15 ms
     during the first, over a 2 ms link) does not make a near link look far."""
-    import asyncio
-
-    from replverify.diff.choose import _Side
-
     parts = urlsplit(pair[1])
     assert parts.hostname and parts.port
     async with LinkProxy(parts.hostname, parts.port, rtt_ms=2) as proxy:

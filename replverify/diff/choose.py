@@ -326,11 +326,11 @@ class _Side:
         return side
 
     async def _start(self, digest_sql: str) -> None:
-        # preparing the in-database digest is one round trip on each connection: the
-        # best of them is the side's round trip, and the timed reads skip the preparing
+        # preparing the in-database digest is one round trip on each connection (the
+        # timed reads then skip the preparing), and RTT_SAMPLES - 1 bare ones follow: a
+        # busy client reads one answer milliseconds late, so the side's round trip is
+        # the best of them all
         prepared = await _settled([_prepare(c, digest_sql) for c in self.conns])
-        # one round trip can take milliseconds longer on a busy client (its loop was
-        # elsewhere when the answer came): the best of a few is the link's
         again = await _settled([_round_trips(c, RTT_SAMPLES - 1) for c in self.conns])
         self.rtt_ms = min([took for took, _ in prepared] + again) * 1000
         self.stmts = [stmt for _, stmt in prepared]
